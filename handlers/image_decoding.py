@@ -1,0 +1,105 @@
+"""Image bytes -> RGB uint8 tensor [3, H, W], with the size checked before any pixel is decoded.
+
+JPEG, PNG and WebP decode with torchvision.io (libjpeg-turbo / libpng / libwebp straight into a
+tensor, EXIF orientation applied). GIF and BMP go through Pillow: torchvision.io has no BMP
+decoder, and its GIF decoder expands every frame of an animation when only the first is wanted.
+Pillow also reads the header first (format and declared size) without decoding pixels, which is
+how a decompression bomb is refused before it costs memory.
+"""
+
+import io
+import re
+import warnings
+from typing import NamedTuple
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2 import functional as F
+
+from request_errors import CorruptImage, ImageTooLarge, UnsupportedMediaType
+
+TORCHVISION_FORMATS = {"JPEG", "MPO", "PNG", "WEBP"}  # MPO: multi-picture JPEG from cameras
+PILLOW_FORMATS = {"GIF", "BMP"}  # and animated WebP, which torchvision.io refuses
+SUPPORTED = "JPEG, PNG, WebP, GIF or BMP"
+
+JPEG_END_OF_IMAGE = b"\xff\xd9"
+
+
+class ImageHeader(NamedTuple):
+    format: str
+    width: int
+    height: int
+    animated: bool = False
+
+
+def read_header(data: bytes, max_pixels: int) -> ImageHeader:
+    """Format and declared size, from the header only; refuses unsupported and oversized images."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                animated = image.format == "WEBP" and getattr(image, "is_animated", False)
+                header = ImageHeader(image.format, image.width, image.height, animated)
+    except Image.DecompressionBombError as err:
+        raise ImageTooLarge(
+            f"image declares over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels "
+            f"(the limit is {max_pixels / 1e6:g}): resize it before sending"
+        ) from None
+    except UnidentifiedImageError:
+        raise UnsupportedMediaType(
+            f"the body is not a recognised image; send {SUPPORTED} bytes"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise CorruptImage(f"the image header cannot be read ({err})") from None
+    if header.format not in TORCHVISION_FORMATS | PILLOW_FORMATS:
+        raise UnsupportedMediaType(f"{header.format} images are not supported; send {SUPPORTED}")
+    if header.width < 1 or header.height < 1:
+        raise CorruptImage(f"image declares an empty size {header.width}x{header.height}")
+    pixels = header.width * header.height
+    if pixels > max_pixels:
+        raise ImageTooLarge(
+            f"image is {header.width}x{header.height} = {pixels / 1e6:.1f} megapixels; "
+            f"the limit is {max_pixels / 1e6:g} megapixels: resize it before sending"
+        )
+    return header
+
+
+def decode_rgb(data: bytes, max_pixels: int) -> torch.Tensor:
+    """RGB uint8 [3, H, W] of the first frame: gray, palette, CMYK, alpha and 16-bit made RGB8."""
+    header = read_header(data, max_pixels)
+    if header.format in TORCHVISION_FORMATS and not header.animated:
+        image = _decode_with_torchvision(data, header)
+    else:
+        image = _decode_with_pillow(data)
+    if image.dtype != torch.uint8:  # 16-bit PNG
+        image = F.to_dtype(image, torch.uint8, scale=True)
+    return image
+
+
+def _decode_with_torchvision(data: bytes, header: ImageHeader) -> torch.Tensor:
+    # libjpeg only warns on a truncated stream and fills the rest with gray: refuse it here.
+    if header.format in ("JPEG", "MPO") and JPEG_END_OF_IMAGE not in data[-1024:]:
+        raise CorruptImage("the JPEG data is truncated (no end-of-image marker)")
+    encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    try:
+        image = decode_image(encoded, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    except RuntimeError as err:
+        raise CorruptImage(f"the {header.format} image cannot be decoded ({_first_line(err)})") from None
+    return image
+
+
+def _decode_with_pillow(data: bytes) -> torch.Tensor:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.seek(0)
+            rgb = image.convert("RGB")
+    except (OSError, ValueError, SyntaxError, EOFError) as err:
+        raise CorruptImage(f"the image cannot be decoded ({err})") from None
+    return F.pil_to_tensor(rgb)
+
+
+def _first_line(err: Exception) -> str:
+    """libjpeg/libpng's own words, without torchvision's C++ source location."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return re.split(r"\.cpp:\d+, ", text)[-1]

@@ -1,0 +1,217 @@
+"""Start, wait for and stop a TorchServe server; used by `make serve` / `make stop` and by the tests.
+
+TorchServe keeps its pid file in the temp dir and writes key_file.json into the directory it was
+started from. A server is therefore identified by (working dir, TMPDIR): `make serve` uses the repo
+root and the system temp dir; each test server gets its own of both, plus its own ports.
+Servers are stopped with `torchserve --stop` (which signals the pid in that pid file), never by name.
+
+    python scripts/ts_server.py start [--config config.properties] [--timeout 300]
+    python scripts/ts_server.py stop
+    python scripts/ts_server.py status
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+import psutil
+import requests
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PID_FILE = ".model_server.pid"
+
+
+def read_properties(path: str) -> Dict[str, str]:
+    """A Java .properties file (with `\\` line continuations), as TorchServe reads it."""
+    props, pending = {}, ""
+    with open(path, encoding="utf-8") as f:
+        for raw in f:
+            line = raw.strip()
+            if not pending and (not line or line.startswith(("#", "!"))):
+                continue
+            if line.endswith("\\") and not line.endswith("\\\\"):
+                pending += line[:-1]
+                continue
+            line, pending = pending + line, ""
+            key, _, value = line.partition("=")
+            props[key.strip()] = value.strip().replace("\\\\", "\\")
+    return props
+
+
+def write_properties(props: Dict[str, str], path: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for key, value in props.items():
+            f.write(f"{key}={value.replace(chr(92), chr(92) * 2)}\n")
+
+
+class TorchServe:
+    """One TorchServe instance: its config file, working dir (key file, logs) and temp dir."""
+
+    def __init__(self, config: str, workdir: str = REPO, tmpdir: Optional[str] = None,
+                 log_dir: Optional[str] = None):
+        self.config = os.path.abspath(config)
+        self.workdir = os.path.abspath(workdir)
+        self.tmpdir = os.path.abspath(tmpdir or tempfile.gettempdir())
+        self.log_dir = os.path.abspath(log_dir or os.path.join(self.workdir, "logs"))
+        self.props = read_properties(self.config)
+
+    # -- addresses and keys -------------------------------------------------------------------
+    @property
+    def inference_url(self) -> str:
+        return self.props.get("inference_address", "http://127.0.0.1:8080")
+
+    @property
+    def management_url(self) -> str:
+        return self.props.get("management_address", "http://127.0.0.1:8081")
+
+    @property
+    def metrics_url(self) -> str:
+        return self.props.get("metrics_address", "http://127.0.0.1:8082")
+
+    @property
+    def key_file(self) -> str:
+        return os.path.join(self.workdir, "key_file.json")
+
+    def keys(self) -> Dict[str, str]:
+        with open(self.key_file, encoding="utf-8") as f:
+            doc = json.load(f)
+        return {kind: doc[kind]["key"] for kind in ("inference", "management", "API")}
+
+    @property
+    def model_log(self) -> str:
+        return os.path.join(self.log_dir, "model_log.log")
+
+    @property
+    def console_log(self) -> str:
+        return os.path.join(self.log_dir, "console.log")
+
+    @property
+    def server_log(self) -> str:
+        return os.path.join(self.log_dir, "ts_log.log")
+
+    def expected_models(self) -> List[str]:
+        """Model names of `load_models` (archive file names without .mar)."""
+        names = self.props.get("load_models", "")
+        return [n.strip().split("=")[0].removesuffix(".mar") for n in names.split(",") if n.strip()]
+
+    # -- process ------------------------------------------------------------------------------
+    def _env(self) -> Dict[str, str]:
+        env = dict(os.environ, TMPDIR=self.tmpdir, LOG_LOCATION=self.log_dir,
+                   METRICS_LOCATION=self.log_dir)
+        bin_dir = os.path.dirname(sys.executable)  # the venv's torchserve, java from PATH
+        env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+        return env
+
+    def pid(self) -> Optional[int]:
+        """The frontend's pid if this instance is running."""
+        path = os.path.join(self.tmpdir, PID_FILE)
+        try:
+            with open(path, encoding="utf-8") as f:
+                pid = int(f.read().strip())
+            return pid if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE else None
+        except (OSError, ValueError, psutil.Error):
+            return None
+
+    def start(self) -> None:
+        os.makedirs(self.log_dir, exist_ok=True)
+        os.makedirs(self.tmpdir, exist_ok=True)
+        cmd = [shutil.which("torchserve", path=self._env()["PATH"]) or "torchserve",
+               "--start", "--ts-config", self.config]
+        # The frontend inherits these descriptors and outlives `torchserve --start`: a file, not a pipe.
+        with open(self.console_log, "ab") as console:
+            result = subprocess.run(cmd, cwd=self.workdir, env=self._env(), stdin=subprocess.DEVNULL,
+                                    stdout=console, stderr=subprocess.STDOUT, timeout=60)
+        if result.returncode != 0:
+            raise RuntimeError("torchserve --start failed\n" + self.log_tail())
+
+    def stop(self, timeout: float = 60) -> bool:
+        """Stop via `torchserve --stop` and wait until the frontend and its workers are gone."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        try:
+            family = [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True)
+        except psutil.Error:
+            family = []
+        subprocess.run([shutil.which("torchserve", path=self._env()["PATH"]) or "torchserve", "--stop"],
+                       cwd=self.workdir, env=self._env(), capture_output=True, timeout=60)
+        _, alive = psutil.wait_procs(family, timeout=timeout)
+        for proc in alive:  # only processes of the server we started, by pid
+            proc.kill()
+        return True
+
+    # -- health -------------------------------------------------------------------------------
+    def model_status(self, name: str) -> List[dict]:
+        """The workers of a model's default version (describe API)."""
+        headers = {"Authorization": f"Bearer {self.keys()['management']}"}
+        response = requests.get(f"{self.management_url}/models/{name}", headers=headers, timeout=10)
+        response.raise_for_status()
+        return response.json()[0].get("workers", [])
+
+    def ready(self, models: List[str]) -> bool:
+        try:
+            return all(any(w.get("status") == "READY" for w in self.model_status(m)) for m in models)
+        except (OSError, ValueError, KeyError, requests.RequestException):
+            return False
+
+    def wait_ready(self, models: Optional[List[str]] = None, timeout: float = 300) -> None:
+        models = self.expected_models() if models is None else models
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ready(models):
+                return
+            if self.pid() is None:
+                raise RuntimeError("TorchServe exited during start-up\n" + self.log_tail())
+            time.sleep(1)
+        raise TimeoutError(f"models {models} not READY after {timeout:.0f} s\n" + self.log_tail())
+
+    def log_tail(self, lines: int = 40) -> str:
+        out = []
+        for path in (self.console_log, self.server_log, self.model_log):
+            if os.path.exists(path):
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    out.append(f"--- last lines of {path}\n" + "".join(f.readlines()[-lines:]))
+        return "\n".join(out) or f"(no logs in {self.log_dir})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["start", "stop", "status"])
+    parser.add_argument("--config", default=os.path.join(REPO, "config.properties"))
+    parser.add_argument("--timeout", type=float, default=300)
+    args = parser.parse_args()
+    server = TorchServe(args.config)
+    models = server.expected_models()
+
+    if args.action == "stop":
+        print("TorchServe stopped." if server.stop() else "TorchServe is not running.")
+        return 0
+    if args.action == "status":
+        running = server.pid() is not None
+        print(f"running (pid {server.pid()}), models ready: {server.ready(models)}" if running else "not running")
+        return 0 if running else 1
+
+    if server.pid() is not None:
+        print(f"TorchServe is already running (pid {server.pid()}); waiting for {', '.join(models)}.")
+    else:
+        print(f"Starting TorchServe (logs in {server.log_dir}) ...")
+        server.start()
+    try:
+        server.wait_ready(models, args.timeout)
+    except (RuntimeError, TimeoutError) as err:
+        print(f"make serve failed: {err}", file=sys.stderr)
+        return 1
+    print(f"Ready: {', '.join(models)} on {server.inference_url} "
+          f"(management {server.management_url}, metrics {server.metrics_url}); "
+          f"tokens in {server.key_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
