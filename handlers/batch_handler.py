@@ -140,6 +140,7 @@ class BatchHandler(BaseHandler):
                 logger.exception("inference failed for a batch of %d", len(batch.items))
                 failure = InternalError("inference failed on the server; see the model log")
                 results.update((idx, failure) for idx in batch.positions)
+        logger.info("handled batch size=%d invalid=%d", len(data), len(batch.errors))
         return [self.encode(idx, results[idx]) for idx in range(len(data))]
 
     # ---- TorchServe request/response plumbing -------------------------------------------------

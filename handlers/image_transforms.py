@@ -6,7 +6,6 @@ on uint8 tensors per image (sizes differ), and the float conversion and normalis
 on the stacked batch, on the model's device.
 """
 
-import math
 from typing import List, NamedTuple, Sequence
 
 import torch
@@ -35,13 +34,16 @@ def resize_and_crop(image: torch.Tensor, resize_size: int, crop_size: int) -> to
 
 
 def _precrop_extreme_aspect(image: torch.Tensor, resize_size: int, crop_size: int) -> torch.Tensor:
+    """Cut the long side down to MAX_ASPECT x the short side, around the centre.
+
+    The final crop spans at most the short side along both axes, so what is cut off is never
+    seen; the resize then handles at most a 2:1 image. The short side is left as it is, so the
+    resize scale (and so the pixels of the crop) stay as in the reference pipeline."""
     height, width = image.shape[-2:]
     short, long = min(height, width), max(height, width)
-    if long <= MAX_ASPECT_BEFORE_PRECROP * short:
+    keep = int(MAX_ASPECT_BEFORE_PRECROP * short)
+    if long <= keep:
         return image
-    # The final crop covers crop/resize of the short side, along both axes; keep a margin
-    # for the resize filter's support and rounding.
-    keep = min(long, math.ceil(short * crop_size / resize_size) + 2 * math.ceil(short / resize_size) + 2)
     if height > width:
         return F.center_crop(image, [keep, width])
     return F.center_crop(image, [height, keep])

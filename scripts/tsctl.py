@@ -1,0 +1,258 @@
+#!/usr/bin/env python3
+"""tsctl: a small command line for TorchServe's inference and management APIs (token auth aware).
+
+    tsctl.py predict mobilenet_v2 cat.jpg [--topk 3]
+    tsctl.py ping
+    tsctl.py list
+    tsctl.py describe mobilenet_v2 [VERSION]
+    tsctl.py register mobilenet_v2.mar [--workers 1] [--batch-size 8] [--max-batch-delay 10]
+    tsctl.py scale mobilenet_v2 --min 2 [--max 2] [--version 1.0]
+    tsctl.py set-default mobilenet_v2 2.0
+    tsctl.py unregister mobilenet_v2 [VERSION]
+
+Tokens come from key_file.json (written by TorchServe where it was started; --key-file or
+$TS_KEY_FILE). When the server rejects an expired key, the CLI asks the management API's
+/token endpoint (with the API key) for a new one, which TorchServe also writes to the key file,
+and retries once.
+"""
+
+import argparse
+import json
+import mimetypes
+import os
+import sys
+from typing import Optional
+
+import requests
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_KEY_FILE = os.environ.get("TS_KEY_FILE", os.path.join(REPO, "key_file.json"))
+DEFAULT_INFERENCE = os.environ.get("TS_INFERENCE_URL", "http://127.0.0.1:8080")
+DEFAULT_MANAGEMENT = os.environ.get("TS_MANAGEMENT_URL", "http://127.0.0.1:8081")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+
+
+class CliError(Exception):
+    """An error to print for the user, without a traceback."""
+
+
+class TorchServeClient:
+    def __init__(self, inference_url: str = DEFAULT_INFERENCE,
+                 management_url: str = DEFAULT_MANAGEMENT,
+                 key_file: str = DEFAULT_KEY_FILE, timeout: float = 60):
+        self.inference_url = inference_url.rstrip("/")
+        self.management_url = management_url.rstrip("/")
+        self.key_file = key_file
+        self.timeout = timeout
+
+    # -- tokens -------------------------------------------------------------------------------
+    def _keys(self) -> dict:
+        try:
+            with open(self.key_file, encoding="utf-8") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            raise CliError(
+                f"no key file at {self.key_file}: is TorchServe running (make serve)? "
+                "It writes key_file.json where it was started; pass --key-file otherwise"
+            ) from None
+        except json.JSONDecodeError as err:
+            raise CliError(f"{self.key_file} is not valid JSON ({err})") from None
+
+    def _key(self, kind: str) -> str:
+        try:
+            return self._keys()[kind]["key"]
+        except (KeyError, TypeError):
+            raise CliError(f"{self.key_file} has no '{kind}' key") from None
+
+    def renew_key(self, kind: str) -> str:
+        """Ask the management API for a fresh `inference` or `management` key."""
+        api_key = self._keys().get("API", {}).get("key")
+        response = self._send("GET", f"{self.management_url}/token", params={"type": kind},
+                              headers={"Authorization": f"Bearer {api_key}"})
+        if response.status_code != 200:
+            raise CliError(f"the server refused to renew the {kind} key: {_describe(response)}")
+        return self._key(kind)
+
+    # -- HTTP ---------------------------------------------------------------------------------
+    def _send(self, method: str, url: str, **kwargs) -> requests.Response:
+        try:
+            return requests.request(method, url, timeout=self.timeout, **kwargs)
+        except requests.ConnectionError:
+            raise CliError(f"cannot connect to {url}: is TorchServe running? (make serve)") from None
+        except requests.Timeout:
+            raise CliError(f"{url} did not answer within {self.timeout:g} s") from None
+
+    def request(self, api: str, method: str, path: str, **kwargs) -> requests.Response:
+        """A call with the right token; an expired token is renewed once."""
+        kind, base = ("inference", self.inference_url) if api == "inference" else ("management", self.management_url)
+        headers = dict(kwargs.pop("headers", {}) or {})
+        for attempt in range(2):
+            headers["Authorization"] = f"Bearer {self._key(kind)}"
+            response = self._send(method, f"{base}{path}", headers=headers, **kwargs)
+            if not _token_rejected(response) or attempt == 1:
+                break
+            self.renew_key(kind)
+        if _token_rejected(response):
+            raise CliError(f"the server rejected the {kind} token from {self.key_file}: {_describe(response)}")
+        return response
+
+    # -- API ----------------------------------------------------------------------------------
+    def ping(self) -> dict:
+        return _json_or_raise(self.request("inference", "GET", "/ping"))
+
+    def predict_file(self, model: str, path: str, topk: Optional[int] = None) -> dict:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as err:
+            raise CliError(f"cannot read {path}: {err.strerror}") from None
+        suffix = os.path.splitext(path)[1].lower()
+        if topk is not None:
+            import base64
+            body = json.dumps({"image": base64.b64encode(data).decode("ascii"), "topk": topk})
+            return self.predict(model, body.encode(), "application/json")
+        content_type = mimetypes.guess_type(path)[0] if suffix in IMAGE_SUFFIXES else None
+        return self.predict(model, data, content_type or "application/octet-stream")
+
+    def predict(self, model: str, body: bytes, content_type: str, version: Optional[str] = None) -> dict:
+        path = f"/predictions/{model}" + (f"/{version}" if version else "")
+        response = self.request("inference", "POST", path, data=body,
+                                headers={"Content-Type": content_type})
+        return _json_or_raise(response)
+
+    def list_models(self) -> dict:
+        return _json_or_raise(self.request("management", "GET", "/models"))
+
+    def describe(self, model: str, version: Optional[str] = None) -> list:
+        path = f"/models/{model}" + (f"/{version}" if version else "")
+        return _json_or_raise(self.request("management", "GET", path))
+
+    def register(self, url: str, model_name: Optional[str] = None, initial_workers: int = 1,
+                 batch_size: Optional[int] = None, max_batch_delay: Optional[int] = None) -> dict:
+        params = {"url": url, "initial_workers": initial_workers, "synchronous": "true"}
+        if model_name:
+            params["model_name"] = model_name
+        if batch_size is not None:
+            params["batch_size"] = batch_size
+        if max_batch_delay is not None:
+            params["max_batch_delay"] = max_batch_delay
+        return _json_or_raise(self.request("management", "POST", "/models", params=params))
+
+    def scale(self, model: str, min_workers: int, max_workers: Optional[int] = None,
+              version: Optional[str] = None) -> dict:
+        path = f"/models/{model}" + (f"/{version}" if version else "")
+        params = {"min_worker": min_workers, "max_worker": max_workers or min_workers,
+                  "synchronous": "true"}
+        return _json_or_raise(self.request("management", "PUT", path, params=params))
+
+    def set_default(self, model: str, version: str) -> dict:
+        return _json_or_raise(self.request("management", "PUT", f"/models/{model}/{version}/set-default"))
+
+    def unregister(self, model: str, version: Optional[str] = None) -> dict:
+        path = f"/models/{model}" + (f"/{version}" if version else "")
+        return _json_or_raise(self.request("management", "DELETE", path))
+
+
+def _token_rejected(response: requests.Response) -> bool:
+    # TorchServe 0.12 answers a missing, wrong or expired token with 400 InvalidKeyException.
+    return response.status_code in (400, 401) and "InvalidKeyException" in response.text
+
+
+def _describe(response: requests.Response) -> str:
+    try:
+        body = response.json()
+        if isinstance(body, dict) and "message" in body:
+            return f"{response.status_code} {body.get('type', '')}: {body['message']}"
+    except ValueError:
+        pass
+    return f"{response.status_code} {response.reason}: {response.text.strip()[:300]}"
+
+
+def _json_or_raise(response: requests.Response):
+    if response.status_code == 404:
+        raise CliError(f"not found: {_describe(response)}")
+    if response.status_code >= 400:
+        raise CliError(_describe(response))
+    try:
+        return response.json()
+    except ValueError:
+        return {"status": response.text.strip()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tsctl", description=__doc__.splitlines()[0])
+    parser.add_argument("--inference-url", default=DEFAULT_INFERENCE)
+    parser.add_argument("--management-url", default=DEFAULT_MANAGEMENT)
+    parser.add_argument("--key-file", default=DEFAULT_KEY_FILE)
+    parser.add_argument("--timeout", type=float, default=60)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="classify an image file")
+    p.add_argument("model")
+    p.add_argument("file")
+    p.add_argument("--topk", type=int, help="predictions to return (sent as JSON with base64)")
+
+    sub.add_parser("ping", help="server health (needs the inference key)")
+    sub.add_parser("list", help="registered models")
+
+    p = sub.add_parser("describe", help="a model's settings and workers")
+    p.add_argument("model")
+    p.add_argument("version", nargs="?")
+
+    p = sub.add_parser("register", help="register a .mar from the model store")
+    p.add_argument("url", help="archive file name in the model store, e.g. mobilenet_v2.mar")
+    p.add_argument("--model-name")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-batch-delay", type=int, help="ms")
+
+    p = sub.add_parser("scale", help="set a model's worker count")
+    p.add_argument("model")
+    p.add_argument("--min", type=int, required=True, dest="min_workers")
+    p.add_argument("--max", type=int, dest="max_workers")
+    p.add_argument("--version")
+
+    p = sub.add_parser("set-default", help="make a version the default")
+    p.add_argument("model")
+    p.add_argument("version")
+
+    p = sub.add_parser("unregister", help="remove a model (or one version)")
+    p.add_argument("model")
+    p.add_argument("version", nargs="?")
+    return parser
+
+
+def run(args: argparse.Namespace) -> object:
+    client = TorchServeClient(args.inference_url, args.management_url, args.key_file, args.timeout)
+    if args.command == "predict":
+        return client.predict_file(args.model, args.file, args.topk)
+    if args.command == "ping":
+        return client.ping()
+    if args.command == "list":
+        return client.list_models()
+    if args.command == "describe":
+        return client.describe(args.model, args.version)
+    if args.command == "register":
+        return client.register(args.url, args.model_name, args.workers, args.batch_size, args.max_batch_delay)
+    if args.command == "scale":
+        return client.scale(args.model, args.min_workers, args.max_workers, args.version)
+    if args.command == "set-default":
+        return client.set_default(args.model, args.version)
+    if args.command == "unregister":
+        return client.unregister(args.model, args.version)
+    raise CliError(f"unknown command {args.command}")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = run(args)
+    except CliError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Shared test helpers: real photos, image encoding, and a real TorchServe Context for handlers."""
+
+import io
+import json
+import os
+import zipfile
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import yaml
+from PIL import Image
+from skimage import data as skimage_data
+from ts.context import Context, RequestProcessor
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL_STORE = os.path.join(REPO, "model_store")
+CAT_LABELS = {"Egyptian cat", "tabby", "tiger cat"}
+
+
+def photo(name: str) -> np.ndarray:
+    """A real photo from scikit-image (HxWx3 uint8, or HxW for gray ones)."""
+    return getattr(skimage_data, name)()
+
+
+def encode(array_or_image, fmt: str = "JPEG", **save_kwargs) -> bytes:
+    image = array_or_image if isinstance(array_or_image, Image.Image) else Image.fromarray(array_or_image)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **save_kwargs)
+    return buffer.getvalue()
+
+
+def extract_archive(mar_name: str, dest: str) -> Tuple[str, dict, dict]:
+    """Unpack a .mar built by the Makefile: (model_dir, manifest, model-config.yaml)."""
+    path = os.path.join(MODEL_STORE, mar_name)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing: run `make archives` first")
+    with zipfile.ZipFile(path) as archive:
+        archive.extractall(dest)
+    with open(os.path.join(dest, "MAR-INF", "MANIFEST.json"), encoding="utf-8") as f:
+        manifest = json.load(f)
+    with open(os.path.join(dest, manifest["model"]["configFile"]), encoding="utf-8") as f:
+        model_config = yaml.safe_load(f)
+    return dest, manifest, model_config
+
+
+def make_context(model_dir: str, manifest: dict, model_config: dict, gpu: Optional[int] = None) -> Context:
+    """The same Context class TorchServe's worker builds (ts.model_loader)."""
+    return Context(manifest["model"]["modelName"], model_dir, manifest, model_config.get("batchSize", 1),
+                   gpu, "0.12.0", model_yaml_config=model_config)
+
+
+def request_batch(context: Context, requests: List[Tuple[str, object, Optional[str]]]) -> List[Dict]:
+    """Rows as TorchServe hands them to handle(): [{key: value}], with each part's content type
+    recorded on the context as the worker does (Service.retrieve_data_for_inference)."""
+    rows, processors = [], []
+    for key, value, content_type in requests:
+        rows.append({key: value})
+        processors.append(RequestProcessor({key: {"content-type": content_type or ""}}))
+    context.request_processor = processors
+    return rows
+
+
+def responses(context: Context, outputs: List[bytes]) -> List[Tuple[int, dict]]:
+    """(status, JSON body) per request, as the worker would send them."""
+    return [(context.get_response_status(i)[0], json.loads(out)) for i, out in enumerate(outputs)]

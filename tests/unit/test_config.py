@@ -1,0 +1,57 @@
+"""config.properties: loopback only, auth on, and the same per-model settings as each archive."""
+
+import json
+import os
+
+import pytest
+import yaml
+
+from support import REPO
+from ts_server import read_properties
+
+PROPS = read_properties(os.path.join(REPO, "config.properties"))
+MODELS = json.loads(PROPS["models"])
+CORES = 2
+
+
+def model_config(name):
+    with open(os.path.join(REPO, "models", name, "model-config.yaml"), encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def test_every_address_is_loopback():
+    for key in ("inference_address", "management_address", "metrics_address"):
+        assert PROPS[key].startswith("http://127.0.0.1:"), key
+    assert PROPS["grpc_inference_address"] == PROPS["grpc_management_address"] == "127.0.0.1"
+    assert [PROPS[k].rsplit(":", 1)[1] for k in ("inference_address", "management_address", "metrics_address")] == ["8080", "8081", "8082"]
+
+
+def test_auth_stays_on_and_model_api_is_enabled():
+    assert PROPS.get("disable_token_authorization", "false") == "false"
+    assert int(PROPS["token_expiration_min"]) > 0
+    assert PROPS["enable_model_api"] == "true"
+    assert PROPS["metrics_mode"] == "prometheus"
+
+
+def test_allowed_urls_admit_only_the_local_model_store():
+    import re
+
+    pattern = re.compile(PROPS["allowed_urls"])
+    assert pattern.match("file:///srv/app/model_store/mobilenet_v2.mar")
+    assert not pattern.match("https://example.com/model_store/mobilenet_v2.mar")
+    assert not pattern.match("file:///etc/passwd")
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_models_entry_matches_the_archive_config(name):
+    [(version, entry)] = MODELS[name].items()
+    config = model_config(name)
+    for key in ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout"):
+        assert entry[key] == config[key], f"{name}.{key}: config.properties says {entry[key]}, model-config.yaml {config[key]}"
+    assert name + ".mar" in PROPS["load_models"].split(",")
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_a_model_does_not_oversubscribe_the_cores(name):
+    config = model_config(name)
+    assert config["maxWorkers"] * config["handler"]["intraOpThreads"] <= CORES
