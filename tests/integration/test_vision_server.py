@@ -1,0 +1,158 @@
+"""mobilenet_v2 through the real TorchServe: real photos, concurrency, batching, bad input, CLI."""
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from support import CAT_LABELS, REPO, encode, photo
+
+MODEL = "mobilenet_v2"
+
+
+def top1(response):
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    return response.json()["predictions"][0]["label"]
+
+
+def test_cat_and_espresso(client):
+    assert top1(client.predict(MODEL, encode(photo("chelsea")), "image/jpeg")) in CAT_LABELS
+    assert top1(client.predict(MODEL, encode(photo("coffee")), "image/jpeg")) == "espresso"
+
+
+def test_input_forms(client):
+    jpeg = encode(photo("chelsea"))
+    multipart = client.infer("POST", f"/predictions/{MODEL}", files={"data": ("cat.jpg", jpeg, "image/jpeg")})
+    as_json = client.infer("POST", f"/predictions/{MODEL}",
+                           json={"image": base64.b64encode(jpeg).decode(), "topk": 2})
+    png = client.predict(MODEL, encode(photo("chelsea"), "PNG"), "image/png")
+    assert top1(multipart) in CAT_LABELS and top1(png) in CAT_LABELS
+    assert top1(as_json) in CAT_LABELS and len(as_json.json()["predictions"]) == 2
+
+
+def batch_sizes(server):
+    with open(server.model_log, encoding="utf-8", errors="replace") as f:
+        return [int(m) for m in re.findall(r"handled batch size=(\d+)", f.read())]
+
+
+def test_concurrent_requests_are_batched_and_correct(client, server):
+    photos = {"chelsea": CAT_LABELS, "coffee": {"espresso"}}
+    bodies = {name: encode(photo(name)) for name in photos}
+    jobs = [name for name in photos for _ in range(24)]
+    before = len(batch_sizes(server))
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(lambda n: client.predict(MODEL, bodies[n], "image/jpeg"), jobs))
+    for name, response in zip(jobs, answers):
+        assert top1(response) in photos[name]
+    sizes = batch_sizes(server)[before:]
+    assert sum(sizes) == len(jobs)
+    assert max(sizes) > 1, f"no batch larger than 1 was formed: {sizes}"
+
+
+def test_corrupt_image_among_good_ones(client, server):
+    good = encode(photo("coffee"))
+    bodies = [good] * 12 + [good[: len(good) // 2], b"not an image at all"] * 3
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(lambda b: client.predict(MODEL, b, "image/jpeg"), bodies))
+    for body, response in zip(bodies, answers):
+        if body is good:
+            assert top1(response) == "espresso"
+        else:
+            assert response.status_code in (400, 415), response.text
+            error = response.json()
+            assert set(error) == {"code", "type", "message"} and error["code"] == response.status_code
+    # no worker was lost on the way
+    assert all(w["status"] == "READY" for w in client.describe(MODEL)["workers"])
+
+
+def test_error_body_and_status(client):
+    response = client.predict(MODEL, b"", "image/jpeg")
+    assert response.status_code == 400
+    assert response.json() == {"code": 400, "type": "EmptyBody", "message": "the request body is empty: send the image bytes"}
+    too_large = client.predict(MODEL, encode(__import__("PIL.Image").Image.new("1", (9000, 9000)), "PNG"), "image/png")
+    assert too_large.status_code == 413 and too_large.json()["type"] == "ImageTooLarge"
+
+
+def test_body_over_max_request_size_is_refused_by_the_frontend(client, server):
+    limit = int(server.props["max_request_size"])
+    response = client.predict(MODEL, b"\xff" * (limit + 1024), "image/jpeg")
+    assert response.status_code == 413
+
+
+def test_requests_without_or_with_a_wrong_token_are_rejected(client):
+    assert client.manage("GET", "/models", auth=False).status_code in (400, 401)
+    assert client.manage("GET", "/models", headers={"Authorization": "Bearer wrong"}, auth=False).status_code in (400, 401)
+    assert client.predict(MODEL, encode(photo("chelsea")), "image/jpeg", auth=False).status_code in (400, 401)
+    assert client.infer("GET", "/ping", auth=False).status_code in (400, 401)
+    assert client.infer("GET", "/ping").json() == {"status": "Healthy"}
+
+
+def tsctl(server, *args):
+    cmd = [sys.executable, os.path.join(REPO, "scripts", "tsctl.py"),
+           "--inference-url", server.inference_url, "--management-url", server.management_url,
+           "--key-file", server.key_file, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_predicts_a_cat(server, tmp_path):
+    path = tmp_path / "cat.jpg"
+    path.write_bytes(encode(photo("chelsea")))
+    result = tsctl(server, "predict", MODEL, str(path))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["predictions"][0]["label"] in CAT_LABELS
+
+
+def test_cli_scales_workers_and_describe_shows_it(server, client):
+    try:
+        result = tsctl(server, "scale", MODEL, "--min", "2", "--max", "2")
+        assert result.returncode == 0, result.stderr
+        described = json.loads(tsctl(server, "describe", MODEL).stdout)[0]
+        assert described["minWorkers"] == 2
+        assert [w["status"] for w in described["workers"]] == ["READY", "READY"]
+        assert top1(client.predict(MODEL, encode(photo("coffee")), "image/jpeg")) == "espresso"
+    finally:
+        tsctl(server, "scale", MODEL, "--min", "1", "--max", "1")
+    assert len(json.loads(tsctl(server, "describe", MODEL).stdout)[0]["workers"]) == 1
+
+
+def test_cli_lists_and_reports_errors_clearly(server):
+    listed = tsctl(server, "list")
+    assert listed.returncode == 0 and MODEL in listed.stdout
+    missing = tsctl(server, "describe", "no_such_model")
+    assert missing.returncode == 1 and "not found" in missing.stderr and "Traceback" not in missing.stderr
+    down = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "tsctl.py"),
+                           "--inference-url", "http://127.0.0.1:9", "--key-file", server.key_file, "ping"],
+                          capture_output=True, text=True, timeout=60)
+    assert down.returncode == 1 and "cannot connect" in down.stderr
+
+
+def test_cli_renews_a_rejected_token(server, tmp_path):
+    # A copy of the key file with a stale inference key: the CLI must renew it with the API key.
+    keys = json.loads(open(server.key_file, encoding="utf-8").read())
+    stale = dict(keys, inference=dict(keys["inference"], key="stale-key"))
+    stale_file = tmp_path / "key_file.json"
+    stale_file.write_text(json.dumps(stale))
+    result = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "tsctl.py"),
+                             "--inference-url", server.inference_url, "--management-url", server.management_url,
+                             "--key-file", str(stale_file), "ping"], capture_output=True, text=True, timeout=60)
+    # TorchServe writes the renewed key to the key file of the server (its working dir)
+    renewed = json.loads(open(server.key_file, encoding="utf-8").read())["inference"]["key"]
+    assert renewed != keys["inference"]["key"]
+    assert "stale-key" in stale_file.read_text()  # this copy is not the server's file
+    assert result.returncode == 1 and "rejected the inference token" in result.stderr
+    result = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "tsctl.py"),
+                             "--inference-url", server.inference_url, "--management-url", server.management_url,
+                             "--key-file", server.key_file, "ping"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "Healthy" in result.stdout
+
+
+def test_register_from_outside_the_model_store_is_refused(client):
+    response = client.manage("POST", "/models", params={"url": "https://example.com/evil.mar"})
+    assert response.status_code >= 400
