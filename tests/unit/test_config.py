@@ -55,3 +55,10 @@ def test_models_entry_matches_the_archive_config(name):
 def test_a_model_does_not_oversubscribe_the_cores(name):
     config = model_config(name)
     assert config["maxWorkers"] * config["handler"]["intraOpThreads"] <= CORES
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_archive_config_names_the_device_and_handler_settings(name):
+    config = model_config(name)
+    assert config["deviceType"] in ("cpu", "gpu")
+    assert config["handler"]["optimizeForInference"] in (True, False)
