@@ -13,11 +13,13 @@ BUILD := build
 STORE := model_store
 # Bump to build a new version of the archive (the registry keys versions by this).
 MOBILENET_VERSION ?= 1.0
+MINILM_VERSION ?= 1.0
 
 # Files every archive carries: the shared batch glue and request parsing.
 COMMON_HANDLER_FILES := handlers/batch_handler.py handlers/request_errors.py handlers/request_payload.py
 VISION_HANDLER_FILES := $(COMMON_HANDLER_FILES) handlers/classification.py \
 	handlers/image_decoding.py handlers/image_transforms.py
+TEXT_HANDLER_FILES := $(COMMON_HANDLER_FILES) handlers/text_batch_handler.py handlers/text_tokenization.py
 comma := ,
 join_commas = $(subst $(eval) ,$(comma),$(strip $(1)))
 
@@ -52,7 +54,34 @@ $(STORE)/mobilenet_v2.mar: $(BUILD)/mobilenet_v2/model.pt models/mobilenet_v2/mo
 		--config-file models/mobilenet_v2/model-config.yaml \
 		--export-path $(STORE)
 
-archives: $(STORE)/mobilenet_v2.mar
+MINILM_EXPORT := scripts/export_minilm.py $(VENV)/.installed
+
+$(BUILD)/minilm_embedding/model.pt: $(MINILM_EXPORT)
+	$(PY) scripts/export_minilm.py embedding --out-dir $(BUILD)/minilm_embedding
+
+# The topic head is built from the label descriptions: editing labels.json rebuilds it.
+$(BUILD)/minilm_topics/model.pt: $(MINILM_EXPORT) models/minilm_topics/labels.json
+	$(PY) scripts/export_minilm.py topics --labels models/minilm_topics/labels.json --out-dir $(BUILD)/minilm_topics
+
+$(STORE)/minilm_embedding.mar: $(BUILD)/minilm_embedding/model.pt models/minilm_embedding/model-config.yaml \
+		handlers/text_embedding_handler.py $(TEXT_HANDLER_FILES)
+	$(BIN)/torch-model-archiver --force --model-name minilm_embedding --version $(MINILM_VERSION) \
+		--serialized-file $< \
+		--handler handlers/text_embedding_handler.py \
+		--extra-files "$(BUILD)/minilm_embedding/tokenizer.json,$(call join_commas,$(TEXT_HANDLER_FILES))" \
+		--config-file models/minilm_embedding/model-config.yaml \
+		--export-path $(STORE)
+
+$(STORE)/minilm_topics.mar: $(BUILD)/minilm_topics/model.pt models/minilm_topics/model-config.yaml \
+		handlers/text_classifier_handler.py handlers/classification.py $(TEXT_HANDLER_FILES)
+	$(BIN)/torch-model-archiver --force --model-name minilm_topics --version $(MINILM_VERSION) \
+		--serialized-file $< \
+		--handler handlers/text_classifier_handler.py \
+		--extra-files "$(BUILD)/minilm_topics/tokenizer.json,$(BUILD)/minilm_topics/index_to_name.json,handlers/classification.py,$(call join_commas,$(TEXT_HANDLER_FILES))" \
+		--config-file models/minilm_topics/model-config.yaml \
+		--export-path $(STORE)
+
+archives: $(STORE)/mobilenet_v2.mar $(STORE)/minilm_embedding.mar $(STORE)/minilm_topics.mar
 
 # ---- server ----------------------------------------------------------------------------------
 serve: check-java archives

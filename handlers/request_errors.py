@@ -30,6 +30,10 @@ class InvalidJSON(RequestError):
     pass
 
 
+class EmptyText(RequestError):
+    """The text has nothing the tokenizer can read (empty, blank, control characters only)."""
+
+
 class InvalidField(RequestError):
     """A JSON field or multipart part is missing or has the wrong type or value."""
 

@@ -11,9 +11,11 @@ from typing import NamedTuple, Optional, Tuple
 
 from request_errors import (
     EmptyBody,
+    EmptyText,
     InvalidBase64,
     InvalidField,
     InvalidJSON,
+    InvalidUTF8,
     UnsupportedMediaType,
 )
 
@@ -120,3 +122,37 @@ def image_request(body: object, content_type: Optional[str], default_topk: int) 
     raise InvalidField(
         f'the JSON body must be an object like {{"image": "<base64>"}}, not {json_type_name(body)}'
     )
+
+
+def text_request(body: object, content_type: Optional[str]) -> str:
+    """The text of one request: a UTF-8 body (text/plain or raw bytes), or JSON {"text": "..."}."""
+    if isinstance(body, dict):
+        if "text" not in body:
+            raise InvalidField('JSON body has no \'text\' field; send {"text": "..."}')
+        text = body["text"]
+        if not isinstance(text, str):
+            raise InvalidField(f"JSON field 'text' must be a string, not {json_type_name(text)}")
+    elif isinstance(body, str):
+        if not body:
+            raise EmptyBody("the request body is empty: send the text")
+        text = body
+    elif isinstance(body, (bytes, bytearray)):
+        kind = media_type(content_type)
+        if is_json(content_type):
+            raise InvalidJSON('the body is sent as application/json but is not valid JSON; send {"text": "..."}')
+        if kind.startswith(("image/", "audio/", "video/")):
+            raise UnsupportedMediaType(f"got {kind}; send UTF-8 text as text/plain or JSON {{\"text\": \"...\"}}")
+        if not body:
+            raise EmptyBody("the request body is empty: send the text")
+        try:
+            text = bytes(body).decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise InvalidUTF8(
+                f"the body is not valid UTF-8 (byte 0x{body[err.start]:02x} at position {err.start}); "
+                "send the text encoded as UTF-8"
+            ) from None
+    else:
+        raise InvalidField(f'the JSON body must be an object like {{"text": "..."}}, not {json_type_name(body)}')
+    if not text.strip():
+        raise EmptyText("the text is empty: send at least one word")
+    return text

@@ -2,6 +2,8 @@
 """tsctl: a small command line for TorchServe's inference and management APIs (token auth aware).
 
     tsctl.py predict mobilenet_v2 cat.jpg [--topk 3]
+    tsctl.py predict minilm_topics --text "The striker scored twice in the final"
+    tsctl.py predict minilm_embedding notes.txt
     tsctl.py ping
     tsctl.py list
     tsctl.py describe mobilenet_v2 [VERSION]
@@ -100,6 +102,9 @@ class TorchServeClient:
     def ping(self) -> dict:
         return _json_or_raise(self.request("inference", "GET", "/ping"))
 
+    def predict_text(self, model: str, text: str) -> dict:
+        return self.predict(model, text.encode("utf-8"), "text/plain; charset=utf-8")
+
     def predict_file(self, model: str, path: str, topk: Optional[int] = None) -> dict:
         try:
             with open(path, "rb") as f:
@@ -111,6 +116,8 @@ class TorchServeClient:
             import base64
             body = json.dumps({"image": base64.b64encode(data).decode("ascii"), "topk": topk})
             return self.predict(model, body.encode(), "application/json")
+        if suffix == ".txt":
+            return self.predict(model, data, "text/plain; charset=utf-8")
         content_type = mimetypes.guess_type(path)[0] if suffix in IMAGE_SUFFIXES else None
         return self.predict(model, data, content_type or "application/octet-stream")
 
@@ -187,10 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=60)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("predict", help="classify an image file")
+    p = sub.add_parser("predict", help="send an image file, a .txt file or --text to a model")
     p.add_argument("model")
-    p.add_argument("file")
-    p.add_argument("--topk", type=int, help="predictions to return (sent as JSON with base64)")
+    p.add_argument("file", nargs="?", help="image (sent raw with its type) or .txt (sent as text/plain)")
+    p.add_argument("--text", help="text to send as text/plain instead of a file")
+    p.add_argument("--topk", type=int, help="image models: predictions to return (sent as JSON with base64)")
 
     sub.add_parser("ping", help="server health (needs the inference key)")
     sub.add_parser("list", help="registered models")
@@ -225,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> object:
     client = TorchServeClient(args.inference_url, args.management_url, args.key_file, args.timeout)
     if args.command == "predict":
+        if (args.file is None) == (args.text is None):
+            raise CliError("predict needs either a file or --text")
+        if args.text is not None:
+            return client.predict_text(args.model, args.text)
         return client.predict_file(args.model, args.file, args.topk)
     if args.command == "ping":
         return client.ping()

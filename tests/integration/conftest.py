@@ -4,9 +4,10 @@ It serves the archives `make archives` built into model_store/, with the repo's 
 except for the addresses, so it can run beside a `make serve` server. It is always stopped.
 """
 
-import json
 import os
+import re
 import socket
+import time
 
 import pytest
 import requests
@@ -67,6 +68,24 @@ class Client:
     def predict(self, model, body, content_type, **kwargs):
         return self.infer("POST", f"/predictions/{model}", data=body,
                           headers={"Content-Type": content_type}, **kwargs)
+
+    def batch_sizes(self, model):
+        """Sizes of the batches the model's handler reported (`handled batch size=N`), in order."""
+        with open(self.server.model_log, encoding="utf-8", errors="replace") as f:
+            log = f.read()
+        pattern = rf"-{re.escape(model)}_[0-9.]+-stdout MODEL_LOG - handled batch size=(\d+)"
+        return [int(n) for n in re.findall(pattern, log)]
+
+    def batches_since(self, model, before, total, timeout=15):
+        """Batch sizes logged after the first `before`, once they add up to `total` requests.
+        The frontend copies worker stdout to model_log.log on its own thread, so a line can land
+        a moment after the response it belongs to."""
+        deadline = time.monotonic() + timeout
+        while True:
+            sizes = self.batch_sizes(model)[before:]
+            if sum(sizes) >= total or time.monotonic() > deadline:
+                return sizes
+            time.sleep(0.2)
 
     def describe(self, model):
         response = self.manage("GET", f"/models/{model}")

@@ -3,7 +3,6 @@
 import base64
 import json
 import os
-import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -37,21 +36,16 @@ def test_input_forms(client):
     assert top1(as_json) in CAT_LABELS and len(as_json.json()["predictions"]) == 2
 
 
-def batch_sizes(server):
-    with open(server.model_log, encoding="utf-8", errors="replace") as f:
-        return [int(m) for m in re.findall(r"handled batch size=(\d+)", f.read())]
-
-
 def test_concurrent_requests_are_batched_and_correct(client, server):
     photos = {"chelsea": CAT_LABELS, "coffee": {"espresso"}}
     bodies = {name: encode(photo(name)) for name in photos}
     jobs = [name for name in photos for _ in range(24)]
-    before = len(batch_sizes(server))
+    before = len(client.batch_sizes(MODEL))
     with ThreadPoolExecutor(max_workers=16) as pool:
         answers = list(pool.map(lambda n: client.predict(MODEL, bodies[n], "image/jpeg"), jobs))
     for name, response in zip(jobs, answers):
         assert top1(response) in photos[name]
-    sizes = batch_sizes(server)[before:]
+    sizes = client.batches_since(MODEL, before, len(jobs))
     assert sum(sizes) == len(jobs)
     assert max(sizes) > 1, f"no batch larger than 1 was formed: {sizes}"
 

@@ -1,0 +1,18 @@
+"""TorchServe handler for sentence embeddings: {"embedding": [floats], "truncated": bool}.
+
+The TorchScript model (scripts/export_minilm.py) already mean-pools and L2-normalises; this
+handler only tokenizes, batches and serialises. TorchServe requires exactly one class here.
+"""
+
+from typing import List
+
+import torch
+
+from batch_handler import PreparedBatch
+from text_batch_handler import TextBatchHandler
+
+
+class TextEmbeddingHandler(TextBatchHandler):
+    def postprocess(self, embeddings: torch.Tensor, batch: PreparedBatch) -> List[dict]:
+        rows = embeddings.float().cpu().tolist()
+        return [{"embedding": row, "truncated": item.truncated} for row, item in zip(rows, batch.items)]
