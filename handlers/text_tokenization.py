@@ -59,3 +59,27 @@ def collate_padded(items: List[TextItem], pad_id: int, device: torch.device) -> 
         ids[row, : len(item.ids)] = torch.tensor(item.ids, dtype=torch.long)
         mask[row, : len(item.ids)] = 1
     return ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+
+
+def length_buckets(lengths: List[int], pass_overhead_tokens: int) -> List[List[int]]:
+    """Split a batch into sub-batches of similar length, to cut padding waste.
+
+    A forward pass costs about (items x longest length) padded tokens, plus a fixed overhead per
+    pass. Sorted by length, the best contiguous split under that cost is found exactly by dynamic
+    programming (batches are small). Returns lists of indices into `lengths`, shortest first.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: cost of the first j sorted items
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        longest = lengths[order[j - 1]]
+        for i in range(j):  # items i..j-1 in one pass, padded to the longest (the last)
+            cost = best[i] + pass_overhead_tokens + (j - i) * longest
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]

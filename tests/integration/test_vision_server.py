@@ -104,16 +104,18 @@ def test_cli_predicts_a_cat(server, tmp_path):
 
 
 def test_cli_scales_workers_and_describe_shows_it(server, client):
+    configured = client.describe(MODEL)["minWorkers"]
+    target = configured + 1
     try:
-        result = tsctl(server, "scale", MODEL, "--min", "2", "--max", "2")
+        result = tsctl(server, "scale", MODEL, "--min", str(target), "--max", str(target))
         assert result.returncode == 0, result.stderr
         described = json.loads(tsctl(server, "describe", MODEL).stdout)[0]
-        assert described["minWorkers"] == 2
-        assert [w["status"] for w in described["workers"]] == ["READY", "READY"]
+        assert described["minWorkers"] == target
+        assert [w["status"] for w in described["workers"]] == ["READY"] * target
         assert top1(client.predict(MODEL, encode(photo("coffee")), "image/jpeg")) == "espresso"
     finally:
-        tsctl(server, "scale", MODEL, "--min", "1", "--max", "1")
-    assert len(json.loads(tsctl(server, "describe", MODEL).stdout)[0]["workers"]) == 1
+        tsctl(server, "scale", MODEL, "--min", str(configured), "--max", str(configured))
+    assert len(json.loads(tsctl(server, "describe", MODEL).stdout)[0]["workers"]) == configured
 
 
 def test_cli_lists_and_reports_errors_clearly(server):

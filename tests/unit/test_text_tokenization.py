@@ -66,3 +66,18 @@ def test_dynamic_padding_to_the_longest_of_the_batch(tokenizer):
     assert ids.shape == mask.shape == (3, 7)
     assert mask.sum(1).tolist() == [3, 7, 4]
     assert ids[0, 3:].eq(0).all()
+
+
+def test_length_buckets_split_only_when_padding_waste_outweighs_a_pass():
+    from text_tokenization import length_buckets
+
+    # seven short texts and one at the limit: two passes
+    assert length_buckets([10, 12, 256, 9, 11, 10, 12, 10], 32) == [[3, 0, 5, 7, 4, 1, 6], [2]]
+    # similar lengths: one pass
+    assert length_buckets([10, 12, 14, 11], 32) == [[0, 3, 1, 2]]
+    # every index exactly once, whatever the lengths
+    lengths = [5, 200, 37, 37, 120, 256, 8, 64, 64, 3]
+    groups = length_buckets(lengths, 32)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert all(max(lengths[i] for i in a) <= min(lengths[i] for i in b) for a, b in zip(groups, groups[1:]))
+    assert length_buckets([], 32) == []

@@ -1,0 +1,352 @@
+"""make bench: throughput and latency of (A) stock TorchServe, (B) this package, (C) the raw model.
+
+One run, one machine, side by side, so that the ratios mean something even when absolute times drift:
+  (A) stock TorchServe: its `image_classifier` handler serving the plainly scripted MobileNetV2
+      with the same real weights (the TorchServe README recipe; needs captum), with the same
+      workers/batch settings as (B);
+  (B) this package's archives: mobilenet_v2, minilm_topics, minilm_embedding;
+  (C) the raw TorchScript model in this process, optimised as the handler does, at (B)'s batch
+      size, with no HTTP and no decoding: the ceiling.
+(A) and (B) run in one TorchServe started for the bench (own ports, working dir and TMPDIR) and
+are loaded with wrk (compiled; a Python client when wrk is missing) at each concurrency.
+Writes results/bench/<time>/ {results.json, table.md, bench.png}; prints the table.
+
+    python scripts/bench.py [--seconds 8] [--concurrency 1 4 16] [--quick]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+import psutil
+import requests
+import torch
+import yaml
+from PIL import Image
+from tqdm import tqdm
+
+sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)),
+                os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "handlers")]
+
+from load_generators import LoadResult, run_python, run_wrk, wrk_available  # noqa: E402
+from ts_server import REPO, TorchServe, read_properties, write_properties  # noqa: E402
+
+STOCK = "stock_mobilenet_v2"
+STORE = os.path.join(REPO, "model_store")
+BUILD = os.path.join(REPO, "build")
+
+TEXTS = {
+    "short": "The striker scored twice in the final",
+    "medium": ("Central bank officials signalled on Tuesday that interest rates would stay higher for longer, "
+               "sending bond yields to their highest level in a decade while stocks in Asia and Europe slipped "
+               "and the dollar strengthened against most major currencies."),
+    "long": " ".join(["Researchers measured how the new battery chemistry ages over thousands of charge cycles, "
+                      "reporting that capacity loss slowed markedly after the first few hundred cycles."] * 12),
+}
+
+
+# ---- inputs ---------------------------------------------------------------------------------------
+def make_inputs(directory: str) -> Dict[str, dict]:
+    """Request bodies on disk: real photos at realistic sizes, and texts of three lengths."""
+    from skimage import data as skimage_data
+
+    os.makedirs(directory, exist_ok=True)
+    workloads = {}
+    photo = Image.fromarray(skimage_data.chelsea())
+    for name, size in (("jpeg_640x480", (640, 480)), ("jpeg_2048x1536", (2048, 1536))):
+        path = os.path.join(directory, f"{name}.jpg")
+        photo.resize(size, Image.Resampling.LANCZOS).save(path, "JPEG", quality=90)
+        workloads[name] = {"path": path, "content_type": "image/jpeg", "kind": "vision"}
+    for name, text in TEXTS.items():
+        path = os.path.join(directory, f"text_{name}.txt")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        workloads[f"text_{name}"] = {"path": path, "content_type": "text/plain; charset=utf-8", "kind": "text"}
+    return workloads
+
+
+# ---- the bench server -------------------------------------------------------------------------------
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_stock_archive(store: str) -> None:
+    """The stock recipe: torch-model-archiver --handler image_classifier on the plainly scripted model."""
+    subprocess.run([os.path.join(os.path.dirname(sys.executable), "torch-model-archiver"), "--force",
+                    "--model-name", STOCK, "--version", "1.0",
+                    "--serialized-file", os.path.join(BUILD, "mobilenet_v2", "model.pt"),
+                    "--handler", "image_classifier",
+                    "--extra-files", os.path.join(BUILD, "mobilenet_v2", "index_to_name.json"),
+                    "--export-path", store], check=True, capture_output=True)
+
+
+def bench_server(workdir: str, models: List[str], with_stock: bool) -> TorchServe:
+    store = os.path.join(workdir, "model_store")
+    os.makedirs(store, exist_ok=True)
+    for name in models:
+        shutil.copy(os.path.join(STORE, f"{name}.mar"), store)
+    props = read_properties(os.path.join(REPO, "config.properties"))
+    settings = json.loads(props["models"])
+    loaded = list(models)
+    if with_stock:
+        build_stock_archive(store)
+        # the same frontend settings as our mobilenet_v2, so only handler and model differ
+        settings[STOCK] = {"1.0": dict(settings["mobilenet_v2"]["1.0"], marName=f"{STOCK}.mar")}
+        loaded.append(STOCK)
+    props.update({
+        "inference_address": f"http://127.0.0.1:{free_port()}",
+        "management_address": f"http://127.0.0.1:{free_port()}",
+        "metrics_address": f"http://127.0.0.1:{free_port()}",
+        "grpc_inference_port": str(free_port()),
+        "grpc_management_port": str(free_port()),
+        "model_store": store,
+        "load_models": ",".join(f"{m}.mar" for m in loaded),
+        "models": json.dumps({m: settings[m] for m in loaded}),
+    })
+    config = os.path.join(workdir, "config.properties")
+    write_properties(props, config)
+    return TorchServe(config, workdir=workdir, tmpdir=os.path.join(workdir, "tmp"))
+
+
+def server_cpu_seconds(server: TorchServe) -> float:
+    """CPU time of the frontend and all its worker processes so far."""
+    try:
+        root = psutil.Process(server.pid())
+        total = 0.0
+        for proc in [root] + root.children(recursive=True):
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                pass
+        return total
+    except (psutil.Error, TypeError, ValueError):
+        return float("nan")
+
+
+def load_point(server: TorchServe, model: str, workload: dict, concurrency: int, seconds: float,
+               generator: str) -> LoadResult:
+    url = f"{server.inference_url}/predictions/{model}"
+    token = server.keys()["inference"]
+    if generator == "wrk":
+        return run_wrk(url, workload["path"], workload["content_type"], token, concurrency, seconds)
+    with open(workload["path"], "rb") as f:
+        body = f.read()
+    return run_python(url, body, workload["content_type"], token, concurrency, seconds)
+
+
+def check_answer(server: TorchServe, model: str, workload: dict) -> None:
+    """One request before timing: the answer must be right, not just fast."""
+    with open(workload["path"], "rb") as f:
+        response = requests.post(f"{server.inference_url}/predictions/{model}", data=f.read(), timeout=60,
+                                 headers={"Content-Type": workload["content_type"],
+                                          "Authorization": f"Bearer {server.keys()['inference']}"})
+    response.raise_for_status()
+    answer = response.json()
+    if workload["kind"] == "vision":
+        top = answer[0] if isinstance(answer, list) else answer
+        label = top["predictions"][0]["label"] if "predictions" in top else next(iter(top))
+        assert label in ("Egyptian cat", "tabby", "tiger cat"), f"{model} answered {label}"
+
+
+# ---- (C): the raw model in process -----------------------------------------------------------------
+def model_config(name: str) -> dict:
+    with open(os.path.join(REPO, "models", name, "model-config.yaml"), encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def raw_model_throughput(model: str, workload_name: str, seconds: float) -> dict:
+    """Requests/s of the optimised TorchScript model alone at (B)'s batch size: the best of
+    1 thread and all cores (the machine is otherwise idle while this runs)."""
+    from batch_handler import load_torchscript
+
+    config = model_config(model)
+    batch = int(config["batchSize"])
+    net = load_torchscript(os.path.join(BUILD, model, "model.pt"), torch.device("cpu"),
+                           optimize=bool(config["handler"].get("optimizeForInference", True)))
+    if model == "mobilenet_v2":
+        inputs = (torch.randn(batch, 3, 224, 224),)
+    else:
+        from text_tokenization import collate_padded, load_tokenizer, tokenize
+
+        max_tokens = int(config["handler"]["maxTokens"])
+        tokenizer = load_tokenizer(os.path.join(BUILD, model, "tokenizer.json"), max_tokens)
+        item = tokenize(tokenizer, TEXTS[workload_name.removeprefix("text_")], max_tokens)
+        inputs = collate_padded([item] * batch, tokenizer.token_to_id("[PAD]"), torch.device("cpu"))
+    best = None
+    for threads in sorted({1, psutil.cpu_count(logical=True)}):
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            for _ in range(3):
+                net(*inputs)
+            runs, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds / 2:
+                net(*inputs)
+                runs += 1
+        elapsed = time.perf_counter() - started
+        row = {"setup": "C", "model": model, "workload": workload_name, "concurrency": None,
+               "batch": batch, "throughput": runs * batch / elapsed, "p50_ms": elapsed / runs * 1e3,
+               "threads": threads}
+        if best is None or row["throughput"] > best["throughput"]:
+            best = row
+    return best
+
+
+# ---- report ----------------------------------------------------------------------------------------
+def fmt(value: Optional[float], digits: int = 1) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def table(rows: List[dict]) -> str:
+    lines = ["| setup | model | input | conc | req/s | p50 ms | p90 ms | p99 ms | errors | server CPU (cores) | client CPU (cores) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['setup']} | {r['model']} | {r['workload']} | {r.get('concurrency') or 'batch ' + str(r.get('batch'))} "
+                     f"| {fmt(r['throughput'])} | {fmt(r.get('p50_ms'))} | {fmt(r.get('p90_ms'))} | {fmt(r.get('p99_ms'))} "
+                     f"| {r.get('errors', '')} | {fmt(r.get('server_cores'), 2)} | {fmt(r.get('client_cores'), 2)} |")
+    return "\n".join(lines)
+
+
+def ratios(rows: List[dict], top_concurrency: int) -> List[str]:
+    def find(setup, model, workload, concurrency=None):
+        for r in rows:
+            if r["setup"] == setup and r["model"] == model and r["workload"] == workload and \
+                    (concurrency is None or r.get("concurrency") == concurrency):
+                return r
+        return None
+
+    out = []
+    for workload in ("jpeg_640x480", "jpeg_2048x1536"):
+        a = find("A", STOCK, workload, top_concurrency)
+        b = find("B", "mobilenet_v2", workload, top_concurrency)
+        c = find("C", "mobilenet_v2", "tensor_224")
+        if a and b:
+            out.append(f"vision {workload} c={top_concurrency}: B/A throughput {b['throughput'] / a['throughput']:.2f}x "
+                       f"(target >= 3), p99 B {b['p99_ms']:.0f} ms vs A {a['p99_ms']:.0f} ms (target: no worse)")
+        if b and c:
+            out.append(f"vision {workload} c={top_concurrency}: B/C {b['throughput'] / c['throughput']:.0%} (target >= 75%)")
+    for model in ("minilm_topics", "minilm_embedding"):
+        for length in TEXTS:
+            b = find("B", model, f"text_{length}", top_concurrency)
+            c = find("C", model, f"text_{length}")
+            if b and c:
+                out.append(f"{model} {length} c={top_concurrency}: B/C {b['throughput'] / c['throughput']:.0%} (target >= 70%)")
+    return out
+
+
+def plot(rows: List[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r["model"], r["workload"]) for r in rows if r["setup"] in ("A", "B")})
+    workloads = sorted({w for _, w in groups})
+    fig, axes = plt.subplots(1, len(workloads), figsize=(4.2 * len(workloads), 3.8), squeeze=False)
+    for ax, workload in zip(axes[0], workloads):
+        for model, w in groups:
+            if w != workload:
+                continue
+            points = sorted((r["concurrency"], r["throughput"]) for r in rows
+                            if r["model"] == model and r["workload"] == w and r["setup"] in ("A", "B"))
+            setup = "A" if model == STOCK else "B"
+            ax.plot(*zip(*points), marker="o", label=f"{setup}: {model}")
+        for r in rows:
+            if r["setup"] == "C" and (r["workload"] == workload or (workload.startswith("jpeg") and r["model"] == "mobilenet_v2")):
+                ax.axhline(r["throughput"], linestyle="--", color="gray")
+                ax.text(1, r["throughput"], f"C: {r['model']}", fontsize=7, va="bottom")
+        ax.set_title(workload, fontsize=9)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrency")
+        ax.set_ylabel("req/s")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+# ---- main --------------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--warmup", type=float, default=2)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--models", nargs="+", default=["mobilenet_v2", "minilm_topics", "minilm_embedding"])
+    parser.add_argument("--no-stock", action="store_true", help="skip (A)")
+    parser.add_argument("--no-raw", action="store_true", help="skip (C)")
+    parser.add_argument("--workloads", nargs="+", help="only these inputs (e.g. jpeg_640x480 text_short)")
+    parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument("--out", default=os.path.join(REPO, "results", "bench", time.strftime("%Y%m%d-%H%M%S")))
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: mobilenet_v2 only, one input, concurrency 4, 2 s, no (A)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.models, args.concurrency, args.seconds, args.warmup = ["mobilenet_v2"], [4], 2, 0.5
+        args.no_stock, args.workloads = True, ["jpeg_640x480"]
+    generator = ("wrk" if wrk_available() else "python") if args.generator == "auto" else args.generator
+    os.makedirs(args.out, exist_ok=True)
+
+    workloads = make_inputs(os.path.join(args.out, "inputs"))
+    if args.workloads:
+        workloads = {k: v for k, v in workloads.items() if k in args.workloads}
+    with_stock = "mobilenet_v2" in args.models and not args.no_stock
+    plan = []
+    for model in args.models + ([STOCK] if with_stock else []):
+        kind = "vision" if model in ("mobilenet_v2", STOCK) else "text"
+        for name, workload in workloads.items():
+            if workload["kind"] == kind:
+                plan += [(model, name, c) for c in args.concurrency]
+
+    rows: List[dict] = []
+    workdir = tempfile.mkdtemp(prefix="bench-server-")
+    server = bench_server(workdir, args.models, with_stock)
+    print(f"bench: load generator {generator}; server in {workdir}; results in {args.out}")
+    server.start()
+    try:
+        server.wait_ready(timeout=300)
+        for model, name in sorted({(m, n) for m, n, _ in plan}):
+            check_answer(server, model, workloads[name])
+        for model, name, concurrency in tqdm(plan, desc="bench", unit="point"):
+            if args.warmup:
+                load_point(server, model, workloads[name], concurrency, args.warmup, generator)
+            cpu_before, wall_before = server_cpu_seconds(server), time.monotonic()
+            result = load_point(server, model, workloads[name], concurrency, args.seconds, generator)
+            wall = time.monotonic() - wall_before
+            rows.append(dict(result.as_dict(), setup="A" if model == STOCK else "B", model=model, workload=name,
+                             server_cores=(server_cpu_seconds(server) - cpu_before) / wall,
+                             client_cores=result.client_cpu_s / wall))
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    if not args.no_raw:
+        for model in tqdm(args.models, desc="raw model (C)", unit="model"):
+            names = ["tensor_224"] if model == "mobilenet_v2" else [n for n in workloads if n.startswith("text_")]
+            for name in names:
+                rows.append(raw_model_throughput(model, name, max(2.0, args.seconds / 2)))
+
+    report = table(rows)
+    summary = ratios(rows, max(args.concurrency))
+    with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
+        json.dump({"rows": rows, "ratios": summary, "generator": generator, "args": vars(args)}, f, indent=1)
+    with open(os.path.join(args.out, "table.md"), "w", encoding="utf-8") as f:
+        f.write(report + "\n\n" + "\n".join(f"- {line}" for line in summary) + "\n")
+    plot(rows, os.path.join(args.out, "bench.png"))
+    print(report)
+    print("\n".join(summary))
+    print(f"written: {args.out}/table.md, bench.png, results.json")
+    errors = sum(r.get("errors", 0) for r in rows)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
