@@ -16,7 +16,8 @@ MOBILENET_VERSION ?= 1.0
 MINILM_VERSION ?= 1.0
 
 # Files every archive carries: the shared batch glue and request parsing.
-COMMON_HANDLER_FILES := handlers/batch_handler.py handlers/request_errors.py handlers/request_payload.py
+COMMON_HANDLER_FILES := handlers/batch_handler.py handlers/request_errors.py handlers/request_payload.py \
+	handlers/handler_metrics.py handlers/oip_v2.py
 VISION_HANDLER_FILES := $(COMMON_HANDLER_FILES) handlers/classification.py \
 	handlers/image_decoding.py handlers/image_transforms.py
 TEXT_HANDLER_FILES := $(COMMON_HANDLER_FILES) handlers/text_batch_handler.py handlers/text_tokenization.py

@@ -3,12 +3,15 @@
 TorchServe calls `handle(data, context)` with N requests; this class answers N responses in the
 same order. A request whose content is bad gets its own 4xx JSON error through
 `context.set_response_status(code, message, idx)`; the others of the batch are answered normally.
+A request is either the contract's plain form (one item) or an Open Inference Protocol v2 request
+(`/v2/models/<m>/infer`, one or more items), answered in the same protocol.
 
 Subclasses fill four small hooks (the shape of LitServe's LitAPI):
     setup(config)                 read the `handler:` settings of model-config.yaml once
     decode(body, content_type)    one request's body -> one model item (raise RequestError if bad)
     collate(items)                decoded items -> the model's batched input, on self.device
     postprocess(outputs, batch)   model output -> one JSON-ready result per item
+and name `v2_field`, the plain JSON field a v2 BYTES element stands for ("image" or "text").
 """
 
 import json
@@ -22,6 +25,8 @@ from typing import Any, Dict, List, Optional
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
+from handler_metrics import HandlerMetrics
+from oip_v2 import is_v2_request, parse_v2_request, v2_response
 from request_errors import InternalError, RequestError
 from request_payload import request_body
 
@@ -31,12 +36,19 @@ JSON = "application/json"
 
 
 @dataclass
-class PreparedBatch:
-    """The decodable requests of one TorchServe batch, and the errors of the others."""
+class DecodedRequest:
+    items: List[Any]
+    v2: Optional[Any] = None  # the parsed V2Request for Open Inference Protocol requests
 
-    positions: List[int] = field(default_factory=list)  # request index of each item
-    items: List[Any] = field(default_factory=list)
+
+@dataclass
+class PreparedBatch:
+    """The decodable requests of one TorchServe batch, flattened to items, and the errors of the others."""
+
+    requests: Dict[int, DecodedRequest] = field(default_factory=dict)
     errors: Dict[int, RequestError] = field(default_factory=dict)
+    items: List[Any] = field(default_factory=list)
+    owners: List[int] = field(default_factory=list)  # request index of each item
 
 
 def select_device(gpu_id: Optional[int]) -> torch.device:
@@ -61,6 +73,8 @@ def reason_phrase(message: str) -> str:
 
 
 class BatchHandler(BaseHandler):
+    v2_field = "data"
+
     def initialize(self, context):
         started = time.perf_counter()
         self.context = context
@@ -76,6 +90,7 @@ class BatchHandler(BaseHandler):
         self.model = load_torchscript(
             model_file, self.device, optimize=bool(self.config.get("optimizeForInference", True))
         )
+        self.handler_metrics = HandlerMetrics(context.metrics, context.model_name)
         self.setup(self.config)
         self.warm_up(int(self.config.get("warmUpRuns", 2)))
         self.initialized = True
@@ -107,43 +122,81 @@ class BatchHandler(BaseHandler):
         for _ in range(runs if items else 0):
             self.inference(self.collate(items))
 
+    def decode_request(self, idx: int, row: dict) -> DecodedRequest:
+        key, body = request_body(row)
+        if is_v2_request(body):
+            v2 = parse_v2_request(body)
+            # each BYTES element is what the plain JSON form carries in `v2_field`
+            return DecodedRequest([self.decode({self.v2_field: e}, JSON) for e in v2.elements], v2)
+        return DecodedRequest([self.decode(body, self.content_type(idx, key))])
+
     def preprocess(self, data: List[dict]) -> PreparedBatch:
         """Decode each request on its own: a bad one is recorded, never raised."""
         batch = PreparedBatch()
         for idx, row in enumerate(data):
             try:
-                key, body = request_body(row)
-                item = self.decode(body, self.content_type(idx, key))
+                request = self.decode_request(idx, row)
             except RequestError as err:
                 batch.errors[idx] = err
             except Exception:  # a decoder bug must not fail the batch or the worker
                 logger.exception("decoding request %d failed", idx)
                 batch.errors[idx] = InternalError("the server failed to read this request")
             else:
-                batch.positions.append(idx)
-                batch.items.append(item)
+                batch.requests[idx] = request
+                batch.items += request.items
+                batch.owners += [idx] * len(request.items)
         return batch
 
     def inference(self, inputs: Any) -> Any:
         with torch.inference_mode():
-            return self.model(inputs)
+            outputs = self.model(inputs)
+        return outputs
 
     def handle(self, data: List[dict], context) -> List[bytes]:
         self.context = context
+        started = time.perf_counter()
         batch = self.preprocess(data)
-        results: Dict[int, Any] = dict(batch.errors)
+        answers: Dict[int, Any] = dict(batch.errors)
+        timings: Dict[str, float] = {}
         if batch.items:
             try:
-                outputs = self.inference(self.collate(batch.items))
-                results.update(zip(batch.positions, self.postprocess(outputs, batch)))
+                inputs = self.collate(batch.items)
+                decoded = time.perf_counter()
+                timings["PreprocessTime"] = (decoded - started) * 1e3
+                outputs = self.inference(inputs)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                inferred = time.perf_counter()
+                timings["InferenceTime"] = (inferred - decoded) * 1e3
+                results = self.postprocess(outputs, batch)
+                timings["PostprocessTime"] = (time.perf_counter() - inferred) * 1e3
+                answers.update(self.group_answers(batch, results))
             except Exception:
                 logger.exception("inference failed for a batch of %d", len(batch.items))
                 failure = InternalError("inference failed on the server; see the model log")
-                results.update((idx, failure) for idx in batch.positions)
+                answers.update((idx, failure) for idx in batch.requests)
+        self.handler_metrics.batch(len(data), timings, [e.type for e in batch.errors.values()])
         logger.info("handled batch size=%d invalid=%d", len(data), len(batch.errors))
-        return [self.encode(idx, results[idx]) for idx in range(len(data))]
+        return [self.encode(idx, answers[idx]) for idx in range(len(data))]
+
+    def group_answers(self, batch: PreparedBatch, results: List[Any]) -> Dict[int, Any]:
+        """Item results back to their requests, in each request's protocol."""
+        per_request: Dict[int, List[Any]] = {}
+        for owner, result in zip(batch.owners, results):
+            per_request.setdefault(owner, []).append(result)
+        answers = {}
+        for idx, request in batch.requests.items():
+            if request.v2 is None:
+                answers[idx] = per_request[idx][0]
+            else:
+                answers[idx] = v2_response(self.context.model_name, self.model_version(),
+                                           request.v2.id, per_request[idx])
+        return answers
 
     # ---- TorchServe request/response plumbing -------------------------------------------------
+    def model_version(self) -> Optional[str]:
+        return (self.manifest or {}).get("model", {}).get("modelVersion")
+
     def content_type(self, idx: int, key: str) -> Optional[str]:
         """The content type of the request part `key` (TorchServe keeps one per part)."""
         part = self.context.get_request_header(idx, key)

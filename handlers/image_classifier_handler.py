@@ -19,6 +19,8 @@ from request_payload import image_request
 
 
 class ImageClassifierHandler(BatchHandler):
+    v2_field = "image"  # a v2 BYTES element is base64 image bytes, like JSON {"image": ...}
+
     def setup(self, config: dict) -> None:
         self.topk = int(config.get("topk", 5))
         self.max_pixels = int(config.get("maxImagePixels", 40_000_000))

@@ -1,8 +1,11 @@
 """Image bytes -> RGB uint8 tensor [3, H, W], with the size checked before any pixel is decoded.
 
-JPEG, PNG and WebP decode with torchvision.io (libjpeg-turbo / libpng / libwebp straight into a
-tensor, EXIF orientation applied). GIF and BMP go through Pillow: torchvision.io has no BMP
-decoder, and its GIF decoder expands every frame of an animation when only the first is wanted.
+JPEG and WebP decode with torchvision.io (libjpeg-turbo / libwebp straight into a tensor; JPEG's
+EXIF orientation applied by torchvision, WebP's here). PNG, GIF and BMP go through Pillow:
+torchvision.io has no BMP decoder, its GIF decoder expands every frame of an animation when only
+the first is wanted, and its PNG decoder (0.29) crashes the whole process with a segmentation
+fault on any libpng error met while reading pixels (a bad CRC, a damaged zlib stream, a bad row
+filter byte): one corrupt PNG would kill the worker and every request batched with it.
 Pillow also reads the header first (format and declared size) without decoding pixels, which is
 how a decompression bomb is refused before it costs memory.
 """
@@ -12,6 +15,7 @@ import re
 import warnings
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image
@@ -19,11 +23,13 @@ from torchvision.transforms.v2 import functional as F
 
 from request_errors import CorruptImage, ImageTooLarge, UnsupportedMediaType
 
-TORCHVISION_FORMATS = {"JPEG", "MPO", "PNG", "WEBP"}  # MPO: multi-picture JPEG from cameras
-PILLOW_FORMATS = {"GIF", "BMP"}  # and animated WebP, which torchvision.io refuses
+TORCHVISION_FORMATS = {"JPEG", "MPO", "WEBP"}  # MPO: multi-picture JPEG from cameras
+PILLOW_FORMATS = {"PNG", "GIF", "BMP"}  # and animated WebP, which torchvision.io refuses
 SUPPORTED = "JPEG, PNG, WebP, GIF or BMP"
 
 JPEG_END_OF_IMAGE = b"\xff\xd9"
+EXIF_ORIENTATION = 0x0112
+SIXTEEN_BIT_GRAY_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 
 class ImageHeader(NamedTuple):
@@ -31,6 +37,7 @@ class ImageHeader(NamedTuple):
     width: int
     height: int
     animated: bool = False
+    orientation: int = 1  # EXIF orientation, read here for WebP only (torchvision ignores it there)
 
 
 def read_header(data: bytes, max_pixels: int) -> ImageHeader:
@@ -40,7 +47,8 @@ def read_header(data: bytes, max_pixels: int) -> ImageHeader:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 animated = image.format == "WEBP" and getattr(image, "is_animated", False)
-                header = ImageHeader(image.format, image.width, image.height, animated)
+                orientation = _orientation(image) if image.format == "WEBP" else 1
+                header = ImageHeader(image.format, image.width, image.height, animated, orientation)
     except Image.DecompressionBombError as err:
         raise ImageTooLarge(
             f"image declares over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels "
@@ -70,6 +78,8 @@ def decode_rgb(data: bytes, max_pixels: int) -> torch.Tensor:
     header = read_header(data, max_pixels)
     if header.format in TORCHVISION_FORMATS and not header.animated:
         image = _decode_with_torchvision(data, header)
+        if header.format == "WEBP":  # torchvision applies EXIF orientation to JPEG only
+            image = apply_orientation(image, header.orientation)
     else:
         image = _decode_with_pillow(data)
     if image.dtype != torch.uint8:  # 16-bit PNG
@@ -93,10 +103,50 @@ def _decode_with_pillow(data: bytes) -> torch.Tensor:
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.seek(0)
-            rgb = image.convert("RGB")
+            image.load()
+            orientation = _orientation(image)
+            if image.mode in SIXTEEN_BIT_GRAY_MODES:  # 16-bit gray PNG: convert("RGB") would clip
+                rgb = _scale_to_uint8(np.asarray(image)).expand(3, -1, -1).contiguous()
+            else:
+                rgb = F.pil_to_tensor(image.convert("RGB"))
     except (OSError, ValueError, SyntaxError, EOFError) as err:
         raise CorruptImage(f"the image cannot be decoded ({err})") from None
-    return F.pil_to_tensor(rgb)
+    return apply_orientation(rgb, orientation)
+
+
+def _scale_to_uint8(gray16: np.ndarray) -> torch.Tensor:
+    """[1, H, W] uint8 from 16-bit gray values, rounded as to_dtype(scale=True) does."""
+    wide = gray16.astype(np.uint32).clip(0, 65535)
+    return torch.from_numpy(((wide * 255 + 32767) // 65535).astype(np.uint8)).unsqueeze(0)
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag (1 = as stored); damaged EXIF data is ignored, not fatal."""
+    try:
+        value = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # Pillow's EXIF parser raises many types on damaged metadata
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def apply_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Turn a [C, H, W] image as stored into the image as displayed, for EXIF orientation 1-8
+    (the same transposes as PIL.ImageOps.exif_transpose)."""
+    if orientation == 2:
+        return image.flip(-1)
+    if orientation == 3:
+        return image.flip(-2, -1)
+    if orientation == 4:
+        return image.flip(-2)
+    if orientation == 5:
+        return image.transpose(-2, -1).contiguous()
+    if orientation == 6:
+        return torch.rot90(image, -1, dims=(-2, -1))
+    if orientation == 7:
+        return image.transpose(-2, -1).flip(-2, -1)
+    if orientation == 8:
+        return torch.rot90(image, 1, dims=(-2, -1))
+    return image
 
 
 def _first_line(err: Exception) -> str:

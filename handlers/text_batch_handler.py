@@ -19,6 +19,8 @@ SubBatch = Tuple[List[int], torch.Tensor, torch.Tensor]  # (item indices, input_
 
 
 class TextBatchHandler(BatchHandler):
+    v2_field = "text"  # a v2 BYTES element is the text, like JSON {"text": ...}
+
     def setup(self, config: dict) -> None:
         self.max_tokens = int(config.get("maxTokens", 256))
         self.tokenizer = load_tokenizer(

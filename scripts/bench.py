@@ -110,6 +110,7 @@ def bench_server(workdir: str, models: List[str], with_stock: bool) -> TorchServ
         "grpc_inference_port": str(free_port()),
         "grpc_management_port": str(free_port()),
         "model_store": store,
+        "metrics_config": os.path.join(REPO, props["metrics_config"]),
         "load_models": ",".join(f"{m}.mar" for m in loaded),
         "models": json.dumps({m: settings[m] for m in loaded}),
     })

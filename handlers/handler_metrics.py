@@ -1,0 +1,54 @@
+"""The handler's own metrics, through TorchServe's metrics API (context.metrics).
+
+Declared in the server's metrics.yaml (model_metrics) so the frontend exports them on the
+metrics port in Prometheus format; declared here too when missing, so an archive served with
+another metrics config still logs them (model_metrics.log) instead of failing.
+
+    PreprocessTime, InferenceTime, PostprocessTime   histogram, ms, per batch
+    BatchSize                                        histogram, requests per handle() call
+    InvalidInputs                                    counter, per ErrorType (the 4xx `type`)
+"""
+
+import logging
+from collections import Counter
+from typing import Dict, Iterable
+
+from ts.metrics.metric_cache_errors import MetricsCacheKeyError
+from ts.metrics.metric_type_enum import MetricTypes
+
+logger = logging.getLogger(__name__)
+
+LEVEL = "Model"
+BASE_DIMENSIONS = ["ModelName", "Level"]
+SPECS = {
+    "PreprocessTime": ("ms", BASE_DIMENSIONS, MetricTypes.HISTOGRAM),
+    "InferenceTime": ("ms", BASE_DIMENSIONS, MetricTypes.HISTOGRAM),
+    "PostprocessTime": ("ms", BASE_DIMENSIONS, MetricTypes.HISTOGRAM),
+    "BatchSize": ("count", BASE_DIMENSIONS, MetricTypes.HISTOGRAM),
+    "InvalidInputs": ("count", BASE_DIMENSIONS + ["ErrorType"], MetricTypes.COUNTER),
+}
+
+
+class HandlerMetrics:
+    def __init__(self, metrics_cache, model_name: str):
+        self.model_name = model_name
+        self.metrics = {}
+        if metrics_cache is None:  # e.g. a bare Context in a unit test
+            return
+        for name, (unit, dimensions, kind) in SPECS.items():
+            try:
+                self.metrics[name] = metrics_cache.get_metric(name, kind)
+            except MetricsCacheKeyError:
+                self.metrics[name] = metrics_cache.add_metric_to_cache(name, unit, dimensions, kind)
+
+    def _emit(self, name: str, value: float, *extra_dimensions: str) -> None:
+        metric = self.metrics.get(name)
+        if metric is not None:
+            metric.add_or_update(value, [self.model_name, LEVEL, *extra_dimensions])
+
+    def batch(self, size: int, timings_ms: Dict[str, float], error_types: Iterable[str]) -> None:
+        self._emit("BatchSize", size)
+        for name, value in timings_ms.items():
+            self._emit(name, round(value, 3))
+        for error_type, count in Counter(error_types).items():
+            self._emit("InvalidInputs", count, error_type)
