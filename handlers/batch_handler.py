@@ -3,8 +3,9 @@
 TorchServe calls `handle(data, context)` with N requests; this class answers N responses in the
 same order. A request whose content is bad gets its own 4xx JSON error through
 `context.set_response_status(code, message, idx)`; the others of the batch are answered normally.
-A request is either the contract's plain form (one item) or an Open Inference Protocol v2 request
-(`/v2/models/<m>/infer`, one or more items), answered in the same protocol.
+A request is either the contract's plain form (one item) or a KServe form, one or more items, answered
+in the same protocol: Open Inference Protocol v2 (`/v2/models/<m>/infer`) or KServe v1
+(`/v1/models/<m>:predict`).
 
 Subclasses fill four small hooks (the shape of LitServe's LitAPI):
     setup(config)                 read the `handler:` settings of model-config.yaml once
@@ -26,7 +27,14 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from handler_metrics import HandlerMetrics
-from oip_v2 import is_v2_request, parse_v2_request, v2_response
+from kserve_protocols import (
+    is_kserve_v1_request,
+    is_v2_request,
+    kserve_v1_response,
+    parse_kserve_v1_request,
+    parse_v2_request,
+    v2_response,
+)
 from request_errors import InternalError, RequestError
 from request_payload import request_body
 
@@ -38,7 +46,8 @@ JSON = "application/json"
 @dataclass
 class DecodedRequest:
     items: List[Any]
-    v2: Optional[Any] = None  # the parsed V2Request for Open Inference Protocol requests
+    protocol: str = "plain"  # "plain" (the contract), "v2" (Open Inference Protocol) or "kserve_v1"
+    v2: Optional[Any] = None  # the parsed V2Request (its id is echoed back)
 
 
 @dataclass
@@ -124,10 +133,14 @@ class BatchHandler(BaseHandler):
 
     def decode_request(self, idx: int, row: dict) -> DecodedRequest:
         key, body = request_body(row)
+        # each KServe element (a v2 BYTES element, a v1 instance) is what the plain JSON form
+        # carries in `v2_field`: base64 image bytes or the text
         if is_v2_request(body):
             v2 = parse_v2_request(body)
-            # each BYTES element is what the plain JSON form carries in `v2_field`
-            return DecodedRequest([self.decode({self.v2_field: e}, JSON) for e in v2.elements], v2)
+            return DecodedRequest([self.decode({self.v2_field: e}, JSON) for e in v2.elements], "v2", v2)
+        if is_kserve_v1_request(body):
+            v1 = parse_kserve_v1_request(body)
+            return DecodedRequest([self.decode({self.v2_field: e}, JSON) for e in v1.elements], "kserve_v1")
         return DecodedRequest([self.decode(body, self.content_type(idx, key))])
 
     def preprocess(self, data: List[dict]) -> PreparedBatch:
@@ -186,11 +199,13 @@ class BatchHandler(BaseHandler):
             per_request.setdefault(owner, []).append(result)
         answers = {}
         for idx, request in batch.requests.items():
-            if request.v2 is None:
-                answers[idx] = per_request[idx][0]
-            else:
+            if request.protocol == "v2":
                 answers[idx] = v2_response(self.context.model_name, self.model_version(),
                                            request.v2.id, per_request[idx])
+            elif request.protocol == "kserve_v1":
+                answers[idx] = kserve_v1_response(per_request[idx])
+            else:
+                answers[idx] = per_request[idx][0]
         return answers
 
     # ---- TorchServe request/response plumbing -------------------------------------------------

@@ -96,9 +96,19 @@ class TorchServe:
         return os.path.join(self.log_dir, "ts_log.log")
 
     def expected_models(self) -> List[str]:
-        """Model names of `load_models` (archive file names without .mar)."""
+        """Model names of `load_models` (archive file names without .mar), or of `model_snapshot`."""
+        if self.props.get("model_snapshot"):
+            return list(json.loads(self.props["model_snapshot"])["models"])
         names = self.props.get("load_models", "")
         return [n.strip().split("=")[0].removesuffix(".mar") for n in names.split(",") if n.strip()]
+
+    @property
+    def token_auth(self) -> bool:
+        return self.props.get("disable_token_authorization", "false").lower() != "true"
+
+    def auth_headers(self, kind: str) -> Dict[str, str]:
+        """{"Authorization": "Bearer <key>"} for `inference` or `management`; {} without token auth."""
+        return {"Authorization": f"Bearer {self.keys()[kind]}"} if self.token_auth else {}
 
     # -- process ------------------------------------------------------------------------------
     def _env(self) -> Dict[str, str]:
@@ -149,7 +159,7 @@ class TorchServe:
     # -- health -------------------------------------------------------------------------------
     def model_status(self, name: str) -> List[dict]:
         """The workers of a model's default version (describe API)."""
-        headers = {"Authorization": f"Bearer {self.keys()['management']}"}
+        headers = self.auth_headers("management")
         response = requests.get(f"{self.management_url}/models/{name}", headers=headers, timeout=10)
         response.raise_for_status()
         return response.json()[0].get("workers", [])

@@ -38,6 +38,7 @@ def test_config(workdir, **overrides):
         "grpc_inference_port": str(grpc_inference),
         "grpc_management_port": str(grpc_management),
         "model_store": MODEL_STORE,
+        "metrics_config": os.path.join(REPO, props["metrics_config"]),
     })
     props.update(overrides)
     path = os.path.join(workdir, "config.properties")

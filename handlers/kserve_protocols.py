@@ -1,6 +1,12 @@
-"""Open Inference Protocol v2 (KServe v2) JSON: parse an inference request, build a response.
+"""KServe's request forms: the Open Inference Protocol v2 and KServe v1, parsed and answered.
 
-TorchServe routes `POST /v2/models/<model>/infer` to the handler with the JSON body parsed.
+TorchServe routes `POST /v2/models/<model>/infer` (v2) and `POST /v1/models/<model>:predict`
+(KServe v1) to the handler with the JSON body parsed.
+
+KServe v1: {"instances": [x, ...]} where x is a string (base64 image bytes, or the text) or an
+object {"data": x} / {"image": x} / {"text": x}; answered {"predictions": [plain answer, ...]}.
+
+v2:
 A request carries one BYTES input whose `data` holds one element per item: base64 image bytes
 for image models, strings for text models. The response has one output per field of the plain
 answer, row-major `data` with its `shape`:
@@ -13,6 +19,37 @@ from typing import Any, Dict, List, NamedTuple, Optional
 
 from request_errors import InvalidField
 from request_payload import json_type_name
+
+
+class KServeV1Request(NamedTuple):
+    elements: List[Any]
+
+
+def is_kserve_v1_request(body: object) -> bool:
+    return isinstance(body, dict) and "instances" in body
+
+
+def parse_kserve_v1_request(body: dict) -> KServeV1Request:
+    instances = body["instances"]
+    if not isinstance(instances, list) or not instances:
+        raise InvalidField("KServe v1 request: 'instances' must be a non-empty list")
+    elements = []
+    for instance in instances:
+        if isinstance(instance, dict):
+            keys = [k for k in ("data", "image", "text", "b64") if k in instance]
+            if not keys:
+                raise InvalidField("KServe v1 request: an instance object needs a 'data' field")
+            instance = instance[keys[0]]
+            if isinstance(instance, dict) and "b64" in instance:  # {"data": {"b64": ...}}
+                instance = instance["b64"]
+        if not isinstance(instance, str):
+            raise InvalidField(f"KServe v1 request: instances must be strings, not {json_type_name(instance)}")
+        elements.append(instance)
+    return KServeV1Request(elements)
+
+
+def kserve_v1_response(results: List[Dict[str, Any]]) -> dict:
+    return {"predictions": results}
 
 
 class V2Request(NamedTuple):
