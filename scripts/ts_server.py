@@ -165,7 +165,10 @@ class TorchServe:
         return response.json()[0].get("workers", [])
 
     def ready(self, models: List[str]) -> bool:
+        """The management API answers and every model has a READY worker."""
         try:
+            requests.get(f"{self.management_url}/models", headers=self.auth_headers("management"),
+                         timeout=10).raise_for_status()
             return all(any(w.get("status") == "READY" for w in self.model_status(m)) for m in models)
         except (OSError, ValueError, KeyError, requests.RequestException):
             return False

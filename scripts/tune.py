@@ -1,0 +1,268 @@
+"""make tune: sweep workers x intra-op threads x batchSize x maxBatchDelay for one model, and write
+the best setting whose p99 meets a latency target, as a config fragment.
+
+One TorchServe is started for the whole sweep (own ports, working dir, TMPDIR); settings are applied
+through the management API: each intra-op thread count is a variant of the model's archive (the
+thread count lives in its model-config.yaml), registered with `batch_size` and `max_batch_delay`,
+then scaled to each worker count. Per point: warm-up, then wrk at a fixed concurrency on a
+realistic input (bench.py's). The grid is pruned: workers x threads above the core count are
+skipped, and batch sizes stop growing once throughput falls.
+
+    python scripts/tune.py --model mobilenet_v2 --p99-ms 250 [--concurrency 16] [--quick]
+
+Writes results/tune/<model>/: frontier.md, frontier.png, results.json, config-fragment.properties
+(a `models=` entry for config.properties) and model-config-values.yaml (the same values for the
+model's models/<name>/model-config.yaml).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import zipfile
+from typing import Dict, List, Optional
+
+import psutil
+import requests
+import yaml
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import free_port, make_inputs  # noqa: E402
+from load_generators import run_python, run_wrk, wrk_available  # noqa: E402
+from ts_server import REPO, TorchServe, read_properties, write_properties  # noqa: E402
+
+FRONTEND_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")
+DEFAULT_WORKLOAD = {"mobilenet_v2": "jpeg_640x480", "minilm_topics": "text_medium", "minilm_embedding": "text_medium"}
+
+
+def variant_archive(model: str, threads: int, store: str, frontend: Optional[dict] = None,
+                    name: Optional[str] = None) -> str:
+    """A copy of the model's archive whose model-config.yaml sets `threads` intra-op threads.
+    Without `frontend`, workers and batching are left out of it, so the registration decides them
+    (TorchServe lets the archive's model-config.yaml win over config.properties and the API);
+    with `frontend` ({"minWorkers": ..., "batchSize": ...}) they are written in."""
+    name = name or f"{model}_t{threads}"
+    source = os.path.join(REPO, "model_store", f"{model}.mar")
+    target = os.path.join(store, f"{name}.mar")
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as dst:
+        manifest = json.loads(src.read("MAR-INF/MANIFEST.json"))
+        config_name = manifest["model"]["configFile"]
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename == config_name:
+                config = yaml.safe_load(data)
+                for key in FRONTEND_KEYS:
+                    config.pop(key, None)
+                config.update(frontend or {})
+                config["handler"]["intraOpThreads"] = threads
+                data = yaml.safe_dump(config, sort_keys=False).encode()
+            elif info.filename == "MAR-INF/MANIFEST.json":
+                manifest["model"]["modelName"] = name
+                data = json.dumps(manifest).encode()
+            dst.writestr(info.filename, data)
+    return name
+
+
+class Sweep:
+    def __init__(self, model: str, workdir: str):
+        self.model = model
+        self.store = os.path.join(workdir, "model_store")
+        os.makedirs(self.store, exist_ok=True)
+        props = read_properties(os.path.join(REPO, "config.properties"))
+        props.update({
+            "inference_address": f"http://127.0.0.1:{free_port()}",
+            "management_address": f"http://127.0.0.1:{free_port()}",
+            "metrics_address": f"http://127.0.0.1:{free_port()}",
+            "grpc_inference_port": str(free_port()),
+            "grpc_management_port": str(free_port()),
+            "model_store": self.store,
+            "metrics_config": os.path.join(REPO, props["metrics_config"]),
+            "load_models": "",
+        })
+        props.pop("models", None)
+        config = os.path.join(workdir, "config.properties")
+        write_properties(props, config)
+        self.server = TorchServe(config, workdir=workdir, tmpdir=os.path.join(workdir, "tmp"))
+
+    def manage(self, method: str, path: str, **params) -> requests.Response:
+        response = requests.request(method, f"{self.server.management_url}{path}", params=params, timeout=600,
+                                    headers=self.server.auth_headers("management"))
+        if response.status_code >= 300:
+            raise RuntimeError(f"{method} {path} {params}: {response.status_code} {response.text}")
+        return response
+
+    def register(self, name: str, batch: int, delay: int, workers: int) -> None:
+        self.manage("POST", "/models", url=f"{name}.mar", model_name=name, batch_size=batch,
+                    max_batch_delay=delay, initial_workers=workers, synchronous="true")
+
+    def scale(self, name: str, workers: int) -> None:
+        self.manage("PUT", f"/models/{name}", min_worker=workers, max_worker=workers, synchronous="true")
+
+    def unregister(self, name: str, timeout: float = 120) -> None:
+        """Unregister and wait until the model is gone, so the next registration cannot collide."""
+        self.manage("DELETE", f"/models/{name}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            response = requests.get(f"{self.server.management_url}/models/{name}", timeout=30,
+                                    headers=self.server.auth_headers("management"))
+            if response.status_code == 404:
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"{name} still registered {timeout:.0f} s after DELETE")
+
+    def measure(self, name: str, workload: dict, concurrency: int, seconds: float, warmup: float) -> dict:
+        url = f"{self.server.inference_url}/predictions/{name}"
+        token = self.server.keys()["inference"]
+        run = run_wrk if wrk_available() else None
+        if run is None:
+            with open(workload["path"], "rb") as f:
+                body = f.read()
+            load = lambda s: run_python(url, body, workload["content_type"], token, concurrency, s)  # noqa: E731
+        else:
+            load = lambda s: run_wrk(url, workload["path"], workload["content_type"], token, concurrency, s)  # noqa: E731
+        if warmup:
+            load(warmup)
+        return load(seconds).as_dict()
+
+
+def frontier(rows: List[dict]) -> List[dict]:
+    """Points no other point beats on both throughput and p99."""
+    return [r for r in rows if not any(o["throughput"] >= r["throughput"] and o["p99_ms"] <= r["p99_ms"]
+                                       and (o["throughput"], -o["p99_ms"]) != (r["throughput"], -r["p99_ms"])
+                                       for o in rows)]
+
+
+def choose(rows: List[dict], p99_ms: float) -> Optional[dict]:
+    meeting = [r for r in rows if r["p99_ms"] <= p99_ms and r["errors"] == 0]
+    return max(meeting, key=lambda r: r["throughput"]) if meeting else None
+
+
+def write_outputs(out: str, model: str, rows: List[dict], best: Optional[dict], args) -> None:
+    os.makedirs(out, exist_ok=True)
+    lines = ["| workers | threads | batchSize | maxBatchDelay | req/s | p50 ms | p99 ms | errors | frontier |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    front = frontier(rows)
+    for r in sorted(rows, key=lambda r: -r["throughput"]):
+        lines.append(f"| {r['workers']} | {r['threads']} | {r['batch']} | {r['delay']} | {r['throughput']:.1f} "
+                     f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {'*' if r in front else ''} |")
+    verdict = (f"chosen (p99 <= {args.p99_ms:g} ms at concurrency {args.concurrency}): workers {best['workers']}, "
+               f"threads {best['threads']}, batchSize {best['batch']}, maxBatchDelay {best['delay']} ms -> "
+               f"{best['throughput']:.1f} req/s, p99 {best['p99_ms']:.1f} ms" if best else
+               f"no setting met p99 <= {args.p99_ms:g} ms at concurrency {args.concurrency}")
+    with open(os.path.join(out, "frontier.md"), "w", encoding="utf-8") as f:
+        f.write(f"# make tune: {model}\n\n{verdict}\n\n" + "\n".join(lines) + "\n")
+    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
+        json.dump({"model": model, "rows": rows, "best": best, "p99_ms": args.p99_ms,
+                   "concurrency": args.concurrency, "workload": args.workload}, f, indent=1)
+    if best:
+        entry = {model: {"1.0": {"marName": f"{model}.mar", "minWorkers": best["workers"], "maxWorkers": best["workers"],
+                                 "batchSize": best["batch"], "maxBatchDelay": best["delay"], "responseTimeout": 60}}}
+        with open(os.path.join(out, "config-fragment.properties"), "w", encoding="utf-8") as f:
+            f.write(f"# make tune {model}: {verdict}\n# merge this entry into models= in config.properties, and put the\n"
+                    "# same values in models/<model>/model-config.yaml (the archive's values win in TorchServe)\n")
+            f.write("models=" + json.dumps(entry) + "\n")
+        with open(os.path.join(out, "model-config-values.yaml"), "w", encoding="utf-8") as f:
+            f.write(f"# make tune {model}: {verdict}\n")
+            yaml.safe_dump({"minWorkers": best["workers"], "maxWorkers": best["workers"], "batchSize": best["batch"],
+                            "maxBatchDelay": best["delay"], "handler": {"intraOpThreads": best["threads"]},
+                            "measured": {"throughput_rps": round(best["throughput"], 1), "p99_ms": round(best["p99_ms"], 1),
+                                         "concurrency": args.concurrency, "workload": args.workload}},
+                           f, sort_keys=False)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for (workers, threads) in sorted({(r["workers"], r["threads"]) for r in rows}):
+        pts = sorted((r["p99_ms"], r["throughput"], r["batch"]) for r in rows if (r["workers"], r["threads"]) == (workers, threads))
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=f"{workers} workers x {threads} threads")
+        for p99, tput, batch in pts:
+            ax.annotate(f"b{batch}", (p99, tput), fontsize=7)
+    ax.axvline(args.p99_ms, color="red", linestyle="--", label=f"p99 target {args.p99_ms:g} ms")
+    if best:
+        ax.scatter([best["p99_ms"]], [best["throughput"]], s=160, facecolors="none", edgecolors="black", label="chosen")
+    ax.set_xlabel(f"p99 latency (ms) at concurrency {args.concurrency}")
+    ax.set_ylabel("throughput (req/s)")
+    ax.set_title(f"make tune: {model} ({args.workload})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "frontier.png"), dpi=110)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, choices=sorted(DEFAULT_WORKLOAD))
+    parser.add_argument("--p99-ms", type=float, required=True)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=6)
+    parser.add_argument("--warmup", type=float, default=2)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--delays", type=int, nargs="+", default=[2, 10, 25])
+    parser.add_argument("--workload", help="input (bench.py names); default per model")
+    parser.add_argument("--quick", action="store_true", help="small grid, under 5 minutes")
+    parser.add_argument("--out", help="default results/tune/<model>")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.threads, args.batch_sizes, args.delays, args.seconds, args.warmup = [1], [1, 4, 8], [5], 3, 1
+    args.workload = args.workload or DEFAULT_WORKLOAD[args.model]
+    out = args.out or os.path.join(REPO, "results", "tune", args.model)
+    cores = psutil.cpu_count(logical=True)
+    workload = make_inputs(os.path.join(out, "inputs"))[args.workload]
+
+    workdir = tempfile.mkdtemp(prefix="tune-server-")
+    sweep = Sweep(args.model, workdir)
+    rows: List[dict] = []
+    total = sum(1 for t in args.threads for w in args.workers if w * t <= cores) * len(args.delays) * len(args.batch_sizes)
+    progress = tqdm(total=total, desc=f"tune {args.model}", unit="point")
+    sweep.server.start()
+    try:
+        sweep.server.wait_ready([], timeout=120)
+        for threads in args.threads:
+            workers_list = [w for w in args.workers if w * threads <= cores]
+            if not workers_list:
+                continue
+            name = variant_archive(args.model, threads, sweep.store)
+            for delay in args.delays:
+                best_so_far: Dict[int, float] = {}
+                stopped = set()
+                for batch in args.batch_sizes:
+                    if len(stopped) == len(workers_list):
+                        progress.update(len(workers_list))
+                        continue
+                    sweep.register(name, batch, delay, workers_list[0])
+                    try:
+                        for workers in workers_list:
+                            progress.update(1)
+                            if workers in stopped:
+                                continue
+                            sweep.scale(name, workers)
+                            result = sweep.measure(name, workload, args.concurrency, args.seconds, args.warmup)
+                            rows.append(dict(result, workers=workers, threads=threads, batch=batch, delay=delay))
+                            # prune: a larger batch that lowers throughput will not recover
+                            if result["throughput"] < best_so_far.get(workers, 0) * 0.97:
+                                stopped.add(workers)
+                            best_so_far[workers] = max(best_so_far.get(workers, 0), result["throughput"])
+                    finally:
+                        sweep.unregister(name)
+    finally:
+        progress.close()
+        sweep.server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    best = choose(rows, args.p99_ms)
+    write_outputs(out, args.model, rows, best, args)
+    with open(os.path.join(out, "frontier.md"), encoding="utf-8") as f:
+        print(f.read())
+    print(f"written: {out}/frontier.md, frontier.png, config-fragment.properties, model-config-values.yaml")
+    return 0 if best else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
