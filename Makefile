@@ -82,7 +82,21 @@ $(STORE)/minilm_topics.mar: $(BUILD)/minilm_topics/model.pt models/minilm_topics
 		--config-file models/minilm_topics/model-config.yaml \
 		--export-path $(STORE)
 
-archives: $(STORE)/mobilenet_v2.mar $(STORE)/minilm_embedding.mar $(STORE)/minilm_topics.mar
+# The same classifier with dynamically int8-quantised Linear layers: not served by default;
+# `make bench` compares it, tests/unit/test_text_handlers.py measures its accuracy.
+$(BUILD)/minilm_topics_int8/model.pt: $(MINILM_EXPORT) models/minilm_topics/labels.json
+	$(PY) scripts/export_minilm.py topics --int8 --labels models/minilm_topics/labels.json --out-dir $(BUILD)/minilm_topics_int8
+
+$(STORE)/minilm_topics_int8.mar: $(BUILD)/minilm_topics_int8/model.pt models/minilm_topics/model-config.yaml \
+		handlers/text_classifier_handler.py handlers/classification.py $(TEXT_HANDLER_FILES)
+	$(BIN)/torch-model-archiver --force --model-name minilm_topics_int8 --version $(MINILM_VERSION) \
+		--serialized-file $< \
+		--handler handlers/text_classifier_handler.py \
+		--extra-files "$(BUILD)/minilm_topics_int8/tokenizer.json,$(BUILD)/minilm_topics_int8/index_to_name.json,handlers/classification.py,$(call join_commas,$(TEXT_HANDLER_FILES))" \
+		--config-file models/minilm_topics/model-config.yaml \
+		--export-path $(STORE)
+
+archives: $(STORE)/mobilenet_v2.mar $(STORE)/minilm_embedding.mar $(STORE)/minilm_topics.mar $(STORE)/minilm_topics_int8.mar
 
 # A new version of mobilenet_v2 beside the current one, for a rollout (tsctl.py rollout):
 #   make archive-version MOBILENET_VERSION=2.0  ->  model_store/mobilenet_v2_v2.0.mar (model mobilenet_v2, version 2.0)

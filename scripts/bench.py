@@ -97,6 +97,8 @@ def bench_server(workdir: str, models: List[str], with_stock: bool) -> TorchServ
         shutil.copy(os.path.join(STORE, f"{name}.mar"), store)
     props = read_properties(os.path.join(REPO, "config.properties"))
     settings = json.loads(props["models"])
+    for variant, base in CONFIG_OF.items():
+        settings[variant] = {"1.0": dict(settings[base]["1.0"], marName=f"{variant}.mar")}
     loaded = list(models)
     if with_stock:
         build_stock_archive(store)
@@ -161,8 +163,12 @@ def check_answer(server: TorchServe, model: str, workload: dict) -> None:
 
 
 # ---- (C): the raw model in process -----------------------------------------------------------------
+# Variant archives built from another model's config (Makefile): minilm_topics_int8.
+CONFIG_OF = {"minilm_topics_int8": "minilm_topics"}
+
+
 def model_config(name: str) -> dict:
-    with open(os.path.join(REPO, "models", name, "model-config.yaml"), encoding="utf-8") as f:
+    with open(os.path.join(REPO, "models", CONFIG_OF.get(name, name), "model-config.yaml"), encoding="utf-8") as f:
         return yaml.safe_load(f)
 
 
@@ -236,7 +242,7 @@ def ratios(rows: List[dict], top_concurrency: int) -> List[str]:
                        f"(target >= 3), p99 B {b['p99_ms']:.0f} ms vs A {a['p99_ms']:.0f} ms (target: no worse)")
         if b and c:
             out.append(f"vision {workload} c={top_concurrency}: B/C {b['throughput'] / c['throughput']:.0%} (target >= 75%)")
-    for model in ("minilm_topics", "minilm_embedding"):
+    for model in ("minilm_topics", "minilm_embedding", "minilm_topics_int8"):
         for length in TEXTS:
             b = find("B", model, f"text_{length}", top_concurrency)
             c = find("C", model, f"text_{length}")
@@ -281,7 +287,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--warmup", type=float, default=2)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--models", nargs="+", default=["mobilenet_v2", "minilm_topics", "minilm_embedding"])
+    parser.add_argument("--models", nargs="+",
+                        default=["mobilenet_v2", "minilm_topics", "minilm_embedding", "minilm_topics_int8"])
     parser.add_argument("--no-stock", action="store_true", help="skip (A)")
     parser.add_argument("--no-raw", action="store_true", help="skip (C)")
     parser.add_argument("--workloads", nargs="+", help="only these inputs (e.g. jpeg_640x480 text_short)")

@@ -37,6 +37,11 @@ def topics(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def topics_int8(tmp_path_factory):
+    return load_handler(TextClassifierHandler, "minilm_topics_int8.mar", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
 def reference():
     return load_reference()
 
@@ -93,16 +98,32 @@ def test_topic_order_and_indices_follow_the_labels_file(topics):
     assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_topic_accuracy_on_the_headline_set(topics):
+def headline_accuracy(handler):
     with open(os.path.join(REPO, "tests", "data", "topic_headlines.json"), encoding="utf-8") as f:
         headlines = json.load(f)["headlines"]
     cases = [(label, text) for label, texts in headlines.items() for text in texts]
     assert len(cases) >= 40 and all(len(t) >= 10 for t in headlines.values())
-    answers = run(topics, [("body", text, "text/plain") for _, text in cases])
+    answers = run(handler, [("body", text, "text/plain") for _, text in cases])
     correct = sum(body["predictions"][0]["label"] == label for (label, _), (_, body) in zip(cases, answers))
-    accuracy = correct / len(cases)
-    print(f"minilm_topics accuracy: {correct}/{len(cases)} = {accuracy:.3f}")
-    assert accuracy >= TOPIC_ACCURACY_FLOOR
+    return correct, len(cases), answers
+
+
+def test_topic_accuracy_on_the_headline_set(topics):
+    correct, total, _ = headline_accuracy(topics)
+    print(f"minilm_topics accuracy: {correct}/{total} = {correct / total:.3f}")
+    assert correct / total >= TOPIC_ACCURACY_FLOOR
+
+
+def test_int8_variant_keeps_the_accuracy(topics, topics_int8):
+    correct, total, answers = headline_accuracy(topics_int8)
+    _, _, fp32 = headline_accuracy(topics)
+    agreement = sum(a[1]["predictions"][0]["label"] == b[1]["predictions"][0]["label"] for a, b in zip(answers, fp32))
+    drift = max(abs(p["probability"] - {q["label"]: q["probability"] for q in b[1]["predictions"]}[p["label"]])
+                for a, b in zip(answers, fp32) for p in a[1]["predictions"])
+    print(f"minilm_topics_int8 accuracy: {correct}/{total}; top-1 agreement with fp32 {agreement}/{total}; "
+          f"max probability change {drift:.3f}")
+    assert correct / total >= TOPIC_ACCURACY_FLOOR
+    assert agreement / total >= 0.9
 
 
 BAD_TEXT = [
