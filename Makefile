@@ -133,6 +133,15 @@ test-unit: archives
 test-integration: check-java archives
 	$(BIN)/pytest tests/integration
 
+# ---- load and soak: make soak [SOAK_REQUESTS=5000] ------------------------------------------------
+# The three models at concurrency 16 on a server of its own, every answer checked; fails on any error,
+# a worker restart, or worker memory growth of 10% or more after warm-up. `make test` runs a
+# 600-request form (tests/integration/test_soak.py). Report: results/soak.json.
+SOAK_REQUESTS ?= 5000
+.PHONY: soak
+soak: check-java archives
+	$(PY) scripts/soak.py --requests $(SOAK_REQUESTS) --concurrency 16 --json results/soak.json
+
 # ---- KServe: the storage layout its TorchServe runtime mounts (deploy/ has the manifests) --------
 kserve: archives
 	$(PY) scripts/kserve_layout.py --out $(BUILD)/kserve

@@ -46,7 +46,6 @@ def kserve_properties(root: str, bind: str, ports: dict, gpus: int) -> dict:
         "grpc_management_port": str(ports["grpc_management"]),
         "model_store": f"{root}/model-store",
         "metrics_config": f"{root}/config/metrics.yaml",
-        "allowed_urls": r"^file://.*/model[-_]store/[A-Za-z0-9_.-]+\.mar$",
         "disable_token_authorization": "true",
         "enable_model_api": "false",  # the models come from the snapshot; nothing registers at run time
         "enable_envvars_config": "true",

@@ -11,6 +11,13 @@
     tsctl.py scale mobilenet_v2 --min 2 [--max 2] [--version 1.0]
     tsctl.py set-default mobilenet_v2 2.0
     tsctl.py unregister mobilenet_v2 [VERSION]
+    tsctl.py rollout mobilenet_v2 mobilenet_v2_v2.0.mar [--probe cat.jpg] [--workers N] [--keep-old]
+
+`rollout` replaces the serving version with zero failed requests: it registers the new archive
+beside the old version (workers READY before anything else changes), optionally checks it with
+a probe request, makes it the default, waits until the old version's queue has drained, then
+unregisters the old version(s). If the new version fails to start or to answer the probe, it is
+removed again and the old one keeps serving.
 
 Tokens come from key_file.json (written by TorchServe where it was started; --key-file or
 $TS_KEY_FILE). When the server rejects an expired key, the CLI asks the management API's
@@ -23,7 +30,8 @@ import json
 import mimetypes
 import os
 import sys
-from typing import Optional
+import time
+from typing import Callable, List, Optional
 
 import requests
 
@@ -105,7 +113,8 @@ class TorchServeClient:
     def predict_text(self, model: str, text: str) -> dict:
         return self.predict(model, text.encode("utf-8"), "text/plain; charset=utf-8")
 
-    def predict_file(self, model: str, path: str, topk: Optional[int] = None) -> dict:
+    def predict_file(self, model: str, path: str, topk: Optional[int] = None,
+                     version: Optional[str] = None) -> dict:
         try:
             with open(path, "rb") as f:
                 data = f.read()
@@ -115,11 +124,11 @@ class TorchServeClient:
         if topk is not None:
             import base64
             body = json.dumps({"image": base64.b64encode(data).decode("ascii"), "topk": topk})
-            return self.predict(model, body.encode(), "application/json")
+            return self.predict(model, body.encode(), "application/json", version)
         if suffix == ".txt":
-            return self.predict(model, data, "text/plain; charset=utf-8")
+            return self.predict(model, data, "text/plain; charset=utf-8", version)
         content_type = mimetypes.guess_type(path)[0] if suffix in IMAGE_SUFFIXES else None
-        return self.predict(model, data, content_type or "application/octet-stream")
+        return self.predict(model, data, content_type or "application/octet-stream", version)
 
     def predict(self, model: str, body: bytes, content_type: str, version: Optional[str] = None) -> dict:
         path = f"/predictions/{model}" + (f"/{version}" if version else "")
@@ -158,6 +167,91 @@ class TorchServeClient:
     def unregister(self, model: str, version: Optional[str] = None) -> dict:
         path = f"/models/{model}" + (f"/{version}" if version else "")
         return _json_or_raise(self.request("management", "DELETE", path))
+
+    # -- rollout ------------------------------------------------------------------------------
+    def versions(self, model: str) -> List[str]:
+        """Every registered version of a model ([] when the model is not registered)."""
+        response = self.request("management", "GET", f"/models/{model}/all")
+        if response.status_code == 404:
+            return []
+        return [entry["modelVersion"] for entry in _json_or_raise(response)]
+
+    def wait_ready(self, model: str, version: str, workers: int, timeout: float) -> int:
+        """READY workers of `version`, once there are `workers` of them or `timeout` has passed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ready = sum(1 for w in self.describe(model, version)[0].get("workers", []) if w.get("status") == "READY")
+            if ready >= workers or time.monotonic() > deadline:
+                return ready
+            time.sleep(0.2)
+
+    def wait_drained(self, model: str, version: str, grace: float, timeout: float) -> None:
+        """Wait until `version` has had no queued request for `grace` seconds: once it is no longer
+        the default, nothing new joins its queue, and `grace` covers the batch still running."""
+        deadline = time.monotonic() + timeout
+        quiet_since = None
+        while True:
+            status = self.describe(model, version)[0].get("jobQueueStatus", {})
+            now = time.monotonic()
+            if status.get("pendingRequests", 0) == 0:
+                quiet_since = quiet_since if quiet_since is not None else now
+                if now - quiet_since >= grace:
+                    return
+            else:
+                quiet_since = None
+            if now > deadline:
+                raise CliError(f"{model} {version} still has queued requests after {timeout:g} s")
+            time.sleep(0.1)
+
+    def rollout(self, model: str, url: str, workers: Optional[int] = None,
+                probe: Optional[Callable[[str], None]] = None, drain_grace: float = 3.0,
+                drain_timeout: float = 300, keep_old: bool = False,
+                log: Callable[[str], None] = lambda line: None) -> dict:
+        """Serve the archive `url` as the new default version of `model` without a failed request."""
+        started = time.monotonic()
+        old_versions = self.versions(model)
+        if not old_versions:
+            raise CliError(f"{model} is not registered: use `register` for a first version")
+        default = self.describe(model)[0]
+        workers = workers or max(1, int(default.get("minWorkers", 1)))
+        log(f"{model}: serving {default['modelVersion']}; registering {url} with {workers} worker(s)")
+        try:
+            self.register(url, model_name=model, initial_workers=workers)
+        except CliError as err:
+            # TorchServe 0.12 keeps a version whose workers failed to start: take it out again
+            for version in set(self.versions(model)) - set(old_versions):
+                self.unregister(model, version)
+            raise CliError(f"registering {url} failed, {model} {default['modelVersion']} "
+                           f"keeps serving: {err}") from None
+        new_versions = sorted(set(self.versions(model)) - set(old_versions))
+        if len(new_versions) != 1:
+            raise CliError(f"expected one new version of {model} after registering {url}, found {new_versions}")
+        new = new_versions[0]
+        ready = self.wait_ready(model, new, workers, timeout=drain_timeout)
+        if ready < workers:
+            self.unregister(model, new)
+            raise CliError(f"{model} {new} has {ready} of {workers} workers READY after {drain_timeout:g} s and was "
+                           f"unregistered; {default['modelVersion']} keeps serving")
+        log(f"{model} {new}: {ready} worker(s) READY")
+        if probe is not None:
+            try:
+                probe(new)
+            except CliError as err:
+                self.unregister(model, new)
+                raise CliError(f"{model} {new} failed the probe and was unregistered; "
+                               f"{default['modelVersion']} keeps serving: {err}") from None
+            log(f"{model} {new}: probe answered")
+        self.set_default(model, new)
+        log(f"{model}: default is now {new}")
+        removed = []
+        for version in ([] if keep_old else old_versions):
+            self.wait_drained(model, version, drain_grace, drain_timeout)
+            self.unregister(model, version)
+            removed.append(version)
+            log(f"{model} {version}: drained and unregistered")
+        return {"model": model, "default": new, "previous": default["modelVersion"], "unregistered": removed,
+                "kept": [v for v in old_versions if v not in removed], "workers": workers,
+                "seconds": round(time.monotonic() - started, 1)}
 
 
 def _token_rejected(response: requests.Response) -> bool:
@@ -227,6 +321,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("unregister", help="remove a model (or one version)")
     p.add_argument("model")
     p.add_argument("version", nargs="?")
+
+    p = sub.add_parser("rollout", help="serve a new archive version instead of the current one, with zero failed requests")
+    p.add_argument("model")
+    p.add_argument("url", help="archive file name in the model store, e.g. mobilenet_v2_v2.0.mar")
+    p.add_argument("--workers", type=int, help="workers of the new version (default: as many as the current one)")
+    p.add_argument("--probe", help="file sent to the new version (as `predict` sends it) before it becomes the default")
+    p.add_argument("--drain-grace", type=float, default=3.0,
+                   help="s the old version's queue must stay empty before it is unregistered (default 3)")
+    p.add_argument("--drain-timeout", type=float, default=300)
+    p.add_argument("--keep-old", action="store_true", help="keep the old version registered (not the default)")
     return parser
 
 
@@ -252,6 +356,12 @@ def run(args: argparse.Namespace) -> object:
         return client.set_default(args.model, args.version)
     if args.command == "unregister":
         return client.unregister(args.model, args.version)
+    if args.command == "rollout":
+        probe = None
+        if args.probe:
+            probe = lambda version: client.predict_file(args.model, args.probe, version=version)  # noqa: E731
+        return client.rollout(args.model, args.url, args.workers, probe, args.drain_grace, args.drain_timeout,
+                              args.keep_old, log=lambda line: print(line, file=sys.stderr, flush=True))
     raise CliError(f"unknown command {args.command}")
 
 

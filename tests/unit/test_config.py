@@ -33,11 +33,12 @@ def test_auth_stays_on_and_model_api_is_enabled():
     assert PROPS["metrics_mode"] == "prometheus"
 
 
-def test_allowed_urls_admit_only_the_local_model_store():
+def test_allowed_urls_refuse_every_url():
+    # registration by file name from model_store/ does not consult allowed_urls; every URL is refused
     import re
 
     pattern = re.compile(PROPS["allowed_urls"])
-    assert pattern.match("file:///srv/app/model_store/mobilenet_v2.mar")
+    assert not pattern.match("file:///srv/app/model_store/mobilenet_v2.mar")
     assert not pattern.match("https://example.com/model_store/mobilenet_v2.mar")
     assert not pattern.match("file:///etc/passwd")
 

@@ -1,0 +1,108 @@
+"""A TorchServe of a test module's own, for tests that damage server state (kill workers, register
+broken archives, roll versions out): its own ports, working dir, TMPDIR and model store.
+
+The model store is a folder named `model_store` in the test's temp dir, with links to the archives
+`make archives` built (and any extra archive the test adds), so nothing is ever written into the
+repo's model_store/. Always used as a context manager: the server is stopped however the test ends.
+"""
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from typing import Dict, Iterable, Iterator, List, Optional
+
+import requests
+
+from conftest import Client, test_config
+from support import MODEL_STORE
+from ts_server import TorchServe
+
+ALL_MODELS = ("mobilenet_v2", "minilm_embedding", "minilm_topics")
+
+
+def model_store(base: str, models: Iterable[str], extra: Optional[Dict[str, str]] = None) -> str:
+    """`base`/model_store with links to the repo's archives of `models` and copies of `extra`
+    ({file name in the store: path})."""
+    store = os.path.join(base, "model_store")
+    os.makedirs(store, exist_ok=True)
+    for name in models:
+        source = os.path.join(MODEL_STORE, f"{name}.mar")
+        if not os.path.exists(source):
+            raise FileNotFoundError(f"{source} is missing: run `make archives` first")
+        os.symlink(source, os.path.join(store, f"{name}.mar"))
+    for file_name, path in (extra or {}).items():
+        shutil.copy(path, os.path.join(store, file_name))
+    return store
+
+
+@contextlib.contextmanager
+def own_server(base: str, models: Iterable[str] = ALL_MODELS, extra: Optional[Dict[str, str]] = None,
+               **overrides) -> Iterator[TorchServe]:
+    """A started TorchServe serving `models` (READY), stopped on exit."""
+    models = list(models)
+    workdir = os.path.join(base, "server")
+    os.makedirs(workdir, exist_ok=True)
+    props = {"model_store": model_store(base, models, extra),
+             "load_models": ",".join(f"{m}.mar" for m in models)}
+    props.update(overrides)
+    server = TorchServe(test_config(workdir, **props), workdir=workdir, tmpdir=os.path.join(workdir, "tmp"))
+    server.start()
+    try:
+        server.wait_ready(models, timeout=300)
+        yield server
+    finally:
+        server.stop()
+
+
+def worker_pids(client: Client, models: Iterable[str] = ALL_MODELS) -> Dict[str, List[int]]:
+    """The worker pids of each model's default version (describe API)."""
+    return {m: sorted(w["pid"] for w in client.describe(m)["workers"]) for m in models}
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
+    """Poll `predicate` until it returns something truthy; that value, or TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = predicate()
+        except (requests.RequestException, OSError, ValueError, KeyError, IndexError):
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout:g} s")
+        time.sleep(interval)
+
+
+def kill_worker(pid: int) -> None:
+    """SIGKILL one worker process, by the pid the describe API gave (never by name)."""
+    os.kill(pid, signal.SIGKILL)
+
+
+BROKEN_HANDLER = '''"""A handler whose initialize always raises: an archive that cannot be loaded (fault-injection test)."""
+from ts.torch_handler.base_handler import BaseHandler
+
+
+class BrokenHandler(BaseHandler):
+    def initialize(self, context):
+        raise RuntimeError("{message}")
+'''
+
+
+def build_broken_archive(directory: str, model_name: str, version: str, message: str) -> str:
+    """A .mar whose handler raises RuntimeError(message) in initialize; returns its path."""
+    os.makedirs(directory, exist_ok=True)
+    handler = os.path.join(directory, "broken_handler.py")
+    with open(handler, "w", encoding="utf-8") as f:
+        f.write(BROKEN_HANDLER.format(message=message))
+    config = os.path.join(directory, "model-config.yaml")
+    with open(config, "w", encoding="utf-8") as f:
+        f.write("minWorkers: 1\nmaxWorkers: 1\nmaxRetryTimeoutInSec: 5\n")
+    archiver = shutil.which("torch-model-archiver", path=os.path.dirname(sys.executable)) or "torch-model-archiver"
+    subprocess.run([archiver, "--force", "--model-name", model_name, "--version", version, "--handler", handler,
+                    "--config-file", config, "--export-path", directory], check=True, timeout=120)
+    return os.path.join(directory, f"{model_name}.mar")

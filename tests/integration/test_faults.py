@@ -1,0 +1,143 @@
+"""Faults under load, on a server of this module's own: a worker killed with SIGKILL, and an archive
+whose handler raises in initialize.
+
+kill -9: TorchServe answers the batch that was in flight on the dead worker with a 5xx ("Worker
+died."), restarts the worker, and queued requests wait for it (or go to the model's other worker):
+only the requests in flight on that worker fail. The time from the kill until the replacement
+worker is READY and answers is measured and bounded by RECOVERY_BOUND_S.
+"""
+
+import os
+import re
+import time
+
+import pytest
+
+from conftest import Client
+from own_server import ALL_MODELS, build_broken_archive, kill_worker, own_server, wait_until
+from soak import LoadClient, default_specs
+
+# Measured on the 2-core dev machine (TorchServe 0.12, CPU, load of 12 clients on): the killed worker
+# is READY again after 4 s (minilm_*) to 12 s (mobilenet_v2, whose other worker keeps the cores busy),
+# and up to 23 s with a benchmark running beside the tests: 1 s restart back-off, process start, model
+# load with freeze/optimise and warm-up. Each run prints its own figures (pytest -s).
+RECOVERY_BOUND_S = 45
+# A request that reached the dying worker's batch: sent before the kill, or within the batch window
+# (maxBatchDelay, 10 ms) plus scheduling slack after it.
+IN_FLIGHT_SLACK_S = 0.5
+
+
+@pytest.fixture(scope="module")
+def fault_server(tmp_path_factory):
+    base = str(tmp_path_factory.mktemp("faults"))
+    with own_server(base) as server:
+        client = Client(server)
+        for model in ALL_MODELS:  # every worker up, not just the first
+            wait_until(lambda: all_ready(client, model), 300, what=f"{model} workers READY")
+        yield base, server
+
+
+def all_ready(client, model):
+    described = client.describe(model)
+    workers = described["workers"]
+    return len(workers) == described["minWorkers"] and all(w["status"] == "READY" for w in workers)
+
+
+def pids(client):
+    return {m: {w["id"]: w["pid"] for w in client.describe(m)["workers"]} for m in ALL_MODELS}
+
+
+def checked_specs(server):
+    """The soak's requests for all three models, each with its reference answer taken alone."""
+    load = LoadClient(server.inference_url, lambda: server.keys()["inference"])
+    specs = default_specs(ALL_MODELS)
+    for spec in specs:
+        spec.reference = Client(server).predict(spec.model, spec.body, spec.content_type).json()
+    return load, specs
+
+
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_kill_9_a_worker_during_load(fault_server, model):
+    _, server = fault_server
+    client = Client(server)
+    load, specs = checked_specs(server)
+    batch_size = client.describe(model)["batchSize"]
+    before = pids(client)
+    worker_id, victim = sorted(before[model].items())[0]
+
+    with load.background(specs, concurrency=12) as traffic:
+        traffic.wait_for(30, model=model)
+        killed_at = time.monotonic()
+        kill_worker(victim)
+
+        def replaced():
+            workers = {w["id"]: w for w in client.describe(model)["workers"]}
+            new = workers.get(worker_id)
+            return new and new["pid"] != victim and new["status"] == "READY" and new["pid"]
+
+        new_pid = wait_until(replaced, RECOVERY_BOUND_S + 30, interval=0.05, what=f"{model} worker {worker_id} back")
+        ready_at = time.monotonic()
+        # keep the load on until the model has answered 20 more requests after the replacement came up
+        wait_until(lambda: sum(1 for o in traffic.snapshot() if o.model == model and o.started > ready_at
+                               and o.error is None) >= 20, 120, what=f"{model} answering again")
+    outcomes = traffic.outcomes
+
+    failed = [o for o in outcomes if o.error]
+    recovery = ready_at - killed_at
+    first_answer_after = min((o.ended for o in outcomes if o.model == model and o.error is None
+                              and o.started > killed_at + IN_FLIGHT_SLACK_S), default=float("nan")) - killed_at
+    print(f"\n[kill -9 {model} worker {worker_id} pid {victim}] {len(outcomes)} requests, "
+          f"{len(failed)} failed {sorted({o.status for o in failed})}; replacement pid {new_pid} READY after "
+          f"{recovery:.1f} s; first answer to a request sent after the kill after {first_answer_after:.1f} s")
+
+    assert all(o.model == model for o in failed), [(o.model, o.error) for o in failed]
+    assert all(500 <= o.status < 600 for o in failed), [(o.status, o.error) for o in failed]
+    assert all(o.started <= killed_at + IN_FLIGHT_SLACK_S for o in failed), "a request sent after the kill failed"
+    assert len(failed) <= batch_size, f"{len(failed)} failures: more than one batch in flight on the worker"
+    assert recovery <= RECOVERY_BOUND_S
+    # healthy again: the other workers untouched, the killed one replaced, /ping healthy
+    after = pids(client)
+    assert after[model][worker_id] == new_pid != victim
+    assert {m: p for m, p in after.items() if m != model} == {m: p for m, p in before.items() if m != model}
+    assert {i: p for i, p in after[model].items() if i != worker_id} == \
+        {i: p for i, p in before[model].items() if i != worker_id}
+    assert client.infer("GET", "/ping").json() == {"status": "Healthy"}
+
+
+def test_a_handler_that_raises_in_initialize(fault_server, tmp_path):
+    """A broken archive: registration fails with a clear error and log line; the other models serve on."""
+    base, server = fault_server
+    client = Client(server)
+    message = "broken_model: initialize failed on purpose (fault-injection test archive)"
+    archive = build_broken_archive(str(tmp_path), "broken_model", "1.0", message)
+    os.replace(archive, os.path.join(base, "model_store", "broken_model.mar"))
+    load, specs = checked_specs(server)
+    before = pids(client)
+
+    with load.background(specs, concurrency=8) as traffic:
+        traffic.wait_for(20)
+        started = time.monotonic()
+        response = client.manage("POST", "/models", params={"url": "broken_model.mar", "initial_workers": 1,
+                                                             "synchronous": "true"})
+        took = time.monotonic() - started
+        seen = len(traffic.snapshot())
+        traffic.wait_for(seen + 20)
+    outcomes = traffic.outcomes
+    print(f"\n[broken archive] register -> {response.status_code} {response.json().get('message')!r} "
+          f"in {took:.1f} s; {len(outcomes)} requests to the other models meanwhile, "
+          f"{sum(1 for o in outcomes if o.error)} failed")
+
+    assert response.status_code == 500, response.text
+    assert response.json()["message"] == "Failed to start workers for model broken_model version: 1.0"
+    with open(server.model_log, encoding="utf-8", errors="replace") as f:
+        log = f.read()
+    assert re.search(rf"broken_model_1\.0-stdout MODEL_LOG - Failed to load model broken_model, "
+                     rf"exception {re.escape(message)}", log), "no clear log line for the failed load"
+    assert not [o for o in outcomes if o.error], [o.error for o in outcomes if o.error][:5]
+    assert pids(client) == before
+    # TorchServe 0.12 keeps the failed model listed, with no worker; unregistering clears it
+    described = client.manage("GET", "/models/broken_model")
+    assert described.status_code == 200 and described.json()[0]["workers"] == []
+    assert client.predict("broken_model", b"x", "text/plain").status_code >= 500
+    assert client.manage("DELETE", "/models/broken_model").status_code == 200
+    assert "broken_model" not in [m["modelName"] for m in client.manage("GET", "/models").json()["models"]]
