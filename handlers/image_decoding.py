@@ -49,7 +49,7 @@ def read_header(data: bytes, max_pixels: int) -> ImageHeader:
                 animated = image.format == "WEBP" and getattr(image, "is_animated", False)
                 orientation = _orientation(image) if image.format == "WEBP" else 1
                 header = ImageHeader(image.format, image.width, image.height, animated, orientation)
-    except Image.DecompressionBombError as err:
+    except Image.DecompressionBombError:
         raise ImageTooLarge(
             f"image declares over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels "
             f"(the limit is {max_pixels / 1e6:g}): resize it before sending"

@@ -35,7 +35,7 @@ sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)),
                 os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "handlers")]
 
 from load_generators import LoadResult, run_python, run_wrk, wrk_available  # noqa: E402
-from ts_server import REPO, TorchServe, read_properties, write_properties  # noqa: E402
+from ts_server import REPO, TorchServe, free_ports, private_server, read_properties  # noqa: E402
 
 STOCK = "stock_mobilenet_v2"
 STORE = os.path.join(REPO, "model_store")
@@ -73,11 +73,7 @@ def make_inputs(directory: str) -> Dict[str, dict]:
 
 # ---- the bench server -------------------------------------------------------------------------------
 def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def build_stock_archive(store: str) -> None:
@@ -95,8 +91,7 @@ def bench_server(workdir: str, models: List[str], with_stock: bool) -> TorchServ
     os.makedirs(store, exist_ok=True)
     for name in models:
         shutil.copy(os.path.join(STORE, f"{name}.mar"), store)
-    props = read_properties(os.path.join(REPO, "config.properties"))
-    settings = json.loads(props["models"])
+    settings = json.loads(read_properties(os.path.join(REPO, "config.properties"))["models"])
     for variant, base in CONFIG_OF.items():
         settings[variant] = {"1.0": dict(settings[base]["1.0"], marName=f"{variant}.mar")}
     loaded = list(models)
@@ -108,20 +103,8 @@ def bench_server(workdir: str, models: List[str], with_stock: bool) -> TorchServ
         settings[STOCK] = {"1.0": {"marName": f"{STOCK}.mar", "minWorkers": 1, "maxWorkers": 1,
                                    "batchSize": 8, "maxBatchDelay": 10, "responseTimeout": 60}}
         loaded.append(STOCK)
-    props.update({
-        "inference_address": f"http://127.0.0.1:{free_port()}",
-        "management_address": f"http://127.0.0.1:{free_port()}",
-        "metrics_address": f"http://127.0.0.1:{free_port()}",
-        "grpc_inference_port": str(free_port()),
-        "grpc_management_port": str(free_port()),
-        "model_store": store,
-        "metrics_config": os.path.join(REPO, props["metrics_config"]),
-        "load_models": ",".join(f"{m}.mar" for m in loaded),
-        "models": json.dumps({m: settings[m] for m in loaded}),
-    })
-    config = os.path.join(workdir, "config.properties")
-    write_properties(props, config)
-    return TorchServe(config, workdir=workdir, tmpdir=os.path.join(workdir, "tmp"))
+    return private_server(workdir, model_store=store, load_models=",".join(f"{m}.mar" for m in loaded),
+                          models=json.dumps({m: settings[m] for m in loaded}))
 
 
 def server_cpu_seconds(server: TorchServe) -> float:

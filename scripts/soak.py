@@ -25,7 +25,6 @@ import json
 import math
 import os
 import random
-import socket
 import sys
 import tempfile
 import threading
@@ -38,7 +37,7 @@ import psutil
 import requests
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ts_server import REPO, TorchServe, read_properties, write_properties  # noqa: E402
+from ts_server import REPO, TorchServe, private_server  # noqa: E402
 
 MODELS = ("mobilenet_v2", "minilm_topics", "minilm_embedding")
 CAT_LABELS = {"Egyptian cat", "tabby", "tiger cat"}
@@ -331,35 +330,8 @@ def soak(inference_url: str, management_url: str, key: Callable[[str], str], req
 
 
 # ---- a server of its own ---------------------------------------------------------------------------
-def free_ports(count: int) -> List[int]:
-    sockets = []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def own_server(workdir: str) -> TorchServe:
-    props = read_properties(os.path.join(REPO, "config.properties"))
-    inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
-    props.update({
-        "inference_address": f"http://127.0.0.1:{inference}",
-        "management_address": f"http://127.0.0.1:{management}",
-        "metrics_address": f"http://127.0.0.1:{metrics}",
-        "grpc_inference_port": str(grpc_inference),
-        "grpc_management_port": str(grpc_management),
-        "model_store": os.path.join(REPO, "model_store"),
-    })
-    for key in ("metrics_config",):  # paths in config.properties are relative to the repo root
-        if props.get(key) and not os.path.isabs(props[key]):
-            props[key] = os.path.join(REPO, props[key])
-    config = os.path.join(workdir, "config.properties")
-    write_properties(props, config)
-    return TorchServe(config, workdir=workdir, tmpdir=os.path.join(workdir, "tmp"))
+    return private_server(workdir)
 
 
 def main(argv=None) -> int:

@@ -11,14 +11,16 @@ Servers are stopped with `torchserve --stop` (which signals the pid in that pid 
 """
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import psutil
 import requests
@@ -48,6 +50,55 @@ def write_properties(props: Dict[str, str], path: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for key, value in props.items():
             f.write(f"{key}={value.replace(chr(92), chr(92) * 2)}\n")
+
+
+def free_ports(count: int) -> List[int]:
+    """Ports free on 127.0.0.1 now (all held open together, so they differ)."""
+    sockets = []
+    for _ in range(count):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        sockets.append(s)
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def private_config(workdir: str, **overrides: str) -> str:
+    """The repo's config.properties for a server of one's own: free loopback ports, the repo's model
+    store and metrics config by absolute path, then `overrides`; written into `workdir`."""
+    props = read_properties(os.path.join(REPO, "config.properties"))
+    inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
+    props.update({
+        "inference_address": f"http://127.0.0.1:{inference}",
+        "management_address": f"http://127.0.0.1:{management}",
+        "metrics_address": f"http://127.0.0.1:{metrics}",
+        "grpc_inference_port": str(grpc_inference),
+        "grpc_management_port": str(grpc_management),
+        "model_store": os.path.join(REPO, "model_store"),
+        "metrics_config": os.path.join(REPO, props["metrics_config"]),
+    })
+    props.update(overrides)
+    path = os.path.join(workdir, "config.properties")
+    write_properties(props, path)
+    return path
+
+
+def private_server(workdir: str, **overrides: str) -> "TorchServe":
+    """A TorchServe of one's own (see private_config), with its own TMPDIR under `workdir`."""
+    return TorchServe(private_config(workdir, **overrides), workdir=workdir, tmpdir=os.path.join(workdir, "tmp"))
+
+
+@contextlib.contextmanager
+def running(server: "TorchServe", models: Optional[List[str]] = None, timeout: float = 300) -> Iterator["TorchServe"]:
+    """Start `server`, wait until `models` (default: those it loads) are READY, always stop it."""
+    server.start()
+    try:
+        server.wait_ready(models, timeout)
+        yield server
+    finally:
+        server.stop()
 
 
 class TorchServe:

@@ -31,9 +31,9 @@ import yaml
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import free_port, make_inputs  # noqa: E402
+from bench import make_inputs  # noqa: E402
 from load_generators import run_python, run_wrk, wrk_available  # noqa: E402
-from ts_server import REPO, TorchServe, read_properties, write_properties  # noqa: E402
+from ts_server import REPO, private_server  # noqa: E402
 
 FRONTEND_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")
 DEFAULT_WORKLOAD = {"mobilenet_v2": "jpeg_640x480", "minilm_topics": "text_medium", "minilm_embedding": "text_medium"}
@@ -72,21 +72,7 @@ class Sweep:
         self.model = model
         self.store = os.path.join(workdir, "model_store")
         os.makedirs(self.store, exist_ok=True)
-        props = read_properties(os.path.join(REPO, "config.properties"))
-        props.update({
-            "inference_address": f"http://127.0.0.1:{free_port()}",
-            "management_address": f"http://127.0.0.1:{free_port()}",
-            "metrics_address": f"http://127.0.0.1:{free_port()}",
-            "grpc_inference_port": str(free_port()),
-            "grpc_management_port": str(free_port()),
-            "model_store": self.store,
-            "metrics_config": os.path.join(REPO, props["metrics_config"]),
-            "load_models": "",
-        })
-        props.pop("models", None)
-        config = os.path.join(workdir, "config.properties")
-        write_properties(props, config)
-        self.server = TorchServe(config, workdir=workdir, tmpdir=os.path.join(workdir, "tmp"))
+        self.server = private_server(workdir, model_store=self.store, load_models="", models="{}")
 
     def manage(self, method: str, path: str, **params) -> requests.Response:
         response = requests.request(method, f"{self.server.management_url}{path}", params=params, timeout=600,

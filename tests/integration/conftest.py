@@ -4,46 +4,18 @@ It serves the archives `make archives` built into model_store/, with the repo's 
 except for the addresses, so it can run beside a `make serve` server. It is always stopped.
 """
 
-import os
 import re
-import socket
 import time
 
 import pytest
 import requests
 
-from support import MODEL_STORE, REPO
-from ts_server import TorchServe, read_properties, write_properties
-
-
-def free_ports(count):
-    sockets = []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+from ts_server import TorchServe, private_config, private_server, running
 
 
 def test_config(workdir, **overrides):
-    props = read_properties(os.path.join(REPO, "config.properties"))
-    inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
-    props.update({
-        "inference_address": f"http://127.0.0.1:{inference}",
-        "management_address": f"http://127.0.0.1:{management}",
-        "metrics_address": f"http://127.0.0.1:{metrics}",
-        "grpc_inference_port": str(grpc_inference),
-        "grpc_management_port": str(grpc_management),
-        "model_store": MODEL_STORE,
-        "metrics_config": os.path.join(REPO, props["metrics_config"]),
-    })
-    props.update(overrides)
-    path = os.path.join(workdir, "config.properties")
-    write_properties(props, path)
-    return path
+    """config.properties for a test server: free loopback ports, the Makefile's model store."""
+    return private_config(workdir, **overrides)
 
 
 class Client:
@@ -96,14 +68,8 @@ class Client:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("torchserve"))
-    server = TorchServe(test_config(workdir), workdir=workdir, tmpdir=os.path.join(workdir, "tmp"))
-    server.start()
-    try:
-        server.wait_ready(timeout=300)
+    with running(private_server(str(tmp_path_factory.mktemp("torchserve")))) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -14,9 +14,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import free_ports
 from support import CAT_LABELS, REPO, encode, photo
-from ts_server import TorchServe
+from ts_server import TorchServe, free_ports, running
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +35,8 @@ def kserve_server(tmp_path_factory):
     workdir = tempfile.mkdtemp(dir=root)
     server = TorchServe(os.path.join(storage, "config", "config.properties"), workdir=workdir,
                         tmpdir=os.path.join(workdir, "tmp"))
-    server.start()
-    try:
-        server.wait_ready(timeout=300)
+    with running(server):
         yield server
-    finally:
-        server.stop()
 
 
 def test_layout_config_is_what_the_runtime_needs():

@@ -10,7 +10,7 @@ import tempfile
 import yaml
 
 from support import REPO
-from ts_server import TorchServe, read_properties, write_properties
+from ts_server import private_server, read_properties, running
 
 MODEL = "mobilenet_v2"
 
@@ -37,7 +37,7 @@ def test_quick_tune_writes_a_config_that_loads_and_reproduces(tmp_path):
     # What a user does with it: the values into model-config.yaml (the archive's values win in
     # TorchServe), the entry into config.properties; then a fresh server and a fresh measurement.
     sys.path.insert(0, os.path.join(REPO, "scripts"))
-    from bench import free_port, make_inputs
+    from bench import make_inputs
     from load_generators import run_python, run_wrk, wrk_available
     from tune import variant_archive
 
@@ -46,19 +46,8 @@ def test_quick_tune_writes_a_config_that_loads_and_reproduces(tmp_path):
     os.makedirs(store)
     frontend = {k: values[k] for k in ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")}
     variant_archive(MODEL, values["handler"]["intraOpThreads"], store, frontend, name=MODEL)
-    props = read_properties(os.path.join(REPO, "config.properties"))
-    props.update({
-        "inference_address": f"http://127.0.0.1:{free_port()}", "management_address": f"http://127.0.0.1:{free_port()}",
-        "metrics_address": f"http://127.0.0.1:{free_port()}", "grpc_inference_port": str(free_port()),
-        "grpc_management_port": str(free_port()), "model_store": store, "load_models": f"{MODEL}.mar",
-        "models": fragment["models"], "metrics_config": os.path.join(REPO, props["metrics_config"]),
-    })
-    config = os.path.join(workdir, "config.properties")
-    write_properties(props, config)
-    server = TorchServe(config, workdir=workdir, tmpdir=os.path.join(workdir, "tmp"))
-    server.start()
-    try:
-        server.wait_ready([MODEL], timeout=300)
+    server = private_server(workdir, model_store=store, load_models=f"{MODEL}.mar", models=fragment["models"])
+    with running(server, [MODEL]):
         import requests
 
         described = requests.get(f"{server.management_url}/models/{MODEL}", headers=server.auth_headers("management"),
@@ -74,8 +63,6 @@ def test_quick_tune_writes_a_config_that_loads_and_reproduces(tmp_path):
         else:
             body = open(workload["path"], "rb").read()
             again = run_python(url, body, workload["content_type"], token, report["concurrency"], 4)
-    finally:
-        server.stop()
     assert again.errors == 0
     # within noise: on this shared 2-core machine one setting measured twice a minute apart has
     # differed by up to ~1.5x (seen while other work ran); a wrong config is off by far more

@@ -7,8 +7,6 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-import requests
 
 from support import CAT_LABELS, REPO, encode, photo
 
