@@ -26,6 +26,8 @@ class ImageClassifierHandler(BatchHandler):
         self.max_pixels = int(config.get("maxImagePixels", 40_000_000))
         self.resize_size = int(config.get("resizeSize", 256))
         self.crop_size = int(config.get("cropSize", 224))
+        # decode large JPEGs at 1/2..1/8 scale, never below the resize size (see image_decoding)
+        self.reduced_jpeg_side = self.resize_size if config.get("reducedJpegDecode", True) else None
         self.mean = [float(m) for m in config.get("mean", (0.485, 0.456, 0.406))]
         self.std = [float(s) for s in config.get("std", (0.229, 0.224, 0.225))]
         self.labels = load_labels(
@@ -34,7 +36,7 @@ class ImageClassifierHandler(BatchHandler):
 
     def decode(self, body, content_type) -> ImageItem:
         request = image_request(body, content_type, self.topk)
-        image = decode_rgb(request.data, self.max_pixels)
+        image = decode_rgb(request.data, self.max_pixels, self.reduced_jpeg_side)
         return ImageItem(resize_and_crop(image, self.resize_size, self.crop_size), request.topk)
 
     def collate(self, items: List[ImageItem]) -> torch.Tensor:
