@@ -23,6 +23,10 @@ VISION_HANDLER_FILES := $(COMMON_HANDLER_FILES) handlers/classification.py \
 TEXT_HANDLER_FILES := $(COMMON_HANDLER_FILES) handlers/text_batch_handler.py handlers/text_tokenization.py
 comma := ,
 join_commas = $(subst $(eval) ,$(comma),$(strip $(1)))
+# $(call archive,NAME,VERSION,HANDLER,EXTRA_FILES,CONFIG,EXPORT_DIR): one .mar from the rule's first
+# prerequisite (the TorchScript weights), the handler, every file it imports, and its model-config.yaml.
+archive = $(BIN)/torch-model-archiver --force --model-name $(1) --version $(2) --serialized-file $< \
+	--handler $(3) --extra-files "$(call join_commas,$(4))" --config-file $(5) --export-path $(6)
 
 .PHONY: help venv check-java archives serve stop test test-unit test-integration bench tune kserve clean
 
@@ -48,12 +52,7 @@ $(BUILD)/mobilenet_v2/model.pt: scripts/export_mobilenet_v2.py $(VENV)/.installe
 
 $(STORE)/mobilenet_v2.mar: $(BUILD)/mobilenet_v2/model.pt models/mobilenet_v2/model-config.yaml \
 		handlers/image_classifier_handler.py $(VISION_HANDLER_FILES)
-	$(BIN)/torch-model-archiver --force --model-name mobilenet_v2 --version $(MOBILENET_VERSION) \
-		--serialized-file $< \
-		--handler handlers/image_classifier_handler.py \
-		--extra-files "$(BUILD)/mobilenet_v2/index_to_name.json,$(call join_commas,$(VISION_HANDLER_FILES))" \
-		--config-file models/mobilenet_v2/model-config.yaml \
-		--export-path $(STORE)
+	$(call archive,mobilenet_v2,$(MOBILENET_VERSION),handlers/image_classifier_handler.py,$(BUILD)/mobilenet_v2/index_to_name.json $(VISION_HANDLER_FILES),models/mobilenet_v2/model-config.yaml,$(STORE))
 
 MINILM_EXPORT := scripts/export_minilm.py $(VENV)/.installed
 
@@ -66,21 +65,11 @@ $(BUILD)/minilm_topics/model.pt: $(MINILM_EXPORT) models/minilm_topics/labels.js
 
 $(STORE)/minilm_embedding.mar: $(BUILD)/minilm_embedding/model.pt models/minilm_embedding/model-config.yaml \
 		handlers/text_embedding_handler.py $(TEXT_HANDLER_FILES)
-	$(BIN)/torch-model-archiver --force --model-name minilm_embedding --version $(MINILM_VERSION) \
-		--serialized-file $< \
-		--handler handlers/text_embedding_handler.py \
-		--extra-files "$(BUILD)/minilm_embedding/tokenizer.json,$(call join_commas,$(TEXT_HANDLER_FILES))" \
-		--config-file models/minilm_embedding/model-config.yaml \
-		--export-path $(STORE)
+	$(call archive,minilm_embedding,$(MINILM_VERSION),handlers/text_embedding_handler.py,$(BUILD)/minilm_embedding/tokenizer.json $(TEXT_HANDLER_FILES),models/minilm_embedding/model-config.yaml,$(STORE))
 
 $(STORE)/minilm_topics.mar: $(BUILD)/minilm_topics/model.pt models/minilm_topics/model-config.yaml \
 		handlers/text_classifier_handler.py handlers/classification.py $(TEXT_HANDLER_FILES)
-	$(BIN)/torch-model-archiver --force --model-name minilm_topics --version $(MINILM_VERSION) \
-		--serialized-file $< \
-		--handler handlers/text_classifier_handler.py \
-		--extra-files "$(BUILD)/minilm_topics/tokenizer.json,$(BUILD)/minilm_topics/index_to_name.json,handlers/classification.py,$(call join_commas,$(TEXT_HANDLER_FILES))" \
-		--config-file models/minilm_topics/model-config.yaml \
-		--export-path $(STORE)
+	$(call archive,minilm_topics,$(MINILM_VERSION),handlers/text_classifier_handler.py,$(BUILD)/minilm_topics/tokenizer.json $(BUILD)/minilm_topics/index_to_name.json handlers/classification.py $(TEXT_HANDLER_FILES),models/minilm_topics/model-config.yaml,$(STORE))
 
 # The same classifier with dynamically int8-quantised Linear layers: not served by default;
 # `make bench` compares it, tests/unit/test_text_handlers.py measures its accuracy.
@@ -89,12 +78,7 @@ $(BUILD)/minilm_topics_int8/model.pt: $(MINILM_EXPORT) models/minilm_topics/labe
 
 $(STORE)/minilm_topics_int8.mar: $(BUILD)/minilm_topics_int8/model.pt models/minilm_topics/model-config.yaml \
 		handlers/text_classifier_handler.py handlers/classification.py $(TEXT_HANDLER_FILES)
-	$(BIN)/torch-model-archiver --force --model-name minilm_topics_int8 --version $(MINILM_VERSION) \
-		--serialized-file $< \
-		--handler handlers/text_classifier_handler.py \
-		--extra-files "$(BUILD)/minilm_topics_int8/tokenizer.json,$(BUILD)/minilm_topics_int8/index_to_name.json,handlers/classification.py,$(call join_commas,$(TEXT_HANDLER_FILES))" \
-		--config-file models/minilm_topics/model-config.yaml \
-		--export-path $(STORE)
+	$(call archive,minilm_topics_int8,$(MINILM_VERSION),handlers/text_classifier_handler.py,$(BUILD)/minilm_topics_int8/tokenizer.json $(BUILD)/minilm_topics_int8/index_to_name.json handlers/classification.py $(TEXT_HANDLER_FILES),models/minilm_topics/model-config.yaml,$(STORE))
 
 archives: $(STORE)/mobilenet_v2.mar $(STORE)/minilm_embedding.mar $(STORE)/minilm_topics.mar $(STORE)/minilm_topics_int8.mar
 
@@ -108,12 +92,7 @@ archive-version: $(VERSIONED_MAR)
 $(VERSIONED_MAR): $(BUILD)/mobilenet_v2/model.pt models/mobilenet_v2/model-config.yaml \
 		handlers/image_classifier_handler.py $(VISION_HANDLER_FILES)
 	@mkdir -p $(BUILD)/versioned/mobilenet_v2_v$(MOBILENET_VERSION) $(dir $@)
-	$(BIN)/torch-model-archiver --force --model-name mobilenet_v2 --version $(MOBILENET_VERSION) \
-		--serialized-file $< \
-		--handler handlers/image_classifier_handler.py \
-		--extra-files "$(BUILD)/mobilenet_v2/index_to_name.json,$(call join_commas,$(VISION_HANDLER_FILES))" \
-		--config-file models/mobilenet_v2/model-config.yaml \
-		--export-path $(BUILD)/versioned/mobilenet_v2_v$(MOBILENET_VERSION)
+	$(call archive,mobilenet_v2,$(MOBILENET_VERSION),handlers/image_classifier_handler.py,$(BUILD)/mobilenet_v2/index_to_name.json $(VISION_HANDLER_FILES),models/mobilenet_v2/model-config.yaml,$(BUILD)/versioned/mobilenet_v2_v$(MOBILENET_VERSION))
 	mv $(BUILD)/versioned/mobilenet_v2_v$(MOBILENET_VERSION)/mobilenet_v2.mar $@
 
 # ---- server ----------------------------------------------------------------------------------
