@@ -27,7 +27,7 @@ class TextBatchHandler(BatchHandler):
             os.path.join(self.model_dir, config.get("tokenizerFile", "tokenizer.json")), self.max_tokens
         )
         self.pad_id = self.tokenizer.token_to_id(config.get("padToken", "[PAD]"))
-        # Per-pass cost in padded-token equivalents; 0 disables the split only when set below 0.
+        # Per-pass cost, in padded-token equivalents, for splitting a batch by length; < 0: never split.
         self.pass_overhead_tokens = int(config.get("bucketOverheadTokens", 32))
 
     def decode(self, body, content_type) -> TextItem:
