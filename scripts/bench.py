@@ -124,7 +124,10 @@ def server_cpu_seconds(server: TorchServe) -> float:
 
 
 def load_point(server: TorchServe, model: str, workload: dict, concurrency: int, seconds: float,
-               generator: str) -> LoadResult:
+               generator: str = "auto") -> LoadResult:
+    """Load `model` with one of the bench's inputs; generator "auto" is wrk when installed."""
+    if generator == "auto":
+        generator = "wrk" if wrk_available() else "python"
     url = f"{server.inference_url}/predictions/{model}"
     token = server.keys()["inference"]
     if generator == "wrk":

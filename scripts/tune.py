@@ -31,8 +31,7 @@ import yaml
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import make_inputs  # noqa: E402
-from load_generators import run_python, run_wrk, wrk_available  # noqa: E402
+from bench import load_point, make_inputs  # noqa: E402
 from ts_server import REPO, private_server  # noqa: E402
 
 FRONTEND_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")
@@ -101,18 +100,9 @@ class Sweep:
         raise RuntimeError(f"{name} still registered {timeout:.0f} s after DELETE")
 
     def measure(self, name: str, workload: dict, concurrency: int, seconds: float, warmup: float) -> dict:
-        url = f"{self.server.inference_url}/predictions/{name}"
-        token = self.server.keys()["inference"]
-        run = run_wrk if wrk_available() else None
-        if run is None:
-            with open(workload["path"], "rb") as f:
-                body = f.read()
-            load = lambda s: run_python(url, body, workload["content_type"], token, concurrency, s)  # noqa: E731
-        else:
-            load = lambda s: run_wrk(url, workload["path"], workload["content_type"], token, concurrency, s)  # noqa: E731
         if warmup:
-            load(warmup)
-        return load(seconds).as_dict()
+            load_point(self.server, name, workload, concurrency, warmup)
+        return load_point(self.server, name, workload, concurrency, seconds).as_dict()
 
 
 def frontier(rows: List[dict]) -> List[dict]:

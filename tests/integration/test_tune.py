@@ -37,8 +37,7 @@ def test_quick_tune_writes_a_config_that_loads_and_reproduces(tmp_path):
     # What a user does with it: the values into model-config.yaml (the archive's values win in
     # TorchServe), the entry into config.properties; then a fresh server and a fresh measurement.
     sys.path.insert(0, os.path.join(REPO, "scripts"))
-    from bench import make_inputs
-    from load_generators import run_python, run_wrk, wrk_available
+    from bench import load_point, make_inputs
     from tune import variant_archive
 
     workdir = tempfile.mkdtemp(dir=tmp_path)
@@ -55,14 +54,8 @@ def test_quick_tune_writes_a_config_that_loads_and_reproduces(tmp_path):
         assert (described["batchSize"], described["maxBatchDelay"], len(described["workers"])) == \
             (best["batch"], best["delay"], best["workers"])
         workload = make_inputs(os.path.join(workdir, "inputs"))[report["workload"]]
-        url = f"{server.inference_url}/predictions/{MODEL}"
-        token = server.keys()["inference"]
-        if wrk_available():
-            run_wrk(url, workload["path"], workload["content_type"], token, report["concurrency"], 1)
-            again = run_wrk(url, workload["path"], workload["content_type"], token, report["concurrency"], 4)
-        else:
-            body = open(workload["path"], "rb").read()
-            again = run_python(url, body, workload["content_type"], token, report["concurrency"], 4)
+        load_point(server, MODEL, workload, report["concurrency"], 1)  # warm-up
+        again = load_point(server, MODEL, workload, report["concurrency"], 4)
     assert again.errors == 0
     # within noise: on this shared 2-core machine one setting measured twice a minute apart has
     # differed by up to ~1.5x (seen while other work ran); a wrong config is off by far more
