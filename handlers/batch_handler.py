@@ -162,8 +162,7 @@ class BatchHandler(BaseHandler):
 
     def inference(self, inputs: Any) -> Any:
         with torch.inference_mode():
-            outputs = self.model(inputs)
-        return outputs
+            return self.model(inputs)
 
     def handle(self, data: List[dict], context) -> List[bytes]:
         self.context = context

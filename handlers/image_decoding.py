@@ -13,7 +13,7 @@ how a decompression bomb is refused before it costs memory.
 import io
 import re
 import warnings
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -105,15 +105,7 @@ def _decode_jpeg_reduced(data: bytes, header: ImageHeader, min_short_side: int) 
     _refuse_truncated_jpeg(data)
     short = min(header.width, header.height)
     wanted = (-(-header.width * min_short_side // short), -(-header.height * min_short_side // short))
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.draft("RGB", wanted)  # picks the largest reduction whose size is still >= wanted
-            image.load()
-            orientation = _orientation(image)
-            rgb = F.pil_to_tensor(image.convert("RGB"))
-    except (OSError, ValueError, SyntaxError, EOFError) as err:
-        raise CorruptImage(f"the JPEG image cannot be decoded ({err})") from None
-    return apply_orientation(rgb, orientation)
+    return _decode_with_pillow(data, draft_size=wanted)
 
 
 def _decode_with_torchvision(data: bytes, header: ImageHeader) -> torch.Tensor:
@@ -127,10 +119,14 @@ def _decode_with_torchvision(data: bytes, header: ImageHeader) -> torch.Tensor:
     return image
 
 
-def _decode_with_pillow(data: bytes) -> torch.Tensor:
+def _decode_with_pillow(data: bytes, draft_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    """The first frame through Pillow; `draft_size` lets a JPEG decode at the largest DCT
+    reduction whose size is still >= draft_size."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.seek(0)
+            if draft_size:
+                image.draft("RGB", draft_size)
             image.load()
             orientation = _orientation(image)
             if image.mode in SIXTEEN_BIT_GRAY_MODES:  # 16-bit gray PNG: convert("RGB") would clip
