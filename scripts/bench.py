@@ -5,8 +5,9 @@ One run, one machine, side by side, so that the ratios mean something even when 
       with the same real weights (the TorchServe README recipe; needs captum), 1 worker, batch 8,
       10 ms delay (the stock figures of ../shared/notes-performance.md);
   (B) this package's archives: mobilenet_v2, minilm_topics, minilm_embedding;
-  (C) the raw TorchScript model in this process, optimised as the handler does, at (B)'s batch
-      size, with no HTTP and no decoding: the ceiling.
+  (C) the raw TorchScript model, optimised as the handler does, at (B)'s batch size, with no HTTP
+      and no decoding: the ceiling. The best of one process on all cores and one single-threaded
+      process per core, measured right after (B)'s points for the same input.
 (A) and (B) run in one TorchServe started for the bench (own ports, working dir and TMPDIR) and
 are loaded with wrk (compiled; a Python client when wrk is missing) at each concurrency.
 Writes results/bench/<time>/ {results.json, table.md, bench.png}; prints the table.
@@ -16,6 +17,7 @@ Writes results/bench/<time>/ {results.json, table.md, bench.png}; prints the tab
 
 import argparse
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -161,9 +163,9 @@ def model_config(name: str) -> dict:
         return yaml.safe_load(f)
 
 
-def raw_model_throughput(model: str, workload_name: str, seconds: float) -> dict:
-    """Requests/s of the optimised TorchScript model alone at (B)'s batch size: the best of
-    1 thread and all cores (the machine is otherwise idle while this runs)."""
+def _raw_inputs(model: str, workload_name: str):
+    """The optimised model as the handler loads it, and one (B)-sized batch for `workload_name`:
+    a 224x224 tensor batch for the vision model (no decode), padded token ids for text."""
     from batch_handler import load_torchscript
 
     config = model_config(model)
@@ -171,28 +173,57 @@ def raw_model_throughput(model: str, workload_name: str, seconds: float) -> dict
     net = load_torchscript(os.path.join(BUILD, model, "model.pt"), torch.device("cpu"),
                            optimize=bool(config["handler"].get("optimizeForInference", True)))
     if model == "mobilenet_v2":
-        inputs = (torch.randn(batch, 3, 224, 224),)
-    else:
-        from text_tokenization import collate_padded, load_tokenizer, tokenize
+        return net, (torch.randn(batch, 3, 224, 224),), batch
+    from text_tokenization import collate_padded, load_tokenizer, tokenize
 
-        max_tokens = int(config["handler"]["maxTokens"])
-        tokenizer = load_tokenizer(os.path.join(BUILD, model, "tokenizer.json"), max_tokens)
-        item = tokenize(tokenizer, TEXTS[workload_name.removeprefix("text_")], max_tokens)
-        inputs = collate_padded([item] * batch, tokenizer.token_to_id("[PAD]"), torch.device("cpu"))
+    max_tokens = int(config["handler"]["maxTokens"])
+    tokenizer = load_tokenizer(os.path.join(BUILD, model, "tokenizer.json"), max_tokens)
+    item = tokenize(tokenizer, TEXTS[workload_name.removeprefix("text_")], max_tokens)
+    return net, collate_padded([item] * batch, tokenizer.token_to_id("[PAD]"), torch.device("cpu")), batch
+
+
+def _raw_rate(model: str, workload_name: str, threads: int, seconds: float, ready, start, out) -> None:
+    """One process of (C): load, warm up, say ready, wait for the common start, run `seconds`,
+    put (items/s, ms per batch) on `out`."""
+    torch.set_num_threads(threads)
+    net, inputs, batch = _raw_inputs(model, workload_name)
+    with torch.inference_mode():
+        for _ in range(3):
+            net(*inputs)
+        ready.put(True)
+        start.wait()
+        runs, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            net(*inputs)
+            runs += 1
+    elapsed = time.perf_counter() - started
+    out.put((runs * batch / elapsed, elapsed / runs * 1e3))
+
+
+def raw_model_throughput(model: str, workload_name: str, seconds: float) -> dict:
+    """(C): requests/s of the optimised TorchScript model alone at (B)'s batch size, with no HTTP
+    and no decode: the best of the layouts (B) could use on this machine, all cores in one
+    process or one single-threaded process per core (as (B)'s workers run), each process started
+    fresh and all of them running at once."""
+    cores = psutil.cpu_count(logical=True)
+    layouts = [(1, cores)] + ([(cores, 1)] if cores > 1 else [])
+    context = multiprocessing.get_context("spawn")
     best = None
-    for threads in sorted({1, psutil.cpu_count(logical=True)}):
-        torch.set_num_threads(threads)
-        with torch.inference_mode():
-            for _ in range(3):
-                net(*inputs)
-            runs, started = 0, time.perf_counter()
-            while time.perf_counter() - started < seconds / 2:
-                net(*inputs)
-                runs += 1
-        elapsed = time.perf_counter() - started
+    for processes, threads in layouts:
+        ready, start, out = context.Queue(), context.Event(), context.Queue()
+        workers = [context.Process(target=_raw_rate, args=(model, workload_name, threads, seconds, ready, start, out))
+                   for _ in range(processes)]
+        for worker in workers:
+            worker.start()
+        for _ in workers:
+            ready.get(timeout=300)
+        start.set()
+        rates = [out.get(timeout=seconds + 300) for _ in workers]
+        for worker in workers:
+            worker.join()
         row = {"setup": "C", "model": model, "workload": workload_name, "concurrency": None,
-               "batch": batch, "throughput": runs * batch / elapsed, "p50_ms": elapsed / runs * 1e3,
-               "threads": threads}
+               "batch": int(model_config(model)["batchSize"]), "layout": f"{processes}x{threads}",
+               "throughput": sum(rate for rate, _ in rates), "p50_ms": sum(ms for _, ms in rates) / len(rates)}
         if best is None or row["throughput"] > best["throughput"]:
             best = row
     return best
@@ -207,7 +238,9 @@ def table(rows: List[dict]) -> str:
     lines = ["| setup | model | input | conc | req/s | p50 ms | p90 ms | p99 ms | errors | server CPU (cores) | client CPU (cores) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        lines.append(f"| {r['setup']} | {r['model']} | {r['workload']} | {r.get('concurrency') or 'batch ' + str(r.get('batch'))} "
+        where = r["workload"] if r.get("input", r["workload"]) == r["workload"] else f"{r['input']} (next to {r['workload']})"
+        how = r.get("concurrency") or f"batch {r.get('batch')}, {r.get('layout')}"
+        lines.append(f"| {r['setup']} | {r['model']} | {where} | {how} "
                      f"| {fmt(r['throughput'])} | {fmt(r.get('p50_ms'))} | {fmt(r.get('p90_ms'))} | {fmt(r.get('p99_ms'))} "
                      f"| {r.get('errors', '')} | {fmt(r.get('server_cores'), 2)} | {fmt(r.get('client_cores'), 2)} |")
     return "\n".join(lines)
@@ -225,7 +258,7 @@ def ratios(rows: List[dict], top_concurrency: int) -> List[str]:
     for workload in ("jpeg_640x480", "jpeg_2048x1536"):
         a = find("A", STOCK, workload, top_concurrency)
         b = find("B", "mobilenet_v2", workload, top_concurrency)
-        c = find("C", "mobilenet_v2", "tensor_224")
+        c = find("C", "mobilenet_v2", workload)
         if a and b and a["throughput"] > 0:
             out.append(f"vision {workload} c={top_concurrency}: B/A throughput {b['throughput'] / a['throughput']:.2f}x "
                        f"(target >= 3), p99 B {b['p99_ms']:.0f} ms vs A {a['p99_ms']:.0f} ms (target: no worse)")
@@ -258,7 +291,7 @@ def plot(rows: List[dict], path: str) -> None:
             setup = "A" if model == STOCK else "B"
             ax.plot(*zip(*points), marker="o", label=f"{setup}: {model}")
         for r in rows:
-            if r["setup"] == "C" and (r["workload"] == workload or (workload.startswith("jpeg") and r["model"] == "mobilenet_v2")):
+            if r["setup"] == "C" and r["workload"] == workload:
                 ax.axhline(r["throughput"], linestyle="--", color="gray")
                 ax.text(1, r["throughput"], f"C: {r['model']}", fontsize=7, va="bottom")
         ax.set_title(workload, fontsize=9)
@@ -312,7 +345,7 @@ def main(argv=None) -> int:
         server.wait_ready(timeout=300)
         for model, name in sorted({(m, n) for m, n, _ in plan}):
             check_answer(server, model, workloads[name])
-        for model, name, concurrency in tqdm(plan, desc="bench", unit="point"):
+        for index, (model, name, concurrency) in enumerate(tqdm(plan, desc="bench", unit="point")):
             if args.warmup:
                 load_point(server, model, workloads[name], concurrency, args.warmup, generator)
             cpu_before, wall_before = server_cpu_seconds(server), time.monotonic()
@@ -321,17 +354,17 @@ def main(argv=None) -> int:
             rows.append(dict(result.as_dict(), setup="A" if model == STOCK else "B", model=model, workload=name,
                              server_cores=(server_cpu_seconds(server) - cpu_before) / wall,
                              client_cores=result.client_cpu_s / wall))
+            # (C) for this input right after (B)'s points for it, so that drift between the two stays
+            # small; the server idles meanwhile (its idle frontend and workers take next to no CPU)
+            last_for_input = index + 1 == len(plan) or plan[index + 1][:2] != (model, name)
+            if last_for_input and model != STOCK and not args.no_raw:
+                raw = raw_model_throughput(model, name, max(2.0, args.seconds / 2))
+                rows.append(dict(raw, input="tensor_224" if model == "mobilenet_v2" else name))
             with open(os.path.join(args.out, "rows.partial.json"), "w", encoding="utf-8") as f:
                 json.dump(rows, f)  # a crash later keeps what was measured
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-
-    if not args.no_raw:
-        for model in tqdm(args.models, desc="raw model (C)", unit="model"):
-            names = ["tensor_224"] if model == "mobilenet_v2" else [n for n in workloads if n.startswith("text_")]
-            for name in names:
-                rows.append(raw_model_throughput(model, name, max(2.0, args.seconds / 2)))
 
     report = table(rows)
     summary = ratios(rows, max(args.concurrency))

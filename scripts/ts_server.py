@@ -65,6 +65,14 @@ def free_ports(count: int) -> List[int]:
     return ports
 
 
+def absolute_log_config(vm_arg: str) -> str:
+    """-Dlog4j.configurationFile=<path relative to the repo> -> the same with an absolute path."""
+    key, _, value = vm_arg.partition("=")
+    if key == "-Dlog4j.configurationFile" and value and "://" not in value and not os.path.isabs(value):
+        return f"{key}={os.path.join(REPO, value)}"
+    return vm_arg
+
+
 def private_config(workdir: str, **overrides: str) -> str:
     """The repo's config.properties for a server of one's own: free loopback ports, the repo's model
     store and metrics config by absolute path, then `overrides`; written into `workdir`."""
@@ -78,6 +86,7 @@ def private_config(workdir: str, **overrides: str) -> str:
         "grpc_management_port": str(grpc_management),
         "model_store": os.path.join(REPO, "model_store"),
         "metrics_config": os.path.join(REPO, props["metrics_config"]),
+        "vmargs": " ".join(absolute_log_config(word) for word in props.get("vmargs", "").split()),
     })
     props.update(overrides)
     path = os.path.join(workdir, "config.properties")

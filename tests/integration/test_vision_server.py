@@ -150,3 +150,15 @@ def test_cli_renews_a_rejected_token(server, tmp_path):
 def test_register_from_outside_the_model_store_is_refused(client):
     response = client.manage("POST", "/models", params={"url": "https://example.com/evil.mar"})
     assert response.status_code >= 400
+
+
+def test_frontend_logs_without_per_request_chatter(client, server):
+    """log4j2.xml (config.properties vmargs) is in force: start-up and model loading are logged,
+    the handler's per-batch lines reach model_log.log, the stock per-request lines are gone."""
+    assert top1(client.predict(MODEL, encode(photo("chelsea"), "JPEG"), "image/jpeg")) in CAT_LABELS
+    with open(server.server_log, encoding="utf-8", errors="replace") as f:
+        ts_log = f.read()
+    assert f"Model {MODEL} loaded." in ts_log
+    for stock_chatter in ("Sending response for jobId", "Backend response time", "Waiting time ns"):
+        assert stock_chatter not in ts_log, stock_chatter
+    assert client.batch_sizes(MODEL)

@@ -63,3 +63,23 @@ def test_archive_config_names_the_device_and_handler_settings(name):
     config = model_config(name)
     assert config["deviceType"] in ("cpu", "gpu")
     assert config["handler"]["optimizeForInference"] in (True, False)
+
+
+def test_frontend_logging_config_is_used_and_drops_only_per_request_chatter():
+    from xml.etree import ElementTree
+
+    from ts_server import absolute_log_config
+
+    (log_config,) = [a for a in PROPS["vmargs"].split() if a.startswith("-Dlog4j.configurationFile=")]
+    path = absolute_log_config(log_config).partition("=")[2]
+    assert os.path.isfile(path) and os.path.dirname(path) == REPO
+    loggers = {e.get("name"): e for e in ElementTree.parse(path).getroot().find("Loggers")}
+    levels = {name: e.get("level") for name, e in loggers.items()}
+    # every stock log file still written, none at DEBUG; the per-request classes at WARN
+    assert levels["ACCESS_LOG"] == levels["MODEL_LOG"] == levels["org.pytorch.serve"] == "info"
+    assert "debug" not in levels.values() and "all" not in levels.values()
+    for chatty in ("org.pytorch.serve.job", "org.pytorch.serve.wlm.BatchAggregator",
+                   "org.pytorch.serve.wlm.WorkerThread", "org.pytorch.serve.wlm.WorkerLifeCycle"):
+        assert levels[chatty] == "warn", chatty
+    # each line lands in one file only (the stock config also copies them to the console)
+    assert all(loggers[n].get("additivity") == "false" for n in ("ACCESS_LOG", "MODEL_LOG", "org.pytorch.serve"))
