@@ -143,8 +143,7 @@ def check_answer(server: TorchServe, model: str, workload: dict) -> None:
     """One request before timing: the answer must be right, not just fast."""
     with open(workload["path"], "rb") as f:
         response = requests.post(f"{server.inference_url}/predictions/{model}", data=f.read(), timeout=60,
-                                 headers={"Content-Type": workload["content_type"],
-                                          "Authorization": f"Bearer {server.keys()['inference']}"})
+                                 headers={"Content-Type": workload["content_type"], **server.auth_headers("inference")})
     response.raise_for_status()
     answer = response.json()
     if workload["kind"] == "vision":

@@ -27,7 +27,7 @@ class Client:
     def _headers(self, kind, headers, auth):
         headers = dict(headers or {})
         if auth:
-            headers["Authorization"] = f"Bearer {self.server.keys()[kind]}"
+            headers.update(self.server.auth_headers(kind))
         return headers
 
     def infer(self, method, path, headers=None, auth=True, **kwargs):
