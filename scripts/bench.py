@@ -7,8 +7,11 @@ One run, one machine, side by side, so that the ratios mean something even when 
   (B) this package's archives: mobilenet_v2, minilm_topics, minilm_embedding;
   (C) the raw TorchScript model, optimised as the handler does, at (B)'s batch size, with no HTTP
       and no decoding: the ceiling. The best of one process on all cores and one single-threaded
-      process per core, measured right after (B)'s points for the same input.
-(A) and (B) run in one TorchServe started for the bench (own ports, working dir and TMPDIR) and
+      process per core, measured right after (B)'s points for the same input;
+  (P) (B)'s mobilenet_v2 archive with the model swapped for one that returns zeros, at the top
+      concurrency: what TorchServe, decoding, resizing and answering cost without the model. Per
+      request (B) pays both, so it can reach at most 1 / (1/P + 1/C): the report says how close.
+(A), (B) and (P) run in one TorchServe started for the bench (own ports, working dir and TMPDIR) and
 are loaded with wrk (compiled; a Python client when wrk is missing) at each concurrency.
 Writes results/bench/<time>/ {results.json, table.md, bench.png}; prints the table.
 
@@ -16,6 +19,7 @@ Writes results/bench/<time>/ {results.json, table.md, bench.png}; prints the tab
 """
 
 import argparse
+import io
 import json
 import multiprocessing
 import os
@@ -24,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from typing import Dict, List, Optional
 
 import psutil
@@ -40,6 +45,7 @@ from load_generators import LoadResult, run_python, run_wrk, wrk_available  # no
 from ts_server import REPO, TorchServe, free_ports, private_server, read_properties  # noqa: E402
 
 STOCK = "stock_mobilenet_v2"
+PIPELINE = "mobilenet_v2_without_model"
 STORE = os.path.join(REPO, "model_store")
 BUILD = os.path.join(REPO, "build")
 
@@ -88,7 +94,33 @@ def build_stock_archive(store: str) -> None:
                     "--export-path", store], check=True, capture_output=True)
 
 
-def bench_server(workdir: str, models: List[str], with_stock: bool) -> TorchServe:
+class _NoModel(torch.nn.Module):
+    """Logits of zeros: what is left of (B) when the model costs nothing."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(images.shape[0], 1000)
+
+
+def build_pipeline_archive(store: str) -> None:
+    """(P): the mobilenet_v2 archive `make archives` built, byte for byte, but for model.pt (a
+    TorchScript _NoModel) and the model name: TorchServe, decode, resize, collate, postprocess and
+    JSON as (B) runs them, without the model."""
+    no_model = io.BytesIO()
+    torch.jit.save(torch.jit.script(_NoModel()), no_model)
+    with zipfile.ZipFile(os.path.join(STORE, "mobilenet_v2.mar")) as source, \
+            zipfile.ZipFile(os.path.join(store, f"{PIPELINE}.mar"), "w", zipfile.ZIP_DEFLATED) as target:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename == "model.pt":
+                data = no_model.getvalue()
+            elif info.filename == "MAR-INF/MANIFEST.json":
+                manifest = json.loads(data)
+                manifest["model"]["modelName"] = PIPELINE
+                data = json.dumps(manifest, indent=2).encode()
+            target.writestr(info, data)
+
+
+def bench_server(workdir: str, models: List[str], with_stock: bool, with_pipeline: bool) -> TorchServe:
     store = os.path.join(workdir, "model_store")
     os.makedirs(store, exist_ok=True)
     for name in models:
@@ -105,6 +137,10 @@ def bench_server(workdir: str, models: List[str], with_stock: bool) -> TorchServ
         settings[STOCK] = {"1.0": {"marName": f"{STOCK}.mar", "minWorkers": 1, "maxWorkers": 1,
                                    "batchSize": 8, "maxBatchDelay": 10, "responseTimeout": 60}}
         loaded.append(STOCK)
+    if with_pipeline:
+        build_pipeline_archive(store)
+        settings[PIPELINE] = {"1.0": dict(settings["mobilenet_v2"]["1.0"], marName=f"{PIPELINE}.mar")}
+        loaded.append(PIPELINE)
     return private_server(workdir, model_store=store, load_models=",".join(f"{m}.mar" for m in loaded),
                           models=json.dumps({m: settings[m] for m in loaded}))
 
@@ -146,7 +182,9 @@ def check_answer(server: TorchServe, model: str, workload: dict) -> None:
                                  headers={"Content-Type": workload["content_type"], **server.auth_headers("inference")})
     response.raise_for_status()
     answer = response.json()
-    if workload["kind"] == "vision":
+    if model == PIPELINE:  # all-zero logits: no right label, but a whole answer
+        assert len(answer["predictions"]) == model_config("mobilenet_v2")["handler"]["topk"], answer
+    elif workload["kind"] == "vision":
         top = answer[0] if isinstance(answer, list) else answer
         label = top["predictions"][0]["label"] if "predictions" in top else next(iter(top))
         assert label in ("Egyptian cat", "tabby", "tiger cat"), f"{model} answered {label}"
@@ -263,6 +301,13 @@ def ratios(rows: List[dict], top_concurrency: int) -> List[str]:
                        f"(target >= 3), p99 B {b['p99_ms']:.0f} ms vs A {a['p99_ms']:.0f} ms (target: no worse)")
         if b and c and c["throughput"] > 0:
             out.append(f"vision {workload} c={top_concurrency}: B/C {b['throughput'] / c['throughput']:.0%} (target >= 75%)")
+        p = find("P", PIPELINE, workload, top_concurrency)
+        if b and c and p and p["throughput"] > 0:
+            # per request, (B) pays the pipeline's CPU and the model's: at best 1 / (1/P + 1/C)
+            cap = 1 / (1 / p["throughput"] + 1 / c["throughput"])
+            out.append(f"vision {workload} c={top_concurrency}: without the model (P) {p['throughput']:.0f} req/s, so "
+                       f"(B) can reach at most {cap:.0f} req/s = {cap / c['throughput']:.0%} of (C) here; "
+                       f"(B) reached {b['throughput'] / cap:.0%} of that")
     for model in ("minilm_topics", "minilm_embedding", "minilm_topics_int8"):
         for length in TEXTS:
             b = find("B", model, f"text_{length}", top_concurrency)
@@ -328,16 +373,19 @@ def main(argv=None) -> int:
     if args.workloads:
         workloads = {k: v for k, v in workloads.items() if k in args.workloads}
     with_stock = "mobilenet_v2" in args.models and not args.no_stock
+    with_pipeline = "mobilenet_v2" in args.models and not args.no_raw
     plan = []
     for model in args.models + ([STOCK] if with_stock else []):
         kind = "vision" if model in ("mobilenet_v2", STOCK) else "text"
         for name, workload in workloads.items():
             if workload["kind"] == kind:
                 plan += [(model, name, c) for c in args.concurrency]
+                if model == "mobilenet_v2" and with_pipeline:  # (P) next to (B), at the top concurrency
+                    plan.append((PIPELINE, name, max(args.concurrency)))
 
     rows: List[dict] = []
     workdir = tempfile.mkdtemp(prefix="bench-server-")
-    server = bench_server(workdir, args.models, with_stock)
+    server = bench_server(workdir, args.models, with_stock, with_pipeline)
     print(f"bench: load generator {generator}; server in {workdir}; results in {args.out}")
     server.start()
     try:
@@ -350,13 +398,14 @@ def main(argv=None) -> int:
             cpu_before, wall_before = server_cpu_seconds(server), time.monotonic()
             result = load_point(server, model, workloads[name], concurrency, args.seconds, generator)
             wall = time.monotonic() - wall_before
-            rows.append(dict(result.as_dict(), setup="A" if model == STOCK else "B", model=model, workload=name,
+            setup = {STOCK: "A", PIPELINE: "P"}.get(model, "B")
+            rows.append(dict(result.as_dict(), setup=setup, model=model, workload=name,
                              server_cores=(server_cpu_seconds(server) - cpu_before) / wall,
                              client_cores=result.client_cpu_s / wall))
             # (C) for this input right after (B)'s points for it, so that drift between the two stays
             # small; the server idles meanwhile (its idle frontend and workers take next to no CPU)
             last_for_input = index + 1 == len(plan) or plan[index + 1][:2] != (model, name)
-            if last_for_input and model != STOCK and not args.no_raw:
+            if last_for_input and model not in (STOCK, PIPELINE) and not args.no_raw:
                 raw = raw_model_throughput(model, name, max(2.0, args.seconds / 2))
                 rows.append(dict(raw, input="tensor_224" if model == "mobilenet_v2" else name))
             with open(os.path.join(args.out, "rows.partial.json"), "w", encoding="utf-8") as f:
