@@ -306,8 +306,8 @@ def ratios(rows: List[dict], top_concurrency: int) -> List[str]:
             # per request, (B) pays the pipeline's CPU and the model's: at best 1 / (1/P + 1/C)
             cap = 1 / (1 / p["throughput"] + 1 / c["throughput"])
             out.append(f"vision {workload} c={top_concurrency}: without the model (P) {p['throughput']:.0f} req/s, so "
-                       f"(B) can reach at most {cap:.0f} req/s = {cap / c['throughput']:.0%} of (C) here; "
-                       f"(B) reached {b['throughput'] / cap:.0%} of that")
+                       f"(B) can reach about 1/(1/P+1/C) = {cap:.0f} req/s = {cap / c['throughput']:.0%} of (C) here; "
+                       f"(B) is at {b['throughput'] / cap:.0%} of that estimate")
     for model in ("minilm_topics", "minilm_embedding", "minilm_topics_int8"):
         for length in TEXTS:
             b = find("B", model, f"text_{length}", top_concurrency)
