@@ -27,9 +27,9 @@ from own_server import ALL_MODELS, build_broken_archive, kill_worker, own_server
 from soak import LoadClient, default_specs
 
 # Measured on the 2-core dev machine (TorchServe 0.12, CPU, load of 12 clients on): the killed worker
-# is READY again after 4 s (minilm_*) to 12 s (mobilenet_v2, whose other worker keeps the cores busy),
-# and up to 23 s with a benchmark running beside the tests: 1 s restart back-off, process start, model
-# load with freeze/optimise and warm-up. Each run prints its own figures (pytest -s).
+# is READY again after 4-9 s (minilm_*) to 12-24 s (mobilenet_v2, whose other worker keeps the cores
+# busy): 1 s restart back-off, process start, model load with freeze/optimise and warm-up. Each run
+# prints its own figures (pytest -s).
 RECOVERY_BOUND_S = 45
 # A request that reached the dying worker's batch: sent before the kill, or within the batch window
 # (maxBatchDelay, 10 ms) plus scheduling slack after it.
