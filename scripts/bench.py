@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import psutil
 import requests
@@ -94,6 +94,24 @@ def build_stock_archive(store: str) -> None:
                     "--export-path", store], check=True, capture_output=True)
 
 
+def copy_archive(model: str, store: str, name: str,
+                 edits: Optional[Dict[str, Callable[[bytes], bytes]]] = None) -> str:
+    """model_store/<model>.mar copied to <store>/<name>.mar and renamed to model `name`, each file
+    named in `edits` passed through its function on the way; returns the copy's path."""
+    target = os.path.join(store, f"{name}.mar")
+    with zipfile.ZipFile(os.path.join(STORE, f"{model}.mar")) as source, zipfile.ZipFile(target, "w") as copy:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename == "MAR-INF/MANIFEST.json":
+                manifest = json.loads(data)
+                manifest["model"]["modelName"] = name
+                data = json.dumps(manifest, indent=2).encode()
+            if info.filename in (edits or {}):
+                data = edits[info.filename](data)
+            copy.writestr(info, data)
+    return target
+
+
 class _NoModel(torch.nn.Module):
     """Logits of zeros: what is left of (B) when the model costs nothing."""
 
@@ -107,17 +125,7 @@ def build_pipeline_archive(store: str) -> None:
     JSON as (B) runs them, without the model."""
     no_model = io.BytesIO()
     torch.jit.save(torch.jit.script(_NoModel()), no_model)
-    with zipfile.ZipFile(os.path.join(STORE, "mobilenet_v2.mar")) as source, \
-            zipfile.ZipFile(os.path.join(store, f"{PIPELINE}.mar"), "w", zipfile.ZIP_DEFLATED) as target:
-        for info in source.infolist():
-            data = source.read(info)
-            if info.filename == "model.pt":
-                data = no_model.getvalue()
-            elif info.filename == "MAR-INF/MANIFEST.json":
-                manifest = json.loads(data)
-                manifest["model"]["modelName"] = PIPELINE
-                data = json.dumps(manifest, indent=2).encode()
-            target.writestr(info, data)
+    copy_archive("mobilenet_v2", store, PIPELINE, {"model.pt": lambda _: no_model.getvalue()})
 
 
 def bench_server(workdir: str, models: List[str], with_stock: bool, with_pipeline: bool) -> TorchServe:

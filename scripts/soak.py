@@ -37,6 +37,7 @@ import psutil
 import requests
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from load_generators import percentile  # noqa: E402
 from ts_server import REPO, TorchServe, private_server  # noqa: E402
 
 MODELS = ("mobilenet_v2", "minilm_topics", "minilm_embedding")
@@ -233,13 +234,6 @@ def rss(pids: Dict[str, int]) -> Dict[str, int]:
     return out
 
 
-def percentile(values: List[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
 @dataclass
 class SoakReport:
     requests: int
@@ -310,7 +304,7 @@ def soak(inference_url: str, management_url: str, key: Callable[[str], str], req
     errors = [o for o in outcomes + warm if o.error]
     restarted = sorted(name for name, pid in pids.items() if now_pids.get(name) != pid)
     growth = {name: (end[name] - baseline[name]) / baseline[name] for name in pids if baseline[name]}
-    latencies = [o.ended - o.started for o in outcomes]
+    latencies = sorted(o.ended - o.started for o in outcomes)
     report = SoakReport(
         requests=len(outcomes), concurrency=concurrency, errors=len(errors),
         error_examples=[f"{o.model} {o.spec}: {o.error}" for o in errors[:10]],

@@ -31,7 +31,7 @@ import yaml
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import load_point, make_inputs  # noqa: E402
+from bench import copy_archive, load_point, make_inputs  # noqa: E402
 from ts_server import REPO, private_server  # noqa: E402
 
 FRONTEND_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")
@@ -45,24 +45,18 @@ def variant_archive(model: str, threads: int, store: str, frontend: Optional[dic
     (TorchServe lets the archive's model-config.yaml win over config.properties and the API);
     with `frontend` ({"minWorkers": ..., "batchSize": ...}) they are written in."""
     name = name or f"{model}_t{threads}"
-    source = os.path.join(REPO, "model_store", f"{model}.mar")
-    target = os.path.join(store, f"{name}.mar")
-    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as dst:
-        manifest = json.loads(src.read("MAR-INF/MANIFEST.json"))
-        config_name = manifest["model"]["configFile"]
-        for info in src.infolist():
-            data = src.read(info.filename)
-            if info.filename == config_name:
-                config = yaml.safe_load(data)
-                for key in FRONTEND_KEYS:
-                    config.pop(key, None)
-                config.update(frontend or {})
-                config["handler"]["intraOpThreads"] = threads
-                data = yaml.safe_dump(config, sort_keys=False).encode()
-            elif info.filename == "MAR-INF/MANIFEST.json":
-                manifest["model"]["modelName"] = name
-                data = json.dumps(manifest).encode()
-            dst.writestr(info.filename, data)
+    with zipfile.ZipFile(os.path.join(REPO, "model_store", f"{model}.mar")) as mar:
+        config_name = json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]["configFile"]
+
+    def set_threads(data: bytes) -> bytes:
+        config = yaml.safe_load(data)
+        for key in FRONTEND_KEYS:
+            config.pop(key, None)
+        config.update(frontend or {})
+        config["handler"]["intraOpThreads"] = threads
+        return yaml.safe_dump(config, sort_keys=False).encode()
+
+    copy_archive(model, store, name, {config_name: set_threads})
     return name
 
 
