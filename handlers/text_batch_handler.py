@@ -6,12 +6,12 @@ eight 256-token texts. Each sub-batch is padded to its own longest item, run, an
 put back in request order.
 """
 
-import os
 from typing import List, Tuple
 
 import torch
 
 from batch_handler import BatchHandler
+from model_settings import SettingsError, TextSettings
 from request_payload import text_request
 from text_tokenization import TextItem, collate_padded, length_buckets, load_tokenizer, tokenize
 
@@ -21,14 +21,14 @@ SubBatch = Tuple[List[int], torch.Tensor, torch.Tensor]  # (item indices, input_
 class TextBatchHandler(BatchHandler):
     v2_field = "text"  # a v2 BYTES element is the text, like JSON {"text": ...}
 
-    def setup(self, config: dict) -> None:
-        self.max_tokens = int(config.get("maxTokens", 256))
-        self.tokenizer = load_tokenizer(
-            os.path.join(self.model_dir, config.get("tokenizerFile", "tokenizer.json")), self.max_tokens
-        )
-        self.pad_id = self.tokenizer.token_to_id(config.get("padToken", "[PAD]"))
+    def setup(self, settings: TextSettings) -> None:
+        self.max_tokens = settings.maxTokens
+        self.tokenizer = load_tokenizer(self.archive_file(settings.tokenizerFile), self.max_tokens)
+        self.pad_id = self.tokenizer.token_to_id(settings.padToken)
+        if self.pad_id is None:
+            raise SettingsError(f"handler.padToken: {settings.padToken!r} is not in {settings.tokenizerFile}")
         # Per-pass cost, in padded-token equivalents, for splitting a batch by length; < 0: never split.
-        self.pass_overhead_tokens = int(config.get("bucketOverheadTokens", 32))
+        self.pass_overhead_tokens = settings.bucketOverheadTokens
 
     def decode(self, body, content_type) -> TextItem:
         return tokenize(self.tokenizer, text_request(body, content_type), self.max_tokens)

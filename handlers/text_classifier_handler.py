@@ -1,24 +1,29 @@
-"""TorchServe handler for text classifiers: {"predictions": [...all labels...], "truncated": bool}.
+"""TorchServe handler for the `text-classifier` kind: {"predictions": [...all labels...], "truncated": bool}.
 
 Labels come from index_to_name.json in the archive; every label is returned (topk defaults to
 the number of labels), most probable first. TorchServe requires exactly one class here.
 """
 
-import os
 from typing import List
 
 import torch
 
 from batch_handler import PreparedBatch
 from classification import load_labels, top_k_predictions
+from model_settings import TextClassifierSettings, check_labels
 from text_batch_handler import TextBatchHandler
 
 
 class TextClassifierHandler(TextBatchHandler):
-    def setup(self, config: dict) -> None:
-        super().setup(config)
-        self.labels = load_labels(os.path.join(self.model_dir, config.get("labelsFile", "index_to_name.json")))
-        self.topk = int(config.get("topk", len(self.labels)))
+    kind = "text-classifier"
+    def setup(self, settings: TextClassifierSettings) -> None:
+        super().setup(settings)
+        self.labels_file = settings.labelsFile
+        self.labels = load_labels(self.archive_file(settings.labelsFile))
+        self.topk = settings.topk or len(self.labels)
+
+    def check_outputs(self, logits: torch.Tensor) -> None:
+        check_labels(self.labels, logits.shape[-1], self.labels_file)
 
     def postprocess(self, logits: torch.Tensor, batch: PreparedBatch) -> List[dict]:
         tops = top_k_predictions(logits, self.labels, [self.topk] * len(batch.items))

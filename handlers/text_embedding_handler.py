@@ -1,6 +1,6 @@
-"""TorchServe handler for sentence embeddings: {"embedding": [floats], "truncated": bool}.
+"""TorchServe handler for the `text-embedding` kind: {"embedding": [floats], "truncated": bool}.
 
-The TorchScript model (scripts/export_minilm.py) already mean-pools and L2-normalises; this
+The model (any format; built by scripts/tskit) already mean-pools and L2-normalises; this
 handler only tokenizes, batches and serialises. TorchServe requires exactly one class here.
 """
 
@@ -13,6 +13,8 @@ from text_batch_handler import TextBatchHandler
 
 
 class TextEmbeddingHandler(TextBatchHandler):
+    kind = "text-embedding"
+
     def postprocess(self, embeddings: torch.Tensor, batch: PreparedBatch) -> List[dict]:
         rows = embeddings.float().cpu().tolist()
         return [{"embedding": row, "truncated": item.truncated} for row, item in zip(rows, batch.items)]

@@ -26,8 +26,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ts_server import REPO, read_properties, write_properties  # noqa: E402
-
-MODELS = ["mobilenet_v2", "minilm_embedding", "minilm_topics"]
+from tskit.declaration import served  # noqa: E402
 
 
 def kserve_properties(root: str, bind: str, ports: dict, gpus: int) -> dict:
@@ -60,7 +59,7 @@ def write_layout(out: str, root: str, bind: str, ports: dict, gpus: int) -> None
     os.makedirs(os.path.join(out, "model-store"), exist_ok=True)
     write_properties(kserve_properties(root, bind, ports, gpus), os.path.join(out, "config", "config.properties"))
     shutil.copy(os.path.join(REPO, "metrics.yaml"), os.path.join(out, "config", "metrics.yaml"))
-    for name in MODELS:
+    for name in (d.name for d in served()):  # the models `make serve` loads, from their declarations
         source = os.path.join(REPO, "model_store", f"{name}.mar")
         target = os.path.join(out, "model-store", f"{name}.mar")
         if os.path.exists(target):

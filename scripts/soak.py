@@ -39,8 +39,10 @@ import requests
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from load_generators import percentile  # noqa: E402
 from ts_server import REPO, TorchServe, private_server  # noqa: E402
+from tskit.declaration import served  # noqa: E402
 
-MODELS = ("mobilenet_v2", "minilm_topics", "minilm_embedding")
+KIND_OF = {d.name: d.kind for d in served()}  # every model `make serve` loads, from its declaration
+MODELS = tuple(KIND_OF)
 CAT_LABELS = {"Egyptian cat", "tabby", "tiger cat"}
 TEXTS = [
     ("The striker scored twice in the final", "Sports"),
@@ -73,11 +75,12 @@ def default_specs(models: Iterable[str] = MODELS) -> List[Spec]:
     from skimage import data as skimage_data
     specs = []
     for model in models:
-        if model == "mobilenet_v2":
+        if KIND_OF.get(model) == "image-classifier":
+            imagenet = model == "mobilenet_v2"  # labels are checked where the model's classes are known
             cat, coffee = skimage_data.chelsea(), skimage_data.coffee()
-            specs += [Spec("cat.jpg", model, _encode(cat, "JPEG"), "image/jpeg", CAT_LABELS),
-                      Spec("coffee.jpg", model, _encode(coffee, "JPEG"), "image/jpeg", {"espresso"}),
-                      Spec("cat.png", model, _encode(cat, "PNG"), "image/png", CAT_LABELS)]
+            specs += [Spec("cat.jpg", model, _encode(cat, "JPEG"), "image/jpeg", CAT_LABELS if imagenet else None),
+                      Spec("coffee.jpg", model, _encode(coffee, "JPEG"), "image/jpeg", {"espresso"} if imagenet else None),
+                      Spec("cat.png", model, _encode(cat, "PNG"), "image/png", CAT_LABELS if imagenet else None)]
         else:
             for i, (text, label) in enumerate(TEXTS):
                 expect = {label} if label and model == "minilm_topics" else None

@@ -12,7 +12,7 @@ skipped, and batch sizes stop growing once throughput falls.
 
 Writes results/tune/<model>/: frontier.md, frontier.png, results.json, config-fragment.properties
 (a `models=` entry for config.properties) and model-config-values.yaml (the same values for the
-model's models/<name>/model-config.yaml).
+model's models/<name>/model.yaml (torchserve: and handler:)).
 """
 
 import argparse
@@ -33,9 +33,15 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import copy_archive, load_point, make_inputs  # noqa: E402
 from ts_server import REPO, private_server  # noqa: E402
+from tskit.declaration import load as load_declaration  # noqa: E402
 
 FRONTEND_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")
-DEFAULT_WORKLOAD = {"mobilenet_v2": "jpeg_640x480", "minilm_topics": "text_medium", "minilm_embedding": "text_medium"}
+WORKLOAD_OF_KIND = {"image-classifier": "jpeg_640x480", "text-classifier": "text_medium", "text-embedding": "text_medium"}
+
+
+def default_workload(model: str) -> str:
+    """The workload of the model's kind, from its declaration."""
+    return WORKLOAD_OF_KIND[load_declaration(model).kind]
 
 
 def variant_archive(model: str, threads: int, store: str, frontend: Optional[dict] = None,
@@ -133,7 +139,7 @@ def write_outputs(out: str, model: str, rows: List[dict], best: Optional[dict], 
                                  "batchSize": best["batch"], "maxBatchDelay": best["delay"], "responseTimeout": 60}}}
         with open(os.path.join(out, "config-fragment.properties"), "w", encoding="utf-8") as f:
             f.write(f"# make tune {model}: {verdict}\n# merge this entry into models= in config.properties, and put the\n"
-                    "# same values in models/<model>/model-config.yaml (the archive's values win in TorchServe)\n")
+                    "# same values in models/<model>/model.yaml (the archive's values win in TorchServe)\n")
             f.write("models=" + json.dumps(entry) + "\n")
         with open(os.path.join(out, "model-config-values.yaml"), "w", encoding="utf-8") as f:
             f.write(f"# make tune {model}: {verdict}\n")

@@ -1,4 +1,4 @@
-"""config.properties: loopback only, auth on, and the same per-model settings as each archive."""
+"""config.properties: loopback only, auth on, and its models block written from the declarations."""
 
 import json
 import os
@@ -8,15 +8,16 @@ import yaml
 
 from support import REPO
 from ts_server import read_properties
+from tskit import declaration as declarations
+from tskit.server_config import models_block
 
 PROPS = read_properties(os.path.join(REPO, "config.properties"))
 MODELS = json.loads(PROPS["models"])
 CORES = 2
 
 
-def model_config(name):
-    with open(os.path.join(REPO, "models", name, "model-config.yaml"), encoding="utf-8") as f:
-        return yaml.safe_load(f)
+def declaration(name):
+    return declarations.load(name)
 
 
 def test_every_address_is_loopback():
@@ -43,26 +44,39 @@ def test_allowed_urls_refuse_every_url():
     assert not pattern.match("file:///etc/passwd")
 
 
+def test_models_block_is_the_one_the_declarations_give():
+    # `make config` (run by make archives / serve) writes it; a hand edit or a stale block fails here
+    with open(os.path.join(REPO, "config.properties"), encoding="utf-8") as f:
+        assert models_block(declarations.served()) in f.read()
+
+
+def test_every_served_declaration_is_loaded_and_no_other():
+    served = {d.name for d in declarations.served()}
+    assert set(MODELS) == served
+    assert set(PROPS["load_models"].split(",")) == {f"{name}.mar" for name in served}
+    assert {"mobilenet_v2", "minilm_embedding", "minilm_topics"} <= served
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_models_entry_matches_the_archive_config(name):
+def test_models_entry_matches_the_declaration(name):
     [(version, entry)] = MODELS[name].items()
-    config = model_config(name)
+    decl = declaration(name)
+    assert version == decl.version
     for key in ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout"):
-        assert entry[key] == config[key], f"{name}.{key}: config.properties says {entry[key]}, model-config.yaml {config[key]}"
-    assert name + ".mar" in PROPS["load_models"].split(",")
+        assert entry[key] == decl.torchserve[key], f"{name}.{key}"
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_a_model_does_not_oversubscribe_the_cores(name):
-    config = model_config(name)
-    assert config["maxWorkers"] * config["handler"]["intraOpThreads"] <= CORES
+    decl = declaration(name)
+    assert decl.torchserve["maxWorkers"] * decl.settings().intraOpThreads <= CORES
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_archive_config_names_the_device_and_handler_settings(name):
-    config = model_config(name)
-    assert config["deviceType"] in ("cpu", "gpu")
-    assert config["handler"]["optimizeForInference"] in (True, False)
+def test_declaration_names_the_device_and_handler_settings(name):
+    decl = declaration(name)
+    assert decl.torchserve["deviceType"] in ("cpu", "gpu")
+    assert decl.settings().optimizeForInference in (True, False)
 
 
 def test_frontend_logging_config_is_used_and_drops_only_per_request_chatter():

@@ -137,7 +137,7 @@ def test_a_failing_model_answers_500_per_request_and_keeps_the_handler(handler, 
 def test_optimised_model_matches_the_plain_scripted_one(archive):
     model_dir, manifest, _ = archive
     plain = torch.jit.load(f"{model_dir}/{manifest['model']['serializedFile']}").eval()
-    from batch_handler import load_torchscript
+    from model_formats import load_torchscript
 
     optimised = load_torchscript(f"{model_dir}/{manifest['model']['serializedFile']}", torch.device("cpu"), optimize=True)
     x = torch.randn(4, 3, 224, 224)

@@ -63,7 +63,7 @@ def test_reduced_jpeg_decode_agrees_with_the_reference_on_large_photos():
     (on a low-confidence image); decode+resize of a 2048x1536 JPEG 15 ms -> 9 ms."""
     import io
 
-    from batch_handler import load_torchscript
+    from model_formats import load_torchscript
 
     model = load_torchscript(os.path.join(REPO, "build", "mobilenet_v2", "model.pt"), torch.device("cpu"), True)
     reference = MobileNet_V2_Weights.IMAGENET1K_V1.transforms()

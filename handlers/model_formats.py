@@ -1,0 +1,63 @@
+"""The serialized model behind one callable, whatever its format: TorchScript, AOTInductor or ONNX Runtime.
+
+`load_model(path, format, device, threads, optimize)` returns a callable that takes torch tensors
+(an image batch [N, 3, H, W], or input_ids and attention_mask [N, L]) and returns a torch tensor on
+the same device, so the handlers do not care how the model runs. Pure: imports nothing from `ts`.
+"""
+
+from typing import Callable
+
+import torch
+
+ModelCallable = Callable[..., torch.Tensor]
+
+
+def load_model(path: str, model_format: str, device: torch.device, threads: int, optimize: bool) -> ModelCallable:
+    if model_format == "torchscript":
+        return load_torchscript(path, device, optimize)
+    if model_format == "aoti":
+        return load_aoti(path, device)
+    if model_format == "onnx":
+        return OnnxModel(path, device, threads)
+    raise ValueError(f"unknown model format {model_format!r}")
+
+
+def load_torchscript(path: str, device: torch.device, optimize: bool) -> torch.jit.ScriptModule:
+    """Load for inference; `optimize` freezes and applies the device's inference passes
+    (conv-bn folding, oneDNN layouts on CPU) here at load time, so the archive stays device-neutral."""
+    model = torch.jit.load(path, map_location=device).eval()
+    if optimize:
+        model = torch.jit.optimize_for_inference(torch.jit.freeze(model))
+    return model
+
+
+def load_aoti(path: str, device: torch.device) -> ModelCallable:
+    """An AOTInductor package (.pt2) compiled at build time for this device type; its batch (and for
+    text, sequence) dimension is dynamic. It runs with the process's intra-op thread setting."""
+    import torch._inductor
+
+    runner = torch._inductor.aoti_load_package(path, device_index=device.index if device.type == "cuda" else -1)
+    return runner
+
+
+class OnnxModel:
+    """An ONNX Runtime session whose inputs are named like the tensors it is called with, in order."""
+
+    def __init__(self, path: str, device: torch.device, threads: int):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads  # like TorchScript's intra-op threads: workers x threads <= cores
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+        self.session = onnxruntime.InferenceSession(path, options, providers=providers)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.device = device
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        feeds = {name: tensor.detach().cpu().numpy() for name, tensor in zip(self.input_names, inputs)}
+        (output, *_) = self.session.run(None, feeds)
+        return torch.from_numpy(output).to(self.device)

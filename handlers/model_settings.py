@@ -1,0 +1,145 @@
+"""Typed handler settings, one class per model kind, checked when a worker loads (and when an archive is built).
+
+The `handler:` section of a model's model-config.yaml is read into one of these dataclasses. A key the
+kind does not know, a value of the wrong type or out of range fails with `SettingsError` naming the key
+(in the shape of Triton's validated config.pbtxt and KServe's typed errors): the worker does not load,
+so the mistake shows at registration instead of as a 500 on the first request.
+Pure: imports nothing from `ts`; the archive builder (scripts/tskit) uses the same classes.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Type
+
+FORMATS = ("torchscript", "aoti", "onnx")
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names the key and what it accepts."""
+
+
+@dataclass
+class CommonSettings:
+    modelFormat: str = "torchscript"   # how the serialized file is run: torchscript | aoti | onnx
+    intraOpThreads: int = 1            # workers x threads <= cores (two OpenMP threads collapse on a busy core)
+    optimizeForInference: bool = True  # TorchScript only: freeze + optimize_for_inference at load time
+    warmUpRuns: int = 2
+    labelsFile: Optional[str] = None   # index_to_name.json in the archive (classifiers)
+
+    def check(self) -> None:
+        if self.modelFormat not in FORMATS:
+            raise SettingsError(f"handler.modelFormat: {self.modelFormat!r} is not one of {', '.join(FORMATS)}")
+        _at_least("intraOpThreads", self.intraOpThreads, 1)
+        _at_least("warmUpRuns", self.warmUpRuns, 0)
+
+
+@dataclass
+class ImageClassifierSettings(CommonSettings):
+    labelsFile: Optional[str] = "index_to_name.json"
+    topk: int = 5                        # predictions per answer (capped at the number of classes)
+    maxImagePixels: int = 40_000_000     # declared width*height above this answers 413 before decoding
+    reducedJpegDecode: bool = True       # large JPEGs decode at 1/2..1/8 scale, never below resizeSize
+    resizeSize: int = 256                # torchvision's ImageNet reference transforms
+    cropSize: int = 224
+    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+    def check(self) -> None:
+        super().check()
+        for key in ("topk", "maxImagePixels", "cropSize"):
+            _at_least(key, getattr(self, key), 1)
+        if self.resizeSize < self.cropSize:
+            raise SettingsError(f"handler.resizeSize ({self.resizeSize}) must be >= handler.cropSize ({self.cropSize})")
+        for key in ("mean", "std"):
+            if len(getattr(self, key)) != 3:
+                raise SettingsError(f"handler.{key}: needs 3 values (R, G, B), got {getattr(self, key)}")
+        if any(s <= 0 for s in self.std):
+            raise SettingsError(f"handler.std: every value must be > 0, got {self.std}")
+
+
+@dataclass
+class TextSettings(CommonSettings):
+    maxTokens: int = 256                 # longer texts are cut and answer "truncated": true
+    tokenizerFile: str = "tokenizer.json"
+    padToken: str = "[PAD]"
+    bucketOverheadTokens: int = 32       # per-pass cost in padded tokens for splitting a batch by length; < 0: never split
+
+    def check(self) -> None:
+        super().check()
+        _at_least("maxTokens", self.maxTokens, 1)
+
+
+@dataclass
+class TextClassifierSettings(TextSettings):
+    labelsFile: Optional[str] = "index_to_name.json"
+    topk: Optional[int] = None           # default: every label
+
+    def check(self) -> None:
+        super().check()
+        if self.topk is not None:
+            _at_least("topk", self.topk, 1)
+
+
+@dataclass
+class TextEmbeddingSettings(TextSettings):
+    pass
+
+
+SETTINGS_OF_KIND: Dict[str, Type[CommonSettings]] = {
+    "image-classifier": ImageClassifierSettings,
+    "text-classifier": TextClassifierSettings,
+    "text-embedding": TextEmbeddingSettings,
+}
+
+
+def parse_settings(kind: str, section: Optional[dict]) -> CommonSettings:
+    """The `handler:` section of `kind` as typed settings; SettingsError names the first bad key."""
+    if kind not in SETTINGS_OF_KIND:
+        raise SettingsError(f"kind {kind!r} is not one of {', '.join(SETTINGS_OF_KIND)}")
+    cls = SETTINGS_OF_KIND[kind]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in (section or {}).items():
+        if key not in fields:
+            raise SettingsError(
+                f"handler.{key} is not a setting of a {kind} (known: {', '.join(sorted(fields))})")
+        values[key] = _typed(key, value, fields[key].type)
+    settings = cls(**values)
+    settings.check()
+    return settings
+
+
+def _typed(key: str, value: Any, annotation: Any) -> Any:
+    """`value` checked against the field's annotation (bool is not taken for int; an int is taken for float)."""
+    text = str(annotation)
+    if value is None and "Optional" in text:
+        return None
+    if "List[float]" in text:
+        if isinstance(value, list) and all(_is_number(v) for v in value):
+            return [float(v) for v in value]
+        raise SettingsError(f"handler.{key}: expected a list of numbers, got {value!r}")
+    expected = {"int": int, "bool": bool, "str": str, "float": float}
+    for name, python_type in expected.items():
+        if text in (name, f"<class '{name}'>", f"typing.Optional[{name}]", f"Optional[{name}]"):
+            if python_type is float and _is_number(value):
+                return float(value)
+            if isinstance(value, python_type) and not (python_type is int and isinstance(value, bool)):
+                return value
+            raise SettingsError(f"handler.{key}: expected {name}, got {value!r}")
+    raise SettingsError(f"handler.{key}: unsupported setting type {text}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _at_least(key: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise SettingsError(f"handler.{key}: must be >= {minimum}, got {value}")
+
+
+def check_labels(labels: List[str], num_outputs: int, labels_file: str) -> None:
+    """A labels file must name exactly the model's outputs."""
+    if len(labels) != num_outputs:
+        raise SettingsError(
+            f"{labels_file} has {len(labels)} labels but the model gives {num_outputs} outputs")

@@ -1,0 +1,150 @@
+"""Build `model_store/<name>.mar` from a declaration: source -> serving format -> checked -> archive.
+
+Everything the worker needs travels inside the archive, so it loads on any TorchServe 0.12 with the
+pinned Python packages: the model file, labels (index_to_name.json), the tokenizer, model-config.yaml
+(the declaration's `torchserve:` keys at top level and its `handler:` section), and every handler module.
+Writes `build/<name>/build.json` (format, build time, parity with the source) and `build/<name>/deps.mk`
+(the files the archive was built from, so `make` rebuilds it when they change).
+"""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import List, Optional
+
+import torch
+import yaml
+
+from classification import load_labels
+from model_settings import check_labels
+from tskit.declaration import REPO, Declaration, DeclarationError
+from tskit.formats import build_model_file, example_inputs
+from tskit.precision import to_int8
+from tskit.sources import IMAGE_KINDS, LoadedSource, SourceError, load_source
+
+HANDLERS_DIR = os.path.join(REPO, "handlers")
+BUILD_DIR = os.path.join(REPO, "build")
+STORE_DIR = os.path.join(REPO, "model_store")
+
+
+def build(declaration: Declaration, store: str = STORE_DIR, build_dir: Optional[str] = None,
+          version: Optional[str] = None, archive_name: Optional[str] = None) -> dict:
+    """Build the archive; returns the build report. `archive_name` names the .mar file (default: the model)."""
+    started = time.perf_counter()
+    archive_name = archive_name or declaration.name
+    work = build_dir or os.path.join(BUILD_DIR, archive_name)
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    settings = declaration.settings()
+    torch.manual_seed(0)
+    loaded = load_source(declaration.source, declaration.kind, declaration.folder)
+    loaded = to_int8(loaded, declaration, settings, work) if declaration.precision == "int8" else loaded
+    report = build_model_file(loaded, declaration.kind, declaration.format, settings, work,
+                              strict=declaration.precision == "fp32")
+    extra = write_side_files(declaration, loaded, settings, work, report["file"])
+    config_file = write_model_config(declaration, loaded, work)
+    mar = archive(declaration, report["file"], extra, config_file, store, version or declaration.version,
+                  archive_name, work)
+    report.update(model=declaration.name, kind=declaration.kind, precision=declaration.precision,
+                  source=loaded.description, archive=mar, total_s=round(time.perf_counter() - started, 1))
+    with open(os.path.join(work, "build.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    write_deps(declaration, loaded, mar, work)
+    return report
+
+
+def write_side_files(declaration: Declaration, loaded: LoadedSource, settings, work: str, model_file: str) -> List[str]:
+    """Labels and tokenizer into the archive; labels checked against the model's outputs now, not at load."""
+    files = []
+    if settings.labelsFile:
+        width = output_width(model_file, declaration, settings)
+        labels = resolve_labels(declaration, loaded) or [str(i) for i in range(width)]
+        check_labels(labels, width, labels_source(declaration))
+        path = os.path.join(work, settings.labelsFile)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({str(i): name for i, name in enumerate(labels)}, f, indent=0, ensure_ascii=False)
+        files.append(path)
+    if declaration.kind not in IMAGE_KINDS:
+        if not loaded.tokenizer_file:
+            raise SourceError(f"{loaded.description} brings no tokenizer.json")
+        path = os.path.join(work, settings.tokenizerFile)
+        shutil.copy(loaded.tokenizer_file, path)
+        files.append(path)
+    return files
+
+
+def labels_source(declaration: Declaration) -> str:
+    return declaration.resolve(declaration.labels) if declaration.labels else "the source's labels"
+
+
+def resolve_labels(declaration: Declaration, loaded: LoadedSource) -> List[str]:
+    """The declaration's labels file (a JSON list or an index_to_name.json map), else the source's own,
+    else none (the caller names the classes "0".."C-1")."""
+    if declaration.labels:
+        path = declaration.resolve(declaration.labels)
+        with open(path, encoding="utf-8") as f:
+            document = json.load(f)
+        if isinstance(document, list) and all(isinstance(x, str) for x in document):
+            return document
+        if isinstance(document, dict):
+            return load_labels(path)
+        raise DeclarationError(f"{path}: expected a JSON list of names or an index_to_name.json map")
+    return loaded.labels or []
+
+
+def output_width(model_file: str, declaration: Declaration, settings) -> int:
+    from model_formats import load_model
+
+    model = load_model(model_file, declaration.format, torch.device("cpu"), 1, settings.optimizeForInference)
+    with torch.inference_mode():
+        return int(model(*example_inputs(declaration.kind, settings, batch=1)).shape[-1])
+
+
+def write_model_config(declaration: Declaration, loaded: LoadedSource, work: str) -> str:
+    """model-config.yaml: TorchServe's keys at the top, the handler's typed settings under `handler:`."""
+    handler = dict(declaration.handler, modelFormat=declaration.format)
+    if declaration.kind not in IMAGE_KINDS:  # the checkpoint's own limits unless the declaration says otherwise
+        handler.setdefault("maxTokens", loaded.max_tokens or 512)
+        handler.setdefault("padToken", loaded.pad_token or "[PAD]")
+    document = dict(declaration.torchserve, handler=handler)
+    path = os.path.join(work, "model-config.yaml")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"# Written by scripts/tskit from {os.path.relpath(declaration.path, REPO)}: edit that file.\n")
+        yaml.safe_dump(document, f, sort_keys=False)
+    return path
+
+
+def handler_modules(handler_file: str) -> List[str]:
+    """Every pure module of handlers/: the archive carries them all (small) so it needs nothing from this repo."""
+    return sorted(p for p in glob.glob(os.path.join(HANDLERS_DIR, "*.py")) if os.path.basename(p) != handler_file)
+
+
+def archive(declaration: Declaration, model_file: str, extra: List[str], config_file: str, store: str,
+            version: str, archive_name: str, work: str) -> str:
+    os.makedirs(store, exist_ok=True)
+    staging = os.path.join(work, "archive")
+    os.makedirs(staging, exist_ok=True)
+    archiver = os.path.join(os.path.dirname(sys.executable), "torch-model-archiver")
+    subprocess.run([
+        archiver, "--force", "--model-name", declaration.name, "--version", version,
+        "--serialized-file", model_file, "--handler", os.path.join(HANDLERS_DIR, declaration.handler_file),
+        "--extra-files", ",".join(handler_modules(declaration.handler_file) + extra),
+        "--config-file", config_file, "--export-path", staging,
+    ], check=True)
+    target = os.path.join(store, f"{archive_name}.mar")
+    shutil.move(os.path.join(staging, f"{declaration.name}.mar"), target)
+    return target
+
+
+def write_deps(declaration: Declaration, loaded: LoadedSource, mar: str, work: str) -> None:
+    """A make fragment: the archive depends on its source files too (they may live outside the repo)."""
+    files = [declaration.path] + [p for p in loaded.dependencies if os.path.isfile(p)]
+    if declaration.labels:
+        files.append(declaration.resolve(declaration.labels))
+    escaped = " ".join(p.replace(" ", "\\ ") for p in files)
+    with open(os.path.join(work, "deps.mk"), "w", encoding="utf-8") as f:
+        f.write(f"{os.path.relpath(mar, REPO)}: {escaped}\n")

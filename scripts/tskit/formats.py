@@ -1,0 +1,133 @@
+"""Turn a loaded source into the serving format, and check the result against the source in process.
+
+    torchscript  torch.jit.script (eager image models), else torch.jit.trace; a TorchScript source as it is
+    aoti         torch.export with a dynamic batch (and, for text, sequence) dimension, compiled by
+                 AOTInductor into a .pt2 package for this machine's device type (CPU here)
+    onnx         torch.onnx.export (the TorchScript-based exporter, opset 17) with dynamic axes; an ONNX
+                 source as it is
+
+The parity check loads the written file with the handlers' own loader (handlers/model_formats.py),
+exactly as a worker does, and compares it with the source on batches of several sizes (and lengths).
+"""
+
+import os
+import shutil
+import time
+import warnings
+from typing import Tuple
+
+import torch
+
+from model_formats import load_model
+from tskit.sources import IMAGE_KINDS, LoadedSource, SourceError
+
+FILE_OF_FORMAT = {"torchscript": "model.pt", "aoti": "model.pt2", "onnx": "model.onnx"}
+TEXT_INPUTS = ("input_ids", "attention_mask")
+PARITY_TOLERANCE = 1e-3  # largest |served - source| on logits / embeddings, relative to the outputs' scale
+
+
+def image_batch(batch: int, size: int, seed: int = 0) -> Tuple[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, 3, size, size, generator=generator),)
+
+
+def text_batch(batch: int, length: int, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Token ids in the ordinary vocabulary range; row i keeps length - i tokens (the rest is padding)."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, 2000, (batch, length), generator=generator)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    for row in range(1, batch):
+        mask[row, max(1, length - row * 3):] = 0
+    ids[mask == 0] = 0
+    return ids, mask
+
+
+def example_inputs(kind: str, settings, batch: int = 2, length: int = 16, seed: int = 0):
+    if kind in IMAGE_KINDS:
+        return image_batch(batch, settings.cropSize, seed)
+    return text_batch(batch, min(length, settings.maxTokens), seed)
+
+
+def export(loaded: LoadedSource, kind: str, model_format: str, settings, out_dir: str) -> str:
+    """Write the serving file for `model_format` into out_dir; its path."""
+    if model_format not in loaded.formats:
+        raise SourceError(f"{loaded.description} cannot be served as {model_format}: it can give "
+                          f"{', '.join(loaded.formats)} (FORMAT=...)")
+    path = os.path.join(out_dir, FILE_OF_FORMAT[model_format])
+    example = example_inputs(kind, settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit / torch.onnx deprecation notes; parity is checked after
+        if model_format == "torchscript":
+            to_torchscript(loaded.module, kind, example).save(path)
+        elif model_format == "onnx":
+            to_onnx(loaded, kind, example, path)
+        else:
+            to_aoti(loaded, kind, example, settings, path)
+    return path
+
+
+def to_torchscript(module, kind: str, example) -> torch.jit.ScriptModule:
+    if isinstance(module, torch.jit.ScriptModule):
+        return module
+    if kind in IMAGE_KINDS and not isinstance(module, torch.fx.GraphModule):
+        try:
+            return torch.jit.script(module)  # keeps control flow; device-neutral
+        except Exception:  # many modules do not script; a trace of a fixed-graph model is as good
+            pass
+    return torch.jit.trace(module, example, check_trace=False)
+
+
+def to_onnx(loaded: LoadedSource, kind: str, example, path: str) -> None:
+    if loaded.onnx_file:
+        shutil.copy(loaded.onnx_file, path)
+        return
+    names = ["input"] if kind in IMAGE_KINDS else list(TEXT_INPUTS)
+    axes = {0: "batch"} if kind in IMAGE_KINDS else {0: "batch", 1: "sequence"}
+    torch.onnx.export(loaded.module, example, path, dynamo=False, opset_version=17, input_names=names,
+                      output_names=["output"], dynamic_axes={name: axes for name in names + ["output"]},
+                      do_constant_folding=True)
+
+
+def to_aoti(loaded: LoadedSource, kind: str, example, settings, path: str) -> None:
+    import torch._inductor
+
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    if kind in IMAGE_KINDS:
+        shapes = ({0: batch},)
+    else:
+        sequence = torch.export.Dim("sequence", min=1, max=settings.maxTokens)
+        shapes = ({0: batch, 1: sequence}, {0: batch, 1: sequence})
+    with torch.no_grad():
+        program = torch.export.export(loaded.module, example, dynamic_shapes=shapes)
+        torch._inductor.aoti_compile_and_package(program, package_path=path,
+                                                 inductor_configs={"freezing": True})
+
+
+def parity(loaded: LoadedSource, kind: str, model_format: str, settings, path: str, strict: bool = True) -> float:
+    """Largest |served - source| over several batch sizes (and text lengths), loaded as a worker loads it."""
+    served = load_model(path, model_format, torch.device("cpu"), threads=torch.get_num_threads(),
+                        optimize=settings.optimizeForInference)
+    shapes = [(1, 7), (3, 16), (5, 40)] if kind not in IMAGE_KINDS else [(1, 0), (3, 0), (5, 0)]
+    worst, scale = 0.0, 1.0
+    with torch.inference_mode():
+        for seed, (batch, length) in enumerate(shapes):
+            inputs = example_inputs(kind, settings, batch, length, seed=seed + 1)
+            reference, answer = loaded.module(*inputs), served(*inputs)
+            worst = max(worst, (answer.float() - reference.float()).abs().max().item())
+            scale = max(scale, reference.float().abs().max().item())
+    if strict and worst > PARITY_TOLERANCE * scale:
+        raise SourceError(f"the {model_format} model differs from its source by {worst:.2e} "
+                          f"(outputs up to {scale:.2f}): not served")
+    return worst
+
+
+def build_model_file(loaded: LoadedSource, kind: str, model_format: str, settings, out_dir: str,
+                     strict: bool = True) -> dict:
+    """Export, then check; a report of the file, its build time and its parity with the source.
+    `strict=False` (int8) reports the difference without failing: agreement is measured on real data."""
+    started = time.perf_counter()
+    path = export(loaded, kind, model_format, settings, out_dir)
+    built = time.perf_counter()
+    worst = parity(loaded, kind, model_format, settings, path, strict)
+    return {"file": path, "format": model_format, "build_s": round(built - started, 1),
+            "max_abs_diff": worst, "bytes": os.path.getsize(path)}

@@ -1,0 +1,172 @@
+"""A declaration's `source`, loaded into what the format exporters need (formats.py).
+
+    *.pt                 TorchScript module                         -> torchscript, onnx
+    *.pt2                torch.export program (torch.export.save)   -> torchscript (traced), aoti, onnx
+    *.onnx               ONNX graph                                 -> onnx
+    folder/config.json   Hugging Face checkpoint (tokenizer.json)   -> torchscript (traced), aoti, onnx
+    python:mod:function  a function returning an eager module, a source path or a LoadedSource
+                                                                    -> torchscript, aoti, onnx
+Text models take (input_ids, attention_mask) int64 [N, L]; image models a float batch [N, 3, H, W].
+"""
+
+import importlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+IMAGE_KINDS = ("image-classifier",)
+TEXT_KINDS = ("text-classifier", "text-embedding")
+
+
+class SourceError(ValueError):
+    pass
+
+
+@dataclass
+class LoadedSource:
+    description: str
+    formats: Tuple[str, ...]                    # the serving formats this source can give
+    module: Optional[Callable] = None           # runs in process (the parity reference)
+    onnx_file: Optional[str] = None             # an ONNX source is served as it is
+    exported: Optional[object] = None           # a torch.export program, when the source is one
+    labels: Optional[List[str]] = None          # class names the source itself carries (id2label)
+    tokenizer_file: Optional[str] = None
+    max_tokens: Optional[int] = None
+    pad_token: Optional[str] = None
+    dependencies: List[str] = field(default_factory=list)  # files whose change rebuilds the archive
+
+
+class MeanPooledEncoder(torch.nn.Module):
+    """A transformer -> mean over the tokens the attention mask keeps -> L2 norm (sentence-transformers' definition)."""
+
+    def __init__(self, encoder: torch.nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return F.normalize(pooled, p=2.0, dim=1)
+
+
+class SequenceClassifierLogits(torch.nn.Module):
+    """A *ForSequenceClassification model called with (input_ids, attention_mask), returning its logits."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def load_source(source: str, kind: str, base_dir: str) -> LoadedSource:
+    if source.startswith("python:"):
+        return _python_source(source, kind, base_dir)
+    path = source if os.path.isabs(source) else os.path.normpath(os.path.join(base_dir, source))
+    if not os.path.exists(path):
+        raise SourceError(f"source {path} does not exist")
+    if os.path.isdir(path):
+        return _hugging_face(path, kind)
+    if kind in TEXT_KINDS:
+        raise SourceError(f"a {kind} source is a Hugging Face checkpoint folder (config.json, weights, "
+                          f"tokenizer.json), not the file {path}")
+    suffix = os.path.splitext(path)[1]
+    if suffix == ".pt":
+        module = torch.jit.load(path, map_location="cpu").eval()
+        return LoadedSource(f"TorchScript {path}", ("torchscript", "onnx"), module=module, dependencies=[path])
+    if suffix == ".pt2":
+        program = torch.export.load(path)
+        return LoadedSource(f"torch.export program {path}", ("torchscript", "aoti", "onnx"),
+                            module=program.module(), exported=program, dependencies=[path])
+    if suffix == ".onnx":
+        return LoadedSource(f"ONNX {path}", ("onnx",), module=_onnx_reference(path), onnx_file=path,
+                            dependencies=[path])
+    raise SourceError(f"source {path}: expected a .pt (TorchScript), .pt2 (torch.export.save) or .onnx file, "
+                      f"or a Hugging Face checkpoint folder")
+
+
+def from_module(module: torch.nn.Module, description: str, **extra) -> LoadedSource:
+    """An eager module: every format can be made from it."""
+    return LoadedSource(description, ("torchscript", "aoti", "onnx"), module=module.eval(), **extra)
+
+
+def _python_source(source: str, kind: str, base_dir: str) -> LoadedSource:
+    try:
+        module_name, function_name = source[len("python:"):].split(":")
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ValueError, ImportError, AttributeError) as err:
+        raise SourceError(f"source {source!r}: expected python:<module>:<function> importable here ({err})") from None
+    made = function()
+    if isinstance(made, LoadedSource):
+        loaded = made
+    elif isinstance(made, str):
+        loaded = load_source(made, kind, base_dir)
+    elif isinstance(made, torch.nn.Module):
+        loaded = from_module(made, source)
+    else:
+        raise SourceError(f"{source} returned {type(made).__name__}: expected a module, a path or a LoadedSource")
+    module_file = getattr(importlib.import_module(module_name), "__file__", None)
+    loaded.dependencies += [module_file] if module_file else []
+    return loaded
+
+
+def _hugging_face(folder: str, kind: str) -> LoadedSource:
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+    if kind not in TEXT_KINDS:
+        raise SourceError(f"{folder} is a folder: an {kind} source is a .pt, .pt2 or .onnx file")
+    tokenizer_file = os.path.join(folder, "tokenizer.json")
+    for needed in ("config.json", "tokenizer.json"):
+        if not os.path.isfile(os.path.join(folder, needed)):
+            raise SourceError(f"{folder} has no {needed}: a Hugging Face checkpoint folder needs config.json, "
+                              f"its weights and a fast tokenizer's tokenizer.json")
+    config = AutoConfig.from_pretrained(folder)
+    labels = None
+    if kind == "text-classifier":
+        if not any(a.endswith("ForSequenceClassification") for a in (config.architectures or [])):
+            raise SourceError(f"{folder}: config.json's architectures {config.architectures} name no "
+                              f"*ForSequenceClassification model")
+        model = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="eager")
+        module = SequenceClassifierLogits(model)
+        labels = [config.id2label[i] for i in range(config.num_labels)]
+    else:
+        module = MeanPooledEncoder(AutoModel.from_pretrained(folder, attn_implementation="eager"))
+    files = [os.path.join(folder, f) for f in sorted(os.listdir(folder)) if os.path.isfile(os.path.join(folder, f))]
+    return from_module(module, f"Hugging Face checkpoint {folder}", labels=labels, tokenizer_file=tokenizer_file,
+                       max_tokens=_max_tokens(folder, config), pad_token=_pad_token(tokenizer_file, config),
+                       dependencies=files)
+
+
+def _max_tokens(folder: str, config) -> int:
+    """sentence-transformers' max_seq_length where the checkpoint has one, else the model's position limit."""
+    st_config = os.path.join(folder, "sentence_bert_config.json")
+    if os.path.isfile(st_config):
+        with open(st_config, encoding="utf-8") as f:
+            limit = json.load(f).get("max_seq_length")
+        if limit:
+            return int(limit)
+    return int(min(getattr(config, "max_position_embeddings", 512) or 512, 512))
+
+
+def _pad_token(tokenizer_file: str, config) -> str:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(tokenizer_file)
+    if tokenizer.padding and tokenizer.padding.get("pad_token"):
+        return tokenizer.padding["pad_token"]
+    pad_id = getattr(config, "pad_token_id", None)
+    token = tokenizer.id_to_token(pad_id) if pad_id is not None else None
+    return token or "[PAD]"
+
+
+def _onnx_reference(path: str) -> Callable:
+    """The ONNX file run by ONNX Runtime in process, for the parity check of what is served."""
+    from model_formats import OnnxModel
+
+    return OnnxModel(path, torch.device("cpu"), threads=1)
