@@ -172,7 +172,9 @@ class TorchServe:
 
     # -- process ------------------------------------------------------------------------------
     def _env(self) -> Dict[str, str]:
-        env = dict(os.environ, TMPDIR=self.tmpdir, LOG_LOCATION=self.log_dir,
+        # TEMP too: the launcher takes java.io.tmpdir from TEMP (not TMPDIR), and the worker sockets
+        # (.ts.sock.900N) live there; with the system's /tmp two servers would share them.
+        env = dict(os.environ, TMPDIR=self.tmpdir, TEMP=self.tmpdir, LOG_LOCATION=self.log_dir,
                    METRICS_LOCATION=self.log_dir)
         bin_dir = os.path.dirname(sys.executable)  # the venv's torchserve, java from PATH
         env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")

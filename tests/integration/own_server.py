@@ -20,8 +20,9 @@ import requests
 from conftest import Client, test_config
 from support import MODEL_STORE
 from ts_server import TorchServe
+from tskit.declaration import served
 
-ALL_MODELS = ("mobilenet_v2", "minilm_embedding", "minilm_topics")
+ALL_MODELS = tuple(d.name for d in served())  # what `make serve` loads, from the declarations
 
 
 def model_store(base: str, models: Iterable[str], extra: Optional[Dict[str, str]] = None) -> str:

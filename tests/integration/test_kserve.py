@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from support import CAT_LABELS, REPO, encode, photo
 from ts_server import TorchServe, free_ports, running
+from tskit.declaration import served
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_layout_config_is_what_the_runtime_needs():
         assert props["metrics_config"] == "/mnt/models/config/metrics.yaml"
         assert props["number_of_gpu"] == gpus
         snapshot = json.loads(props["model_snapshot"])
-        assert sorted(snapshot["models"]) == ["minilm_embedding", "minilm_topics", "mobilenet_v2"]
+        assert sorted(snapshot["models"]) == sorted(d.name for d in served())
 
 
 def test_v1_and_v2_requests_on_the_kserve_layout(kserve_server):

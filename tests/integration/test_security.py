@@ -5,6 +5,7 @@ import ipaddress
 import os
 import shutil
 import socket
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
@@ -177,3 +178,13 @@ def test_the_proposed_allowed_urls_refuses_every_url_and_keeps_file_names(tmp_pa
         ok = client.manage("POST", "/models", params={"url": "minilm_topics.mar", "initial_workers": 0})
         assert ok.status_code == 200, ok.text
         assert [m["modelName"] for m in client.manage("GET", "/models").json()["models"]] == ["minilm_topics"]
+
+
+def test_worker_sockets_live_in_the_servers_own_temp_dir(server):
+    # TorchServe's launcher takes java.io.tmpdir from TEMP: without it every server on the machine puts
+    # its workers' sockets at /tmp/.ts.sock.900N, and two servers restarting workers at once cross them.
+    workers = [w for m in server.expected_models() for w in server.model_status(m)]
+    ports = {int(w["id"]) for w in workers}
+    assert ports and server.tmpdir != tempfile.gettempdir()
+    for port in ports:
+        assert os.path.exists(os.path.join(server.tmpdir, f".ts.sock.{port}")), port
