@@ -3,9 +3,9 @@
 TorchServe calls `handle(data, context)` with N requests; this class answers N responses in the
 same order. A request whose content is bad gets its own 4xx JSON error through
 `context.set_response_status(code, message, idx)`; the others of the batch are answered normally.
-A request is either the contract's plain form (one item) or a KServe form, one or more items, answered
-in the same protocol: Open Inference Protocol v2 (`/v2/models/<m>/infer`) or KServe v1
-(`/v1/models/<m>:predict`).
+A request is the contract's plain form (one item) or a KServe form of one or more items, recognised by
+its content and answered in the same protocol (protocols.py): Open Inference Protocol v2
+(`/v2/models/<m>/infer`, JSON or binary tensors) or KServe v1 (`/v1/models/<m>:predict`).
 
 Subclasses name their `kind` (its typed settings are in model_settings; a bad `handler:` section of
 model-config.yaml fails the worker's load with a message naming the key) and fill small hooks
@@ -15,7 +15,8 @@ model-config.yaml fails the worker's load with a message naming the key) and fil
     collate(items)                decoded items -> the model's batched input, on self.device
     postprocess(outputs, batch)   model output -> one JSON-ready result per item
     check_outputs(outputs)        the warm-up's output against the settings (e.g. labels vs classes)
-and name `v2_field`, the plain JSON field a v2 BYTES element stands for ("image" or "text").
+and declare `outputs` (their v2 output tensors), `v2_field` (the plain JSON field a JSON v2/v1 element
+stands for: "image" or "text") and `raw_element_type` (the content type a binary v2 element is read as).
 """
 
 import json
@@ -24,7 +25,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from ts.torch_handler.base_handler import BaseHandler
@@ -32,15 +33,8 @@ from ts.torch_handler.base_handler import BaseHandler
 from handler_metrics import HandlerMetrics
 from model_formats import load_model
 from model_settings import CommonSettings, parse_settings
-from kserve_protocols import (
-    is_kserve_v1_request,
-    is_v2_request,
-    kserve_v1_response,
-    parse_kserve_v1_request,
-    parse_v2_request,
-    v2_response,
-)
-from request_errors import InternalError, RequestError
+from protocols import HEADER_LENGTH, Answer, ModelInfo, Output, Request, parse_request
+from request_errors import InternalError, InvalidField, RequestError
 from request_payload import request_body
 
 logger = logging.getLogger(__name__)
@@ -51,8 +45,8 @@ JSON = "application/json"
 @dataclass
 class DecodedRequest:
     items: List[Any]
-    protocol: str = "plain"  # "plain" (the contract), "v2" (Open Inference Protocol) or "kserve_v1"
-    v2: Optional[Any] = None  # the parsed V2Request (its id is echoed back)
+    request: Request              # its protocol object: it writes the answer
+    topk: Optional[int] = None    # a KServe request's parameters.topk, for every item of it
 
 
 @dataclass
@@ -63,6 +57,7 @@ class PreparedBatch:
     errors: Dict[int, RequestError] = field(default_factory=dict)
     items: List[Any] = field(default_factory=list)
     owners: List[int] = field(default_factory=list)  # request index of each item
+    topks: List[Optional[int]] = field(default_factory=list)  # per item: a request's topk parameter, or None
 
 
 def select_device(gpu_id: Optional[int]) -> torch.device:
@@ -79,7 +74,9 @@ def reason_phrase(message: str) -> str:
 
 class BatchHandler(BaseHandler):
     kind = ""  # the model kind of model_settings.SETTINGS_OF_KIND this handler serves
+    outputs: Sequence[Output] = ()  # the v2 output tensors of an answer
     v2_field = "data"
+    raw_element_type = "application/octet-stream"
 
     def initialize(self, context):
         started = time.perf_counter()
@@ -136,15 +133,18 @@ class BatchHandler(BaseHandler):
 
     def decode_request(self, idx: int, row: dict) -> DecodedRequest:
         key, body = request_body(row)
-        # each KServe element (a v2 BYTES element, a v1 instance) is what the plain JSON form
-        # carries in `v2_field`: base64 image bytes or the text
-        if is_v2_request(body):
-            v2 = parse_v2_request(body)
-            return DecodedRequest([self.decode({self.v2_field: e}, JSON) for e in v2.elements], "v2", v2)
-        if is_kserve_v1_request(body):
-            v1 = parse_kserve_v1_request(body)
-            return DecodedRequest([self.decode({self.v2_field: e}, JSON) for e in v1.elements], "kserve_v1")
-        return DecodedRequest([self.decode(body, self.content_type(idx, key))])
+        request = parse_request(body, self.content_type(idx, key), self.request_header(idx, HEADER_LENGTH))
+        if request.protocol == "plain":
+            return DecodedRequest([self.decode(request.body, request.content_type)], request)
+        topk = request_topk(request.parameters)
+        return DecodedRequest([self.decode_element(element) for element in request.elements], request, topk)
+
+    def decode_element(self, element) -> Any:
+        """A KServe element: a JSON string is what the plain JSON form carries in `v2_field` (base64
+        image bytes or the text); raw bytes (a binary v2 tensor) are the image or the UTF-8 text itself."""
+        if isinstance(element, str):
+            return self.decode({self.v2_field: element}, JSON)
+        return self.decode(element, self.raw_element_type)
 
     def preprocess(self, data: List[dict]) -> PreparedBatch:
         """Decode each request on its own: a bad one is recorded, never raised."""
@@ -161,6 +161,7 @@ class BatchHandler(BaseHandler):
                 batch.requests[idx] = request
                 batch.items += request.items
                 batch.owners += [idx] * len(request.items)
+                batch.topks += [request.topk] * len(request.items)
         return batch
 
     def inference(self, inputs: Any) -> Any:
@@ -194,21 +195,13 @@ class BatchHandler(BaseHandler):
         logger.info("handled batch size=%d invalid=%d", len(data), len(batch.errors))
         return [self.encode(idx, answers[idx]) for idx in range(len(data))]
 
-    def group_answers(self, batch: PreparedBatch, results: List[Any]) -> Dict[int, Any]:
-        """Item results back to their requests, in each request's protocol."""
+    def group_answers(self, batch: PreparedBatch, results: List[Any]) -> Dict[int, Answer]:
+        """Item results back to their requests, each answered by its own protocol object."""
         per_request: Dict[int, List[Any]] = {}
         for owner, result in zip(batch.owners, results):
             per_request.setdefault(owner, []).append(result)
-        answers = {}
-        for idx, request in batch.requests.items():
-            if request.protocol == "v2":
-                answers[idx] = v2_response(self.context.model_name, self.model_version(),
-                                           request.v2.id, per_request[idx])
-            elif request.protocol == "kserve_v1":
-                answers[idx] = kserve_v1_response(per_request[idx])
-            else:
-                answers[idx] = per_request[idx][0]
-        return answers
+        model = ModelInfo(self.context.model_name, self.model_version(), self.outputs)
+        return {idx: decoded.request.respond(per_request[idx], model) for idx, decoded in batch.requests.items()}
 
     # ---- TorchServe request/response plumbing -------------------------------------------------
     def model_version(self) -> Optional[str]:
@@ -221,9 +214,25 @@ class BatchHandler(BaseHandler):
             return part.get("content-type")
         return self.context.get_request_header(idx, "Content-Type")
 
-    def encode(self, idx: int, result: Any) -> bytes:
-        self.context.set_response_content_type(idx, JSON)
-        if isinstance(result, RequestError):
-            self.context.set_response_status(result.status, reason_phrase(result.message), idx)
-            result = result.to_dict()
-        return json.dumps(result).encode("utf-8")
+    def request_header(self, idx: int, name: str) -> Optional[str]:
+        """A request header, whatever the case the client wrote its name in."""
+        headers = self.context.get_all_request_header(idx) or {}
+        wanted = name.lower()
+        return next((value for key, value in headers.items() if str(key).lower() == wanted), None)
+
+    def encode(self, idx: int, answer: Any) -> bytes:
+        if isinstance(answer, RequestError):
+            self.context.set_response_status(answer.status, reason_phrase(answer.message), idx)
+            answer = Answer(json.dumps(answer.to_dict()).encode("utf-8"))
+        self.context.set_response_content_type(idx, answer.content_type)
+        for name, value in answer.headers.items():
+            self.context.set_response_header(idx, name, value)
+        return answer.body
+
+
+def request_topk(parameters: dict) -> Optional[int]:
+    """A KServe request's `parameters.topk`: a positive integer, or absent."""
+    topk = parameters.get("topk")
+    if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or topk < 1):
+        raise InvalidField(f"parameters.topk must be a positive integer, got {topk!r}")
+    return topk

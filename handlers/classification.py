@@ -5,6 +5,15 @@ from typing import Dict, List, Sequence
 
 import torch
 
+from protocols import Output
+
+# A classifier's v2 outputs: [n, k] labels, indices and probabilities, most probable first.
+CLASSIFIER_OUTPUTS = (
+    Output("labels", "BYTES", lambda answer: [p["label"] for p in answer["predictions"]]),
+    Output("indices", "INT64", lambda answer: [p["index"] for p in answer["predictions"]]),
+    Output("probabilities", "FP32", lambda answer: [p["probability"] for p in answer["predictions"]]),
+)
+
 
 def load_labels(path: str) -> List[str]:
     """Labels from an index_to_name.json ({"0": "tench", ...}), as a list indexed by class."""

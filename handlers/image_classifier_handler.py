@@ -12,7 +12,7 @@ from typing import List
 import torch
 
 from batch_handler import BatchHandler, PreparedBatch
-from classification import load_labels, top_k_predictions
+from classification import CLASSIFIER_OUTPUTS, load_labels, top_k_predictions
 from image_decoding import decode_rgb
 from image_transforms import ImageItem, collate_normalize, resize_and_crop
 from model_settings import ImageClassifierSettings, check_labels
@@ -21,6 +21,7 @@ from request_payload import image_request
 
 class ImageClassifierHandler(BatchHandler):
     kind = "image-classifier"
+    outputs = CLASSIFIER_OUTPUTS
     v2_field = "image"  # a v2 BYTES element is base64 image bytes, like JSON {"image": ...}
 
     def setup(self, settings: ImageClassifierSettings) -> None:
@@ -43,7 +44,7 @@ class ImageClassifierHandler(BatchHandler):
         return collate_normalize([item.crop for item in items], self.mean, self.std, self.device)
 
     def postprocess(self, logits: torch.Tensor, batch: PreparedBatch) -> List[dict]:
-        ks = [item.topk for item in batch.items]
+        ks = [topk or item.topk for topk, item in zip(batch.topks, batch.items)]
         return [{"predictions": top} for top in top_k_predictions(logits, self.labels, ks)]
 
     def warm_up_items(self) -> List[ImageItem]:

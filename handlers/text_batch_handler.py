@@ -12,14 +12,17 @@ import torch
 
 from batch_handler import BatchHandler
 from model_settings import SettingsError, TextSettings
+from protocols import Output
 from request_payload import text_request
 from text_tokenization import TextItem, collate_padded, length_buckets, load_tokenizer, tokenize
 
+TRUNCATED = Output("truncated", "BOOL", lambda answer: answer["truncated"], per_item=True)
 SubBatch = Tuple[List[int], torch.Tensor, torch.Tensor]  # (item indices, input_ids, attention_mask)
 
 
 class TextBatchHandler(BatchHandler):
     v2_field = "text"  # a v2 BYTES element is the text, like JSON {"text": ...}
+    raw_element_type = "text/plain; charset=utf-8"  # a binary v2 element: the UTF-8 text
 
     def setup(self, settings: TextSettings) -> None:
         self.max_tokens = settings.maxTokens

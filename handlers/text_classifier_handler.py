@@ -9,13 +9,14 @@ from typing import List
 import torch
 
 from batch_handler import PreparedBatch
-from classification import load_labels, top_k_predictions
+from classification import CLASSIFIER_OUTPUTS, load_labels, top_k_predictions
 from model_settings import TextClassifierSettings, check_labels
-from text_batch_handler import TextBatchHandler
+from text_batch_handler import TRUNCATED, TextBatchHandler
 
 
 class TextClassifierHandler(TextBatchHandler):
     kind = "text-classifier"
+    outputs = CLASSIFIER_OUTPUTS + (TRUNCATED,)
     def setup(self, settings: TextClassifierSettings) -> None:
         super().setup(settings)
         self.labels_file = settings.labelsFile
@@ -26,5 +27,5 @@ class TextClassifierHandler(TextBatchHandler):
         check_labels(self.labels, logits.shape[-1], self.labels_file)
 
     def postprocess(self, logits: torch.Tensor, batch: PreparedBatch) -> List[dict]:
-        tops = top_k_predictions(logits, self.labels, [self.topk] * len(batch.items))
+        tops = top_k_predictions(logits, self.labels, [topk or self.topk for topk in batch.topks])
         return [{"predictions": top, "truncated": item.truncated} for top, item in zip(tops, batch.items)]

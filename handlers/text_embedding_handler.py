@@ -9,11 +9,13 @@ from typing import List
 import torch
 
 from batch_handler import PreparedBatch
-from text_batch_handler import TextBatchHandler
+from protocols import Output
+from text_batch_handler import TRUNCATED, TextBatchHandler
 
 
 class TextEmbeddingHandler(TextBatchHandler):
     kind = "text-embedding"
+    outputs = (Output("embedding", "FP32", lambda answer: answer["embedding"]), TRUNCATED)
 
     def postprocess(self, embeddings: torch.Tensor, batch: PreparedBatch) -> List[dict]:
         rows = embeddings.float().cpu().tolist()

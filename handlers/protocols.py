@@ -1,0 +1,276 @@
+"""Request protocols as objects: each parses its request into items and writes its own answer.
+
+    PlainRequest     the contract's form: one item (raw bytes, text, multipart, or JSON {"image"|"text": ...})
+    V2Request        Open Inference Protocol v2 (KServe v2, Triton): one BYTES input, one element per item,
+                     JSON or binary tensors (the `Inference-Header-Content-Length` extension) both ways
+    KServeV1Request  KServe v1: {"instances": [...]} -> {"predictions": [...]}
+
+`parse_request(body, content_type, header_length)` recognises the protocol by the content, whatever the
+Content-Type: tritonclient sends none, KServe's SDK sends binary tensors as application/octet-stream,
+and TorchServe then hands the handler bytes, not a parsed dict. A body that parses as a JSON object is
+read as JSON (the plain form or a KServe form), never as text or image bytes.
+Each request's `respond(results)` answers in its own protocol; handlers declare their v2 outputs
+(`Output`) instead of an encoder guessing them from the answers' keys. Pure: imports nothing from `ts`.
+"""
+
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+from request_errors import InvalidField, InvalidJSON
+from request_payload import is_json, json_type_name
+
+JSON_TYPE = "application/json"
+BINARY_TYPE = "application/octet-stream"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+Element = Union[str, bytes]  # a v2/v1 element: JSON string (base64 image or text), or raw bytes (binary)
+
+
+@dataclass
+class Answer:
+    """What one request gets back: its body, content type and extra response headers."""
+
+    body: bytes
+    content_type: str = JSON_TYPE
+    headers: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Output:
+    """A v2 output a handler declares: its name, datatype, and the values one item's answer gives it
+    (a list per item, or one value per item with `per_item=True`)."""
+
+    name: str
+    datatype: str  # BYTES, INT64, FP32 or BOOL
+    values: Callable[[dict], Any]
+    per_item: bool = False
+
+
+# ---- the plain form -------------------------------------------------------------------------------
+@dataclass
+class PlainRequest:
+    body: Any
+    content_type: Optional[str]
+    protocol = "plain"
+
+    def respond(self, results: List[dict], model: "ModelInfo") -> Answer:
+        return Answer(json.dumps(results[0]).encode("utf-8"))
+
+
+# ---- KServe v1 ------------------------------------------------------------------------------------
+@dataclass
+class KServeV1Request:
+    elements: List[Element]
+    parameters: Dict[str, Any] = field(default_factory=dict)
+    protocol = "kserve_v1"
+
+    @classmethod
+    def parse(cls, body: dict) -> "KServeV1Request":
+        instances = body["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise InvalidField("KServe v1 request: 'instances' must be a non-empty list")
+        return cls([cls._element(instance) for instance in instances])
+
+    @staticmethod
+    def _element(instance: Any) -> str:
+        if isinstance(instance, dict):
+            keys = [k for k in ("data", "image", "text", "b64") if k in instance]
+            if not keys:
+                raise InvalidField("KServe v1 request: an instance object needs a 'data' field")
+            instance = instance[keys[0]]
+            if isinstance(instance, dict) and "b64" in instance:  # {"data": {"b64": ...}}
+                instance = instance["b64"]
+        if not isinstance(instance, str):
+            raise InvalidField(f"KServe v1 request: instances must be strings, not {json_type_name(instance)}")
+        return instance
+
+    def respond(self, results: List[dict], model: "ModelInfo") -> Answer:
+        return Answer(json.dumps({"predictions": results}).encode("utf-8"))
+
+
+# ---- Open Inference Protocol v2 --------------------------------------------------------------------
+@dataclass
+class ModelInfo:
+    name: str
+    version: Optional[str]
+    outputs: Sequence[Output]
+
+
+@dataclass
+class V2Request:
+    id: Optional[str]
+    input_name: str
+    elements: List[Element]
+    parameters: Dict[str, Any] = field(default_factory=dict)
+    requested: Optional[Dict[str, bool]] = None  # output name -> in binary; None: every output
+    binary_default: bool = False                 # parameters.binary_data_output
+    protocol = "v2"
+
+    @classmethod
+    def parse(cls, document: dict, binary: bytes = b"") -> "V2Request":
+        inputs = document["inputs"]
+        if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+            raise InvalidField("v2 request: 'inputs' must be a list with exactly one input object")
+        tensor = inputs[0]
+        if tensor.get("datatype") != "BYTES":
+            raise InvalidField(f"v2 request: input datatype must be BYTES (image bytes or text), "
+                               f"not {tensor.get('datatype')!r}")
+        count = _element_count(tensor.get("shape"))
+        tensor_parameters = _parameters(tensor, "input")
+        if "binary_data_size" in tensor_parameters:
+            elements = _binary_elements(binary, tensor_parameters["binary_data_size"])
+        else:
+            elements = _json_elements(tensor.get("data"))
+        if count != len(elements):
+            raise InvalidField(f"v2 request: shape {tensor.get('shape')} holds {count} elements "
+                               f"but data has {len(elements)}")
+        parameters = _parameters(document, "request")
+        request_id = document.get("id")
+        return cls(None if request_id is None else str(request_id), str(tensor.get("name", "input-0")), elements,
+                   parameters, _requested_outputs(document), bool(parameters.get("binary_data_output", False)))
+
+    def respond(self, results: List[dict], model: ModelInfo) -> Answer:
+        tensors, chunks = [], []
+        for output in model.outputs:
+            if self.requested is not None and output.name not in self.requested:
+                continue
+            tensor, values = _tensor(output, results)
+            if self.requested.get(output.name, self.binary_default) if self.requested else self.binary_default:
+                chunk = _to_binary(output.datatype, values)
+                tensor["parameters"] = {"binary_data_size": len(chunk)}
+                chunks.append(chunk)
+            else:
+                tensor["data"] = values
+            tensors.append(tensor)
+        document = {"model_name": model.name, "outputs": tensors}
+        if model.version:
+            document["model_version"] = model.version
+        if self.id is not None:
+            document["id"] = self.id
+        header = json.dumps(document).encode("utf-8")
+        if not chunks:
+            return Answer(header)
+        return Answer(header + b"".join(chunks), BINARY_TYPE, {HEADER_LENGTH: str(len(header))})
+
+
+def _parameters(owner: dict, what: str) -> Dict[str, Any]:
+    parameters = owner.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise InvalidField(f"v2 request: {what} 'parameters' must be an object, not {json_type_name(parameters)}")
+    return parameters
+
+
+def _element_count(shape: Any) -> int:
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise InvalidField("v2 request: input 'shape' must be a list of non-negative integers")
+    count = 1
+    for d in shape:
+        count *= d
+    return count
+
+
+def _json_elements(data: Any) -> List[str]:
+    if not isinstance(data, list) or not data:
+        raise InvalidField("v2 request: input 'data' must be a non-empty list (or binary data)")
+    flat = _flatten(data)
+    for element in flat:
+        if not isinstance(element, str):
+            raise InvalidField(f"v2 request: BYTES data elements must be strings, not {json_type_name(element)}")
+    return flat
+
+
+def _flatten(data: list) -> list:
+    """Row-major elements of a nested `data` list ([["a"], ["b"]] and ["a", "b"] alike)."""
+    flat = []
+    for value in data:
+        flat.extend(_flatten(value) if isinstance(value, list) else [value])
+    return flat
+
+
+def _binary_elements(binary: bytes, size: Any) -> List[bytes]:
+    """BYTES elements of the binary section: each a 4-byte little-endian length, then that many bytes."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0 or size > len(binary):
+        raise InvalidField(f"v2 request: binary_data_size {size!r} does not fit the {len(binary)} bytes "
+                           f"after the JSON header")
+    data, elements, offset = binary[:size], [], 0
+    while offset < size:
+        if offset + 4 > size:
+            raise InvalidField("v2 request: a binary BYTES element is cut short (its 4-byte length is missing)")
+        (length,) = struct.unpack_from("<I", data, offset)
+        if offset + 4 + length > size:
+            raise InvalidField(f"v2 request: a binary BYTES element says {length} bytes but fewer follow")
+        elements.append(bytes(data[offset + 4: offset + 4 + length]))
+        offset += 4 + length
+    return elements
+
+
+def _requested_outputs(document: dict) -> Optional[Dict[str, bool]]:
+    """{name: binary?} of the outputs a request names, or None when it names none (all are answered)."""
+    outputs = document.get("outputs")
+    if outputs is None:
+        return None
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs):
+        raise InvalidField("v2 request: 'outputs' must be a list of objects with a 'name'")
+    default = bool(_parameters(document, "request").get("binary_data_output", False))
+    return {o["name"]: bool(_parameters(o, "output").get("binary_data", default)) for o in outputs}
+
+
+def _tensor(output: Output, results: List[dict]) -> Tuple[dict, list]:
+    rows = [output.values(r) for r in results]
+    if output.per_item:
+        return {"name": output.name, "datatype": output.datatype, "shape": [len(rows)]}, rows
+    width = len(rows[0]) if rows else 0
+    flat = [value for row in rows for value in row]
+    shape = [len(rows), width] if all(len(row) == width for row in rows) else [len(flat)]  # ragged top-k
+    return {"name": output.name, "datatype": output.datatype, "shape": shape}, flat
+
+
+def _to_binary(datatype: str, values: list) -> bytes:
+    if datatype == "BYTES":
+        encoded = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in values]
+        return b"".join(struct.pack("<I", len(v)) + v for v in encoded)
+    code = {"FP32": "f", "INT64": "q", "BOOL": "?"}[datatype]
+    return struct.pack(f"<{len(values)}{code}", *values)
+
+
+# ---- recognising the protocol ------------------------------------------------------------------------
+Request = Union[PlainRequest, V2Request, KServeV1Request]
+
+
+def parse_request(body: Any, content_type: Optional[str], header_length: Optional[str] = None) -> Request:
+    """The request's protocol and content, recognised by what the body holds."""
+    if header_length is not None and isinstance(body, (bytes, bytearray, str)):
+        return _binary_v2(body, header_length)
+    if isinstance(body, (bytes, bytearray)) and not is_json(content_type) and _looks_like_json_object(body):
+        try:
+            body = json.loads(bytes(body).decode("utf-8"))
+        except ValueError:
+            raise InvalidJSON("the body starts like a JSON object but is not valid JSON") from None
+        content_type = JSON_TYPE
+    if isinstance(body, dict) and "inputs" in body:
+        return V2Request.parse(body)
+    if isinstance(body, dict) and "instances" in body:
+        return KServeV1Request.parse(body)
+    return PlainRequest(body, content_type)
+
+
+def _looks_like_json_object(body: bytes) -> bool:
+    return bytes(body[:64]).lstrip().startswith(b"{")
+
+
+def _binary_v2(body: Union[bytes, str], header_length: str) -> V2Request:
+    raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+    try:
+        length = int(header_length)
+    except ValueError:
+        raise InvalidField(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
+    if not 0 < length <= len(raw):
+        raise InvalidField(f"{HEADER_LENGTH} is {length} but the body has {len(raw)} bytes")
+    try:
+        document = json.loads(raw[:length].decode("utf-8"))
+    except ValueError:
+        raise InvalidJSON(f"the first {length} bytes ({HEADER_LENGTH}) are not a JSON object") from None
+    if not isinstance(document, dict) or "inputs" not in document:
+        raise InvalidField(f"a body with {HEADER_LENGTH} must start with a v2 request's JSON (with 'inputs')")
+    return V2Request.parse(document, raw[length:])

@@ -1,0 +1,90 @@
+"""Clients this project did not write, against the real server: tritonclient (Open Inference Protocol v2),
+in its default binary-tensor mode and in JSON mode, for every served model.
+
+tritonclient sends no Content-Type; in binary mode it writes the `Inference-Header-Content-Length`
+extension (JSON header, then raw tensors) and reads binary outputs back the same way. Each answer must
+equal the plain /predictions answer of the same input (the reference), and no worker may restart.
+"""
+
+import base64
+
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
+
+from support import CAT_LABELS, encode, photo
+from tskit.declaration import served
+
+KIND_OF = {d.name: d.kind for d in served()}
+STRIKER = "The striker scored twice in the final"
+
+
+def triton_client(server):
+    return triton.InferenceServerClient(url=server.inference_url.removeprefix("http://"), network_timeout=120)
+
+
+def model_input(kind: str, binary: bool):
+    """(element for tritonclient, the same input for the plain form: (body, content type))."""
+    if kind == "image-classifier":
+        jpeg = encode(photo("chelsea"))
+        element = jpeg if binary else base64.b64encode(jpeg)  # a JSON element is base64, like {"image": ...}
+        return element, (jpeg, "image/jpeg")
+    return STRIKER.encode(), (STRIKER.encode(), "text/plain; charset=utf-8")
+
+
+def infer(server, model, element, binary, outputs=None, parameters=None):
+    tensor = triton.InferInput("input", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([element], dtype=np.object_), binary_data=binary)
+    requested = [triton.InferRequestedOutput(name, binary_data=binary) for name in outputs] if outputs else None
+    return triton_client(server).infer(model, [tensor], outputs=requested, parameters=parameters,
+                                       headers=server.auth_headers("inference"))
+
+
+def workers(client, model):
+    return sorted((w["id"], w["pid"]) for w in client.describe(model)["workers"])
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+@pytest.mark.parametrize("model", sorted(KIND_OF))
+def test_tritonclient_gets_the_plain_answer(client, server, model, binary):
+    before = workers(client, model)
+    element, (body, content_type) = model_input(KIND_OF[model], binary)
+    reference = client.predict(model, body, content_type)
+    assert reference.status_code == 200, reference.text
+    reference = reference.json()
+    names = ["embedding", "truncated"] if KIND_OF[model] == "text-embedding" else ["labels", "probabilities"]
+    result = infer(server, model, element, binary, outputs=names)
+    if "embedding" in reference:
+        vector = result.as_numpy("embedding")
+        assert vector.shape == (1, len(reference["embedding"]))
+        np.testing.assert_allclose(vector[0], reference["embedding"], atol=1e-6)
+        assert result.as_numpy("truncated").tolist() == [False]
+    else:
+        labels = [x.decode() if isinstance(x, bytes) else x for x in result.as_numpy("labels")[0]]
+        assert labels == [p["label"] for p in reference["predictions"]]
+        np.testing.assert_allclose(result.as_numpy("probabilities")[0],
+                                   [p["probability"] for p in reference["predictions"]], atol=1e-6)
+    if model == "mobilenet_v2":
+        assert labels[0] in CAT_LABELS
+    if model == "minilm_topics":
+        assert labels[0] == "Sports"
+    assert workers(client, model) == before
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_parameters_topk_is_honoured(server, binary):
+    model = next(m for m, kind in KIND_OF.items() if kind == "image-classifier")
+    element, _ = model_input("image-classifier", binary)
+    result = infer(server, model, element, binary, outputs=["labels", "indices"], parameters={"topk": 2})
+    assert result.as_numpy("labels").shape == (1, 2) and result.as_numpy("indices").shape == (1, 2)
+
+
+def test_a_bad_element_is_a_4xx_in_the_contracts_words(server):
+    # tritonclient looks for v2's {"error": ...} and, not finding it, shows the status and the body as sent:
+    # the contract's JSON error, which is what the user reads
+    model = next(m for m, kind in KIND_OF.items() if kind == "image-classifier")
+    with pytest.raises(InferenceServerException) as raised:
+        infer(server, model, b"not an image at all", True, outputs=["labels"])
+    assert str(raised.value.status()) == "415"
+    assert '"type": "UnsupportedMediaType"' in str(raised.value)
