@@ -43,6 +43,18 @@ def extract_archive(mar_name: str, dest: str) -> Tuple[str, dict, dict]:
     return dest, manifest, model_config
 
 
+def served_model(mar_name: str, dest: str):
+    """The model of a built archive, loaded as its worker loads it (format from its model-config.yaml)."""
+    import torch
+
+    from model_formats import load_model
+
+    model_dir, manifest, model_config = extract_archive(mar_name, dest)
+    handler = model_config.get("handler", {})
+    return load_model(os.path.join(model_dir, manifest["model"]["serializedFile"]), handler.get("modelFormat", "torchscript"),
+                      torch.device("cpu"), threads=1, optimize=handler.get("optimizeForInference", True))
+
+
 def make_context(model_dir: str, manifest: dict, model_config: dict, gpu: Optional[int] = None) -> Context:
     """The same Context class TorchServe's worker builds (ts.model_loader)."""
     return Context(manifest["model"]["modelName"], model_dir, manifest, model_config.get("batchSize", 1),

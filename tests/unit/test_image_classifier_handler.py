@@ -134,15 +134,17 @@ def test_a_failing_model_answers_500_per_request_and_keeps_the_handler(handler, 
     assert answers[0][1]["type"] == "InternalError"
 
 
-def test_optimised_model_matches_the_plain_scripted_one(archive):
-    model_dir, manifest, _ = archive
-    plain = torch.jit.load(f"{model_dir}/{manifest['model']['serializedFile']}").eval()
-    from model_formats import load_torchscript
+def test_served_model_matches_the_source_in_process_on_real_photos(tmp_path):
+    """The archive's model (in its declared format, loaded as the worker loads it) against torchvision's
+    MobileNetV2 with the same weights, eager, on real photos through the handler's preprocessing."""
+    from support import served_model
+    from tskit.bundled import mobilenet_v2
+    from tskit.real_images import agreement_images, model_inputs
 
-    optimised = load_torchscript(f"{model_dir}/{manifest['model']['serializedFile']}", torch.device("cpu"), optimize=True)
-    x = torch.randn(4, 3, 224, 224)
+    served, source = served_model("mobilenet_v2.mar", str(tmp_path)), mobilenet_v2().module
+    x = model_inputs([jpeg for _, jpeg in agreement_images(100)[:24]])
     with torch.inference_mode():
-        a, b = plain(x), optimised(x)
+        a, b = source(x), served(x)
     assert (a - b).abs().max() < 1e-3
     assert torch.equal(a.argmax(-1), b.argmax(-1))
 

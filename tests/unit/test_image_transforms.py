@@ -57,15 +57,15 @@ def test_extreme_aspect_precrop_keeps_the_center_the_same():
     assert (ours_ - reference).abs().mean() < 0.01
 
 
-def test_reduced_jpeg_decode_agrees_with_the_reference_on_large_photos():
+def test_reduced_jpeg_decode_agrees_with_the_reference_on_large_photos(tmp_path):
     """DCT-scaled decoding of large JPEGs (the handler's default) against the full-size reference
     pipeline, through the real model. Measured: 23/24 top-1 agreement, max probability change 0.18
     (on a low-confidence image); decode+resize of a 2048x1536 JPEG 15 ms -> 9 ms."""
     import io
 
-    from model_formats import load_torchscript
+    from support import served_model
 
-    model = load_torchscript(os.path.join(REPO, "build", "mobilenet_v2", "model.pt"), torch.device("cpu"), True)
+    model = served_model("mobilenet_v2.mar", str(tmp_path))  # whatever format the declaration serves
     reference = MobileNet_V2_Weights.IMAGENET1K_V1.transforms()
     names = ["chelsea", "coffee", "astronaut", "rocket", "immunohistochemistry", "hubble_deep_field",
              "retina", "colorwheel"]
