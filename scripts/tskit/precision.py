@@ -38,7 +38,7 @@ def _static_onnx_int8(loaded: LoadedSource, settings, work: str) -> LoadedSource
     fp32 = os.path.join(work, "fp32.onnx")
     to_onnx(loaded, "image-classifier", example_inputs("image-classifier", settings), fp32)
     int8 = os.path.join(work, "int8.onnx")
-    quantize_image_classifier_int8(fp32, int8, calibration_batches())
+    quantize_image_classifier_int8(fp32, int8, calibration_batches(settings=settings))
     os.remove(fp32)
     return dataclasses.replace(loaded, description=f"{loaded.description}, static int8 (ONNX Runtime)",
                                formats=("onnx",), onnx_file=int8)

@@ -173,14 +173,18 @@ def calibration_images(min_count: int = 64) -> List[Tuple[str, bytes]]:
     return _views(CALIBRATION_VIEWS, min_count)
 
 
-def model_inputs(jpegs: Sequence[bytes], resize: int = 256, crop: int = 224) -> torch.Tensor:
+def model_inputs(jpegs: Sequence[bytes], resize: int = 256, crop: int = 224,
+                 mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> torch.Tensor:
     """float32 [N, 3, crop, crop] exactly as the served handler makes it from the same bytes."""
     crops = [resize_and_crop(decode_rgb(data, MAX_PIXELS, resize), resize, crop) for data in jpegs]
-    return collate_normalize(crops, MEAN, STD, torch.device("cpu"))
+    return collate_normalize(crops, list(mean), list(std), torch.device("cpu"))
 
 
-def calibration_batches(min_count: int = 64, batch_size: int = 8) -> Iterator[np.ndarray]:
+def calibration_batches(min_count: int = 64, batch_size: int = 8, settings=None) -> Iterator[np.ndarray]:
     """float32 NCHW batches of calibration_images(), ready for quantize_static."""
     jpegs = [data for _, data in calibration_images(min_count)]
+    # the model's own preprocessing (an image-classifier's typed settings), ImageNet's by default
+    pre = {} if settings is None else dict(resize=settings.resizeSize, crop=settings.cropSize,
+                                           mean=settings.mean, std=settings.std)
     for start in range(0, len(jpegs), batch_size):
-        yield model_inputs(jpegs[start:start + batch_size]).numpy()
+        yield model_inputs(jpegs[start:start + batch_size], **pre).numpy()
