@@ -61,13 +61,13 @@ def make_context(model_dir: str, manifest: dict, model_config: dict, gpu: Option
                    gpu, "0.12.0", model_yaml_config=model_config)
 
 
-def request_batch(context: Context, requests: List[Tuple[str, object, Optional[str]]]) -> List[Dict]:
-    """Rows as TorchServe hands them to handle(): [{key: value}], with each part's content type
-    recorded on the context as the worker does (Service.retrieve_data_for_inference)."""
+def request_batch(context: Context, requests: List[Tuple], headers: Optional[List[Dict[str, str]]] = None) -> List[Dict]:
+    """Rows as TorchServe hands them to handle(): [{key: value}], with each part's content type and the
+    request-level headers recorded on the context as the worker does (Service.retrieve_data_for_inference)."""
     rows, processors = [], []
-    for key, value, content_type in requests:
+    for (key, value, content_type), request_headers in zip(requests, headers or [{}] * len(requests)):
         rows.append({key: value})
-        processors.append(RequestProcessor({key: {"content-type": content_type or ""}}))
+        processors.append(RequestProcessor({key: {"content-type": content_type or ""}, **request_headers}))
     context.request_processor = processors
     return rows
 
