@@ -72,21 +72,26 @@ VERSION ?= $(MOBILENET_VERSION)
 archive-version: $(VENV)/.installed
 	$(TSKIT) build $(or $(MODEL),mobilenet_v2) --version $(VERSION) --archive-name $(or $(MODEL),mobilenet_v2)_v$(VERSION) --store $(STORE)
 
+# gRPC stubs from the .proto files inside the installed TorchServe jar (tsctl.py --grpc, the gRPC tests).
+GRPC_STUBS := scripts/ts_grpc/__init__.py
+$(GRPC_STUBS): $(VENV)/.installed
+	$(PY) -m tskit.grpc_client
+
 # ---- server ----------------------------------------------------------------------------------
-serve: check-java archives
+serve: check-java archives $(GRPC_STUBS)
 	$(PY) scripts/ts_server.py start --config config.properties
 
 stop: $(VENV)/.installed
 	$(PY) scripts/ts_server.py stop
 
 # ---- tests -----------------------------------------------------------------------------------
-test: check-java archives
+test: check-java archives $(GRPC_STUBS)
 	$(BIN)/pytest tests
 
 test-unit: archives
 	$(BIN)/pytest tests/unit
 
-test-integration: check-java archives
+test-integration: check-java archives $(GRPC_STUBS)
 	$(BIN)/pytest tests/integration
 
 # ---- load and soak: make soak [SOAK_REQUESTS=5000] ------------------------------------------------

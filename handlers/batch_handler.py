@@ -227,7 +227,17 @@ class BatchHandler(BaseHandler):
         self.context.set_response_content_type(idx, answer.content_type)
         for name, value in answer.headers.items():
             self.context.set_response_header(idx, name, value)
+        if self.came_by_grpc(idx):
+            # gRPC StreamPredictions reads this header of every answer (the frontend's GRPCJob throws
+            # without it and the worker is restarted): "false" makes each answer the stream's last
+            # message; unary gRPC ignores it. Never on HTTP, where it would switch to a chunked stream.
+            self.context.set_response_header(idx, "ts_stream_next", "false")
         return answer.body
+
+    def came_by_grpc(self, idx: int) -> bool:
+        """gRPC requests carry no HTTP headers: only the input fields' (per-part) entries."""
+        headers = self.context.get_all_request_header(idx) or {}
+        return not any(isinstance(value, str) for value in headers.values())
 
 
 def request_topk(parameters: dict) -> Optional[int]:

@@ -12,6 +12,7 @@
     tsctl.py set-default mobilenet_v2 2.0
     tsctl.py unregister mobilenet_v2 [VERSION]
     tsctl.py rollout mobilenet_v2 mobilenet_v2_v2.0.mar [--probe cat.jpg] [--workers N] [--keep-old]
+    tsctl.py --grpc predict|ping|list|describe|scale ...   the same over TorchServe's gRPC APIs (7070/7071)
 
 `rollout` replaces the serving version with zero failed requests: it registers the new archive
 beside the old version (workers READY before anything else changes), optionally checks it with
@@ -67,6 +68,10 @@ class TorchServeClient:
             ) from None
         except json.JSONDecodeError as err:
             raise CliError(f"{self.key_file} is not valid JSON ({err})") from None
+
+    def key(self, kind: str) -> str:
+        """The current `inference` or `management` key (the gRPC client sends it as metadata)."""
+        return self._key(kind)
 
     def _key(self, kind: str) -> str:
         try:
@@ -286,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--management-url", default=DEFAULT_MANAGEMENT)
     parser.add_argument("--key-file", default=DEFAULT_KEY_FILE)
     parser.add_argument("--timeout", type=float, default=60)
+    parser.add_argument("--grpc", action="store_true",
+                        help="use TorchServe's gRPC APIs (predict, ping, list, describe, scale)")
+    parser.add_argument("--grpc-inference", default=os.environ.get("TS_GRPC_INFERENCE", "127.0.0.1:7070"))
+    parser.add_argument("--grpc-management", default=os.environ.get("TS_GRPC_MANAGEMENT", "127.0.0.1:7071"))
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("predict", help="send an image file, a .txt file or --text to a model")
@@ -334,8 +343,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+GRPC_COMMANDS = ("predict", "ping", "list", "describe", "scale")
+
+
+def run_grpc(args: argparse.Namespace, client: TorchServeClient) -> object:
+    """The gRPC form of a command: the same request body and the same printed answer as over HTTP."""
+    from tskit.grpc_client import GrpcClient, GrpcError
+
+    if args.command not in GRPC_COMMANDS:
+        raise CliError(f"--grpc supports {', '.join(GRPC_COMMANDS)}, not {args.command}")
+    try:
+        grpc = GrpcClient(client, args.grpc_inference, args.grpc_management, args.timeout)
+        if args.command == "predict":
+            return grpc.predict(args.model, request_body(args))
+        if args.command == "ping":
+            return grpc.ping()
+        if args.command == "list":
+            return grpc.list_models()
+        if args.command == "describe":
+            return grpc.describe(args.model, args.version)
+        return grpc.scale(args.model, args.min_workers, args.max_workers, args.version)
+    except GrpcError as err:
+        raise CliError(str(err)) from None
+
+
+def request_body(args: argparse.Namespace) -> bytes:
+    """predict's body over gRPC: the text, the file's bytes, or with --topk JSON with the base64 image."""
+    if (args.file is None) == (args.text is None):
+        raise CliError("predict needs either a file or --text")
+    if args.text is not None:
+        return args.text.encode("utf-8")
+    try:
+        with open(args.file, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise CliError(f"cannot read {args.file}: {err.strerror}") from None
+    if args.topk is None:
+        return data
+    import base64
+    return json.dumps({"image": base64.b64encode(data).decode("ascii"), "topk": args.topk}).encode()
+
+
 def run(args: argparse.Namespace) -> object:
     client = TorchServeClient(args.inference_url, args.management_url, args.key_file, args.timeout)
+    if args.grpc:
+        return run_grpc(args, client)
     if args.command == "predict":
         if (args.file is None) == (args.text is None):
             raise CliError("predict needs either a file or --text")

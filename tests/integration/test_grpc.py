@@ -1,0 +1,86 @@
+"""TorchServe's gRPC APIs on the real server: the CLI (`tsctl.py --grpc`) prints what it prints over HTTP,
+and StreamPredictions, which restarts the worker of a handler that never sets `ts_stream_next`, gets one
+final message from every model with no worker restart."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from support import CAT_LABELS, REPO, encode, photo
+from tskit.declaration import served
+from tskit.grpc_client import GrpcClient, generate_stubs
+
+KIND_OF = {d.name: d.kind for d in served()}
+STRIKER = "The striker scored twice in the final"
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("grpc_inputs")
+    (folder / "cat.jpg").write_bytes(encode(photo("chelsea")))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def grpc_client(server):
+    generate_stubs()  # what `make test` did already; cheap, and keeps the module runnable alone
+
+    class Keys:  # the key file of this server (no renewal needed within a test run)
+        def key(self, kind):
+            return server.keys()[kind]
+
+    return GrpcClient(Keys(), f"127.0.0.1:{server.props['grpc_inference_port']}",
+                      f"127.0.0.1:{server.props['grpc_management_port']}")
+
+
+def tsctl(server, *args):
+    cmd = [sys.executable, os.path.join(REPO, "scripts", "tsctl.py"), "--inference-url", server.inference_url,
+           "--management-url", server.management_url, "--key-file", server.key_file,
+           "--grpc-inference", f"127.0.0.1:{server.props['grpc_inference_port']}",
+           "--grpc-management", f"127.0.0.1:{server.props['grpc_management_port']}", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def request_of(kind, inputs):
+    return [str(inputs / "cat.jpg")] if kind == "image-classifier" else ["--text", STRIKER]
+
+
+@pytest.mark.parametrize("model", sorted(KIND_OF))
+def test_cli_predict_over_grpc_prints_what_http_prints(server, inputs, model):
+    args = ["predict", model, *request_of(KIND_OF[model], inputs)]
+    assert tsctl(server, "--grpc", *args) == tsctl(server, *args)
+
+
+def test_cli_ping_list_describe_scale_over_grpc(server):
+    assert tsctl(server, "--grpc", "ping") == tsctl(server, "ping") == {"status": "Healthy"}
+    assert tsctl(server, "--grpc", "list") == tsctl(server, "list")
+    model = sorted(KIND_OF)[0]
+    over_grpc, over_http = tsctl(server, "--grpc", "describe", model), tsctl(server, "describe", model)
+    assert [(d["modelName"], d["modelVersion"], d["minWorkers"]) for d in over_grpc] == \
+        [(d["modelName"], d["modelVersion"], d["minWorkers"]) for d in over_http]
+    workers = over_http[0]["minWorkers"]
+    answer = tsctl(server, "--grpc", "scale", model, "--min", str(workers), "--max", str(workers))
+    assert "status" in answer or "message" in answer or answer
+
+
+@pytest.mark.parametrize("model", sorted(KIND_OF))
+def test_stream_predictions_answers_once_and_keeps_the_worker(client, grpc_client, model):
+    before = sorted(w["pid"] for w in client.describe(model)["workers"])
+    body = encode(photo("chelsea")) if KIND_OF[model] == "image-classifier" else STRIKER.encode()
+    messages = grpc_client.stream(model, body)
+    assert messages == [grpc_client.predict(model, body)]
+    if model == "mobilenet_v2":
+        assert messages[0]["predictions"][0]["label"] in CAT_LABELS
+    assert sorted(w["pid"] for w in client.describe(model)["workers"]) == before
+
+
+def test_bad_input_over_grpc_gets_the_contracts_json(grpc_client):
+    # gRPC has no per-request HTTP status: TorchServe's GRPCJob sends the handler's body as the answer
+    model = next(m for m, kind in KIND_OF.items() if kind == "image-classifier")
+    answer = grpc_client.predict(model, encode(photo("chelsea"))[:3000])  # a truncated JPEG
+    assert answer["code"] == 400 and answer["type"] == "CorruptImage"
