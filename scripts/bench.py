@@ -1,27 +1,43 @@
-"""make bench: throughput and latency of (A) stock TorchServe, (B) this package, (C) the raw model.
+"""make bench: stock TorchServe vs this package vs every serving format vs the job in process vs a peer.
 
-One run, one machine, side by side, so that the ratios mean something even when absolute times drift:
-  (A) stock TorchServe: its `image_classifier` handler serving the plainly scripted MobileNetV2
-      with the same real weights (the TorchServe README recipe; needs captum), 1 worker, batch 8,
-      10 ms delay (the stock figures of ../shared/notes-performance.md);
-  (B) this package's archives: mobilenet_v2, minilm_topics, minilm_embedding;
-  (C) the raw TorchScript model, optimised as the handler does, at (B)'s batch size, with no HTTP
-      and no decoding: the ceiling. The best of one process on all cores and one single-threaded
-      process per core, measured right after (B)'s points for the same input;
-  (P) (B)'s mobilenet_v2 archive with the model swapped for one that returns zeros, at the top
-      concurrency: what TorchServe, decoding, resizing and answering cost without the model. Per
-      request (B) pays both, so it can reach at most 1 / (1/P + 1/C): the report says how close.
-(A), (B) and (P) run in one TorchServe started for the bench (own ports, working dir and TMPDIR) and
-are loaded with wrk (compiled; a Python client when wrk is missing) at each concurrency.
-Writes results/bench/<time>/ {results.json, table.md, bench.png}; prints the table.
+One run, one machine, side by side, so that the ratios mean something even when absolute times drift.
+Every model comes from its declaration (models/<name>/model.yaml); its kind picks its inputs
+(image-classifier: JPEGs; text kinds: texts).
+  (A) stock TorchServe: its `image_classifier` handler serving the plainly scripted image model with
+      the same real weights (the TorchServe README recipe; needs captum), 1 worker, batch 8, 10 ms;
+  (B) this package's archives (model_store/, as `make archives` built them): the served models and the
+      declared variants (e.g. minilm_topics_int8);
+  (C) the file (B)'s archive serves, loaded as its worker loads it, at (B)'s batch size, with no HTTP
+      and no decoding: the ceiling. Best of one process on all cores and one single-threaded process
+      per core, measured right after (B)'s points for the same input;
+  (P) (B)'s image archive with the model swapped for one that returns zeros, at the top concurrency:
+      what TorchServe, decoding, resizing and answering cost without the model (B <= 1/(1/P + 1/C));
+  (F) formats: for each served model, variant archives built with tskit into build/bench/ in every
+      format it can give (torchscript, onnx, aoti; int8: onnx for image classifiers, the declared or a
+      torchscript one for text classifiers), served by the same server with the declaration's workers
+      and batching, at the top concurrency (rounds in alternating order), with their build time and
+      their AGREEMENT with the fp32 TorchScript variant, from the served answers: top-1 agreement and
+      largest probability change on >= 100 real photos (image classifiers) or the 48 labelled headlines
+      (text classifier), smallest cosine for embeddings. The variant to serve: the fastest that keeps
+      top-1 agreement (embeddings: cosine) >= 99%;
+  (J) the whole job in process for that variant: decode + preprocess + model (+ top-k) at the same batch
+      size, best of 1 process x 2 threads and 2 processes x 1 thread;
+  (L) a peer: LitServe serving the same file with the same batch size, batch timeout and workers,
+      decoding with the same handler modules (JSON bodies: LitServe's way), beside the same variant on
+      TorchServe with the same JSON bodies.
+(A), (B), (P) and (F) run in one TorchServe started for the bench (own ports, working dir and TMPDIR),
+loaded with wrk (compiled; a Python client when wrk is missing). Every load point checks its answers:
+status 200 for each, and a sample's top-1 label and top-k length (or embedding width) against an answer
+checked first; a wrong answer or any exception counts as a failed request.
+Writes results/bench/<time>/ {results.json, table.md, bench.png}; prints the tables.
 
-    python scripts/bench.py [--seconds 8] [--concurrency 1 4 16] [--quick]
+    python scripts/bench.py [--seconds 8] [--concurrency 1 4 16] [--quick] [--no-formats] [--no-peer]
 """
 
 import argparse
+import base64
 import io
 import json
-import multiprocessing
 import os
 import shutil
 import subprocess
@@ -38,16 +54,17 @@ import yaml
 from PIL import Image
 from tqdm import tqdm
 
-sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)),
-                os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "handlers")]
+from benchkit import agreement, inprocess, variants
+from benchkit.archives import unpack
+from benchkit.litserve_peer import LitServePeer
+from load_generators import AnswerCheck, LoadResult, run_python, run_wrk, wrk_available
+from tskit import declaration as declarations
+from ts_server import REPO, TorchServe, free_ports, private_server, read_properties
 
-from load_generators import LoadResult, run_python, run_wrk, wrk_available  # noqa: E402
-from ts_server import REPO, TorchServe, free_ports, private_server, read_properties  # noqa: E402
-
-STOCK = "stock_mobilenet_v2"
-PIPELINE = "mobilenet_v2_without_model"
+PIPELINE_SUFFIX = "_without_model"
+STOCK_PREFIX = "stock_"
 STORE = os.path.join(REPO, "model_store")
-BUILD = os.path.join(REPO, "build")
+BENCH_BUILD = os.path.join(REPO, "build", "bench")
 
 TEXTS = {
     "short": "The striker scored twice in the final",
@@ -57,11 +74,36 @@ TEXTS = {
     "long": " ".join(["Researchers measured how the new battery chemistry ages over thousands of charge cycles, "
                       "reporting that capacity loss slowed markedly after the first few hundred cycles."] * 12),
 }
+# Right answers where known: the photo is skimage's chelsea (a cat); the texts' topics.
+CAT_LABELS = ("tabby", "tiger cat", "Egyptian cat")
+TEXT_TOPICS = {"text_short": "Sports", "text_medium": "Business", "text_long": "Sci/Tech"}
+WORKLOAD_KIND = {"image-classifier": "vision", "text-classifier": "text", "text-embedding": "text"}
+# The input each kind's formats are compared on (and J, L): the package's typical request.
+MAIN_WORKLOAD = {"image-classifier": "jpeg_640x480", "text-classifier": "text_medium", "text-embedding": "text_medium"}
+STOCK = "stock_mobilenet_v2"  # kept for scripts that import it
+PIPELINE = "mobilenet_v2_without_model"
+
+
+# ---- declarations ---------------------------------------------------------------------------------
+def declared() -> Dict[str, declarations.Declaration]:
+    return {d.name: d for d in declarations.declared()}
+
+
+def kind_of(model: str, decls: Dict[str, declarations.Declaration]) -> str:
+    base = model.removeprefix(STOCK_PREFIX).removesuffix(PIPELINE_SUFFIX)
+    return decls[base].kind if base in decls else unpack_kind(base)
+
+
+def unpack_kind(model: str) -> str:
+    unpacked = unpack(os.path.join(STORE, f"{model}.mar"))
+    unpacked.cleanup()
+    return unpacked.kind
 
 
 # ---- inputs ---------------------------------------------------------------------------------------
 def make_inputs(directory: str) -> Dict[str, dict]:
-    """Request bodies on disk: real photos at realistic sizes, and texts of three lengths."""
+    """Request bodies on disk: real photos at realistic sizes, and texts of three lengths; each also as
+    the JSON body LitServe takes ({"image": base64} / {"text": ...}) under json_<name>."""
     from skimage import data as skimage_data
 
     os.makedirs(directory, exist_ok=True)
@@ -76,6 +118,16 @@ def make_inputs(directory: str) -> Dict[str, dict]:
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
         workloads[f"text_{name}"] = {"path": path, "content_type": "text/plain; charset=utf-8", "kind": "text"}
+    for name, workload in list(workloads.items()):
+        with open(workload["path"], "rb") as f:
+            raw = f.read()
+        document = ({"image": base64.b64encode(raw).decode()} if workload["kind"] == "vision"
+                    else {"text": raw.decode("utf-8")})
+        path = os.path.join(directory, f"{name}.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(document, f)
+        workloads[f"json_{name}"] = {"path": path, "content_type": "application/json", "kind": workload["kind"],
+                                     "json": True}
     return workloads
 
 
@@ -84,14 +136,27 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
-def build_stock_archive(store: str) -> None:
-    """The stock recipe: torch-model-archiver --handler image_classifier on the plainly scripted model."""
+def build_stock_archive(model: str, store: str, work: str) -> str:
+    """The stock recipe for an image classifier: torch-model-archiver --handler image_classifier on the
+    plainly scripted model (its declared source, real weights) and its labels."""
+    from tskit.formats import to_torchscript
+    from tskit.sources import load_source
+
+    decl = declarations.load(model)
+    loaded = load_source(decl.source, decl.kind, decl.folder)
+    os.makedirs(work, exist_ok=True)
+    model_file, labels_file = os.path.join(work, "model.pt"), os.path.join(work, "index_to_name.json")
+    settings = decl.settings()
+    example = (torch.randn(1, 3, settings.cropSize, settings.cropSize),)
+    to_torchscript(loaded.module.eval(), decl.kind, example).save(model_file)
+    with open(labels_file, "w", encoding="utf-8") as f:
+        json.dump({str(i): name for i, name in enumerate(loaded.labels or [])}, f)
+    name = STOCK_PREFIX + model
     subprocess.run([os.path.join(os.path.dirname(sys.executable), "torch-model-archiver"), "--force",
-                    "--model-name", STOCK, "--version", "1.0",
-                    "--serialized-file", os.path.join(BUILD, "mobilenet_v2", "model.pt"),
-                    "--handler", "image_classifier",
-                    "--extra-files", os.path.join(BUILD, "mobilenet_v2", "index_to_name.json"),
+                    "--model-name", name, "--version", "1.0", "--serialized-file", model_file,
+                    "--handler", "image_classifier", "--extra-files", labels_file,
                     "--export-path", store], check=True, capture_output=True)
+    return name
 
 
 def copy_archive(model: str, store: str, name: str,
@@ -115,42 +180,57 @@ def copy_archive(model: str, store: str, name: str,
 class _NoModel(torch.nn.Module):
     """Logits of zeros: what is left of (B) when the model costs nothing."""
 
+    def __init__(self, classes: int):
+        super().__init__()
+        self.classes = classes
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(images.shape[0], 1000)
+        return torch.zeros(images.shape[0], self.classes)
 
 
-def build_pipeline_archive(store: str) -> None:
-    """(P): the mobilenet_v2 archive `make archives` built, byte for byte, but for model.pt (a
-    TorchScript _NoModel) and the model name: TorchServe, decode, resize, collate, postprocess and
-    JSON as (B) runs them, without the model."""
+def build_pipeline_archive(model: str, store: str) -> str:
+    """(P): model_store/<model>.mar byte for byte, but for its model file (a TorchScript _NoModel, whatever
+    the declared format: model-config.yaml says torchscript) and its name: TorchServe, decode, resize,
+    collate, postprocess and JSON as (B) runs them, without the model."""
+    with zipfile.ZipFile(os.path.join(STORE, f"{model}.mar")) as mar:
+        manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]
+        classes = len(json.loads(mar.read("index_to_name.json")))
     no_model = io.BytesIO()
-    torch.jit.save(torch.jit.script(_NoModel()), no_model)
-    copy_archive("mobilenet_v2", store, PIPELINE, {"model.pt": lambda _: no_model.getvalue()})
+    torch.jit.save(torch.jit.script(_NoModel(classes)), no_model)
+
+    def torchscript_config(data: bytes) -> bytes:
+        config = yaml.safe_load(data)
+        config["handler"]["modelFormat"] = "torchscript"
+        return yaml.safe_dump(config, sort_keys=False).encode()
+
+    name = model + PIPELINE_SUFFIX
+    copy_archive(model, store, name, {manifest["serializedFile"]: lambda _: no_model.getvalue(),
+                                      manifest["configFile"]: torchscript_config})
+    return name
 
 
-def bench_server(workdir: str, models: List[str], with_stock: bool, with_pipeline: bool) -> TorchServe:
+def bench_server(workdir: str, models: List[str], stock_for: List[str], pipeline_for: List[str]) -> TorchServe:
+    """One TorchServe: (B)'s archives, (A) stock archives and (P) pipeline archives, each with its
+    declared (stock: the stock recipe's) workers and batching; (F) variants are registered later."""
     store = os.path.join(workdir, "model_store")
     os.makedirs(store, exist_ok=True)
+    decls = declared()
+    settings = {}
     for name in models:
         shutil.copy(os.path.join(STORE, f"{name}.mar"), store)
-    settings = json.loads(read_properties(os.path.join(REPO, "config.properties"))["models"])
-    for variant, base in CONFIG_OF.items():
-        settings[variant] = {"1.0": dict(settings[base]["1.0"], marName=f"{variant}.mar")}
-    loaded = list(models)
-    if with_stock:
-        build_stock_archive(store)
+        settings[name] = {"1.0": dict(decls[name].registration(), marName=f"{name}.mar")}
+    for model in stock_for:
+        name = build_stock_archive(model, store, os.path.join(workdir, "stock", model))
         # the stock route as measured in ../shared/notes-performance.md: 1 worker, batch 8, 10 ms.
         # (Our 2-worker setting would hurt it: the stock handler leaves torch at one thread per
         # core in each worker, and 2 x 2 OpenMP threads on 2 cores collapse.)
-        settings[STOCK] = {"1.0": {"marName": f"{STOCK}.mar", "minWorkers": 1, "maxWorkers": 1,
-                                   "batchSize": 8, "maxBatchDelay": 10, "responseTimeout": 60}}
-        loaded.append(STOCK)
-    if with_pipeline:
-        build_pipeline_archive(store)
-        settings[PIPELINE] = {"1.0": dict(settings["mobilenet_v2"]["1.0"], marName=f"{PIPELINE}.mar")}
-        loaded.append(PIPELINE)
-    return private_server(workdir, model_store=store, load_models=",".join(f"{m}.mar" for m in loaded),
-                          models=json.dumps({m: settings[m] for m in loaded}))
+        settings[name] = {"1.0": {"marName": f"{name}.mar", "minWorkers": 1, "maxWorkers": 1,
+                                  "batchSize": 8, "maxBatchDelay": 10, "responseTimeout": 60}}
+    for model in pipeline_for:
+        name = build_pipeline_archive(model, store)
+        settings[name] = {"1.0": dict(decls[model].registration(), marName=f"{name}.mar")}
+    return private_server(workdir, model_store=store, load_models=",".join(f"{m}.mar" for m in settings),
+                          models=json.dumps(settings))
 
 
 def server_cpu_seconds(server: TorchServe) -> float:
@@ -169,129 +249,306 @@ def server_cpu_seconds(server: TorchServe) -> float:
         return float("nan")
 
 
-def load_point(server: TorchServe, model: str, workload: dict, concurrency: int, seconds: float,
-               generator: str = "auto") -> LoadResult:
-    """Load `model` with one of the bench's inputs; generator "auto" is wrk when installed."""
+def load_url(url: str, token: Optional[str], workload: dict, concurrency: int, seconds: float,
+             generator: str = "auto", check: Optional[AnswerCheck] = None) -> LoadResult:
     if generator == "auto":
         generator = "wrk" if wrk_available() else "python"
-    url = f"{server.inference_url}/predictions/{model}"
-    token = server.keys()["inference"]
     if generator == "wrk":
-        return run_wrk(url, workload["path"], workload["content_type"], token, concurrency, seconds)
+        return run_wrk(url, workload["path"], workload["content_type"], token, concurrency, seconds, check=check)
     with open(workload["path"], "rb") as f:
         body = f.read()
-    return run_python(url, body, workload["content_type"], token, concurrency, seconds)
+    return run_python(url, body, workload["content_type"], token, concurrency, seconds, check=check)
 
 
-def check_answer(server: TorchServe, model: str, workload: dict) -> None:
-    """One request before timing: the answer must be right, not just fast."""
+def load_point(server: TorchServe, model: str, workload: dict, concurrency: int, seconds: float,
+               generator: str = "auto", check: Optional[AnswerCheck] = None) -> LoadResult:
+    """Load `model` with one of the bench's inputs; generator "auto" is wrk when installed."""
+    return load_url(f"{server.inference_url}/predictions/{model}", server.keys()["inference"], workload,
+                    concurrency, seconds, generator, check)
+
+
+def expected_first(kind: str, workload_name: str, labels: List[str]) -> Optional[tuple]:
+    """The right top-1 answers for an input, where known."""
+    if kind == "image-classifier" and "tabby" in labels:
+        return CAT_LABELS
+    topic = TEXT_TOPICS.get(workload_name.removeprefix("json_"))
+    if kind == "text-classifier" and topic in labels:
+        return (topic,)
+    return None
+
+
+def answer_check(url: str, headers: Dict[str, str], workload_name: str, workload: dict, kind: str,
+                 stock: bool = False, pipeline: bool = False) -> AnswerCheck:
+    """One request before timing: the answer must be right, not just fast. Returns the check that a
+    sample of the load point's answers must pass (same top-1 label and top-k length, or width)."""
     with open(workload["path"], "rb") as f:
-        response = requests.post(f"{server.inference_url}/predictions/{model}", data=f.read(), timeout=60,
-                                 headers={"Content-Type": workload["content_type"], **server.auth_headers("inference")})
-    response.raise_for_status()
+        response = requests.post(url, data=f.read(), timeout=120,
+                                 headers={"Content-Type": workload["content_type"], **headers})
+    if response.status_code != 200:
+        raise AssertionError(f"{url} answered {response.status_code}: {response.text[:300]}")
     answer = response.json()
-    if model == PIPELINE:  # all-zero logits: no right label, but a whole answer
-        assert len(answer["predictions"]) == model_config("mobilenet_v2")["handler"]["topk"], answer
-    elif workload["kind"] == "vision":
+    if stock:  # the stock handler: {"tabby": 0.4, ...} (or a list of them)
         top = answer[0] if isinstance(answer, list) else answer
-        label = top["predictions"][0]["label"] if "predictions" in top else next(iter(top))
-        assert label in ("Egyptian cat", "tabby", "tiger cat"), f"{model} answered {label}"
+        first = next(iter(top))
+        assert first in CAT_LABELS, f"{url} answered {first}"
+        return AnswerCheck("first_key", CAT_LABELS)
+    if kind == "text-embedding":
+        width = len(answer["embedding"])
+        assert width > 0 and abs(sum(x * x for x in answer["embedding"]) - 1) < 1e-3, "embedding not L2-normalised"
+        return AnswerCheck("commas", commas=response.text.count(","))
+    predictions = answer["predictions"]
+    labels = [p["label"] for p in predictions]
+    if pipeline:  # all-zero logits: no right label, but a whole answer
+        return AnswerCheck("first_label", (labels[0],), labels=len(labels))
+    known = expected_first(kind, workload_name, labels if kind != "image-classifier" else list(CAT_LABELS) + labels)
+    if known is not None:
+        assert labels[0] in known, f"{url} answered {labels[0]} for {workload_name} (expected one of {known})"
+    return AnswerCheck("first_label", tuple(known or (labels[0],)), labels=len(labels))
 
 
-# ---- (C): the raw model in process -----------------------------------------------------------------
-# Variant archives built from another model's config (Makefile): minilm_topics_int8.
-CONFIG_OF = {"minilm_topics_int8": "minilm_topics"}
+def measure(rows: List[dict], row: dict, run: Callable[[], LoadResult], server: Optional[TorchServe] = None) -> dict:
+    """One load point: its result as a row (a generator failure is a failed point, not a crash)."""
+    cpu_before, wall_before = (server_cpu_seconds(server) if server else float("nan")), time.monotonic()
+    try:
+        result = run().as_dict()
+    except Exception as err:
+        result = {"errors": 1, "throughput": 0.0, "requests": 0, "first_error": f"{type(err).__name__}: {err}"[:300]}
+    wall = time.monotonic() - wall_before
+    if not result.get("requests"):  # nothing answered within the point: a failed point, not 0 req/s
+        result["errors"] = max(1, result.get("errors", 0))
+        result["first_error"] = result.get("first_error") or "no request was answered within the load point"
+    row = dict(result, **row)
+    if server is not None:
+        row["server_cores"] = (server_cpu_seconds(server) - cpu_before) / wall
+    if "client_cpu_s" in result:
+        row["client_cores"] = result["client_cpu_s"] / wall
+    rows.append(row)
+    return row
 
 
-def model_config(name: str) -> dict:
-    with open(os.path.join(REPO, "models", CONFIG_OF.get(name, name), "model-config.yaml"), encoding="utf-8") as f:
-        return yaml.safe_load(f)
+# ---- (F): formats -----------------------------------------------------------------------------------
+class Management:
+    def __init__(self, server: TorchServe):
+        self.server = server
+
+    def call(self, method: str, path: str, **params) -> requests.Response:
+        response = requests.request(method, f"{self.server.management_url}{path}", params=params, timeout=900,
+                                    headers=self.server.auth_headers("management"))
+        if response.status_code >= 300:
+            raise RuntimeError(f"{method} {path} {params}: {response.status_code} {response.text[:300]}")
+        return response
+
+    def register(self, name: str, decl: declarations.Declaration) -> None:
+        ts = decl.torchserve
+        self.call("POST", "/models", url=f"{name}.mar", model_name=name, synchronous="true",
+                  initial_workers=ts.get("minWorkers", 1), batch_size=ts.get("batchSize", 1),
+                  max_batch_delay=ts.get("maxBatchDelay", 100), response_timeout=ts.get("responseTimeout", 120))
+
+    def unregister(self, name: str, timeout: float = 120) -> None:
+        try:
+            self.call("DELETE", f"/models/{name}")
+        except RuntimeError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            response = requests.get(f"{self.server.management_url}/models/{name}", timeout=30,
+                                    headers=self.server.auth_headers("management"))
+            if response.status_code == 404:
+                return
+            time.sleep(0.5)
 
 
-def _raw_inputs(model: str, workload_name: str):
-    """The optimised model as the handler loads it, and one (B)-sized batch for `workload_name`:
-    a 224x224 tensor batch for the vision model (no decode), padded token ids for text."""
-    from batch_handler import load_torchscript
+def formats_section(server: TorchServe, args, workloads: Dict[str, dict], rows: List[dict], log) -> List[dict]:
+    """(F), (J) and (L) for each served model in args.format_models; returns one summary per model."""
+    decls = declared()
+    manage = Management(server)
+    store = server.props["model_store"]
+    token = server.keys()["inference"]
+    headers = server.auth_headers("inference")
+    top = max(args.concurrency)
+    summaries = []
+    for base in args.format_models:
+        decl = decls[base]
+        kind = decl.kind
+        plan = variants.plan(decl, formats=args.formats, int8=not args.no_int8, all_declared=list(decls.values()))
+        log(f"formats: {base}: building {', '.join(v.name for v in plan)} (reused while unchanged)")
+        for variant in plan:
+            started = time.monotonic()
+            variants.build(variant, args.build_root, timeout_s=args.build_timeout, reuse=not args.rebuild)
+            log(f"  {variant.name}: " + (variant.error or
+                f"{'cached' if variant.cached else 'built'} in {time.monotonic() - started:.0f} s"))
+        built = [v for v in plan if v.archive]
+        workload_name = MAIN_WORKLOAD[kind]
+        workload = workloads[workload_name]
+        registered, checks, answers = [], {}, {}
+        probes = agreement.probes(kind, args.agreement_images,
+                                  {f"text_{k}": t for k, t in TEXTS.items()})
+        try:
+            for variant in built:
+                shutil.copy(variant.archive, os.path.join(store, f"{variant.name}.mar"))
+                try:
+                    manage.register(variant.name, variant.declaration)
+                    registered.append(variant.name)
+                    url = f"{server.inference_url}/predictions/{variant.name}"
+                    checks[variant.name] = answer_check(url, headers, workload_name, workload, kind)
+                    answers[variant.name] = agreement.collect(url, headers, probes)
+                except Exception as err:
+                    variant.error = f"serving failed: {type(err).__name__}: {err}"[:300]
+                    log(f"  {variant.name}: {variant.error}")
+            serving = [v for v in built if v.name in checks]
+            reference = next((v for v in serving if v.is_reference), None)
+            results = {}
+            for variant in serving:
+                results[variant.name] = (agreement.compare(kind, probes, answers[reference.name], answers[variant.name])
+                                         if reference else {})
+            # the load points: every variant at the top concurrency, in alternating order per round
+            points: Dict[str, List[dict]] = {v.name: [] for v in serving}
+            for round_index in range(args.format_rounds):
+                order = serving if round_index % 2 == 0 else serving[::-1]
+                for variant in order:
+                    if args.warmup:
+                        load_point(server, variant.name, workload, top, args.warmup, args.generator, checks[variant.name])
+                    row = measure(rows, {"setup": "F", "model": variant.name, "workload": workload_name,
+                                         "round": round_index + 1, "format": variant.format,
+                                         "precision": variant.precision},
+                                  lambda v=variant: load_point(server, v.name, workload, top, args.seconds,
+                                                               args.generator, checks[v.name]), server)
+                    points[variant.name].append(row)
+            table_rows = []
+            for variant in plan:
+                mine = points.get(variant.name, [])
+                entry = {"model": base, "variant": variant.name, "format": variant.format,
+                         "precision": variant.precision, "error": variant.error, "cached": variant.cached,
+                         "build_s": (variant.build or {}).get("build_s"), "build_total_s": (variant.build or {}).get("total_s"),
+                         "max_abs_diff": (variant.build or {}).get("max_abs_diff"),
+                         "agreement": results.get(variant.name, {}), "workload": workload_name, "concurrency": top}
+                if mine:
+                    entry.update(throughput=sum(r["throughput"] for r in mine) / len(mine),
+                                 p99_ms=sum(r.get("p99_ms", float("nan")) for r in mine) / len(mine),
+                                 errors=sum(r.get("errors", 0) for r in mine),
+                                 rounds=[round(r["throughput"], 1) for r in mine])
+                table_rows.append(entry)
+            ref_entry = next((e for e in table_rows if e["variant"] == (reference.name if reference else None)), None)
+            eligible = [e for e in table_rows if e.get("throughput") and not e.get("errors")
+                        and agreement.keeps_agreement(e["agreement"], kind, args.min_agreement)]
+            chosen = max(eligible, key=lambda e: e["throughput"]) if eligible else None
+            for e in table_rows:
+                e["speedup"] = (e["throughput"] / ref_entry["throughput"]
+                                if ref_entry and ref_entry.get("throughput") and e.get("throughput") else None)
+                e["chosen"] = e is chosen
+            summary = {"model": base, "kind": kind, "variants": table_rows,
+                       "chosen": chosen["variant"] if chosen else None,
+                       "speedup": chosen["speedup"] if chosen else None}
+            if chosen:
+                variant = next(v for v in plan if v.name == chosen["variant"])
+                summary.update(references(server, args, variant, workload_name, workloads, rows, checks, log))
+            summaries.append(summary)
+        finally:
+            for name in registered:
+                manage.unregister(name)
+                try:
+                    os.remove(os.path.join(store, f"{name}.mar"))
+                except OSError:
+                    pass
+    return summaries
 
-    config = model_config(model)
-    batch = int(config["batchSize"])
-    net = load_torchscript(os.path.join(BUILD, model, "model.pt"), torch.device("cpu"),
-                           optimize=bool(config["handler"].get("optimizeForInference", True)))
-    if model == "mobilenet_v2":
-        return net, (torch.randn(batch, 3, 224, 224),), batch
-    from text_tokenization import collate_padded, load_tokenizer, tokenize
 
-    max_tokens = int(config["handler"]["maxTokens"])
-    tokenizer = load_tokenizer(os.path.join(BUILD, model, "tokenizer.json"), max_tokens)
-    item = tokenize(tokenizer, TEXTS[workload_name.removeprefix("text_")], max_tokens)
-    return net, collate_padded([item] * batch, tokenizer.token_to_id("[PAD]"), torch.device("cpu")), batch
+def references(server: TorchServe, args, variant: variants.Variant, workload_name: str, workloads: Dict[str, dict],
+               rows: List[dict], checks: Dict[str, AnswerCheck], log) -> dict:
+    """(J) and (L) for the chosen variant, with the same variant on TorchServe with LitServe's JSON body."""
+    out = {}
+    top = max(args.concurrency)
+    workload = workloads[workload_name]
+    json_name = f"json_{workload_name}"
+    with open(workload["path"], "rb") as f:
+        body = f.read()
+    if not args.no_inprocess:
+        log(f"  (J) {variant.name}: the whole job in process")
+        try:
+            best = inprocess.best_rate("J", variant.archive, body, max(2.0, args.seconds / 2))
+            row = {"setup": "J", "model": variant.name, "workload": workload_name, "concurrency": None,
+                   "batch": unpack_batch(variant.archive), **best}
+        except Exception as err:
+            row = {"setup": "J", "model": variant.name, "workload": workload_name, "throughput": 0.0, "errors": 1,
+                   "first_error": f"{type(err).__name__}: {err}"[:300]}
+        rows.append(row)
+        out["J"] = row
+    if not args.no_peer:
+        json_workload = workloads[json_name]
+        kind = variant.declaration.kind
+        headers = server.auth_headers("inference")
+        url = f"{server.inference_url}/predictions/{variant.name}"
+        check = answer_check(url, headers, json_name, json_workload, kind)
+        if args.warmup:
+            load_point(server, variant.name, json_workload, top, args.warmup, args.generator, check)
+        out["F_json"] = measure(rows, {"setup": "F", "model": variant.name, "workload": json_name},
+                                lambda: load_point(server, variant.name, json_workload, top, args.seconds,
+                                                   args.generator, check), server)
+        log(f"  (L) {variant.name}: LitServe peer")
+        peer = LitServePeer(variant.archive, free_port(), os.path.join(args.out, f"litserve-{variant.name}.log"))
+        try:
+            peer.start()
+            check = answer_check(peer.url, {}, json_name, json_workload, kind)
+            if args.warmup:
+                load_url(peer.url, None, json_workload, top, args.warmup, args.generator, check)
+            out["L"] = measure(rows, {"setup": "L", "model": f"litserve:{variant.name}", "workload": json_name},
+                               lambda: load_url(peer.url, None, json_workload, top, args.seconds, args.generator, check))
+        except Exception as err:
+            out["L"] = {"setup": "L", "model": f"litserve:{variant.name}", "workload": json_name, "throughput": 0.0,
+                        "errors": 1, "first_error": f"{type(err).__name__}: {err}"[:300]}
+            rows.append(out["L"])
+            log(f"  (L) failed: {out['L']['first_error']}")
+        finally:
+            peer.stop()
+    return out
 
 
-def _raw_rate(model: str, workload_name: str, threads: int, seconds: float, ready, start, out) -> None:
-    """One process of (C): load, warm up, say ready, wait for the common start, run `seconds`,
-    put (items/s, ms per batch) on `out`."""
-    torch.set_num_threads(threads)
-    net, inputs, batch = _raw_inputs(model, workload_name)
-    with torch.inference_mode():
-        for _ in range(3):
-            net(*inputs)
-        ready.put(True)
-        start.wait()
-        runs, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            net(*inputs)
-            runs += 1
-    elapsed = time.perf_counter() - started
-    out.put((runs * batch / elapsed, elapsed / runs * 1e3))
-
-
-def raw_model_throughput(model: str, workload_name: str, seconds: float) -> dict:
-    """(C): requests/s of the optimised TorchScript model alone at (B)'s batch size, with no HTTP
-    and no decode: the best of the layouts (B) could use on this machine, all cores in one
-    process or one single-threaded process per core (as (B)'s workers run), each process started
-    fresh and all of them running at once."""
-    cores = psutil.cpu_count(logical=True)
-    layouts = [(1, cores)] + ([(cores, 1)] if cores > 1 else [])
-    context = multiprocessing.get_context("spawn")
-    best = None
-    for processes, threads in layouts:
-        ready, start, out = context.Queue(), context.Event(), context.Queue()
-        workers = [context.Process(target=_raw_rate, args=(model, workload_name, threads, seconds, ready, start, out))
-                   for _ in range(processes)]
-        for worker in workers:
-            worker.start()
-        for _ in workers:
-            ready.get(timeout=300)
-        start.set()
-        rates = [out.get(timeout=seconds + 300) for _ in workers]
-        for worker in workers:
-            worker.join()
-        row = {"setup": "C", "model": model, "workload": workload_name, "concurrency": None,
-               "batch": int(model_config(model)["batchSize"]), "layout": f"{processes}x{threads}",
-               "throughput": sum(rate for rate, _ in rates), "p50_ms": sum(ms for _, ms in rates) / len(rates)}
-        if best is None or row["throughput"] > best["throughput"]:
-            best = row
-    return best
+def unpack_batch(mar: str) -> int:
+    unpacked = unpack(mar)
+    unpacked.cleanup()
+    return unpacked.batch_size
 
 
 # ---- report ----------------------------------------------------------------------------------------
 def fmt(value: Optional[float], digits: int = 1) -> str:
-    return "" if value is None else f"{value:.{digits}f}"
+    return "" if value is None or value != value else f"{value:.{digits}f}"
 
 
 def table(rows: List[dict]) -> str:
-    lines = ["| setup | model | input | conc | req/s | p50 ms | p90 ms | p99 ms | errors | server CPU (cores) | client CPU (cores) |",
+    lines = ["| setup | model | input | conc | req/s | p50 ms | p90 ms | p99 ms | errors (checked) | server CPU (cores) | client CPU (cores) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         where = r["workload"] if r.get("input", r["workload"]) == r["workload"] else f"{r['input']} (next to {r['workload']})"
         how = r.get("concurrency") or f"batch {r.get('batch')}, {r.get('layout')}"
+        if r.get("round"):
+            how = f"{how} (round {r['round']})"
+        errors = "" if "errors" not in r else f"{r['errors']}" + (f" ({r['checked']})" if r.get("checked") is not None else "")
         lines.append(f"| {r['setup']} | {r['model']} | {where} | {how} "
                      f"| {fmt(r['throughput'])} | {fmt(r.get('p50_ms'))} | {fmt(r.get('p90_ms'))} | {fmt(r.get('p99_ms'))} "
-                     f"| {r.get('errors', '')} | {fmt(r.get('server_cores'), 2)} | {fmt(r.get('client_cores'), 2)} |")
+                     f"| {errors} | {fmt(r.get('server_cores'), 2)} | {fmt(r.get('client_cores'), 2)} |")
     return "\n".join(lines)
 
 
-def ratios(rows: List[dict], top_concurrency: int) -> List[str]:
+def formats_table(summaries: List[dict]) -> str:
+    lines = ["| model | variant | format | precision | build s (export / total) | req/s | p99 ms | vs torchscript "
+             "| top-1 agreement | largest prob change | min cosine | accuracy | errors | serve |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for s in summaries:
+        for e in s["variants"]:
+            a = e["agreement"]
+            build = "" if e["build_s"] is None else f"{e['build_s']:.1f} / {e['build_total_s']:.0f}" + (" (reused)" if e["cached"] else "")
+            accuracy = f"{a['right']}/{a['labelled']}" if "labelled" in a else ""
+            speedup = "" if e.get("speedup") is None else f"{e['speedup']:.2f}x"
+            agree = "" if "top1_agreement" not in a else f"{a['top1_agreement']:.1%} of {a['probes'] - a['failed']}"
+            lines.append(
+                f"| {s['model']} | {e['variant']} | {e['format']} | {e['precision']} | {build} | {fmt(e.get('throughput'))} "
+                f"| {fmt(e.get('p99_ms'))} | {speedup} | {agree} "
+                f"| {fmt(a.get('max_prob_change'), 3)} | {fmt(a.get('min_cosine'), 5)} | {accuracy} "
+                f"| {e.get('errors', '') if not e['error'] else e['error'][:120]} | {'**yes**' if e['chosen'] else ''} |")
+    return "\n".join(lines)
+
+
+def ratios(rows: List[dict], top_concurrency: int, summaries: Optional[List[dict]] = None) -> List[str]:
     def find(setup, model, workload, concurrency=None):
         for r in rows:
             if r["setup"] == setup and r["model"] == model and r["workload"] == workload and \
@@ -300,32 +557,55 @@ def ratios(rows: List[dict], top_concurrency: int) -> List[str]:
         return None
 
     out = []
-    for workload in ("jpeg_640x480", "jpeg_2048x1536"):
-        a = find("A", STOCK, workload, top_concurrency)
-        b = find("B", "mobilenet_v2", workload, top_concurrency)
-        c = find("C", "mobilenet_v2", workload)
-        if a and b and a["throughput"] > 0:
-            out.append(f"vision {workload} c={top_concurrency}: B/A throughput {b['throughput'] / a['throughput']:.2f}x "
-                       f"(target >= 3), p99 B {b['p99_ms']:.0f} ms vs A {a['p99_ms']:.0f} ms (target: no worse)")
-        if b and c and c["throughput"] > 0:
-            out.append(f"vision {workload} c={top_concurrency}: B/C {b['throughput'] / c['throughput']:.0%} (target >= 75%)")
-        p = find("P", PIPELINE, workload, top_concurrency)
-        if b and c and p and p["throughput"] > 0:
-            # per request, (B) pays the pipeline's CPU and the model's: at best 1 / (1/P + 1/C)
-            cap = 1 / (1 / p["throughput"] + 1 / c["throughput"])
-            out.append(f"vision {workload} c={top_concurrency}: without the model (P) {p['throughput']:.0f} req/s, so "
-                       f"(B) can reach about 1/(1/P+1/C) = {cap:.0f} req/s = {cap / c['throughput']:.0%} of (C) here; "
-                       f"(B) is at {b['throughput'] / cap:.0%} of that estimate")
-    for model in ("minilm_topics", "minilm_embedding", "minilm_topics_int8"):
-        for length in TEXTS:
-            b = find("B", model, f"text_{length}", top_concurrency)
-            c = find("C", model, f"text_{length}")
+    models = sorted({r["model"] for r in rows if r["setup"] == "B"})
+    for model in models:
+        for workload in sorted({r["workload"] for r in rows if r["setup"] == "B" and r["model"] == model}):
+            b = find("B", model, workload, top_concurrency)
+            c = find("C", model, workload)
+            a = find("A", STOCK_PREFIX + model, workload, top_concurrency)
+            p = find("P", model + PIPELINE_SUFFIX, workload, top_concurrency)
+            vision = workload.startswith("jpeg")
+            label = f"{model} {workload} c={top_concurrency}"
+            if a and b and a["throughput"] > 0:
+                out.append(f"{label}: B/A throughput {b['throughput'] / a['throughput']:.2f}x "
+                           f"(target >= 3), p99 B {b['p99_ms']:.0f} ms vs A {a['p99_ms']:.0f} ms (target: no worse)")
             if b and c and c["throughput"] > 0:
-                out.append(f"{model} {length} c={top_concurrency}: B/C {b['throughput'] / c['throughput']:.0%} (target >= 70%)")
+                out.append(f"{label}: B/C {b['throughput'] / c['throughput']:.0%} (target >= {75 if vision else 70}%)")
+            if b and c and p and p["throughput"] > 0:
+                # per request, (B) pays the pipeline's CPU and the model's: at best 1 / (1/P + 1/C)
+                cap = 1 / (1 / p["throughput"] + 1 / c["throughput"])
+                out.append(f"{label}: without the model (P) {p['throughput']:.0f} req/s, so "
+                           f"(B) can reach about 1/(1/P+1/C) = {cap:.0f} req/s = {cap / c['throughput']:.0%} of (C) here; "
+                           f"(B) is at {b['throughput'] / cap:.0%} of that estimate")
+    for s in summaries or []:
+        ref = next((e for e in s["variants"] if e["format"] == "torchscript" and e["precision"] == "fp32"), None)
+        chosen = next((e for e in s["variants"] if e["chosen"]), None)
+        if not chosen:
+            out.append(f"{s['model']} formats: no variant kept agreement >= 99% with fp32 and answered without errors")
+            continue
+        line = (f"{s['model']} formats ({chosen['workload']}, c={chosen['concurrency']}): serve {chosen['variant']} "
+                f"({chosen['format']} {chosen['precision']}): {chosen['throughput']:.1f} req/s, "
+                f"{chosen['speedup']:.2f}x the TorchScript fp32 archive ({ref['throughput']:.1f} req/s), p99 "
+                f"{chosen['p99_ms']:.0f} vs {ref['p99_ms']:.0f} ms")
+        if s["kind"] == "image-classifier":
+            line += " (target >= 1.3x)"
+        out.append(line)
+        a = find("A", STOCK_PREFIX + s["model"], chosen["workload"], top_concurrency)
+        if a and a["throughput"] > 0:
+            out.append(f"{s['model']}: chosen variant / A (stock) {chosen['throughput'] / a['throughput']:.2f}x")
+        j = s.get("J")
+        if j and j.get("throughput"):
+            out.append(f"{s['model']}: chosen variant served / whole job in process (J, {j.get('layout')}, "
+                       f"{j['throughput']:.1f}/s) = {chosen['throughput'] / j['throughput']:.0%}")
+        f_json, peer = s.get("F_json"), s.get("L")
+        if f_json and peer and peer.get("throughput"):
+            out.append(f"{s['model']}: JSON bodies, TorchServe {f_json['throughput']:.1f} req/s (p99 "
+                       f"{fmt(f_json.get('p99_ms'), 0)} ms) vs LitServe {peer['throughput']:.1f} req/s (p99 "
+                       f"{fmt(peer.get('p99_ms'), 0)} ms): {f_json['throughput'] / peer['throughput']:.2f}x")
     return out
 
 
-def plot(rows: List[dict], path: str) -> None:
+def plot(rows: List[dict], path: str, summaries: Optional[List[dict]] = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -333,14 +613,15 @@ def plot(rows: List[dict], path: str) -> None:
 
     groups = sorted({(r["model"], r["workload"]) for r in rows if r["setup"] in ("A", "B")})
     workloads = sorted({w for _, w in groups})
-    fig, axes = plt.subplots(1, len(workloads), figsize=(4.2 * len(workloads), 3.8), squeeze=False)
+    panels = len(workloads) + (1 if summaries else 0)
+    fig, axes = plt.subplots(1, max(1, panels), figsize=(4.2 * max(1, panels), 3.8), squeeze=False)
     for ax, workload in zip(axes[0], workloads):
         for model, w in groups:
             if w != workload:
                 continue
             points = sorted((r["concurrency"], r["throughput"]) for r in rows
                             if r["model"] == model and r["workload"] == w and r["setup"] in ("A", "B"))
-            setup = "A" if model == STOCK else "B"
+            setup = "A" if model.startswith(STOCK_PREFIX) else "B"
             ax.plot(*zip(*points), marker="o", label=f"{setup}: {model}")
         for r in rows:
             if r["setup"] == "C" and r["workload"] == workload:
@@ -351,87 +632,142 @@ def plot(rows: List[dict], path: str) -> None:
         ax.set_xlabel("concurrency")
         ax.set_ylabel("req/s")
         ax.legend(fontsize=7)
+    if summaries:
+        ax = axes[0][-1]
+        names, values = [], []
+        for s in summaries:
+            for e in s["variants"]:
+                if e.get("throughput"):
+                    names.append(e["variant"])
+                    values.append(e["throughput"])
+        ax.barh(names, values, color="tab:blue")
+        ax.set_title("formats at the top concurrency (req/s)", fontsize=9)
+        ax.tick_params(axis="y", labelsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
 # ---- main --------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
+    decls = declared()
+    served = [d.name for d in decls.values() if d.serve]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--warmup", type=float, default=2)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--models", nargs="+",
-                        default=["mobilenet_v2", "minilm_topics", "minilm_embedding", "minilm_topics_int8"])
+    parser.add_argument("--models", nargs="+", default=list(decls),
+                        help="(B) archives of model_store/ (default: every declared model)")
     parser.add_argument("--no-stock", action="store_true", help="skip (A)")
-    parser.add_argument("--no-raw", action="store_true", help="skip (C)")
-    parser.add_argument("--workloads", nargs="+", help="only these inputs (e.g. jpeg_640x480 text_short)")
+    parser.add_argument("--no-raw", action="store_true", help="skip (C) and (P)")
+    parser.add_argument("--workloads", nargs="+", help="only these inputs for (A), (B), (P) (e.g. jpeg_640x480 text_short)")
     parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--out", default=os.path.join(REPO, "results", "bench", time.strftime("%Y%m%d-%H%M%S")))
+    parser.add_argument("--no-formats", action="store_true", help="skip (F), (J) and (L)")
+    parser.add_argument("--format-models", nargs="+", help="served models whose formats are compared (default: all served)")
+    parser.add_argument("--formats", nargs="+", choices=list(variants.FORMAT_ORDER), help="default: every format")
+    parser.add_argument("--no-int8", action="store_true", help="no int8 variant in (F)")
+    parser.add_argument("--format-rounds", type=int, default=2, help="load points per variant, in alternating order")
+    parser.add_argument("--agreement-images", type=int, default=100, help="real photos (views) for image agreement")
+    parser.add_argument("--min-agreement", type=float, default=0.99)
+    parser.add_argument("--build-root", default=BENCH_BUILD, help="where (F)'s variant archives are built and reused")
+    parser.add_argument("--build-timeout", type=float, default=900)
+    parser.add_argument("--rebuild", action="store_true", help="rebuild (F)'s variants even when unchanged")
+    parser.add_argument("--no-inprocess", action="store_true", help="skip (J)")
+    parser.add_argument("--no-peer", action="store_true", help="skip (L), the LitServe peer")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: mobilenet_v2 only, one input, concurrency 4, 2 s, no (A)")
+                        help="smoke run: the first served image model, one input, concurrency 4, 2 s, no (A); "
+                             "formats torchscript and onnx, 1 round, (J) and (L)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.models, args.concurrency, args.seconds, args.warmup = ["mobilenet_v2"], [4], 2, 0.5
+        image_models = [n for n in served if decls[n].kind == "image-classifier"] or served[:1]
+        args.models, args.concurrency, args.seconds, args.warmup = image_models[:1], [4], 2, 0.5
         args.no_stock, args.workloads = True, ["jpeg_640x480"]
-    generator = ("wrk" if wrk_available() else "python") if args.generator == "auto" else args.generator
+        args.format_models = args.format_models or image_models[:1]
+        args.formats, args.no_int8, args.format_rounds = args.formats or ["torchscript", "onnx"], True, 1
+        args.agreement_images = min(args.agreement_images, 24)
+    args.format_models = [] if args.no_formats else (args.format_models or served)
+    args.generator = ("wrk" if wrk_available() else "python") if args.generator == "auto" else args.generator
     os.makedirs(args.out, exist_ok=True)
+    started = time.monotonic()
+
+    def log(message: str) -> None:
+        tqdm.write(f"[{time.monotonic() - started:6.0f} s] {message}")
 
     workloads = make_inputs(os.path.join(args.out, "inputs"))
+    chosen_inputs = {k: v for k, v in workloads.items() if not v.get("json")}
     if args.workloads:
-        workloads = {k: v for k, v in workloads.items() if k in args.workloads}
-    with_stock = "mobilenet_v2" in args.models and not args.no_stock
-    with_pipeline = "mobilenet_v2" in args.models and not args.no_raw
+        chosen_inputs = {k: v for k, v in chosen_inputs.items() if k in args.workloads}
+    kinds = {m: kind_of(m, decls) for m in args.models}
+    image_models = [m for m in args.models if kinds[m] == "image-classifier" and decls.get(m) and decls[m].serve]
+    stock_for = [] if args.no_stock else image_models
+    pipeline_for = [] if args.no_raw else image_models
     plan = []
-    for model in args.models + ([STOCK] if with_stock else []):
-        kind = "vision" if model in ("mobilenet_v2", STOCK) else "text"
-        for name, workload in workloads.items():
-            if workload["kind"] == kind:
+    for model in args.models + [STOCK_PREFIX + m for m in stock_for]:
+        base = model.removeprefix(STOCK_PREFIX)
+        for name, workload in chosen_inputs.items():
+            if workload["kind"] == WORKLOAD_KIND[kinds[base]]:
                 plan += [(model, name, c) for c in args.concurrency]
-                if model == "mobilenet_v2" and with_pipeline:  # (P) next to (B), at the top concurrency
-                    plan.append((PIPELINE, name, max(args.concurrency)))
+                if model in pipeline_for:  # (P) next to (B), at the top concurrency
+                    plan.append((model + PIPELINE_SUFFIX, name, max(args.concurrency)))
 
     rows: List[dict] = []
+    summaries: List[dict] = []
     workdir = tempfile.mkdtemp(prefix="bench-server-")
-    server = bench_server(workdir, args.models, with_stock, with_pipeline)
-    print(f"bench: load generator {generator}; server in {workdir}; results in {args.out}")
+    server = bench_server(workdir, args.models, stock_for, pipeline_for)
+    log(f"load generator {args.generator}; server in {workdir}; results in {args.out}")
     server.start()
     try:
-        server.wait_ready(timeout=300)
+        server.wait_ready(timeout=600)
+        headers = server.auth_headers("inference")
+        checks = {}
         for model, name in sorted({(m, n) for m, n, _ in plan}):
-            check_answer(server, model, workloads[name])
+            base = model.removeprefix(STOCK_PREFIX).removesuffix(PIPELINE_SUFFIX)
+            checks[model, name] = answer_check(f"{server.inference_url}/predictions/{model}", headers, name,
+                                               chosen_inputs[name], kinds[base], stock=model.startswith(STOCK_PREFIX),
+                                               pipeline=model.endswith(PIPELINE_SUFFIX))
         for index, (model, name, concurrency) in enumerate(tqdm(plan, desc="bench", unit="point")):
+            check = checks[model, name]
             if args.warmup:
-                load_point(server, model, workloads[name], concurrency, args.warmup, generator)
-            cpu_before, wall_before = server_cpu_seconds(server), time.monotonic()
-            result = load_point(server, model, workloads[name], concurrency, args.seconds, generator)
-            wall = time.monotonic() - wall_before
-            setup = {STOCK: "A", PIPELINE: "P"}.get(model, "B")
-            rows.append(dict(result.as_dict(), setup=setup, model=model, workload=name,
-                             server_cores=(server_cpu_seconds(server) - cpu_before) / wall,
-                             client_cores=result.client_cpu_s / wall))
+                load_point(server, model, chosen_inputs[name], concurrency, args.warmup, args.generator, check)
+            setup = "A" if model.startswith(STOCK_PREFIX) else "P" if model.endswith(PIPELINE_SUFFIX) else "B"
+            measure(rows, {"setup": setup, "model": model, "workload": name},
+                    lambda: load_point(server, model, chosen_inputs[name], concurrency, args.seconds,
+                                       args.generator, check), server)
             # (C) for this input right after (B)'s points for it, so that drift between the two stays
             # small; the server idles meanwhile (its idle frontend and workers take next to no CPU)
             last_for_input = index + 1 == len(plan) or plan[index + 1][:2] != (model, name)
-            if last_for_input and model not in (STOCK, PIPELINE) and not args.no_raw:
-                raw = raw_model_throughput(model, name, max(2.0, args.seconds / 2))
-                rows.append(dict(raw, input="tensor_224" if model == "mobilenet_v2" else name))
+            if last_for_input and setup == "B" and not args.no_raw:
+                with open(chosen_inputs[name]["path"], "rb") as f:
+                    body = f.read()
+                raw = inprocess.best_rate("C", os.path.join(STORE, f"{model}.mar"), body, max(2.0, args.seconds / 2))
+                rows.append(dict(raw, setup="C", model=model, workload=name, concurrency=None,
+                                 batch=int(decls[model].torchserve.get("batchSize", 1)) if model in decls else None,
+                                 input="tensor_224" if kinds[model] == "image-classifier" else name))
             with open(os.path.join(args.out, "rows.partial.json"), "w", encoding="utf-8") as f:
                 json.dump(rows, f)  # a crash later keeps what was measured
+        if args.format_models:
+            summaries = formats_section(server, args, workloads, rows, log)
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
     report = table(rows)
-    summary = ratios(rows, max(args.concurrency))
+    formats_report = formats_table(summaries) if summaries else ""
+    summary = ratios(rows, max(args.concurrency), summaries)
+    elapsed = time.monotonic() - started
     with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump({"rows": rows, "ratios": summary, "generator": generator, "args": vars(args)}, f, indent=1)
+        json.dump({"rows": rows, "formats": summaries, "ratios": summary, "generator": args.generator,
+                   "elapsed_s": round(elapsed, 1), "args": vars(args)}, f, indent=1, default=str)
     with open(os.path.join(args.out, "table.md"), "w", encoding="utf-8") as f:
-        f.write(report + "\n\n" + "\n".join(f"- {line}" for line in summary) + "\n")
-    plot(rows, os.path.join(args.out, "bench.png"))
+        f.write(report + "\n\n" + (formats_report + "\n\n" if formats_report else "")
+                + "\n".join(f"- {line}" for line in summary) + f"\n\nbench took {elapsed:.0f} s\n")
+    plot(rows, os.path.join(args.out, "bench.png"), summaries)
     print(report)
+    if formats_report:
+        print("\n" + formats_report)
     print("\n".join(summary))
-    print(f"written: {args.out}/table.md, bench.png, results.json")
+    print(f"bench took {elapsed:.0f} s; written: {args.out}/table.md, bench.png, results.json")
+    # a variant that does not build (e.g. AOTInductor on some model) is reported, not a failure of the bench
     errors = sum(r.get("errors", 0) for r in rows)
     return 1 if errors else 0
 

@@ -1,22 +1,60 @@
 """Closed-loop HTTP load at a fixed concurrency: wrk (compiled, preferred) or a Python fallback.
 
 Both return a LoadResult with throughput, latency percentiles, errors and the client's own CPU
-time, so a report can show that the load generator was not what limited the numbers.
+time, so a report can show that the load generator was not what limited the numbers. Both check
+answers as they come: every answer's status (200), and a sample of the bodies against an
+AnswerCheck (the right top-1 label and top-k length, the stock handler's first key, or an
+embedding's width). A wrong answer, a non-200 status, a socket error, a timeout or any exception
+in the client counts as a failed request, never as throughput.
 """
 
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
 import threading
 import time
-from dataclasses import asdict, dataclass
-from typing import List
+from dataclasses import asdict, dataclass, field
+from typing import List, Optional, Tuple
 
 import requests
 
-WRK_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wrk_post.lua")
+WRK_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchkit", "wrk_checked.lua")
+
+
+@dataclass
+class AnswerCheck:
+    """What a right answer looks like, checked on every `every`-th answer (the same rule in wrk's Lua).
+
+    kind: "first_label" (the first "label" value is one of `allowed`; with labels > 0 the answer has
+    that many labels: its top-k), "first_key" (the first JSON key is one of `allowed`: the stock
+    handler's {"tabby": 0.4, ...}), "commas" (exactly `commas` commas: an embedding's width), or ""
+    (status only)."""
+
+    kind: str = ""
+    allowed: Tuple[str, ...] = ()
+    labels: int = 0
+    commas: int = 0
+    every: int = 10
+
+    def verify(self, body: bytes) -> bool:
+        text = body.decode("utf-8", errors="replace")
+        if self.kind == "first_label":
+            match = re.search(r'"label"\s*:\s*"([^"]*)"', text)
+            return bool(match) and match.group(1) in self.allowed and \
+                (self.labels <= 0 or text.count('"label"') == self.labels)
+        if self.kind == "first_key":
+            match = re.match(r'\s*\[?\s*\{\s*"([^"]*)"', text)
+            return bool(match) and match.group(1) in self.allowed
+        if self.kind == "commas":
+            return text.count(",") == self.commas
+        return self.kind == ""
+
+    def env(self) -> dict:
+        return {"BENCH_CHECK": self.kind, "BENCH_ALLOWED": "|".join(self.allowed), "BENCH_LABELS": str(self.labels),
+                "BENCH_COMMAS": str(self.commas), "BENCH_CHECK_EVERY": str(max(1, self.every))}
 
 
 @dataclass
@@ -25,12 +63,15 @@ class LoadResult:
     concurrency: int
     seconds: float
     requests: int
-    errors: int          # non-2xx answers + socket errors + timeouts
-    throughput: float    # answered requests per second
+    errors: int          # non-200 answers + wrong answers + socket errors + timeouts + client exceptions
+    throughput: float    # right answers per second (requests - errors)
     p50_ms: float
     p90_ms: float
     p99_ms: float
     client_cpu_s: float  # CPU seconds the load generator used
+    checked: int = 0     # answers whose body was checked
+    wrong: int = 0       # of those, wrong ones (included in errors)
+    first_error: str = ""  # the first wrong answer or exception, for the report
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -45,9 +86,11 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_wrk(url: str, body_path: str, content_type: str, token: str, concurrency: int,
-            seconds: float, timeout_s: int = 30) -> LoadResult:
-    env = dict(os.environ, BENCH_BODY=body_path, BENCH_CONTENT_TYPE=content_type, BENCH_TOKEN=token)
+def run_wrk(url: str, body_path: str, content_type: str, token: Optional[str], concurrency: int,
+            seconds: float, timeout_s: int = 30, check: Optional[AnswerCheck] = None) -> LoadResult:
+    check = check or AnswerCheck()
+    env = dict(os.environ, BENCH_BODY=body_path, BENCH_CONTENT_TYPE=content_type, BENCH_TOKEN=token or "",
+               **check.env())
     threads = max(1, min(2, concurrency))
     cmd = ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{max(1, round(seconds))}s",
            "--timeout", f"{timeout_s}s", "-s", WRK_SCRIPT, url]
@@ -58,11 +101,13 @@ def run_wrk(url: str, body_path: str, content_type: str, token: str, concurrency
     if line is None:
         raise RuntimeError(f"wrk gave no summary: {out.stdout}\n{out.stderr}")
     s = json.loads(line[len("BENCH_JSON "):])
-    errors = s["non2xx"] + s["connect_errors"] + s["read_errors"] + s["write_errors"] + s["timeouts"]
+    errors = (max(s["non2xx"], s["not_200"]) + s["connect_errors"] + s["read_errors"] + s["write_errors"]
+              + s["timeouts"] + s["wrong"])
     duration = s["duration_us"] / 1e6
+    first = s["first_wrong"] and f"wrong answer: {s['first_wrong']}"
     return LoadResult("wrk", concurrency, duration, s["requests"], errors,
-                      (s["requests"] - errors) / duration, s["p50_us"] / 1e3, s["p90_us"] / 1e3,
-                      s["p99_us"] / 1e3, cpu)
+                      max(0, s["requests"] - errors) / duration, s["p50_us"] / 1e3, s["p90_us"] / 1e3,
+                      s["p99_us"] / 1e3, cpu, s["checked"], s["wrong"], first or "")
 
 
 def percentile(sorted_values: List[float], q: float) -> float:
@@ -72,29 +117,46 @@ def percentile(sorted_values: List[float], q: float) -> float:
     return sorted_values[index]
 
 
-def run_python(url: str, body: bytes, content_type: str, token: str, concurrency: int,
-               seconds: float) -> LoadResult:
+def run_python(url: str, body: bytes, content_type: str, token: Optional[str], concurrency: int,
+               seconds: float, check: Optional[AnswerCheck] = None) -> LoadResult:
     """A threaded requests client: costs far more CPU per request than wrk (reported)."""
-    headers = {"Content-Type": content_type, "Authorization": f"Bearer {token}"}
+    check = check or AnswerCheck()
+    headers = {"Content-Type": content_type, **({"Authorization": f"Bearer {token}"} if token else {})}
     latencies: List[float] = []
-    errors = [0]
+    counts = {"errors": 0, "checked": 0, "wrong": 0}
+    first_error: List[str] = []
     lock = threading.Lock()
     deadline = time.monotonic() + seconds
 
     def worker():
         session = requests.Session()
+        seen = 0
         while time.monotonic() < deadline:
             started = time.perf_counter()
+            checked = wrong = False
+            problem = ""
             try:
-                ok = session.post(url, data=body, headers=headers, timeout=60).status_code < 300
-            except requests.RequestException:
-                ok = False
+                response = session.post(url, data=body, headers=headers, timeout=60)
+                ok = response.status_code == 200
+                if not ok:
+                    problem = f"status {response.status_code}: {response.text[:160]}"
+                elif check.kind and seen % max(1, check.every) == 0:
+                    checked, wrong = True, not check.verify(response.content)
+                    ok = not wrong
+                    problem = f"wrong answer: {response.text[:160]}" if wrong else ""
+                seen += 1
+            except Exception as err:  # any failure of a request is a failed request, never a crash
+                ok, problem = False, f"{type(err).__name__}: {err}"[:200]
             elapsed = time.perf_counter() - started
             with lock:
+                counts["checked"] += checked
+                counts["wrong"] += wrong
                 if ok:
                     latencies.append(elapsed)
                 else:
-                    errors[0] += 1
+                    counts["errors"] += 1
+                    if problem and not first_error:
+                        first_error.append(problem)
 
     cpu_before = time.process_time()
     started = time.monotonic()
@@ -106,6 +168,7 @@ def run_python(url: str, body: bytes, content_type: str, token: str, concurrency
     wall = time.monotonic() - started
     cpu = time.process_time() - cpu_before
     values = sorted(latencies)
-    return LoadResult("python", concurrency, wall, len(values) + errors[0], errors[0], len(values) / wall,
+    return LoadResult("python", concurrency, wall, len(values) + counts["errors"], counts["errors"], len(values) / wall,
                       percentile(values, 50) * 1e3, percentile(values, 90) * 1e3,
-                      percentile(values, 99) * 1e3, cpu)
+                      percentile(values, 99) * 1e3, cpu, counts["checked"], counts["wrong"],
+                      first_error[0] if first_error else "")

@@ -1,5 +1,6 @@
-"""Keeps `make bench` from rotting: its --quick mode end to end (own server, load, the pipeline
-without the model, raw model, report)."""
+"""Keeps `make bench` from rotting: its --quick mode end to end (own server, checked load, the pipeline
+without the model, raw model, two format variants with agreement from served answers, the whole job in
+process, the LitServe peer, report)."""
 
 import json
 import os
@@ -11,15 +12,31 @@ from support import REPO
 
 def test_bench_quick_mode_writes_a_report(tmp_path):
     out = tmp_path / "bench"
-    result = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "bench.py"), "--quick", "--out", str(out)],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "bench.py"), "--quick", "--out", str(out),
+                             "--build-root", str(tmp_path / "build")],
+                            capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((out / "results.json").read_text())
-    served = [r for r in report["rows"] if r["setup"] in ("B", "P")]
-    raw = [r for r in report["rows"] if r["setup"] == "C"]
-    assert {r["setup"] for r in served} == {"B", "P"} and raw
-    assert all(r["errors"] == 0 and r["throughput"] > 0 and r["p99_ms"] >= r["p50_ms"] for r in served)
+    rows = report["rows"]
+    served = [r for r in rows if r["setup"] in ("B", "P", "F", "L")]
+    raw = [r for r in rows if r["setup"] == "C"]
+    assert {r["setup"] for r in served} == {"B", "P", "F", "L"} and raw
+    # every load point answered, without errors, and checked a sample of its answers
+    assert all(r["errors"] == 0 and r["throughput"] > 0 and r["p99_ms"] >= r["p50_ms"] and r["checked"] > 0
+               for r in served), [(r["setup"], r["model"], r.get("first_error")) for r in served]
     assert raw[0]["throughput"] > 0 and raw[0]["layout"] in ("1x2", "2x1")
     assert any("1/(1/P+1/C)" in line for line in report["ratios"])
-    assert "| B | mobilenet_v2 | jpeg_640x480 |" in (out / "table.md").read_text()
+    # formats: the declared TorchScript archive and ONNX, agreement measured on real photos from served answers
+    (formats,) = report["formats"]
+    by_format = {v["format"]: v for v in formats["variants"]}
+    assert set(by_format) == {"torchscript", "onnx"} and all(not v["error"] for v in by_format.values())
+    for variant in by_format.values():
+        assert variant["agreement"]["probes"] >= 20 and variant["agreement"]["failed"] == 0
+        assert variant["agreement"]["top1_agreement"] >= 0.95 and variant["build_total_s"] is not None
+    assert by_format["torchscript"]["agreement"]["top1_agreement"] == 1.0
+    assert formats["chosen"] in {v["variant"] for v in by_format.values()}
+    (job,) = [r for r in rows if r["setup"] == "J"]
+    assert job["throughput"] > 0 and job["layout"] in ("1x2", "2x1")
+    table = (out / "table.md").read_text()
+    assert "| B | mobilenet_v2 | jpeg_640x480 |" in table and "| serve |" in table
     assert (out / "bench.png").stat().st_size > 1000

@@ -1,0 +1,64 @@
+"""What a built .mar serves, unpacked: the model file, its format and the handler's typed settings.
+
+(C), (J) and the LitServe peer all run the very file an archive serves, loaded with the handlers'
+own loader (handlers/model_formats.load_model) and set up from the archive's model-config.yaml.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+
+import yaml
+
+from model_settings import parse_settings
+from tskit.declaration import HANDLER_OF_KIND
+
+KIND_OF_HANDLER = {handler: kind for kind, handler in HANDLER_OF_KIND.items()}
+
+
+@dataclass
+class Unpacked:
+    folder: str
+    model_name: str
+    kind: str
+    model_file: str
+    config: dict  # model-config.yaml: TorchServe's keys at the top, `handler:` below
+
+    @property
+    def settings(self):
+        return parse_settings(self.kind, self.config.get("handler"))
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.config.get("batchSize", 1))
+
+    @property
+    def max_batch_delay_ms(self) -> int:
+        return int(self.config.get("maxBatchDelay", 100))
+
+    @property
+    def workers(self) -> int:
+        return int(self.config.get("minWorkers", 1))
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.folder, name)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def unpack(mar: str, folder: str = None) -> Unpacked:
+    folder = folder or tempfile.mkdtemp(prefix="bench-mar-")
+    with zipfile.ZipFile(mar) as archive:
+        archive.extractall(folder)
+    with open(os.path.join(folder, "MAR-INF", "MANIFEST.json"), encoding="utf-8") as f:
+        manifest = json.load(f)["model"]
+    config = {}
+    if manifest.get("configFile"):
+        with open(os.path.join(folder, manifest["configFile"]), encoding="utf-8") as f:
+            config = yaml.safe_load(f) or {}
+    kind = KIND_OF_HANDLER[os.path.basename(manifest["handler"]).split(":")[0]]
+    return Unpacked(folder, manifest["modelName"], kind, os.path.join(folder, manifest["serializedFile"]), config)
