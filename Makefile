@@ -121,4 +121,4 @@ tune: check-java archives
 
 clean:
 	-$(PY) scripts/ts_server.py stop
-	rm -rf $(BUILD) $(STORE)/*.mar logs key_file.json .pytest_cache
+	rm -rf $(BUILD) $(STORE)/*.mar logs key_file.json .pytest_cache scripts/ts_grpc

@@ -22,11 +22,9 @@ import argparse
 import json
 import os
 import shutil
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ts_server import REPO, read_properties, write_properties  # noqa: E402
-from tskit.declaration import served  # noqa: E402
+from ts_server import REPO, read_properties, write_properties
+from tskit.declaration import served
 
 
 def kserve_properties(root: str, bind: str, ports: dict, gpus: int) -> dict:

@@ -36,10 +36,9 @@ from typing import Callable, Dict, Iterable, List, Optional
 import psutil
 import requests
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from load_generators import percentile  # noqa: E402
-from ts_server import REPO, TorchServe, private_server  # noqa: E402
-from tskit.declaration import served  # noqa: E402
+from load_generators import percentile
+from ts_server import REPO, TorchServe, private_server
+from tskit.declaration import served
 
 KIND_OF = {d.name: d.kind for d in served()}  # every model `make serve` loads, from its declaration
 MODELS = tuple(KIND_OF)

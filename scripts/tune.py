@@ -30,10 +30,9 @@ import requests
 import yaml
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import copy_archive, load_point, make_inputs  # noqa: E402
-from ts_server import REPO, private_server  # noqa: E402
-from tskit.declaration import load as load_declaration  # noqa: E402
+from bench import copy_archive, load_point, make_inputs
+from ts_server import REPO, private_server
+from tskit.declaration import load as load_declaration
 
 FRONTEND_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")
 WORKLOAD_OF_KIND = {"image-classifier": "jpeg_640x480", "text-classifier": "text_medium", "text-embedding": "text_medium"}
