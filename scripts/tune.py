@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from bench import copy_archive, load_point, make_inputs
 from ts_server import REPO, private_server
-from tskit.declaration import load as load_declaration
+from tskit.declaration import declared, load as load_declaration
 
 FRONTEND_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")
 WORKLOAD_OF_KIND = {"image-classifier": "jpeg_640x480", "text-classifier": "text_medium", "text-embedding": "text_medium"}
@@ -171,7 +171,7 @@ def write_outputs(out: str, model: str, rows: List[dict], best: Optional[dict], 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, choices=sorted(DEFAULT_WORKLOAD))
+    parser.add_argument("--model", required=True, choices=sorted(d.name for d in declared()))
     parser.add_argument("--p99-ms", type=float, required=True)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=6)
@@ -186,7 +186,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.threads, args.batch_sizes, args.delays, args.seconds, args.warmup = [1], [1, 4, 8], [5], 3, 1
-    args.workload = args.workload or DEFAULT_WORKLOAD[args.model]
+    args.workload = args.workload or default_workload(args.model)
     out = args.out or os.path.join(REPO, "results", "tune", args.model)
     cores = psutil.cpu_count(logical=True)
     workload = make_inputs(os.path.join(out, "inputs"))[args.workload]
