@@ -36,7 +36,6 @@ def test_quick_tune_writes_a_config_that_loads_and_reproduces(tmp_path):
 
     # What a user does with it: the values into model-config.yaml (the archive's values win in
     # TorchServe), the entry into config.properties; then a fresh server and a fresh measurement.
-    sys.path.insert(0, os.path.join(REPO, "scripts"))
     from bench import load_point, make_inputs
     from tune import variant_archive
 
