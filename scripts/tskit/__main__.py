@@ -10,6 +10,7 @@
 import argparse
 import json
 import os
+import shutil
 import sys
 import warnings
 
@@ -57,11 +58,19 @@ def main(argv=None) -> int:
 def run_model(args) -> int:
     from tskit.declare import declare
 
+    folder = os.path.join(args.models_dir, args.name)
+    existed = os.path.exists(folder)
     path = declare(args.name, args.kind, args.source, args.labels, args.format, args.precision, args.force,
                    models_dir=args.models_dir)
     print(f"declared {args.name}: {path}")
     args.version = args.archive_name = None
-    run_build(args)
+    try:
+        run_build(args)
+    except BaseException:
+        if not existed:  # a declaration that cannot build would stop every later `make archives` / `make serve`
+            shutil.rmtree(folder, ignore_errors=True)
+            print(f"{args.name} not built: its declaration was removed again", file=sys.stderr)
+        raise
     if os.path.abspath(args.models_dir) != declarations.MODELS_DIR:
         print(f"{args.models_dir} is not the repo's models/: config.properties left as it is")
         return 0

@@ -74,10 +74,12 @@ def declare(name: str, kind: str, source: str, labels: Optional[str] = None, mod
     folder = os.path.join(models_dir, name)
     if os.path.exists(os.path.join(folder, DECLARATION)) and not force:
         raise DeclarationError(f"{folder}/{DECLARATION} exists: edit it and run `make archives`, or add FORCE=1")
+    document = read_labels(labels) if labels else None  # checked before anything is written
     os.makedirs(folder, exist_ok=True)
     labels_line = ""
     if labels:
-        copy_labels(labels, os.path.join(folder, "labels.json"))
+        with open(os.path.join(folder, "labels.json"), "w", encoding="utf-8") as f:
+            json.dump(document, f, indent=0, ensure_ascii=False)
         labels_line = "labels: labels.json         # a JSON list of class names, or an index_to_name.json map\n"
     text = DECLARATION_TEMPLATE.format(
         name=name, kind=kind, source=_yaml_string(source), format=model_format,
@@ -92,16 +94,18 @@ def declare(name: str, kind: str, source: str, labels: Optional[str] = None, mod
     return path
 
 
-def copy_labels(source: str, target: str) -> None:
-    with open(source, encoding="utf-8") as f:
-        try:
+def read_labels(source: str):
+    """A LABELS file: a JSON list of names or an index_to_name.json map."""
+    try:
+        with open(source, encoding="utf-8") as f:
             document = json.load(f)
-        except json.JSONDecodeError as err:
-            raise DeclarationError(f"LABELS={source} is not JSON: {err}") from None
+    except OSError as err:
+        raise DeclarationError(f"LABELS={source} cannot be read: {err.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DeclarationError(f"LABELS={source} is not a UTF-8 JSON file ({err})") from None
     if not isinstance(document, (list, dict)):
         raise DeclarationError(f"LABELS={source}: expected a JSON list of names or an index_to_name.json map")
-    with open(target, "w", encoding="utf-8") as f:
-        json.dump(document, f, indent=0, ensure_ascii=False)
+    return document
 
 
 def _yaml_string(path: str) -> str:

@@ -57,12 +57,18 @@ def export(loaded: LoadedSource, kind: str, model_format: str, settings, out_dir
     example = example_inputs(kind, settings)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit / torch.onnx deprecation notes; parity is checked after
-        if model_format == "torchscript":
-            to_torchscript(loaded.module, kind, example).save(path)
-        elif model_format == "onnx":
-            to_onnx(loaded, kind, example, path)
-        else:
-            to_aoti(loaded, kind, example, settings, path)
+        try:
+            if model_format == "torchscript":
+                to_torchscript(loaded.module, kind, example).save(path)
+            elif model_format == "onnx":
+                to_onnx(loaded, kind, example, path, settings)
+            else:
+                to_aoti(loaded, kind, example, settings, path)
+        except SourceError:
+            raise
+        except Exception as err:  # an exporter's own error, long and internal: its first line names the cause
+            first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            raise SourceError(f"{loaded.description} could not be exported as {model_format}: {first[:400]}") from err
     return path
 
 
@@ -77,9 +83,13 @@ def to_torchscript(module, kind: str, example) -> torch.jit.ScriptModule:
     return torch.jit.trace(module, example, check_trace=False)
 
 
-def to_onnx(loaded: LoadedSource, kind: str, example, path: str) -> None:
+def to_onnx(loaded: LoadedSource, kind: str, example, path: str, settings=None) -> None:
     if loaded.onnx_file:
         shutil.copy(loaded.onnx_file, path)
+        return
+    if loaded.exported is not None:  # a torch.export program: the TorchScript-based exporter cannot take it
+        program = exported_program(loaded.module, kind, example, settings)
+        torch.onnx.export(program, f=path, dynamo=True, opset_version=18, external_data=False)
         return
     names = ["input"] if kind in IMAGE_KINDS else list(TEXT_INPUTS)
     axes = {0: "batch"} if kind in IMAGE_KINDS else {0: "batch", 1: "sequence"}
@@ -88,17 +98,24 @@ def to_onnx(loaded: LoadedSource, kind: str, example, path: str) -> None:
                       do_constant_folding=True)
 
 
-def to_aoti(loaded: LoadedSource, kind: str, example, settings, path: str) -> None:
-    import torch._inductor
-
-    batch = torch.export.Dim("batch", min=1, max=1024)
+def exported_program(module, kind: str, example, settings):
+    """torch.export with a dynamic batch (its range inferred: a .pt2 source keeps its own limits) and,
+    for text, a dynamic sequence up to the model's token limit."""
+    batch = torch.export.Dim.DYNAMIC
     if kind in IMAGE_KINDS:
         shapes = ({0: batch},)
     else:
         sequence = torch.export.Dim("sequence", min=1, max=settings.maxTokens)
         shapes = ({0: batch, 1: sequence}, {0: batch, 1: sequence})
     with torch.no_grad():
-        program = torch.export.export(loaded.module, example, dynamic_shapes=shapes)
+        return torch.export.export(module, example, dynamic_shapes=shapes)
+
+
+def to_aoti(loaded: LoadedSource, kind: str, example, settings, path: str) -> None:
+    import torch._inductor
+
+    program = exported_program(loaded.module, kind, example, settings)
+    with torch.no_grad():
         torch._inductor.aoti_compile_and_package(program, package_path=path,
                                                  inductor_configs={"freezing": True})
 

@@ -41,6 +41,7 @@ BUILDS = [
     ("img_pt_torchscript", "image-classifier", "pt", "torchscript"),
     ("img_pt_onnx", "image-classifier", "pt", "onnx"),
     ("img_pt2_torchscript", "image-classifier", "pt2", "torchscript"),
+    ("img_pt2_onnx", "image-classifier", "pt2", "onnx"),
     ("img_onnx_onnx", "image-classifier", "onnx", "onnx"),
     ("cls_torchscript", "text-classifier", "cls", "torchscript"),
     ("cls_onnx", "text-classifier", "cls", "onnx"),

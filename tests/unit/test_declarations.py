@@ -171,7 +171,7 @@ def test_declare_refuses_naming_the_problem(tmp_path, name, kind, source, model_
 def test_declare_refuses_labels_that_are_not_json(tmp_path):
     (tmp_path / "m.pt").write_bytes(b"")
     (tmp_path / "labels.txt").write_text("cat\ndog\n")
-    with pytest.raises(DeclarationError, match=r"LABELS=.*labels\.txt is not JSON"):
+    with pytest.raises(DeclarationError, match=r"LABELS=.*labels\.txt is not a UTF-8 JSON file"):
         declare("x", "image-classifier", str(tmp_path / "m.pt"), str(tmp_path / "labels.txt"),
                 models_dir=str(tmp_path / "models"))
 
