@@ -22,7 +22,7 @@ import yaml
 from classification import load_labels
 from model_settings import check_labels, parse_settings
 from tskit.declaration import REPO, Declaration, DeclarationError
-from tskit.formats import build_model_file, example_inputs
+from tskit.formats import build_model_file
 from tskit.precision import to_int8
 from tskit.sources import IMAGE_KINDS, LoadedSource, SourceError, load_source
 
@@ -47,7 +47,7 @@ def build(declaration: Declaration, store: str = STORE_DIR, build_dir: Optional[
     loaded = to_int8(loaded, declaration, settings, work) if declaration.precision == "int8" else loaded
     report = build_model_file(loaded, declaration.kind, declaration.format, settings, work,
                               strict=declaration.precision == "fp32")
-    extra = write_side_files(declaration, loaded, settings, work, report["file"])
+    extra = write_side_files(declaration, loaded, settings, work, report["outputs"])
     config_file = write_model_config(declaration, loaded, work)
     mar = archive(declaration, report["file"], extra, config_file, store, version or declaration.version,
                   archive_name, work)
@@ -59,11 +59,10 @@ def build(declaration: Declaration, store: str = STORE_DIR, build_dir: Optional[
     return report
 
 
-def write_side_files(declaration: Declaration, loaded: LoadedSource, settings, work: str, model_file: str) -> List[str]:
-    """Labels and tokenizer into the archive; labels checked against the model's outputs now, not at load."""
+def write_side_files(declaration: Declaration, loaded: LoadedSource, settings, work: str, width: int) -> List[str]:
+    """Labels and tokenizer into the archive; labels checked against the model's `width` outputs now, not at load."""
     files = []
     if settings.labelsFile:
-        width = output_width(model_file, declaration, settings)
         labels = resolve_labels(declaration, loaded) or [str(i) for i in range(width)]
         check_labels(labels, width, labels_source(declaration))
         path = os.path.join(work, settings.labelsFile)
@@ -96,14 +95,6 @@ def resolve_labels(declaration: Declaration, loaded: LoadedSource) -> List[str]:
             return load_labels(path)
         raise DeclarationError(f"{path}: expected a JSON list of names or an index_to_name.json map")
     return loaded.labels or []
-
-
-def output_width(model_file: str, declaration: Declaration, settings) -> int:
-    from model_formats import load_model
-
-    model = load_model(model_file, declaration.format, torch.device("cpu"), 1, settings.optimizeForInference)
-    with torch.inference_mode():
-        return int(model(*example_inputs(declaration.kind, settings, batch=1)).shape[-1])
 
 
 def served_handler(declaration: Declaration, loaded: LoadedSource) -> dict:

@@ -120,8 +120,10 @@ def to_aoti(loaded: LoadedSource, kind: str, example, settings, path: str) -> No
                                                  inductor_configs={"freezing": True})
 
 
-def parity(loaded: LoadedSource, kind: str, model_format: str, settings, path: str, strict: bool = True) -> float:
-    """Largest |served - source| over several batch sizes (and text lengths), loaded as a worker loads it."""
+def parity(loaded: LoadedSource, kind: str, model_format: str, settings, path: str,
+           strict: bool = True) -> Tuple[float, int]:
+    """Largest |served - source| over several batch sizes (and text lengths), loaded as a worker loads it,
+    and the served model's output width (the number of classes, or the embedding size)."""
     served = load_model(path, model_format, torch.device("cpu"), threads=torch.get_num_threads(),
                         optimize=settings.optimizeForInference)
     shapes = [(1, 7), (3, 16), (5, 40)] if kind not in IMAGE_KINDS else [(1, 0), (3, 0), (5, 0)]
@@ -135,7 +137,7 @@ def parity(loaded: LoadedSource, kind: str, model_format: str, settings, path: s
     if strict and worst > PARITY_TOLERANCE * scale:
         raise SourceError(f"the {model_format} model differs from its source by {worst:.2e} "
                           f"(outputs up to {scale:.2f}): not served")
-    return worst
+    return worst, int(answer.shape[-1])
 
 
 def build_model_file(loaded: LoadedSource, kind: str, model_format: str, settings, out_dir: str,
@@ -145,6 +147,6 @@ def build_model_file(loaded: LoadedSource, kind: str, model_format: str, setting
     started = time.perf_counter()
     path = export(loaded, kind, model_format, settings, out_dir)
     built = time.perf_counter()
-    worst = parity(loaded, kind, model_format, settings, path, strict)
+    worst, width = parity(loaded, kind, model_format, settings, path, strict)
     return {"file": path, "format": model_format, "build_s": round(built - started, 1),
-            "max_abs_diff": worst, "bytes": os.path.getsize(path)}
+            "max_abs_diff": worst, "outputs": width, "bytes": os.path.getsize(path)}
