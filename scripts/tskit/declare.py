@@ -5,10 +5,9 @@ import os
 import re
 from typing import Optional
 
+from tskit.sources import ALL_FORMATS, FORMATS_OF_FILE
 from tskit.declaration import DECLARATION, HANDLER_OF_KIND, MODELS_DIR, DeclarationError, load
 
-FORMATS_OF_SOURCE = {".pt": ("torchscript", "onnx"), ".pt2": ("torchscript", "aoti", "onnx"), ".onnx": ("onnx",)}
-ALL_FORMATS = ("torchscript", "aoti", "onnx")
 
 IMAGE_TEMPLATE = """\
   topk: 5                     # predictions per answer (capped at the number of classes)
@@ -52,7 +51,7 @@ def source_formats(source: str, kind: str) -> tuple:
     """The formats a source can give, judged by its name (the build checks again with the model loaded)."""
     if source.startswith("python:") or os.path.isdir(source):
         return ALL_FORMATS
-    return FORMATS_OF_SOURCE.get(os.path.splitext(source)[1], ())
+    return FORMATS_OF_FILE.get(os.path.splitext(source)[1], ())
 
 
 def declare(name: str, kind: str, source: str, labels: Optional[str] = None, model_format: Optional[str] = None,

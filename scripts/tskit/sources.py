@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 
 IMAGE_KINDS = ("image-classifier",)
+ALL_FORMATS = ("torchscript", "aoti", "onnx")  # what a PyTorch module (eager, checkpoint, python:) can give
+FORMATS_OF_FILE = {".pt": ("torchscript", "onnx"), ".pt2": ALL_FORMATS, ".onnx": ("onnx",)}
 TEXT_KINDS = ("text-classifier", "text-embedding")
 
 
@@ -79,13 +81,13 @@ def load_source(source: str, kind: str, base_dir: str) -> LoadedSource:
     suffix = os.path.splitext(path)[1]
     if suffix == ".pt":
         module = torch.jit.load(path, map_location="cpu").eval()
-        return LoadedSource(f"TorchScript {path}", ("torchscript", "onnx"), module=module, dependencies=[path])
+        return LoadedSource(f"TorchScript {path}", FORMATS_OF_FILE[suffix], module=module, dependencies=[path])
     if suffix == ".pt2":
         program = torch.export.load(path)
-        return LoadedSource(f"torch.export program {path}", ("torchscript", "aoti", "onnx"),
+        return LoadedSource(f"torch.export program {path}", FORMATS_OF_FILE[suffix],
                             module=program.module(), exported=program, dependencies=[path])
     if suffix == ".onnx":
-        return LoadedSource(f"ONNX {path}", ("onnx",), module=_onnx_reference(path), onnx_file=path,
+        return LoadedSource(f"ONNX {path}", FORMATS_OF_FILE[suffix], module=_onnx_reference(path), onnx_file=path,
                             dependencies=[path])
     raise SourceError(f"source {path}: expected a .pt (TorchScript), .pt2 (torch.export.save) or .onnx file, "
                       f"or a Hugging Face checkpoint folder")
@@ -93,7 +95,7 @@ def load_source(source: str, kind: str, base_dir: str) -> LoadedSource:
 
 def from_module(module: torch.nn.Module, description: str, **extra) -> LoadedSource:
     """An eager module: every format can be made from it."""
-    return LoadedSource(description, ("torchscript", "aoti", "onnx"), module=module.eval(), **extra)
+    return LoadedSource(description, ALL_FORMATS, module=module.eval(), **extra)
 
 
 def _python_source(source: str, kind: str, base_dir: str) -> LoadedSource:
