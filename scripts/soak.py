@@ -88,7 +88,15 @@ def default_specs(models: Iterable[str] = MODELS) -> List[Spec]:
 
 
 def check(spec: Spec, status: int, body: bytes) -> Optional[str]:
-    """None if the answer is right, else what was wrong."""
+    """None if the answer is right, else what was wrong. An answer of the wrong shape (a 200 whose JSON
+    lacks a field, has the wrong type, ...) is a wrong answer, never an exception."""
+    try:
+        return _check(spec, status, body)
+    except Exception as err:  # KeyError, TypeError, IndexError...: the answer is malformed
+        return f"malformed answer ({type(err).__name__}: {err}): {body[:200]!r}"
+
+
+def _check(spec: Spec, status: int, body: bytes) -> Optional[str]:
     if status != 200:
         return f"HTTP {status}: {body[:200]!r}"
     try:
@@ -107,7 +115,7 @@ def check(spec: Spec, status: int, body: bytes) -> Optional[str]:
                 return f"embedding differs from the reference (cosine {cosine:.6f})"
         return None
     predictions = answer.get("predictions")
-    if not predictions:
+    if not isinstance(predictions, list) or not predictions:
         return f"no predictions: {body[:200]!r}"
     top = predictions[0]
     if spec.expect_label is not None and top["label"] not in spec.expect_label:
@@ -140,18 +148,22 @@ class LoadClient:
         self._local = threading.local()
 
     def send(self, spec: Spec, path: Optional[str] = None) -> Outcome:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
+        """One request and its check. Any exception (socket, timeout, key file, a check that raises) is a
+        failed request with status -1 (or the status that came back), never a dead load thread."""
         started = time.monotonic()
+        status = -1
         try:
+            session = getattr(self._local, "session", None)
+            if session is None:
+                session = self._local.session = requests.Session()
             response = session.post(f"{self.inference_url}{path or '/predictions/' + spec.model}", data=spec.body,
                                     headers={"Content-Type": spec.content_type,
                                              "Authorization": f"Bearer {self.key()}"},
                                     timeout=self.timeout)
-            status, error = response.status_code, check(spec, response.status_code, response.content)
-        except requests.RequestException as err:
-            status, error = -1, f"{type(err).__name__}: {err}"
+            status = response.status_code
+            error = check(spec, response.status_code, response.content)
+        except Exception as err:  # anything at all: counted, so the tests see it
+            error = f"{type(err).__name__}: {err}"[:300]
         return Outcome(spec.name, spec.model, started, time.monotonic(), status, error)
 
     def run(self, specs: List[Spec], count: int, concurrency: int, seed: int = 0) -> List[Outcome]:
@@ -181,7 +193,12 @@ class BackgroundLoad:
         for spec in itertools.islice(itertools.cycle(self.specs), index, None):
             if self._stop.is_set():
                 return
-            outcome = self.client.send(spec, self.path(spec) if self.path else None)
+            started = time.monotonic()
+            try:
+                outcome = self.client.send(spec, self.path(spec) if self.path else None)
+            except Exception as err:  # e.g. the path function: still one counted failed request
+                outcome = Outcome(spec.name, spec.model, started, time.monotonic(), -1,
+                                  f"{type(err).__name__}: {err}"[:300])
             with self._lock:
                 self.outcomes.append(outcome)
 
