@@ -9,11 +9,13 @@ in the client counts as a failed request, never as throughput.
 """
 
 import json
+import math
 import os
 import re
 import resource
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,17 +32,29 @@ class AnswerCheck:
 
     kind: "first_label" (the first "label" value is one of `allowed`; with labels > 0 the answer has
     that many labels: its top-k), "first_key" (the first JSON key is one of `allowed`: the stock
-    handler's {"tabby": 0.4, ...}), "commas" (exactly `commas` commas: an embedding's width), or ""
-    (status only)."""
+    handler's {"tabby": 0.4, ...}), "commas" (exactly `commas` commas: an embedding's width),
+    "cosine" (the answer's "embedding" has the width of `reference` and a cosine >= `min_cosine` with
+    it: the content, not only the shape), or "" (status only)."""
 
     kind: str = ""
     allowed: Tuple[str, ...] = ()
     labels: int = 0
     commas: int = 0
     every: int = 10
+    reference: Tuple[float, ...] = ()
+    min_cosine: float = 0.999
 
     def verify(self, body: bytes) -> bool:
-        text = body.decode("utf-8", errors="replace")
+        """True for a right answer; an answer that makes the check raise is a wrong one."""
+        try:
+            return self._verify(body.decode("utf-8", errors="replace"))
+        except Exception:
+            return False
+
+    def _verify(self, text: str) -> bool:
+        if self.kind == "cosine":
+            vector = json.loads(text)["embedding"]
+            return len(vector) == len(self.reference) > 0 and cosine(vector, self.reference) >= self.min_cosine
         if self.kind == "first_label":
             match = re.search(r'"label"\s*:\s*"([^"]*)"', text)
             return bool(match) and match.group(1) in self.allowed and \
@@ -52,9 +66,28 @@ class AnswerCheck:
             return text.count(",") == self.commas
         return self.kind == ""
 
-    def env(self) -> dict:
+    def env(self, reference_file: str = "") -> dict:
         return {"BENCH_CHECK": self.kind, "BENCH_ALLOWED": "|".join(self.allowed), "BENCH_LABELS": str(self.labels),
-                "BENCH_COMMAS": str(self.commas), "BENCH_CHECK_EVERY": str(max(1, self.every))}
+                "BENCH_COMMAS": str(self.commas), "BENCH_CHECK_EVERY": str(max(1, self.every)),
+                "BENCH_REFERENCE": reference_file, "BENCH_MIN_COSINE": repr(self.min_cosine)}
+
+    def describe(self) -> str:
+        """What the check asks of an answer, in words (for the report)."""
+        if self.kind == "first_label":
+            return f"top-1 in {{{', '.join(self.allowed)}}}" + (f", {self.labels} labels" if self.labels else "")
+        if self.kind == "first_key":
+            return f"first key in {{{', '.join(self.allowed)}}}"
+        if self.kind == "cosine":
+            return f"embedding of {len(self.reference)}, cosine >= {self.min_cosine:g} with the reference"
+        if self.kind == "commas":
+            return f"{self.commas} commas"
+        return "status 200"
+
+
+def cosine(x, y) -> float:
+    dot = sum(a * b for a, b in zip(x, y))
+    norm = math.sqrt(sum(a * a for a in x) * sum(b * b for b in y))
+    return dot / norm if norm else 0.0
 
 
 @dataclass
@@ -89,14 +122,17 @@ def _children_cpu() -> float:
 def run_wrk(url: str, body_path: str, content_type: str, token: Optional[str], concurrency: int,
             seconds: float, timeout_s: int = 30, check: Optional[AnswerCheck] = None) -> LoadResult:
     check = check or AnswerCheck()
-    env = dict(os.environ, BENCH_BODY=body_path, BENCH_CONTENT_TYPE=content_type, BENCH_TOKEN=token or "",
-               **check.env())
-    threads = max(1, min(2, concurrency))
-    cmd = ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{max(1, round(seconds))}s",
-           "--timeout", f"{timeout_s}s", "-s", WRK_SCRIPT, url]
-    cpu_before = _children_cpu()
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + timeout_s + 30)
-    cpu = _children_cpu() - cpu_before
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", prefix="bench-reference-") as reference:
+        reference.write(",".join(repr(float(v)) for v in check.reference))
+        reference.flush()
+        env = dict(os.environ, BENCH_BODY=body_path, BENCH_CONTENT_TYPE=content_type, BENCH_TOKEN=token or "",
+                   **check.env(reference.name))
+        threads = max(1, min(2, concurrency))
+        cmd = ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{max(1, round(seconds))}s",
+               "--timeout", f"{timeout_s}s", "-s", WRK_SCRIPT, url]
+        cpu_before = _children_cpu()
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + timeout_s + 30)
+        cpu = _children_cpu() - cpu_before
     line = next((l for l in out.stdout.splitlines() if l.startswith("BENCH_JSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk gave no summary: {out.stdout}\n{out.stderr}")

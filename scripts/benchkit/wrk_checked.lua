@@ -5,7 +5,12 @@
 --   BENCH_ALLOWED      the values the first label / key may take, separated by "|"
 --   BENCH_LABELS       if > 0: how many "label" keys an answer has (its top-k: the shape)
 --   BENCH_COMMAS       "commas": how many commas an answer has (an embedding's width)
+--                      or "cosine" (the answer's "embedding" has the reference's width and a cosine
+--                      of at least BENCH_MIN_COSINE with it)
+--   BENCH_REFERENCE    "cosine": a file with the reference embedding, numbers separated by commas
+--   BENCH_MIN_COSINE   "cosine": the smallest cosine that is still the same answer
 --   BENCH_CHECK_EVERY  check every n-th answer of each connection thread (status: every answer)
+-- A check that raises (an answer of an unexpected shape) counts as a wrong answer, never stops the thread.
 local function read_file(path)
   local f = assert(io.open(path, "rb"))
   local data = f:read("*all")
@@ -29,6 +34,20 @@ end
 local want_labels = tonumber(os.getenv("BENCH_LABELS") or "0")
 local want_commas = tonumber(os.getenv("BENCH_COMMAS") or "0")
 local every = tonumber(os.getenv("BENCH_CHECK_EVERY") or "10")
+local min_cosine = tonumber(os.getenv("BENCH_MIN_COSINE") or "0.999")
+
+local function numbers(text)
+  local out = {}
+  for word in string.gmatch(text, "[^,%s]+") do
+    out[#out + 1] = assert(tonumber(word), "not a number: " .. word)
+  end
+  return out
+end
+
+local reference = {}
+if check == "cosine" then
+  reference = numbers(read_file(os.getenv("BENCH_REFERENCE")))
+end
 
 -- per thread (read back in done() with thread:get)
 seen, checked, wrong, not_ok = 0, 0, 0, 0
@@ -44,6 +63,33 @@ local function count(body, pattern)
   return n
 end
 
+local function cosine(body)
+  local vector = numbers(assert(string.match(body, '"embedding"%s*:%s*%[([^%]]*)%]'), "no embedding"))
+  if #vector ~= #reference or #vector == 0 then
+    return false
+  end
+  local dot, a, b = 0, 0, 0
+  for i = 1, #vector do
+    dot, a, b = dot + vector[i] * reference[i], a + vector[i] ^ 2, b + reference[i] ^ 2
+  end
+  return dot / math.sqrt(a * b) >= min_cosine
+end
+
+function verify(body)
+  if check == "first_label" then
+    local value = string.match(body, '"label"%s*:%s*"([^"]*)"')
+    return value ~= nil and allowed[value] == true and (want_labels <= 0 or count(body, '"label"') == want_labels)
+  elseif check == "first_key" then
+    local value = string.match(body, '^%s*%[?%s*{%s*"([^"]*)"')
+    return value ~= nil and allowed[value] == true
+  elseif check == "commas" then
+    return count(body, ",") == want_commas
+  elseif check == "cosine" then
+    return cosine(body)
+  end
+  return false
+end
+
 function response(status, headers, body)
   seen = seen + 1
   if status ~= 200 then
@@ -54,19 +100,8 @@ function response(status, headers, body)
     return
   end
   checked = checked + 1
-  local ok
-  if check == "first_label" then
-    local value = string.match(body, '"label"%s*:%s*"([^"]*)"')
-    ok = value ~= nil and allowed[value] == true and (want_labels <= 0 or count(body, '"label"') == want_labels)
-  elseif check == "first_key" then
-    local value = string.match(body, '^%s*%[?%s*{%s*"([^"]*)"')
-    ok = value ~= nil and allowed[value] == true
-  elseif check == "commas" then
-    ok = count(body, ",") == want_commas
-  else
-    ok = false
-  end
-  if not ok then
+  local done, ok = pcall(verify, body)
+  if not (done and ok) then
     wrong = wrong + 1
     if first_wrong == "" then
       first_wrong = string.sub(body, 1, 160)
