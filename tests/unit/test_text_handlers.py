@@ -17,6 +17,10 @@ from text_reference import TEXTS, load_reference, reference_embeddings, referenc
 # 47/48 = 97.9% (one Sci/Tech headline about browser cookies goes to Business). The floor allows
 # three more misses, for label-description edits, but still fails a broken head or pooling.
 TOPIC_ACCURACY_FLOOR = 0.90
+# How far minilm_topics_int8's probabilities may move from fp32's on the headline set (largest change
+# of any label's probability: over all headlines, and averaged per headline). See the int8 test.
+INT8_MAX_PROBABILITY_DRIFT = 0.2
+INT8_MEAN_PROBABILITY_DRIFT = 0.05
 
 
 def load_handler(cls, mar, tmp_path_factory):
@@ -87,10 +91,17 @@ def test_topic_probabilities_match_the_eager_reference(topics, reference):
         assert body["predictions"][0]["label"] == labels[int(probabilities.argmax())]
 
 
-def test_topic_order_and_indices_follow_the_labels_file(topics):
-    [(status, body)] = run(topics, [("body", "The striker scored twice in the final", "text/plain")])
+def test_topic_order_and_indices_follow_the_labels_file(topics, reference):
+    text = "The striker scored twice in the final"
+    [(status, body)] = run(topics, [("body", text, "text/plain")])
     assert status == 200
-    assert body["predictions"][0] == {"label": "Sports", "index": 1, "probability": body["predictions"][0]["probability"]}
+    labels, [expected] = reference_topic_probabilities(*reference, [text])
+    top = body["predictions"][0]
+    assert set(top) == {"label", "index", "probability"}
+    assert (top["label"], top["index"]) == ("Sports", 1)
+    # the top probability is the reference model's, not just any number in the answer
+    assert top["probability"] == pytest.approx(expected[labels.index("Sports")].item(), abs=1e-4)
+    assert top["probability"] > 0.99  # reference: 0.99995 for this clear sports headline (uniform would be 0.25)
     indices = {p["label"]: p["index"] for p in body["predictions"]}
     assert indices == {"World": 0, "Sports": 1, "Business": 2, "Sci/Tech": 3}
     probabilities = [p["probability"] for p in body["predictions"]]
@@ -120,10 +131,17 @@ def test_int8_variant_keeps_the_accuracy(topics, topics_int8):
     agreement = sum(a[1]["predictions"][0]["label"] == b[1]["predictions"][0]["label"] for a, b in zip(answers, fp32))
     drift = max(abs(p["probability"] - {q["label"]: q["probability"] for q in b[1]["predictions"]}[p["label"]])
                 for a, b in zip(answers, fp32) for p in a[1]["predictions"])
+    mean_drift = sum(max(abs(p["probability"] - {q["label"]: q["probability"] for q in b[1]["predictions"]}[p["label"]])
+                         for p in a[1]["predictions"]) for a, b in zip(answers, fp32)) / total
     print(f"minilm_topics_int8 accuracy: {correct}/{total}; top-1 agreement with fp32 {agreement}/{total}; "
-          f"max probability change {drift:.3f}")
+          f"max probability change {drift:.3f}, mean of the per-headline max {mean_drift:.3f}")
     assert correct / total >= TOPIC_ACCURACY_FLOOR
     assert agreement / total >= 0.9
+    # int8 moves the probabilities a little, not the answers: measured max 0.115, mean 0.017 (median
+    # 0.005) over the 48 headlines; the bounds leave room for rounding differences between CPUs but
+    # fail a quantisation that flattens or reorders the probabilities.
+    assert drift <= INT8_MAX_PROBABILITY_DRIFT, drift
+    assert mean_drift <= INT8_MEAN_PROBABILITY_DRIFT, mean_drift
 
 
 BAD_TEXT = [
