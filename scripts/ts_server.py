@@ -23,7 +23,8 @@ import time
 from typing import Dict, Iterator, List, Optional
 
 import psutil
-import requests
+
+from tskit.client import ClientError, KeyFile, TorchServeClient
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PID_FILE = ".model_server.pid"
@@ -96,15 +97,33 @@ def private_config(workdir: str, **overrides: str) -> str:
 
 def private_server(workdir: str, **overrides: str) -> "TorchServe":
     """A TorchServe of one's own (see private_config), with its own TMPDIR under `workdir`."""
-    return TorchServe(private_config(workdir, **overrides), workdir=workdir, tmpdir=os.path.join(workdir, "tmp"))
+    server = TorchServe(private_config(workdir, **overrides), workdir=workdir, tmpdir=os.path.join(workdir, "tmp"))
+    server.new_ports = lambda: private_config(workdir, **overrides)
+    return server
+
+
+def port_taken(error: Exception) -> bool:
+    """The frontend died because a port it was given was bound meanwhile (free_ports can only say
+    which ports were free a moment ago)."""
+    text = str(error)
+    return "BindException" in text or "Address already in use" in text
 
 
 @contextlib.contextmanager
 def running(server: "TorchServe", models: Optional[List[str]] = None, timeout: float = 300) -> Iterator["TorchServe"]:
-    """Start `server`, wait until `models` (default: those it loads) are READY, always stop it."""
-    server.start()
+    """Start `server`, wait until `models` (default: those it loads) are READY, always stop it.
+    A private server that lost one of its ports to another process is started again on new ones."""
+    for attempt in range(3):
+        try:
+            server.start()
+            server.wait_ready(models, timeout)
+            break
+        except RuntimeError as err:
+            server.stop()
+            if server.new_ports is None or not port_taken(err) or attempt == 2:
+                raise
+            server.use_config(server.new_ports())
     try:
-        server.wait_ready(models, timeout)
         yield server
     finally:
         server.stop()
@@ -115,10 +134,14 @@ class TorchServe:
 
     def __init__(self, config: str, workdir: str = REPO, tmpdir: Optional[str] = None,
                  log_dir: Optional[str] = None):
-        self.config = os.path.abspath(config)
         self.workdir = os.path.abspath(workdir)
         self.tmpdir = os.path.abspath(tmpdir or tempfile.gettempdir())
         self.log_dir = os.path.abspath(log_dir or os.path.join(self.workdir, "logs"))
+        self.new_ports = None  # private servers: writes the config again with other free ports
+        self.use_config(config)
+
+    def use_config(self, config: str) -> None:
+        self.config = os.path.abspath(config)
         self.props = read_properties(self.config)
 
     # -- addresses and keys -------------------------------------------------------------------
@@ -139,9 +162,12 @@ class TorchServe:
         return os.path.join(self.workdir, "key_file.json")
 
     def keys(self) -> Dict[str, str]:
-        with open(self.key_file, encoding="utf-8") as f:
-            doc = json.load(f)
-        return {kind: doc[kind]["key"] for kind in ("inference", "management", "API")}
+        return KeyFile(self.key_file).keys()
+
+    def client(self, timeout: float = 120) -> TorchServeClient:
+        """The package's one client (tskit.client), with this server's addresses and key file."""
+        return TorchServeClient(self.inference_url, self.management_url,
+                                self.key_file if self.token_auth else None, timeout)
 
     @property
     def model_log(self) -> str:
@@ -168,7 +194,7 @@ class TorchServe:
 
     def auth_headers(self, kind: str) -> Dict[str, str]:
         """{"Authorization": "Bearer <key>"} for `inference` or `management`; {} without token auth."""
-        return {"Authorization": f"Bearer {self.keys()[kind]}"} if self.token_auth else {}
+        return self.client().auth_headers(kind)
 
     # -- process ------------------------------------------------------------------------------
     def _env(self) -> Dict[str, str]:
@@ -221,18 +247,15 @@ class TorchServe:
     # -- health -------------------------------------------------------------------------------
     def model_status(self, name: str) -> List[dict]:
         """The workers of a model's default version (describe API)."""
-        headers = self.auth_headers("management")
-        response = requests.get(f"{self.management_url}/models/{name}", headers=headers, timeout=10)
-        response.raise_for_status()
-        return response.json()[0].get("workers", [])
+        return self.client(timeout=10).workers(name)
 
     def ready(self, models: List[str]) -> bool:
         """The management API answers and every model has a READY worker."""
         try:
-            requests.get(f"{self.management_url}/models", headers=self.auth_headers("management"),
-                         timeout=10).raise_for_status()
-            return all(any(w.get("status") == "READY" for w in self.model_status(m)) for m in models)
-        except (OSError, ValueError, KeyError, requests.RequestException):
+            client = self.client(timeout=10)
+            client.list_models()
+            return all(any(w.get("status") == "READY" for w in client.workers(m)) for m in models)
+        except (OSError, ValueError, KeyError, IndexError, ClientError):
             return False
 
     def wait_ready(self, models: Optional[List[str]] = None, timeout: float = 300) -> None:

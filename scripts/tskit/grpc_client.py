@@ -3,7 +3,7 @@
 The stubs are generated from the .proto files inside the installed TorchServe jar (grpcio-tools) into
 scripts/ts_grpc/ (`python -m tskit.grpc_client`, run by `make serve` and `make test`; git-ignored), so
 they always match the server. Tokens go as metadata `authorization: Bearer <key>`; the keys and their
-renewal come from the HTTP client (tsctl's TorchServeClient), which reads key_file.json.
+renewal (on expiry only) come from tskit.client's TorchServeClient, whose `grpc()` makes this client.
 """
 
 import json
@@ -60,7 +60,7 @@ class GrpcError(Exception):
 class GrpcClient:
     """The CLI's gRPC side: ping, predict, stream, list, describe, scale (answers parsed like HTTP's)."""
 
-    def __init__(self, keys, inference_address: str = "127.0.0.1:7070", management_address: str = "127.0.0.1:7071",
+    def __init__(self, client, inference_address: str = "127.0.0.1:7070", management_address: str = "127.0.0.1:7071",
                  timeout: float = 60):
         import grpc
 
@@ -68,21 +68,22 @@ class GrpcClient:
             from ts_grpc import inference_pb2_grpc, management_pb2_grpc
         except ImportError:
             raise GrpcError("gRPC stubs are missing: run `make serve` or `.venv/bin/python -m tskit.grpc_client`") from None
-        self.keys, self.timeout = keys, timeout
+        self.client, self.timeout = client, timeout
         self.inference = inference_pb2_grpc.InferenceAPIsServiceStub(grpc.insecure_channel(inference_address))
         self.management = management_pb2_grpc.ManagementAPIsServiceStub(grpc.insecure_channel(management_address))
 
     def _call(self, method, request, kind: str):
-        """One call with `kind`'s key; a rejected key is renewed once (as over HTTP)."""
+        """One call with `kind`'s key; a rejected key is handled as over HTTP (renewed only if expired)."""
         import grpc
 
         for attempt in range(2):
-            metadata = [("authorization", f"Bearer {self.keys.key(kind)}")]
+            sent = self.client.key(kind)
+            metadata = [("authorization", f"Bearer {sent}")] if sent is not None else []
             try:
                 return method(request, metadata=metadata, timeout=self.timeout)
             except grpc.RpcError as err:
-                if attempt == 0 and "token" in (err.details() or "").lower():
-                    self.keys.renew_key(kind)
+                if attempt == 0 and sent is not None and "token" in (err.details() or "").lower():
+                    self.client.after_rejection(kind, sent)
                     continue
                 raise GrpcError(f"{err.code().name}: {err.details()}") from None
 

@@ -8,7 +8,6 @@ import re
 import time
 
 import pytest
-import requests
 
 from ts_server import TorchServe, private_config, private_server, running
 
@@ -19,24 +18,18 @@ def test_config(workdir, **overrides):
 
 
 class Client:
-    """requests with the server's tokens; `auth=False` sends none."""
+    """The package's client (tskit.client) for tests: raw responses, the server's tokens; `auth=False`
+    sends none (then `headers` may carry a token of the test's own)."""
 
     def __init__(self, server: TorchServe):
         self.server = server
-
-    def _headers(self, kind, headers, auth):
-        headers = dict(headers or {})
-        if auth:
-            headers.update(self.server.auth_headers(kind))
-        return headers
+        self.api = server.client(timeout=120)
 
     def infer(self, method, path, headers=None, auth=True, **kwargs):
-        return requests.request(method, self.server.inference_url + path,
-                                headers=self._headers("inference", headers, auth), timeout=120, **kwargs)
+        return self.api.request("inference", method, path, auth=auth, headers=headers, **kwargs)
 
     def manage(self, method, path, headers=None, auth=True, **kwargs):
-        return requests.request(method, self.server.management_url + path,
-                                headers=self._headers("management", headers, auth), timeout=120, **kwargs)
+        return self.api.request("management", method, path, auth=auth, headers=headers, **kwargs)
 
     def predict(self, model, body, content_type, **kwargs):
         return self.infer("POST", f"/predictions/{model}", data=body,

@@ -19,7 +19,8 @@ import requests
 
 from conftest import Client, test_config
 from support import MODEL_STORE
-from ts_server import TorchServe
+from ts_server import TorchServe, running
+from tskit.client import ClientError
 from tskit.declaration import served
 
 ALL_MODELS = tuple(d.name for d in served())  # what `make serve` loads, from the declarations
@@ -51,12 +52,9 @@ def own_server(base: str, models: Iterable[str] = ALL_MODELS, extra: Optional[Di
              "load_models": ",".join(f"{m}.mar" for m in models)}
     props.update(overrides)
     server = TorchServe(test_config(workdir, **props), workdir=workdir, tmpdir=os.path.join(workdir, "tmp"))
-    server.start()
-    try:
-        server.wait_ready(models, timeout=300)
+    server.new_ports = lambda: test_config(workdir, **props)
+    with running(server, models, timeout=300):
         yield server
-    finally:
-        server.stop()
 
 
 def worker_pids(client: Client, models: Iterable[str] = ALL_MODELS) -> Dict[str, List[int]]:
@@ -70,7 +68,7 @@ def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "co
     while True:
         try:
             value = predicate()
-        except (requests.RequestException, OSError, ValueError, KeyError, IndexError):
+        except (requests.RequestException, ClientError, OSError, ValueError, KeyError, IndexError):
             value = None
         if value:
             return value
