@@ -31,13 +31,14 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Union
 
 import psutil
 import requests
 
 from load_generators import percentile
 from ts_server import REPO, TorchServe, private_server
+from tskit.client import TorchServeClient
 from tskit.declaration import served
 
 KIND_OF = {d.name: d.kind for d in served()}  # every model `make serve` loads, from its declaration
@@ -139,13 +140,20 @@ class Outcome:
 
 
 class LoadClient:
-    """Threaded closed-loop client: `concurrency` threads, one keep-alive session each."""
+    """Threaded closed-loop client: `concurrency` threads, one keep-alive session each (a raw
+    requests.Session per thread: the load loop stays cheap); the token comes from `key()` on every
+    request, e.g. from tskit.client (LoadClient.of), so a key the server renews is picked up."""
 
     def __init__(self, inference_url: str, key: Callable[[], str], timeout: float = 120):
         self.inference_url = inference_url.rstrip("/")
         self.key = key
         self.timeout = timeout
         self._local = threading.local()
+
+    @classmethod
+    def of(cls, client: TorchServeClient, timeout: float = 120) -> "LoadClient":
+        """Load on the server `client` talks to, with its inference key."""
+        return cls(client.inference_url, lambda: client.key("inference") or "", timeout)
 
     def send(self, spec: Spec, path: Optional[str] = None) -> Outcome:
         """One request and its check. Any exception (socket, timeout, key file, a check that raises) is a
@@ -156,9 +164,10 @@ class LoadClient:
             session = getattr(self._local, "session", None)
             if session is None:
                 session = self._local.session = requests.Session()
+            key = self.key()
             response = session.post(f"{self.inference_url}{path or '/predictions/' + spec.model}", data=spec.body,
                                     headers={"Content-Type": spec.content_type,
-                                             "Authorization": f"Bearer {self.key()}"},
+                                             **({"Authorization": f"Bearer {key}"} if key else {})},
                                     timeout=self.timeout)
             status = response.status_code
             error = check(spec, response.status_code, response.content)
@@ -227,15 +236,17 @@ class BackgroundLoad:
 
 # ---- the server side: workers and their memory -------------------------------------------------
 class Management:
-    def __init__(self, management_url: str, key: Callable[[], str]):
-        self.url = management_url.rstrip("/")
-        self.key = key
+    """The describe calls the soak needs, through tskit.client (its tokens, its bounded retries).
+    `headers(kind)`: the Authorization header for a client without a key file (a caller that passes
+    keys itself); a client with a key file sets its own."""
+
+    def __init__(self, client: TorchServeClient, headers: Callable[[str], Dict[str, str]] = lambda kind: {}):
+        self.client = client
+        self.headers = headers
 
     def describe(self, model: str, version: Optional[str] = None) -> dict:
         path = f"/models/{model}" + (f"/{version}" if version else "")
-        response = requests.get(self.url + path, headers={"Authorization": f"Bearer {self.key()}"}, timeout=30)
-        response.raise_for_status()
-        return response.json()[0]
+        return self.client.call("management", "GET", path, headers=self.headers("management"))[0]
 
     def workers(self, models: Iterable[str]) -> Dict[str, int]:
         """{"<model>/<worker id>": pid} of every worker of each model's default version."""
@@ -278,19 +289,25 @@ class SoakReport:
         return asdict(self)
 
 
-def soak(inference_url: str, management_url: str, key: Callable[[str], str], requests_total: int,
+def soak(inference_url: str, management_url: str, key: Union[str, Callable[[str], str]], requests_total: int,
          concurrency: int = 16, warmup: int = 400, max_growth: float = 0.10,
          models: Iterable[str] = MODELS, log: Callable[[str], None] = lambda line: None) -> SoakReport:
+    """key: the server's key_file.json (tokens through tskit.client), or a function kind -> key."""
     models = list(models)
-    client = LoadClient(inference_url, lambda: key("inference"))
-    management = Management(management_url, lambda: key("management"))
+    key_file = key if isinstance(key, str) else None
+    server = TorchServeClient(inference_url, management_url, key_file, timeout=120)
+
+    def headers(kind: str) -> Dict[str, str]:
+        return {} if key_file else {"Authorization": f"Bearer {key(kind)}"}
+
+    client = (LoadClient.of(server) if key_file else LoadClient(inference_url, lambda: key("inference")))
+    management = Management(server, headers)
     specs = default_specs(models)
 
     # each distinct request alone: its reference answer (and a first check of it)
     for spec in specs:
-        response = requests.post(f"{inference_url}/predictions/{spec.model}", data=spec.body, timeout=120,
-                                 headers={"Content-Type": spec.content_type,
-                                          "Authorization": f"Bearer {key('inference')}"})
+        response = server.request("inference", "POST", f"/predictions/{spec.model}", data=spec.body,
+                                  headers={"Content-Type": spec.content_type, **headers("inference")})
         problem = check(spec, response.status_code, response.content)
         if problem:
             raise RuntimeError(f"{spec.model} {spec.name} is wrong even alone: {problem}")
@@ -373,14 +390,10 @@ def main(argv=None) -> int:
             server.start()
             inference_url, management_url, key_file = server.inference_url, server.management_url, server.key_file
 
-        def key(kind: str) -> str:
-            with open(key_file, encoding="utf-8") as f:
-                return json.load(f)[kind]["key"]
-
         try:
             if server is not None:
                 server.wait_ready(args.models, timeout=300)
-            report = soak(inference_url, management_url, key, args.requests, args.concurrency, args.warmup,
+            report = soak(inference_url, management_url, key_file, args.requests, args.concurrency, args.warmup,
                           args.max_growth, args.models, log=say)
         finally:
             if server is not None:
