@@ -11,11 +11,15 @@ Subclasses name their `kind` (its typed settings are in model_settings; a bad `h
 model-config.yaml fails the worker's load with a message naming the key) and fill small hooks
 (the shape of LitServe's LitAPI):
     setup(settings)               the typed settings, once, after the model is loaded
+    answer_item_bytes(topk)       an upper bound of one item's JSON answer (the answer-size budget)
+    check_inputs(inputs)          the kind's budgets over a request's undecoded inputs (e.g. declared pixels)
     decode(body, content_type)    one request's body -> one model item (raise RequestError if bad)
     collate(items)                decoded items -> the model's batched input, on self.device
     postprocess(outputs, batch)   model output -> one JSON-ready result per item
     check_outputs(outputs)        the warm-up's output against the settings (e.g. labels vs classes)
-and declare `outputs` (their v2 output tensors), `v2_field` (the plain JSON field a JSON v2/v1 element
+Every request passes its budgets (model_settings: maxItemsPerRequest, maxResponseBytes and the kind's)
+before any of its items is decoded; an over-budget request alone is answered 413 (request_budget).
+Subclasses also declare `outputs` (their v2 output tensors), `v2_field` (the plain JSON field a JSON v2/v1 element
 stands for: "image" or "text") and `raw_element_type` (the content type a binary v2 element is read as).
 """
 
@@ -25,7 +29,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from ts.torch_handler.base_handler import BaseHandler
@@ -34,7 +38,8 @@ from handler_metrics import HandlerMetrics
 from model_formats import load_model
 from model_settings import CommonSettings, parse_settings
 from protocols import HEADER_LENGTH, Answer, ModelInfo, Output, Request, parse_request
-from request_errors import InternalError, InvalidField, RequestError
+from request_budget import check_answer_bytes, check_items, envelope_bytes
+from request_errors import AnswerTooLarge, InternalError, InvalidField, RequestError
 from request_payload import request_body
 
 logger = logging.getLogger(__name__)
@@ -134,17 +139,38 @@ class BatchHandler(BaseHandler):
     def decode_request(self, idx: int, row: dict) -> DecodedRequest:
         key, body = request_body(row)
         request = parse_request(body, self.content_type(idx, key), self.request_header(idx, HEADER_LENGTH))
-        if request.protocol == "plain":
-            return DecodedRequest([self.decode(request.body, request.content_type)], request)
-        topk = request_topk(request.parameters)
-        return DecodedRequest([self.decode_element(element) for element in request.elements], request, topk)
+        try:
+            if request.protocol == "plain":
+                inputs, topk = [(request.body, request.content_type)], None
+            else:
+                inputs, topk = [self.element_input(e) for e in request.elements], request_topk(request.parameters)
+            self.check_budget(request, inputs, topk)
+            return DecodedRequest([self.decode(body, content_type) for body, content_type in inputs], request, topk)
+        except RequestError as err:
+            err.protocol = request.protocol
+            raise
 
-    def decode_element(self, element) -> Any:
-        """A KServe element: a JSON string is what the plain JSON form carries in `v2_field` (base64
-        image bytes or the text); raw bytes (a binary v2 tensor) are the image or the UTF-8 text itself."""
+    def element_input(self, element) -> Tuple[Any, str]:
+        """A KServe element as a (body, content type) pair: a JSON string is what the plain JSON form
+        carries in `v2_field` (base64 image bytes or the text); raw bytes (a binary v2 tensor) are the
+        image or the UTF-8 text itself."""
         if isinstance(element, str):
-            return self.decode({self.v2_field: element}, JSON)
-        return self.decode(element, self.raw_element_type)
+            return {self.v2_field: element}, JSON
+        return element, self.raw_element_type
+
+    # ---- budgets: checked before any item is decoded (request_budget) -----------------------------
+    def check_budget(self, request: Request, inputs: List[Tuple[Any, str]], topk: Optional[int]) -> None:
+        check_items(len(inputs), self.settings.maxItemsPerRequest)
+        estimate = envelope_bytes(getattr(request, "id", None)) + len(inputs) * self.answer_item_bytes(topk)
+        check_answer_bytes(estimate, self.settings.maxResponseBytes)
+        self.check_inputs(inputs)
+
+    def answer_item_bytes(self, topk: Optional[int]) -> int:
+        """An upper bound of one item's answer in JSON (`topk`: a KServe request's parameters.topk)."""
+        return 0
+
+    def check_inputs(self, inputs: List[Tuple[Any, str]]) -> None:
+        """The kind's own budgets over a request's undecoded inputs (e.g. declared pixels); raise RequestError."""
 
     def preprocess(self, data: List[dict]) -> PreparedBatch:
         """Decode each request on its own: a bad one is recorded, never raised."""
@@ -201,7 +227,19 @@ class BatchHandler(BaseHandler):
         for owner, result in zip(batch.owners, results):
             per_request.setdefault(owner, []).append(result)
         model = ModelInfo(self.context.model_name, self.model_version(), self.outputs)
-        return {idx: decoded.request.respond(per_request[idx], model) for idx, decoded in batch.requests.items()}
+        return {idx: self.bounded(decoded.request, decoded.request.respond(per_request[idx], model))
+                for idx, decoded in batch.requests.items()}
+
+    def bounded(self, request: Request, answer: Answer) -> Any:
+        """The answer, or AnswerTooLarge where the estimate missed (a plain JSON `topk`, say): never send
+        the frontend more than max_response_size (it would fail the worker's whole message)."""
+        limit = self.settings.maxResponseBytes
+        if len(answer.body) <= limit:
+            return answer
+        error = AnswerTooLarge(f"the answer is {len(answer.body):,} bytes, above the server's limit of {limit:,} "
+                               f"(max_response_size): ask for fewer items or predictions per request")
+        error.protocol = request.protocol
+        return error
 
     # ---- TorchServe request/response plumbing -------------------------------------------------
     def model_version(self) -> Optional[str]:

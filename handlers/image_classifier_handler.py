@@ -13,9 +13,10 @@ import torch
 
 from batch_handler import BatchHandler, PreparedBatch
 from classification import CLASSIFIER_OUTPUTS, load_labels, top_k_predictions
-from image_decoding import decode_rgb
+from image_decoding import decode_rgb, read_header
 from image_transforms import ImageItem, collate_normalize, resize_and_crop
 from model_settings import ImageClassifierSettings, check_labels
+from request_budget import check_pixels, label_bytes, predictions_item_bytes
 from request_payload import image_request
 
 
@@ -34,6 +35,19 @@ class ImageClassifierHandler(BatchHandler):
         self.mean, self.std = settings.mean, settings.std
         self.labels_file = settings.labelsFile
         self.labels = load_labels(self.archive_file(settings.labelsFile))
+        self.longest_label = label_bytes(self.labels)
+        self.max_request_pixels = settings.maxPixelsPerRequest
+
+    def answer_item_bytes(self, topk) -> int:
+        return predictions_item_bytes(min(topk or self.topk, len(self.labels)), self.longest_label)
+
+    def check_inputs(self, inputs) -> None:
+        """The declared pixels of all the request's images, from their headers, before any is decoded
+        (a single image is checked by its own header in decode: maxImagePixels <= maxPixelsPerRequest)."""
+        if len(inputs) > 1:
+            headers = [read_header(image_request(body, content_type, self.topk).data, self.max_pixels)
+                       for body, content_type in inputs]
+            check_pixels((h.width * h.height for h in headers), self.max_request_pixels)
 
     def decode(self, body, content_type) -> ImageItem:
         request = image_request(body, content_type, self.topk)

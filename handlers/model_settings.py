@@ -25,12 +25,17 @@ class CommonSettings:
     optimizeForInference: bool = True  # TorchScript only: freeze + optimize_for_inference at load time
     warmUpRuns: int = 2
     labelsFile: Optional[str] = None   # index_to_name.json in the archive (classifiers)
+    # Per-request budgets (413 before the heavy work; README "Limits and budgets" gives the arithmetic)
+    maxItemsPerRequest: int = 16       # KServe v1 instances / v2 data elements in one request
+    maxResponseBytes: int = 6_553_500  # TorchServe's max_response_size: no answer may be larger
 
     def check(self) -> None:
         if self.modelFormat not in FORMATS:
             raise SettingsError(f"handler.modelFormat: {self.modelFormat!r} is not one of {', '.join(FORMATS)}")
         _at_least("intraOpThreads", self.intraOpThreads, 1)
         _at_least("warmUpRuns", self.warmUpRuns, 0)
+        _at_least("maxItemsPerRequest", self.maxItemsPerRequest, 1)
+        _at_least("maxResponseBytes", self.maxResponseBytes, 1024)
 
 
 @dataclass
@@ -38,6 +43,8 @@ class ImageClassifierSettings(CommonSettings):
     labelsFile: Optional[str] = "index_to_name.json"
     topk: int = 5                        # predictions per answer (capped at the number of classes)
     maxImagePixels: int = 40_000_000     # declared width*height above this answers 413 before decoding
+    maxItemsPerRequest: int = 32         # images per KServe request
+    maxPixelsPerRequest: int = 40_000_000  # declared pixels of all the images of one request, before decoding
     reducedJpegDecode: bool = True       # large JPEGs decode at 1/2..1/8 scale, never below resizeSize
     resizeSize: int = 256                # torchvision's ImageNet reference transforms
     cropSize: int = 224
@@ -48,6 +55,9 @@ class ImageClassifierSettings(CommonSettings):
         super().check()
         for key in ("topk", "maxImagePixels", "cropSize"):
             _at_least(key, getattr(self, key), 1)
+        if self.maxPixelsPerRequest < self.maxImagePixels:
+            raise SettingsError(f"handler.maxPixelsPerRequest ({self.maxPixelsPerRequest}) must be >= "
+                                f"handler.maxImagePixels ({self.maxImagePixels}): one image allowed alone fits a request")
         if self.resizeSize < self.cropSize:
             raise SettingsError(f"handler.resizeSize ({self.resizeSize}) must be >= handler.cropSize ({self.cropSize})")
         for key in ("mean", "std"):
@@ -63,10 +73,13 @@ class TextSettings(CommonSettings):
     tokenizerFile: str = "tokenizer.json"
     padToken: str = "[PAD]"
     bucketOverheadTokens: int = 32       # per-pass cost in padded tokens for splitting a batch by length; < 0: never split
+    maxItemsPerRequest: int = 16         # texts per KServe request
+    maxTextChars: int = 100_000          # characters per text, checked before tokenizing
 
     def check(self) -> None:
         super().check()
         _at_least("maxTokens", self.maxTokens, 1)
+        _at_least("maxTextChars", self.maxTextChars, 1)
 
 
 @dataclass

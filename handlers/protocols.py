@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from request_errors import InvalidField, InvalidJSON
+from request_errors import InvalidField, InvalidJSON, RequestError
 from request_payload import is_json, json_type_name
 
 JSON_TYPE = "application/json"
@@ -182,10 +182,19 @@ def _json_elements(data: Any) -> List[str]:
 
 def _flatten(data: list) -> list:
     """Row-major elements of a nested `data` list ([["a"], ["b"]] and ["a", "b"] alike)."""
-    flat = []
-    for value in data:
-        flat.extend(_flatten(value) if isinstance(value, list) else [value])
+    flat, stack = [], [iter(data)]
+    while stack:  # iterative: a deeply nested list must not reach Python's recursion limit
+        value = next(stack[-1], _END)
+        if value is _END:
+            stack.pop()
+        elif isinstance(value, list):
+            stack.append(iter(value))
+        else:
+            flat.append(value)
     return flat
+
+
+_END = object()
 
 
 def _binary_elements(binary: bytes, size: Any) -> List[bytes]:
@@ -241,18 +250,27 @@ Request = Union[PlainRequest, V2Request, KServeV1Request]
 def parse_request(body: Any, content_type: Optional[str], header_length: Optional[str] = None) -> Request:
     """The request's protocol and content, recognised by what the body holds."""
     if header_length is not None and isinstance(body, (bytes, bytearray, str)):
-        return _binary_v2(body, header_length)
+        return as_v2(_binary_v2, body, header_length)
     if isinstance(body, (bytes, bytearray)) and not is_json(content_type) and _looks_like_json_object(body):
         try:
             body = json.loads(bytes(body).decode("utf-8"))
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than json can parse
             raise InvalidJSON("the body starts like a JSON object but is not valid JSON") from None
         content_type = JSON_TYPE
     if isinstance(body, dict) and "inputs" in body:
-        return V2Request.parse(body)
+        return as_v2(V2Request.parse, body)
     if isinstance(body, dict) and "instances" in body:
         return KServeV1Request.parse(body)
     return PlainRequest(body, content_type)
+
+
+def as_v2(parse: Callable[..., V2Request], *args) -> V2Request:
+    """`parse(*args)`, its request errors marked as v2 ones (their JSON then also carries v2's "error")."""
+    try:
+        return parse(*args)
+    except RequestError as err:
+        err.protocol = "v2"
+        raise
 
 
 def _looks_like_json_object(body: bytes) -> bool:
@@ -269,7 +287,7 @@ def _binary_v2(body: Union[bytes, str], header_length: str) -> V2Request:
         raise InvalidField(f"{HEADER_LENGTH} is {length} but the body has {len(raw)} bytes")
     try:
         document = json.loads(raw[:length].decode("utf-8"))
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InvalidJSON(f"the first {length} bytes ({HEADER_LENGTH}) are not a JSON object") from None
     if not isinstance(document, dict) or "inputs" not in document:
         raise InvalidField(f"a body with {HEADER_LENGTH} must start with a v2 request's JSON (with 'inputs')")

@@ -13,13 +13,18 @@ class RequestError(Exception):
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
+        self.protocol = None  # "v2" once the request is known to be an Open Inference Protocol v2 one
 
     @property
     def type(self) -> str:
         return type(self).__name__
 
     def to_dict(self) -> dict:
-        return {"code": self.status, "type": self.type, "message": self.message}
+        document = {"code": self.status, "type": self.type, "message": self.message}
+        if self.protocol == "v2":
+            # v2 clients (tritonclient's InferenceServerException) read the message from "error"
+            document["error"] = self.message
+        return document
 
 
 class EmptyBody(RequestError):
@@ -51,6 +56,30 @@ class CorruptImage(RequestError):
 
 
 class ImageTooLarge(RequestError):
+    status = 413
+
+
+class TooManyItems(RequestError):
+    """A KServe request with more items (v1 instances, v2 data elements) than the model's budget."""
+
+    status = 413
+
+
+class TooManyPixels(RequestError):
+    """The images of one request declare more pixels in all than the model's budget."""
+
+    status = 413
+
+
+class TextTooLong(RequestError):
+    """A text with more characters than the model's budget."""
+
+    status = 413
+
+
+class AnswerTooLarge(RequestError):
+    """The answer would exceed the server's max_response_size (checked before the model runs)."""
+
     status = 413
 
 

@@ -13,6 +13,7 @@ import torch
 from batch_handler import BatchHandler
 from model_settings import SettingsError, TextSettings
 from protocols import Output
+from request_budget import check_text_chars
 from request_payload import text_request
 from text_tokenization import TextItem, collate_padded, length_buckets, load_tokenizer, tokenize
 
@@ -32,9 +33,12 @@ class TextBatchHandler(BatchHandler):
             raise SettingsError(f"handler.padToken: {settings.padToken!r} is not in {settings.tokenizerFile}")
         # Per-pass cost, in padded-token equivalents, for splitting a batch by length; < 0: never split.
         self.pass_overhead_tokens = settings.bucketOverheadTokens
+        self.max_chars = settings.maxTextChars
 
     def decode(self, body, content_type) -> TextItem:
-        return tokenize(self.tokenizer, text_request(body, content_type), self.max_tokens)
+        text = text_request(body, content_type)
+        check_text_chars(text, self.max_chars)  # before tokenizing: blank or one-word megabytes cost ~1 s each
+        return tokenize(self.tokenizer, text, self.max_tokens)
 
     def collate(self, items: List[TextItem]) -> List[SubBatch]:
         if self.pass_overhead_tokens < 0:

@@ -11,6 +11,7 @@ import torch
 from batch_handler import PreparedBatch
 from classification import CLASSIFIER_OUTPUTS, load_labels, top_k_predictions
 from model_settings import TextClassifierSettings, check_labels
+from request_budget import label_bytes, predictions_item_bytes
 from text_batch_handler import TRUNCATED, TextBatchHandler
 
 
@@ -22,6 +23,10 @@ class TextClassifierHandler(TextBatchHandler):
         self.labels_file = settings.labelsFile
         self.labels = load_labels(self.archive_file(settings.labelsFile))
         self.topk = settings.topk or len(self.labels)
+        self.longest_label = label_bytes(self.labels)
+
+    def answer_item_bytes(self, topk) -> int:
+        return predictions_item_bytes(min(topk or self.topk, len(self.labels)), self.longest_label)
 
     def check_outputs(self, logits: torch.Tensor) -> None:
         check_labels(self.labels, logits.shape[-1], self.labels_file)

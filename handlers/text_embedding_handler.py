@@ -10,12 +10,21 @@ import torch
 
 from batch_handler import PreparedBatch
 from protocols import Output
+from request_budget import embedding_item_bytes
 from text_batch_handler import TRUNCATED, TextBatchHandler
 
 
 class TextEmbeddingHandler(TextBatchHandler):
     kind = "text-embedding"
     outputs = (Output("embedding", "FP32", lambda answer: answer["embedding"]), TRUNCATED)
+
+    width = 0  # floats per embedding, from the warm-up's output
+
+    def check_outputs(self, embeddings: torch.Tensor) -> None:
+        self.width = embeddings.shape[-1]
+
+    def answer_item_bytes(self, topk) -> int:
+        return embedding_item_bytes(self.width)
 
     def postprocess(self, embeddings: torch.Tensor, batch: PreparedBatch) -> List[dict]:
         rows = embeddings.float().cpu().tolist()

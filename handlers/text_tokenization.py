@@ -66,20 +66,44 @@ def length_buckets(lengths: List[int], pass_overhead_tokens: int) -> List[List[i
 
     A forward pass costs about (items x longest length) padded tokens, plus a fixed overhead per
     pass. Sorted by length, the best contiguous split under that cost is found exactly by dynamic
-    programming (batches are small). Returns lists of indices into `lengths`, shortest first.
+    programming: best[j] = overhead + j*L[j] + min over i < j of (best[i] - i*L[j]). Each i is a line
+    of slope -i, queried at L[j], which never decreases, so a lower hull of those lines with a moving
+    pointer answers every query in amortised O(1) (the convex hull trick): O(n log n) with the sort,
+    where the plain double loop took minutes for 40,000 short texts. Ties keep the earlier cut, as the
+    double loop did. Returns lists of indices into `lengths`, shortest first.
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     n = len(order)
-    best = [0.0] + [float("inf")] * n  # best[j]: cost of the first j sorted items
-    cut = [0] * (n + 1)
+    best = [0] * (n + 1)  # best[j]: cost of the first j sorted items
+    cut = [0] * (n + 1)   # cut[j]: where the last pass of that best split starts
+    hull: List[int] = []  # candidate cuts i whose lines can still be the lowest, slopes decreasing
+    head = 0              # the hull's lowest line at the current length
     for j in range(1, n + 1):
+        _add_line(hull, best, j - 1)
+        head = min(head, len(hull) - 1)
         longest = lengths[order[j - 1]]
-        for i in range(j):  # items i..j-1 in one pass, padded to the longest (the last)
-            cost = best[i] + pass_overhead_tokens + (j - i) * longest
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
+        while head + 1 < len(hull) and _line(best, hull[head + 1], longest) < _line(best, hull[head], longest):
+            head += 1
+        cut[j] = hull[head]
+        best[j] = _line(best, cut[j], longest) + j * longest + pass_overhead_tokens
     groups, j = [], n
     while j > 0:
         groups.append(order[cut[j]:j])
         j = cut[j]
     return groups[::-1]
+
+
+def _line(best: List[int], i: int, x: int) -> int:
+    return best[i] - i * x
+
+
+def _add_line(hull: List[int], best: List[int], i: int) -> None:
+    """Push line i, first dropping the last line where it is never strictly lowest (integers: exact)."""
+    while len(hull) >= 2:
+        a, b = hull[-2], hull[-1]
+        # b is useless when i overtakes a no later than b does: (best[i]-best[a])/(i-a) <= (best[b]-best[a])/(b-a)
+        if (best[i] - best[a]) * (b - a) <= (best[b] - best[a]) * (i - a):
+            hull.pop()
+        else:
+            break
+    hull.append(i)

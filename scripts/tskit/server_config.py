@@ -3,17 +3,20 @@
 The block sits between two marker lines; everything else in config.properties is the user's. The
 archive's model-config.yaml wins over `models=` where both set a key, so both carry the same values;
 `models=` still matters for what model-config.yaml cannot say (the archive file name per version).
+Writing it also checks that every served model's answer budget (`handler.maxResponseBytes`) fits the
+server's `max_response_size`: an answer above it makes the frontend fail the worker's whole message.
 """
 
 import json
 import os
 from typing import List
 
-from tskit.declaration import REPO, Declaration
+from tskit.declaration import REPO, Declaration, DeclarationError
 
 CONFIG = os.path.join(REPO, "config.properties")
 BEGIN = "# ---- models: written by `make config` from models/*/model.yaml; edit those, not these lines ----"
 END = "# ---- end of models ----"
+TORCHSERVE_MAX_RESPONSE_SIZE = 6553500  # TorchServe's default when config.properties does not set it
 
 
 def models_block(declarations: List[Declaration]) -> str:
@@ -35,10 +38,30 @@ def with_models_block(text: str, declarations: List[Declaration]) -> str:
     return text.rstrip("\n") + "\n\n" + block + "\n"
 
 
+def max_response_size(text: str) -> int:
+    """config.properties' max_response_size (TorchServe's default when absent)."""
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "max_response_size":
+            return int(value.strip())
+    return TORCHSERVE_MAX_RESPONSE_SIZE
+
+
+def check_response_budgets(text: str, declarations: List[Declaration]) -> None:
+    """DeclarationError naming the model whose answers may be larger than the server sends."""
+    limit = max_response_size(text)
+    for declaration in declarations:
+        budget = declaration.settings().maxResponseBytes
+        if budget > limit:
+            raise DeclarationError(f"{declaration.path}: handler.maxResponseBytes {budget} is above config.properties' "
+                                   f"max_response_size {limit}: lower it (or raise max_response_size)")
+
+
 def write_config(declarations: List[Declaration], path: str = CONFIG) -> bool:
     """Rewrite the block; True when the file changed."""
     with open(path, encoding="utf-8") as f:
         text = f.read()
+    check_response_budgets(text, declarations)
     updated = with_models_block(text, declarations)
     if updated != text:
         with open(path, "w", encoding="utf-8") as f:

@@ -3,12 +3,14 @@ handler answers it or gives the contract's 4xx for that request alone, never a 5
 good request in the same batch is still answered 200 (hypothesis explores; regressions are pinned below).
 """
 
+import base64
 import json
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from hostile_inputs import png_declaring
 from image_classifier_handler import ImageClassifierHandler
 from protocols import parse_request
 from request_errors import RequestError
@@ -69,7 +71,75 @@ def test_any_request_gets_an_answer_or_its_4xx_and_its_neighbour_is_served(handl
     assert good_status == 200
     assert status in STATUSES, (status, answer)
     if status != 200:
-        assert set(answer) == {"code", "type", "message"} and answer["code"] == status
+        assert_contract_error(answer, status)
+
+
+def assert_contract_error(answer: dict, status: int) -> None:
+    """The contract's fields; a v2 error adds v2's "error" (tritonclient's message), equal to the message."""
+    assert set(answer) in ({"code", "type", "message"}, {"code", "type", "message", "error"}), answer
+    assert answer["code"] == status and answer.get("error", answer["message"]) == answer["message"]
+
+
+# ---- budgets hold for arbitrary KServe requests ------------------------------------------------------------
+# Each handler again, with budgets small enough that random requests cross them: an over-budget request
+# must get its 413 (never another error, never an answer over the budget), its neighbour its answer.
+TIGHT_OF = {"mobilenet_v2.mar": dict(maxItemsPerRequest=3, maxImagePixels=20_000, maxPixelsPerRequest=30_000),
+            "minilm_topics.mar": dict(maxItemsPerRequest=3, maxTextChars=60, maxResponseBytes=2_500),
+            "minilm_embedding.mar": dict(maxItemsPerRequest=3, maxTextChars=60, maxResponseBytes=25_000)}
+TINY_IMAGE = base64.b64encode(encode(photo("chelsea")[::8, ::8])).decode()  # 57x38 = 2,166 pixels
+ELEMENTS = st.sampled_from([
+    TINY_IMAGE, base64.b64encode(png_declaring(140, 140)).decode(), base64.b64encode(png_declaring(200, 200)).decode(),
+    "The striker scored twice", "naïve café " * 10, "x" * 61, "", "not base64!"])
+
+
+def kserve_request(elements, v2, request_id, topk):
+    if not v2:
+        return {"instances": [{"data": e} for e in elements]}
+    document = {"inputs": [{"name": "x", "datatype": "BYTES", "shape": [len(elements)], "data": elements}]}
+    if request_id is not None:
+        document["id"] = request_id
+    if topk is not None:
+        document["parameters"] = {"topk": topk}
+    return document
+
+
+@pytest.fixture(scope="module")
+def tight_handlers(tmp_path_factory):
+    loaded = {}
+    for cls, mar, good in ((ImageClassifierHandler, "mobilenet_v2.mar", (base64.b64decode(TINY_IMAGE), "image/jpeg")),
+                           (TextClassifierHandler, "minilm_topics.mar", ("The striker scored twice", "text/plain")),
+                           (TextEmbeddingHandler, "minilm_embedding.mar", ("naïve café", "text/plain"))):
+        model_dir, manifest, config = extract_archive(mar, str(tmp_path_factory.mktemp(mar)))
+        config = dict(config, handler=dict(config.get("handler") or {}, **TIGHT_OF[mar]))
+        handler = cls()
+        handler.initialize(make_context(model_dir, manifest, config))
+        loaded[mar] = (handler, (model_dir, manifest, config), good)
+    return loaded
+
+
+@pytest.mark.parametrize("mar", sorted(TIGHT_OF))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(elements=st.lists(ELEMENTS, min_size=1, max_size=6), v2=st.booleans(),
+       request_id=st.none() | st.text(max_size=3) | st.just("i" * 30_000), topk=st.none() | st.integers(1, 1000),
+       as_bytes=st.booleans())
+def test_budgets_hold_for_any_kserve_request(tight_handlers, mar, elements, v2, request_id, topk, as_bytes):
+    handler, archive, good = tight_handlers[mar]
+    document = kserve_request(elements, v2, request_id, topk)
+    body, content_type = (json.dumps(document).encode(), None) if as_bytes else (document, "application/json")
+    context = make_context(*archive)
+    rows = request_batch(context, [("body", good[0], good[1]), ("body", body, content_type)])
+    outputs = handler.handle(rows, context)
+    (good_status, _), (status, answer) = responses(context, outputs)
+    assert good_status == 200
+    assert status in STATUSES, (status, answer)
+    assert len(outputs[1]) <= handler.settings.maxResponseBytes
+    if status == 200:
+        assert len(elements) <= handler.settings.maxItemsPerRequest
+    else:
+        assert_contract_error(answer, status)
+        assert ("error" in answer) == v2
+    if len(elements) > handler.settings.maxItemsPerRequest:
+        assert (status, answer["type"]) == (413, "TooManyItems")
 
 
 @settings(max_examples=300, deadline=None)

@@ -35,6 +35,13 @@ def test_an_empty_section_gives_the_defaults():
     assert isinstance(embedding, TextEmbeddingSettings) and embedding.labelsFile is None
 
 
+def test_every_kind_has_budgets_with_defaults_per_kind():
+    image, text = parse_settings("image-classifier", {}), parse_settings("text-embedding", {})
+    assert (image.maxItemsPerRequest, image.maxPixelsPerRequest) == (32, image.maxImagePixels)
+    assert (text.maxItemsPerRequest, text.maxTextChars) == (16, 100_000)
+    assert image.maxResponseBytes == text.maxResponseBytes == 6_553_500  # TorchServe's max_response_size
+
+
 def test_values_of_the_right_type_are_taken():
     settings = parse_settings("image-classifier", {"topk": 3, "mean": [0, 0.5, 1], "std": [1, 1, 1],
                                                    "reducedJpegDecode": False, "modelFormat": "aoti"})
@@ -51,6 +58,10 @@ def test_values_of_the_right_type_are_taken():
     ("text-classifier", "max_tokens"),
     ("text-embedding", "topk"),          # a classifier's setting, not an embedding's
     ("image-classifier", "maxTokens"),   # a text setting, not an image one
+    ("text-embedding", "maxItemPerRequest"),   # the budgets: a misspelt one fails the load too
+    ("text-classifier", "maxTextCharacters"),
+    ("image-classifier", "maxTextChars"),      # a text budget, not an image one
+    ("text-embedding", "maxPixelsPerRequest"),  # an image budget, not a text one
 ])
 def test_a_misspelt_or_foreign_key_fails_naming_it(kind, key):
     with pytest.raises(SettingsError, match=rf"handler\.{key} is not a setting of a {kind}") as err:
@@ -75,6 +86,9 @@ def test_an_unknown_kind_fails_naming_the_kinds():
     ("text-classifier", "topk", "all", "int"),            # Optional[int]: None or an int
     ("text-embedding", "maxTokens", "256", "int"),
     ("text-embedding", "padToken", 0, "str"),
+    ("text-embedding", "maxTextChars", "100k", "int"),
+    ("image-classifier", "maxPixelsPerRequest", 4e7, "int"),
+    ("text-classifier", "maxItemsPerRequest", True, "int"),
 ])
 def test_a_value_of_the_wrong_type_fails_naming_the_key(kind, key, value, expected):
     with pytest.raises(SettingsError, match=rf"handler\.{key}: expected {expected}, got {value!r}"):
@@ -101,6 +115,11 @@ def test_mean_must_be_a_list_of_numbers(value):
     ("text-classifier", {"maxTokens": 0}, r"handler\.maxTokens: must be >= 1"),
     ("text-classifier", {"topk": 0}, r"handler\.topk: must be >= 1"),
     ("text-embedding", {"intraOpThreads": -2}, r"handler\.intraOpThreads: must be >= 1"),
+    ("text-embedding", {"maxItemsPerRequest": 0}, r"handler\.maxItemsPerRequest: must be >= 1"),
+    ("text-embedding", {"maxTextChars": 0}, r"handler\.maxTextChars: must be >= 1"),
+    ("text-classifier", {"maxResponseBytes": 100}, r"handler\.maxResponseBytes: must be >= 1024"),
+    ("image-classifier", {"maxPixelsPerRequest": 1000},
+     r"handler\.maxPixelsPerRequest \(1000\) must be >= handler\.maxImagePixels \(40000000\)"),
 ])
 def test_a_value_out_of_range_fails_naming_the_key(kind, section, message):
     with pytest.raises(SettingsError, match=message):

@@ -118,3 +118,38 @@ def test_binary_data_output_puts_every_output_in_binary():
 def test_malformed_v2_requests_are_400(bad):
     with pytest.raises(InvalidField):
         parse_request(bad, "application/json")
+
+
+# ---- v2 errors carry v2's "error" too (tritonclient's InferenceServerException reads it) ------------------
+@pytest.mark.parametrize("body, content_type, header_length", [
+    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}]}, "application/json", None),
+    (json.dumps({"inputs": "nope"}).encode(), None, None),              # tritonclient's JSON mode: no Content-Type
+    (b'{"inputs": []}' + b"\0\0\0", "application/octet-stream", "999"),  # binary header longer than the body
+])
+def test_a_bad_v2_request_is_a_v2_error_with_the_error_field(body, content_type, header_length):
+    with pytest.raises(InvalidField) as raised:
+        parse_request(body, content_type, header_length)
+    document = raised.value.to_dict()
+    assert raised.value.protocol == "v2"
+    assert document == {"code": 400, "type": "InvalidField", "message": document["message"], "error": document["message"]}
+
+
+@pytest.mark.parametrize("body, content_type", [
+    ({"instances": "nope"}, "application/json"),  # KServe v1: the contract's fields only
+    ({"text": 5, "instances": []}, "application/json"),
+])
+def test_other_errors_keep_exactly_the_contracts_fields(body, content_type):
+    with pytest.raises(InvalidField) as raised:
+        parse_request(body, content_type)
+    assert set(raised.value.to_dict()) == {"code", "type", "message"}
+    with pytest.raises(InvalidJSON) as raised:
+        parse_request(b'{"inputs": [', None)  # not yet known to be v2: the contract's fields
+    assert set(raised.value.to_dict()) == {"code", "type", "message"}
+
+
+def test_deeply_nested_v2_data_is_flattened_without_recursion():
+    data = "x"
+    for _ in range(5000):
+        data = [data]
+    request = V2Request.parse({"inputs": [{"name": "t", "datatype": "BYTES", "shape": [1], "data": [data]}]})
+    assert request.elements == ["x"]
