@@ -7,7 +7,9 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import requests
 
+from own_server import own_server
 from support import CAT_LABELS, REPO, encode, photo
 
 MODEL = "mobilenet_v2"
@@ -44,7 +46,8 @@ def test_concurrent_requests_are_batched_and_correct(client, server):
     for name, response in zip(jobs, answers):
         assert top1(response) in photos[name]
     sizes = client.batches_since(MODEL, before, len(jobs))
-    assert sum(sizes) == len(jobs)
+    # at least: the log is the session server's, shared with whatever else reached this model meanwhile
+    assert sum(sizes) >= len(jobs), sizes
     assert max(sizes) > 1, f"no batch larger than 1 was formed: {sizes}"
 
 
@@ -86,10 +89,10 @@ def test_requests_without_or_with_a_wrong_token_are_rejected(client):
     assert client.infer("GET", "/ping").json() == {"status": "Healthy"}
 
 
-def tsctl(server, *args):
+def tsctl(server, *args, key_file=None):
     cmd = [sys.executable, os.path.join(REPO, "scripts", "tsctl.py"),
            "--inference-url", server.inference_url, "--management-url", server.management_url,
-           "--key-file", server.key_file, *args]
+           "--key-file", key_file or server.key_file, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
@@ -127,29 +130,41 @@ def test_cli_lists_and_reports_errors_clearly(server):
     assert down.returncode == 1 and "cannot connect" in down.stderr
 
 
-def test_cli_renews_a_rejected_token(server, tmp_path):
-    # A copy of the key file with a stale inference key: the CLI must renew it with the API key.
-    keys = json.loads(open(server.key_file, encoding="utf-8").read())
-    stale = dict(keys, inference=dict(keys["inference"], key="stale-key"))
-    stale_file = tmp_path / "key_file.json"
-    stale_file.write_text(json.dumps(stale))
-    result = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "tsctl.py"),
-                             "--inference-url", server.inference_url, "--management-url", server.management_url,
-                             "--key-file", str(stale_file), "ping"], capture_output=True, text=True, timeout=60)
-    # TorchServe writes the renewed key to the key file of the server (its working dir)
-    renewed = json.loads(open(server.key_file, encoding="utf-8").read())["inference"]["key"]
-    assert renewed != keys["inference"]["key"]
-    assert "stale-key" in stale_file.read_text()  # this copy is not the server's file
-    assert result.returncode == 1 and "rejected the inference token" in result.stderr
-    result = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "tsctl.py"),
-                             "--inference-url", server.inference_url, "--management-url", server.management_url,
-                             "--key-file", server.key_file, "ping"], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0 and "Healthy" in result.stdout
+def test_cli_rotates_a_key_only_when_asked(tmp_path):
+    # Renewal rotates the server's key under every other client: a server of this test's own, never the
+    # session's. A key file whose inference key is stale but not expired is an error naming the file, and
+    # the server's key stays; `tsctl token inference` renews it on purpose.
+    with own_server(str(tmp_path), models=[]) as server:
+        def server_key():
+            return json.loads(open(server.key_file, encoding="utf-8").read())["inference"]["key"]
+
+        keys = json.loads(open(server.key_file, encoding="utf-8").read())
+        original = keys["inference"]["key"]
+        stale_file = tmp_path / "key_file.json"
+        stale_file.write_text(json.dumps(dict(keys, inference=dict(keys["inference"], key="stale-key"))))
+        refused = tsctl(server, "ping", key_file=str(stale_file))
+        assert refused.returncode == 1 and "rejected the inference key" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert server_key() == original  # nothing rotated
+        assert "stale-key" in stale_file.read_text()
+
+        renewed = tsctl(server, "token", "inference")
+        assert renewed.returncode == 0, renewed.stderr
+        assert server_key() != original  # TorchServe wrote the new key to its key file
+        old_key = requests.get(f"{server.inference_url}/ping", headers={"Authorization": f"Bearer {original}"},
+                               timeout=30)
+        assert old_key.status_code in (400, 401), old_key.text
+        pinged = tsctl(server, "ping")
+        assert pinged.returncode == 0 and "Healthy" in pinged.stdout, pinged.stderr
 
 
 def test_register_from_outside_the_model_store_is_refused(client):
+    before = [m["modelName"] for m in client.manage("GET", "/models").json()["models"]]
     response = client.manage("POST", "/models", params={"url": "https://example.com/evil.mar"})
-    assert response.status_code >= 400
+    # refused by allowed_urls before anything is fetched (TorchServe answers 404 ModelNotFoundException)
+    assert response.status_code == 404, response.text
+    assert "does not match any allowed URL" in response.json()["message"], response.json()
+    assert [m["modelName"] for m in client.manage("GET", "/models").json()["models"]] == before
 
 
 def test_frontend_logs_without_per_request_chatter(client, server):
