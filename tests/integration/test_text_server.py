@@ -64,7 +64,8 @@ def test_concurrent_mixed_lengths_with_a_bad_input_form_batches(client, model):
             assert got["predictions"][0]["label"] == expected["predictions"][0]["label"]
             assert abs(got["predictions"][0]["probability"] - expected["predictions"][0]["probability"]) < 1e-4
     sizes = client.batches_since(model, before, len(jobs))
-    assert sum(sizes) == len(jobs)
+    # at least: the log is the session server's, shared with whatever else reached this model meanwhile
+    assert sum(sizes) >= len(jobs), sizes
     assert max(sizes) > 1, sizes
 
 
