@@ -5,10 +5,12 @@
 the same device, so the handlers do not care how the model runs. Pure: imports nothing from `ts`.
 """
 
+import logging
 from typing import Callable
 
 import torch
 
+log = logging.getLogger(__name__)
 ModelCallable = Callable[..., torch.Tensor]
 
 
@@ -26,9 +28,28 @@ def load_torchscript(path: str, device: torch.device, optimize: bool) -> torch.j
     """Load for inference; `optimize` freezes and applies the device's inference passes
     (conv-bn folding, oneDNN layouts on CPU) here at load time, so the archive stays device-neutral."""
     model = torch.jit.load(path, map_location=device).eval()
+    if device.type != "cpu":
+        retarget_device_constants(model, device)
     if optimize:
         model = torch.jit.optimize_for_inference(torch.jit.freeze(model))
     return model
+
+
+def retarget_device_constants(model: torch.jit.ScriptModule, device: torch.device) -> None:
+    """Tracing records the device of every tensor made inside forward (the attention mask's
+    `torch.arange(..., device=cpu)` of a text model) as a constant, which map_location does not move:
+    seen on an H100, a text archive traced on the CPU failed with "tensors on cuda:0 and cpu". Point
+    those constants at `device` (OpenAI CLIP's loader patches its traced models the same way)."""
+    def patch(module):
+        try:
+            graph = module.graph
+        except RuntimeError:  # a module without forward
+            return
+        for node in graph.findAllNodes("prim::Constant"):
+            if node.output().type().kind() == "DeviceObjType" and node.s("value") == "cpu":
+                node.s_("value", str(device))
+
+    model.apply(patch)
 
 
 def load_aoti(path: str, device: torch.device) -> ModelCallable:
@@ -55,6 +76,10 @@ class OnnxModel:
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+        elif device.type == "cuda":  # seen on an H100 with the CPU-only onnxruntime wheel
+            log.warning("%s: this onnxruntime has no CUDAExecutionProvider, so the model runs on the CPU "
+                        "although the worker was given %s (install onnxruntime-gpu, or serve TorchScript)",
+                        path, device)
         self.session = onnxruntime.InferenceSession(path, options, providers=providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.device = device

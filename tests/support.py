@@ -29,9 +29,9 @@ def encode(array_or_image, fmt: str = "JPEG", **save_kwargs) -> bytes:
     return buffer.getvalue()
 
 
-def extract_archive(mar_name: str, dest: str) -> Tuple[str, dict, dict]:
+def extract_archive(mar_name: str, dest: str, store: str = MODEL_STORE) -> Tuple[str, dict, dict]:
     """Unpack a .mar built by the Makefile: (model_dir, manifest, model-config.yaml)."""
-    path = os.path.join(MODEL_STORE, mar_name)
+    path = os.path.join(store, mar_name)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} is missing: run `make archives` first")
     with zipfile.ZipFile(path) as archive:
