@@ -63,9 +63,17 @@ def test_cli_ping_list_describe_scale_over_grpc(server):
     over_grpc, over_http = tsctl(server, "--grpc", "describe", model), tsctl(server, "describe", model)
     assert [(d["modelName"], d["modelVersion"], d["minWorkers"]) for d in over_grpc] == \
         [(d["modelName"], d["modelVersion"], d["minWorkers"]) for d in over_http]
+    # scale over gRPC: one worker more, then back; the HTTP describe shows each count take effect
     workers = over_http[0]["minWorkers"]
-    answer = tsctl(server, "--grpc", "scale", model, "--min", str(workers), "--max", str(workers))
-    assert "status" in answer or "message" in answer or answer
+    try:
+        for target in (workers + 1, workers):
+            answer = tsctl(server, "--grpc", "scale", model, "--min", str(target), "--max", str(target))
+            assert answer == {"status": f"Workers scaled to {target} for model: {model}"}, answer
+            described = tsctl(server, "describe", model)[0]
+            assert (described["minWorkers"], described["maxWorkers"]) == (target, target), described
+            assert [w["status"] for w in described["workers"]] == ["READY"] * target, described["workers"]
+    finally:
+        tsctl(server, "scale", model, "--min", str(workers), "--max", str(workers))
 
 
 @pytest.mark.parametrize("model", sorted(KIND_OF))
