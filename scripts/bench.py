@@ -5,6 +5,9 @@ Every model comes from its declaration (models/<name>/model.yaml); its kind pick
 (image-classifier: JPEGs; text kinds: texts).
   (A) stock TorchServe: its `image_classifier` handler serving the plainly scripted image model with
       the same real weights (the TorchServe README recipe; needs captum), 1 worker, batch 8, 10 ms;
+  (A2) the same stock archive in (B)'s worker layout (the declaration's workers, batch size and delay):
+      like for like with (B). (A), (A2) and (B) run interleaved, point by point for each input
+      (benchkit.plan), so that the machine's drift hits them alike;
   (B) this package's archives (model_store/, as `make archives` built them): the served models and the
       declared variants (e.g. minilm_topics_int8);
   (C) the file (B)'s archive serves, loaded as its worker loads it, at (B)'s batch size, with no HTTP
@@ -26,9 +29,10 @@ Every model comes from its declaration (models/<name>/model.yaml); its kind pick
       decoding with the same handler modules (JSON bodies: LitServe's way), beside the same variant on
       TorchServe with the same JSON bodies.
 (A), (B), (P) and (F) run in one TorchServe started for the bench (own ports, working dir and TMPDIR),
-loaded with wrk (compiled; a Python client when wrk is missing). Every load point checks its answers:
-status 200 for each, and a sample's top-1 label and top-k length (or embedding width) against an answer
-checked first; a wrong answer or any exception counts as a failed request.
+loaded with wrk (compiled; a Python client when wrk is missing). Every load point checks its answers
+(benchkit.checks): status 200 for each, and every 10th answer's top-1 label and top-k length (embeddings:
+cosine with the lone answer) against an answer checked first; a wrong answer or any exception counts as
+a failed request, and the answer-check table reports each row's checked, wrong and first failure.
 Writes results/bench/<time>/ {results.json, table.md, bench.png}; prints the tables.
 
     python scripts/bench.py [--seconds 8] [--concurrency 1 4 16] [--quick] [--no-formats] [--no-peer]
@@ -48,7 +52,6 @@ import zipfile
 from typing import Callable, Dict, List, Optional
 
 import psutil
-import requests
 import torch
 import yaml
 from PIL import Image
@@ -56,13 +59,15 @@ from tqdm import tqdm
 
 from benchkit import agreement, inprocess, variants
 from benchkit.archives import unpack
+from benchkit.checks import (CAT_LABELS, TEXT_TOPICS, answer_check, check_table, expected_first,  # noqa: F401
+                             failed_rows)
+from benchkit.plan import PIPELINE_SUFFIX, STOCK_PREFIX, base_of, interleaved, stock_b_layout_name
 from benchkit.litserve_peer import LitServePeer
 from load_generators import AnswerCheck, LoadResult, run_python, run_wrk, wrk_available
 from tskit import declaration as declarations
+from tskit.client import store_archive
 from ts_server import REPO, TorchServe, free_ports, private_server, read_properties
 
-PIPELINE_SUFFIX = "_without_model"
-STOCK_PREFIX = "stock_"
 STORE = os.path.join(REPO, "model_store")
 BENCH_BUILD = os.path.join(REPO, "build", "bench")
 
@@ -74,9 +79,6 @@ TEXTS = {
     "long": " ".join(["Researchers measured how the new battery chemistry ages over thousands of charge cycles, "
                       "reporting that capacity loss slowed markedly after the first few hundred cycles."] * 12),
 }
-# Right answers where known: the photo is skimage's chelsea (a cat); the texts' topics.
-CAT_LABELS = ("tabby", "tiger cat", "Egyptian cat")
-TEXT_TOPICS = {"text_short": "Sports", "text_medium": "Business", "text_long": "Sci/Tech"}
 WORKLOAD_KIND = {"image-classifier": "vision", "text-classifier": "text", "text-embedding": "text"}
 # The input each kind's formats are compared on (and J, L): the package's typical request.
 MAIN_WORKLOAD = {"image-classifier": "jpeg_640x480", "text-classifier": "text_medium", "text-embedding": "text_medium"}
@@ -90,7 +92,7 @@ def declared() -> Dict[str, declarations.Declaration]:
 
 
 def kind_of(model: str, decls: Dict[str, declarations.Declaration]) -> str:
-    base = model.removeprefix(STOCK_PREFIX).removesuffix(PIPELINE_SUFFIX)
+    base = base_of(model)
     return decls[base].kind if base in decls else unpack_kind(base)
 
 
@@ -160,11 +162,12 @@ def build_stock_archive(model: str, store: str, work: str) -> str:
 
 
 def copy_archive(model: str, store: str, name: str,
-                 edits: Optional[Dict[str, Callable[[bytes], bytes]]] = None) -> str:
-    """model_store/<model>.mar copied to <store>/<name>.mar and renamed to model `name`, each file
-    named in `edits` passed through its function on the way; returns the copy's path."""
+                 edits: Optional[Dict[str, Callable[[bytes], bytes]]] = None, source_store: str = STORE) -> str:
+    """<source_store>/<model>.mar (default model_store/) copied to <store>/<name>.mar and renamed to model
+    `name`, each file named in `edits` passed through its function on the way; returns the copy's path."""
     target = os.path.join(store, f"{name}.mar")
-    with zipfile.ZipFile(os.path.join(STORE, f"{model}.mar")) as source, zipfile.ZipFile(target, "w") as copy:
+    with zipfile.ZipFile(os.path.join(source_store, f"{model}.mar")) as source, \
+            zipfile.ZipFile(target, "w") as copy:
         for info in source.infolist():
             data = source.read(info)
             if info.filename == "MAR-INF/MANIFEST.json":
@@ -210,8 +213,9 @@ def build_pipeline_archive(model: str, store: str) -> str:
 
 
 def bench_server(workdir: str, models: List[str], stock_for: List[str], pipeline_for: List[str]) -> TorchServe:
-    """One TorchServe: (B)'s archives, (A) stock archives and (P) pipeline archives, each with its
-    declared (stock: the stock recipe's) workers and batching; (F) variants are registered later."""
+    """One TorchServe: (B)'s archives, (A) stock archives in the stock recipe's layout, the same stock
+    archives again as (A2) in (B)'s layout, and (P) pipeline archives in (B)'s; (F) variants are
+    registered later."""
     store = os.path.join(workdir, "model_store")
     os.makedirs(store, exist_ok=True)
     decls = declared()
@@ -222,10 +226,15 @@ def bench_server(workdir: str, models: List[str], stock_for: List[str], pipeline
     for model in stock_for:
         name = build_stock_archive(model, store, os.path.join(workdir, "stock", model))
         # the stock route as measured in ../shared/notes-performance.md: 1 worker, batch 8, 10 ms.
-        # (Our 2-worker setting would hurt it: the stock handler leaves torch at one thread per
-        # core in each worker, and 2 x 2 OpenMP threads on 2 cores collapse.)
+        # (Our 2-worker setting may hurt it: the stock handler leaves torch at one thread per core
+        # in each worker, and 2 x 2 OpenMP threads on 2 cores collapse; (A2) measures exactly that.)
         settings[name] = {"1.0": {"marName": f"{name}.mar", "minWorkers": 1, "maxWorkers": 1,
                                   "batchSize": 8, "maxBatchDelay": 10, "responseTimeout": 60}}
+        # (A2): like for like with (B): the declaration's workers, batch size and delay (threads stay
+        # the stock handler's own: it sets none)
+        like_b = stock_b_layout_name(model)
+        copy_archive(name, store, like_b, source_store=store)
+        settings[like_b] = {"1.0": dict(decls[model].registration(), marName=f"{like_b}.mar")}
     for model in pipeline_for:
         name = build_pipeline_archive(model, store)
         settings[name] = {"1.0": dict(decls[model].registration(), marName=f"{name}.mar")}
@@ -267,57 +276,30 @@ def load_point(server: TorchServe, model: str, workload: dict, concurrency: int,
                     concurrency, seconds, generator, check)
 
 
-def expected_first(kind: str, workload_name: str, labels: List[str]) -> Optional[tuple]:
-    """The right top-1 answers for an input, where known."""
-    if kind == "image-classifier" and "tabby" in labels:
-        return CAT_LABELS
-    topic = TEXT_TOPICS.get(workload_name.removeprefix("json_"))
-    if kind == "text-classifier" and topic in labels:
-        return (topic,)
-    return None
-
-
-def answer_check(url: str, headers: Dict[str, str], workload_name: str, workload: dict, kind: str,
-                 stock: bool = False, pipeline: bool = False) -> AnswerCheck:
-    """One request before timing: the answer must be right, not just fast. Returns the check that a
-    sample of the load point's answers must pass (same top-1 label and top-k length, or width)."""
-    with open(workload["path"], "rb") as f:
-        response = requests.post(url, data=f.read(), timeout=120,
-                                 headers={"Content-Type": workload["content_type"], **headers})
-    if response.status_code != 200:
-        raise AssertionError(f"{url} answered {response.status_code}: {response.text[:300]}")
-    answer = response.json()
-    if stock:  # the stock handler: {"tabby": 0.4, ...} (or a list of them)
-        top = answer[0] if isinstance(answer, list) else answer
-        first = next(iter(top))
-        assert first in CAT_LABELS, f"{url} answered {first}"
-        return AnswerCheck("first_key", CAT_LABELS)
-    if kind == "text-embedding":
-        width = len(answer["embedding"])
-        assert width > 0 and abs(sum(x * x for x in answer["embedding"]) - 1) < 1e-3, "embedding not L2-normalised"
-        return AnswerCheck("commas", commas=response.text.count(","))
-    predictions = answer["predictions"]
-    labels = [p["label"] for p in predictions]
-    if pipeline:  # all-zero logits: no right label, but a whole answer
-        return AnswerCheck("first_label", (labels[0],), labels=len(labels))
-    known = expected_first(kind, workload_name, labels if kind != "image-classifier" else list(CAT_LABELS) + labels)
-    if known is not None:
-        assert labels[0] in known, f"{url} answered {labels[0]} for {workload_name} (expected one of {known})"
-    return AnswerCheck("first_label", tuple(known or (labels[0],)), labels=len(labels))
-
-
-def measure(rows: List[dict], row: dict, run: Callable[[], LoadResult], server: Optional[TorchServe] = None) -> dict:
-    """One load point: its result as a row (a generator failure is a failed point, not a crash)."""
-    cpu_before, wall_before = (server_cpu_seconds(server) if server else float("nan")), time.monotonic()
+def _run(run: Callable[[], LoadResult]) -> dict:
     try:
-        result = run().as_dict()
-    except Exception as err:
-        result = {"errors": 1, "throughput": 0.0, "requests": 0, "first_error": f"{type(err).__name__}: {err}"[:300]}
+        return run().as_dict()
+    except Exception as err:  # the generator itself failed: a failed point, not a crash
+        return {"errors": 1, "throughput": 0.0, "requests": 0, "first_error": f"{type(err).__name__}: {err}"[:300]}
+
+
+def measure(rows: List[dict], row: dict, run: Callable[[], LoadResult], server: Optional[TorchServe] = None,
+            check: Optional[AnswerCheck] = None, warmup: Optional[Callable[[], LoadResult]] = None) -> dict:
+    """One load point: its result as a row. The warm-up's answers are checked too: its failed requests
+    are kept in the row (warmup_errors), never dropped with its timings."""
+    warm = _run(warmup) if warmup else {}
+    cpu_before, wall_before = (server_cpu_seconds(server) if server else float("nan")), time.monotonic()
+    result = _run(run)
     wall = time.monotonic() - wall_before
     if not result.get("requests"):  # nothing answered within the point: a failed point, not 0 req/s
         result["errors"] = max(1, result.get("errors", 0))
         result["first_error"] = result.get("first_error") or "no request was answered within the load point"
     row = dict(result, **row)
+    row["check"] = check.describe() if check else "status 200"
+    if warmup:
+        row["warmup_errors"] = warm.get("errors", 0)
+        if warm.get("errors") and not row.get("first_error"):
+            row["first_error"] = f"warm-up: {warm.get('first_error', '')}"
     if server is not None:
         row["server_cores"] = (server_cpu_seconds(server) - cpu_before) / wall
     if "client_cpu_s" in result:
@@ -326,36 +308,84 @@ def measure(rows: List[dict], row: dict, run: Callable[[], LoadResult], server: 
     return row
 
 
+def checked_point(rows: List[dict], row: dict, go: Callable[[float], LoadResult], args, check: AnswerCheck,
+                  server: Optional[TorchServe] = None) -> dict:
+    """A warm-up of args.warmup s and a timed point of args.seconds s, both with `go(seconds)`, both
+    checked with `check`: one row."""
+    warmup = (lambda: go(args.warmup)) if args.warmup else None
+    return measure(rows, row, lambda: go(args.seconds), server, check, warmup)
+
+
+# ---- (A), (A2), (B), (P), (C) -----------------------------------------------------------------------
+def served_section(server: TorchServe, args, groups, inputs: Dict[str, dict], kinds: Dict[str, str],
+                   rows: List[dict], log) -> None:
+    """Each group's points in benchkit.plan's interleaved order, every one checked; then (C) for that
+    input, right after, so that drift between (B) and (C) stays small (the server idles meanwhile)."""
+    headers = server.auth_headers("inference")
+    decls = declared()
+    progress = tqdm(total=sum(len(g.points) for g in groups), desc="bench", unit="point")
+    for group in groups:
+        workload = inputs[group.workload]
+        checks = {}
+        for point in group.points:
+            if point.model not in checks:
+                try:
+                    checks[point.model] = answer_check(
+                        f"{server.inference_url}/predictions/{point.model}", headers, group.workload, workload,
+                        kinds[group.base], stock=point.setup in ("A", "A2"), pipeline=point.setup == "P")
+                except Exception as err:  # wrong even alone: each of its points is a failed row, not timed
+                    checks[point.model] = f"the lone answer is wrong: {type(err).__name__}: {err}"[:300]
+            check = checks[point.model]
+            what = {"setup": point.setup, "model": point.model, "workload": group.workload,
+                    "concurrency": point.concurrency}
+            if isinstance(check, str):
+                row = dict(what, errors=1, requests=0, throughput=0.0, first_error=check, check="lone answer")
+                rows.append(row)
+            else:
+                row = checked_point(rows, what, lambda seconds, p=point, c=check: load_point(
+                    server, p.model, workload, p.concurrency, seconds, args.generator, c), args, check, server)
+            progress.update(1)
+            if row.get("errors") or row.get("warmup_errors"):
+                log(f"{point.setup} {point.model} c={point.concurrency}: {row.get('errors')} failed requests "
+                    f"(+{row.get('warmup_errors', 0)} in warm-up): {row.get('first_error')}")
+            with open(os.path.join(args.out, "rows.partial.json"), "w", encoding="utf-8") as f:
+                json.dump(rows, f)  # a crash later keeps what was measured
+        if not args.no_raw:
+            with open(workload["path"], "rb") as f:
+                body = f.read()
+            model = group.base
+            raw = inprocess.best_rate("C", os.path.join(STORE, f"{model}.mar"), body, max(2.0, args.seconds / 2))
+            rows.append(dict(raw, setup="C", model=model, workload=group.workload, concurrency=None,
+                             batch=int(decls[model].torchserve.get("batchSize", 1)) if model in decls else None,
+                             input="tensor_224" if kinds[model] == "image-classifier" else group.workload))
+    progress.close()
+
+
 # ---- (F): formats -----------------------------------------------------------------------------------
 class Management:
-    def __init__(self, server: TorchServe):
-        self.server = server
+    """(F)'s registrations through tskit.client (its tokens; its bounded, logged retries of transient
+    management failures)."""
 
-    def call(self, method: str, path: str, **params) -> requests.Response:
-        response = requests.request(method, f"{self.server.management_url}{path}", params=params, timeout=900,
-                                    headers=self.server.auth_headers("management"))
-        if response.status_code >= 300:
-            raise RuntimeError(f"{method} {path} {params}: {response.status_code} {response.text[:300]}")
-        return response
+    def __init__(self, server: TorchServe):
+        self.client = server.client(timeout=900)
 
     def register(self, name: str, decl: declarations.Declaration) -> None:
         ts = decl.torchserve
-        self.call("POST", "/models", url=f"{name}.mar", model_name=name, synchronous="true",
-                  initial_workers=ts.get("minWorkers", 1), batch_size=ts.get("batchSize", 1),
-                  max_batch_delay=ts.get("maxBatchDelay", 100), response_timeout=ts.get("responseTimeout", 120))
+        # the client's register() has no response_timeout: the same call with it
+        self.client.call("management", "POST", "/models", params={
+            "url": store_archive(f"{name}.mar"), "model_name": name, "synchronous": "true",
+            "initial_workers": ts.get("minWorkers", 1), "batch_size": ts.get("batchSize", 1),
+            "max_batch_delay": ts.get("maxBatchDelay", 100), "response_timeout": ts.get("responseTimeout", 120)})
 
     def unregister(self, name: str, timeout: float = 120) -> None:
-        try:
-            self.call("DELETE", f"/models/{name}")
-        except RuntimeError:
+        """Unregister and wait until it is gone; a failure is logged by the caller's report, not raised
+        (the bench's server is stopped at the end anyway)."""
+        response = self.client.request("management", "DELETE", f"/models/{name}")
+        if response.status_code >= 300:
             return
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            response = requests.get(f"{self.server.management_url}/models/{name}", timeout=30,
-                                    headers=self.server.auth_headers("management"))
-            if response.status_code == 404:
-                return
-            time.sleep(0.5)
+        while time.monotonic() < deadline and self.client.versions(name):
+            time.sleep(0.5)  # polling: TorchServe has no wait-for-unregister call
 
 
 def formats_section(server: TorchServe, args, workloads: Dict[str, dict], rows: List[dict], log) -> List[dict]:
@@ -406,13 +436,12 @@ def formats_section(server: TorchServe, args, workloads: Dict[str, dict], rows: 
             for round_index in range(args.format_rounds):
                 order = serving if round_index % 2 == 0 else serving[::-1]
                 for variant in order:
-                    if args.warmup:
-                        load_point(server, variant.name, workload, top, args.warmup, args.generator, checks[variant.name])
-                    row = measure(rows, {"setup": "F", "model": variant.name, "workload": workload_name,
-                                         "round": round_index + 1, "format": variant.format,
-                                         "precision": variant.precision},
-                                  lambda v=variant: load_point(server, v.name, workload, top, args.seconds,
-                                                               args.generator, checks[v.name]), server)
+                    row = checked_point(rows, {"setup": "F", "model": variant.name, "workload": workload_name,
+                                               "concurrency": top, "round": round_index + 1,
+                                               "format": variant.format, "precision": variant.precision},
+                                        lambda seconds, v=variant: load_point(server, v.name, workload, top, seconds,
+                                                                              args.generator, checks[v.name]),
+                                        args, checks[variant.name], server)
                     points[variant.name].append(row)
             table_rows = []
             for variant in plan:
@@ -479,20 +508,19 @@ def references(server: TorchServe, args, variant: variants.Variant, workload_nam
         headers = server.auth_headers("inference")
         url = f"{server.inference_url}/predictions/{variant.name}"
         check = answer_check(url, headers, json_name, json_workload, kind)
-        if args.warmup:
-            load_point(server, variant.name, json_workload, top, args.warmup, args.generator, check)
-        out["F_json"] = measure(rows, {"setup": "F", "model": variant.name, "workload": json_name},
-                                lambda: load_point(server, variant.name, json_workload, top, args.seconds,
-                                                   args.generator, check), server)
+        out["F_json"] = checked_point(rows, {"setup": "F", "model": variant.name, "workload": json_name,
+                                             "concurrency": top},
+                                      lambda seconds: load_point(server, variant.name, json_workload, top, seconds,
+                                                                 args.generator, check), args, check, server)
         log(f"  (L) {variant.name}: LitServe peer")
         peer = LitServePeer(variant.archive, free_port(), os.path.join(args.out, f"litserve-{variant.name}.log"))
         try:
             peer.start()
             check = answer_check(peer.url, {}, json_name, json_workload, kind)
-            if args.warmup:
-                load_url(peer.url, None, json_workload, top, args.warmup, args.generator, check)
-            out["L"] = measure(rows, {"setup": "L", "model": f"litserve:{variant.name}", "workload": json_name},
-                               lambda: load_url(peer.url, None, json_workload, top, args.seconds, args.generator, check))
+            out["L"] = checked_point(rows, {"setup": "L", "model": f"litserve:{variant.name}", "workload": json_name,
+                                            "concurrency": top},
+                                     lambda seconds: load_url(peer.url, None, json_workload, top, seconds,
+                                                              args.generator, check), args, check)
         except Exception as err:
             out["L"] = {"setup": "L", "model": f"litserve:{variant.name}", "workload": json_name, "throughput": 0.0,
                         "errors": 1, "first_error": f"{type(err).__name__}: {err}"[:300]}
@@ -563,12 +591,17 @@ def ratios(rows: List[dict], top_concurrency: int, summaries: Optional[List[dict
             b = find("B", model, workload, top_concurrency)
             c = find("C", model, workload)
             a = find("A", STOCK_PREFIX + model, workload, top_concurrency)
+            a2 = find("A2", stock_b_layout_name(model), workload, top_concurrency)
             p = find("P", model + PIPELINE_SUFFIX, workload, top_concurrency)
             vision = workload.startswith("jpeg")
             label = f"{model} {workload} c={top_concurrency}"
             if a and b and a["throughput"] > 0:
                 out.append(f"{label}: B/A throughput {b['throughput'] / a['throughput']:.2f}x "
                            f"(target >= 3), p99 B {b['p99_ms']:.0f} ms vs A {a['p99_ms']:.0f} ms (target: no worse)")
+            if a2 and b and a2["throughput"] > 0:
+                out.append(f"{label}: B/A2 (stock in B's worker layout) throughput "
+                           f"{b['throughput'] / a2['throughput']:.2f}x, p99 B {b['p99_ms']:.0f} ms vs A2 "
+                           f"{a2['p99_ms']:.0f} ms")
             if b and c and c["throughput"] > 0:
                 out.append(f"{label}: B/C {b['throughput'] / c['throughput']:.0%} (target >= {75 if vision else 70}%)")
             if b and c and p and p["throughput"] > 0:
@@ -611,7 +644,7 @@ def plot(rows: List[dict], path: str, summaries: Optional[List[dict]] = None) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = sorted({(r["model"], r["workload"]) for r in rows if r["setup"] in ("A", "B")})
+    groups = sorted({(r["model"], r["workload"]) for r in rows if r["setup"] in ("A", "A2", "B")})
     workloads = sorted({w for _, w in groups})
     panels = len(workloads) + (1 if summaries else 0)
     fig, axes = plt.subplots(1, max(1, panels), figsize=(4.2 * max(1, panels), 3.8), squeeze=False)
@@ -620,8 +653,8 @@ def plot(rows: List[dict], path: str, summaries: Optional[List[dict]] = None) ->
             if w != workload:
                 continue
             points = sorted((r["concurrency"], r["throughput"]) for r in rows
-                            if r["model"] == model and r["workload"] == w and r["setup"] in ("A", "B"))
-            setup = "A" if model.startswith(STOCK_PREFIX) else "B"
+                            if r["model"] == model and r["workload"] == w and r["setup"] in ("A", "A2", "B"))
+            setup = next(r["setup"] for r in rows if r["model"] == model)
             ax.plot(*zip(*points), marker="o", label=f"{setup}: {model}")
         for r in rows:
             if r["setup"] == "C" and r["workload"] == workload:
@@ -675,8 +708,10 @@ def main(argv=None) -> int:
     parser.add_argument("--no-inprocess", action="store_true", help="skip (J)")
     parser.add_argument("--no-peer", action="store_true", help="skip (L), the LitServe peer")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: the first served image model, one input, concurrency 4, 2 s, no (A); "
-                             "formats torchscript and onnx, 1 round, (J) and (L)")
+                        help="smoke run: the first served image model, one input, concurrency 4, 2 s, no (A) or (A2) "
+                             "(the stock handler's 2 OpenMP threads per worker collapse on a busy 2-core machine: a "
+                             "2 s point can end before its first answer); formats torchscript and onnx, 1 round, "
+                             "(J) and (L)")
     args = parser.parse_args(argv)
     if args.quick:
         image_models = [n for n in served if decls[n].kind == "image-classifier"] or served[:1]
@@ -701,14 +736,9 @@ def main(argv=None) -> int:
     image_models = [m for m in args.models if kinds[m] == "image-classifier" and decls.get(m) and decls[m].serve]
     stock_for = [] if args.no_stock else image_models
     pipeline_for = [] if args.no_raw else image_models
-    plan = []
-    for model in args.models + [STOCK_PREFIX + m for m in stock_for]:
-        base = model.removeprefix(STOCK_PREFIX)
-        for name, workload in chosen_inputs.items():
-            if workload["kind"] == WORKLOAD_KIND[kinds[base]]:
-                plan += [(model, name, c) for c in args.concurrency]
-                if model in pipeline_for:  # (P) next to (B), at the top concurrency
-                    plan.append((model + PIPELINE_SUFFIX, name, max(args.concurrency)))
+    inputs = {name: w["kind"] for name, w in chosen_inputs.items()}
+    groups = interleaved(args.models, inputs, {m: WORKLOAD_KIND[k] for m, k in kinds.items()}, args.concurrency,
+                         stock_for, pipeline_for)
 
     rows: List[dict] = []
     summaries: List[dict] = []
@@ -718,33 +748,7 @@ def main(argv=None) -> int:
     server.start()
     try:
         server.wait_ready(timeout=600)
-        headers = server.auth_headers("inference")
-        checks = {}
-        for model, name in sorted({(m, n) for m, n, _ in plan}):
-            base = model.removeprefix(STOCK_PREFIX).removesuffix(PIPELINE_SUFFIX)
-            checks[model, name] = answer_check(f"{server.inference_url}/predictions/{model}", headers, name,
-                                               chosen_inputs[name], kinds[base], stock=model.startswith(STOCK_PREFIX),
-                                               pipeline=model.endswith(PIPELINE_SUFFIX))
-        for index, (model, name, concurrency) in enumerate(tqdm(plan, desc="bench", unit="point")):
-            check = checks[model, name]
-            if args.warmup:
-                load_point(server, model, chosen_inputs[name], concurrency, args.warmup, args.generator, check)
-            setup = "A" if model.startswith(STOCK_PREFIX) else "P" if model.endswith(PIPELINE_SUFFIX) else "B"
-            measure(rows, {"setup": setup, "model": model, "workload": name},
-                    lambda: load_point(server, model, chosen_inputs[name], concurrency, args.seconds,
-                                       args.generator, check), server)
-            # (C) for this input right after (B)'s points for it, so that drift between the two stays
-            # small; the server idles meanwhile (its idle frontend and workers take next to no CPU)
-            last_for_input = index + 1 == len(plan) or plan[index + 1][:2] != (model, name)
-            if last_for_input and setup == "B" and not args.no_raw:
-                with open(chosen_inputs[name]["path"], "rb") as f:
-                    body = f.read()
-                raw = inprocess.best_rate("C", os.path.join(STORE, f"{model}.mar"), body, max(2.0, args.seconds / 2))
-                rows.append(dict(raw, setup="C", model=model, workload=name, concurrency=None,
-                                 batch=int(decls[model].torchserve.get("batchSize", 1)) if model in decls else None,
-                                 input="tensor_224" if kinds[model] == "image-classifier" else name))
-            with open(os.path.join(args.out, "rows.partial.json"), "w", encoding="utf-8") as f:
-                json.dump(rows, f)  # a crash later keeps what was measured
+        served_section(server, args, groups, chosen_inputs, kinds, rows, log)
         if args.format_models:
             summaries = formats_section(server, args, workloads, rows, log)
     finally:
@@ -752,6 +756,7 @@ def main(argv=None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     report = table(rows)
+    checks_report = check_table(rows)
     formats_report = formats_table(summaries) if summaries else ""
     summary = ratios(rows, max(args.concurrency), summaries)
     elapsed = time.monotonic() - started
@@ -760,16 +765,17 @@ def main(argv=None) -> int:
                    "elapsed_s": round(elapsed, 1), "args": vars(args)}, f, indent=1, default=str)
     with open(os.path.join(args.out, "table.md"), "w", encoding="utf-8") as f:
         f.write(report + "\n\n" + (formats_report + "\n\n" if formats_report else "")
+                + "## Answer checks\n\n" + checks_report + "\n\n"
                 + "\n".join(f"- {line}" for line in summary) + f"\n\nbench took {elapsed:.0f} s\n")
     plot(rows, os.path.join(args.out, "bench.png"), summaries)
     print(report)
     if formats_report:
         print("\n" + formats_report)
     print("\n".join(summary))
+    print("\n" + checks_report)
     print(f"bench took {elapsed:.0f} s; written: {args.out}/table.md, bench.png, results.json")
     # a variant that does not build (e.g. AOTInductor on some model) is reported, not a failure of the bench
-    errors = sum(r.get("errors", 0) for r in rows)
-    return 1 if errors else 0
+    return 1 if failed_rows(rows) else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,97 @@
+"""Answer checks for `make bench`: every load point is right, not just fast.
+
+Before a setup's first load point one request goes alone and its answer is checked against what is
+known to be right (the cat photo's top-1 label, each text's topic, an L2-normalised embedding). The
+AnswerCheck built from it is then applied to a sample of the answers at EVERY load point (warm-up and
+timed, every setup, every format variant including int8, the JSON bodies and the LitServe peer) by the
+load generator (load_generators.py; wrk's benchkit/wrk_checked.lua); each row records how many answers
+were checked, how many were wrong, and the first failure. check_table() reports them per row.
+"""
+
+from typing import Dict, Iterable, List, Optional
+
+import requests
+
+from load_generators import AnswerCheck
+
+# Right answers where known: the photo is skimage's chelsea (a cat); the texts' topics.
+CAT_LABELS = ("tabby", "tiger cat", "Egyptian cat")
+TEXT_TOPICS = {"text_short": "Sports", "text_medium": "Business", "text_long": "Sci/Tech"}
+# Served answers of one input differ a little with the batch they ran in (kernel choice): the same
+# embedding stays above this cosine, another text's embedding is far below it.
+MIN_COSINE = 0.999
+CHECK_EVERY = 10  # every n-th answer of a load point is checked (wrk: of each of its threads)
+
+
+def expected_first(kind: str, workload_name: str, labels: Iterable[str]) -> Optional[tuple]:
+    """The right top-1 answers for an input, where known."""
+    labels = list(labels)
+    if kind == "image-classifier" and "tabby" in labels:
+        return CAT_LABELS
+    topic = TEXT_TOPICS.get(workload_name.removeprefix("json_"))
+    if kind == "text-classifier" and topic in labels:
+        return (topic,)
+    return None
+
+
+def answer_check(url: str, headers: Dict[str, str], workload_name: str, workload: dict, kind: str,
+                 stock: bool = False, pipeline: bool = False) -> AnswerCheck:
+    """One request before timing: the answer must be right. Returns the check that a sample of every load
+    point's answers must pass (the right top-1 label and the top-k length; an embedding's cosine with this
+    one). Raises AssertionError when even the lone answer is wrong."""
+    with open(workload["path"], "rb") as f:
+        response = requests.post(url, data=f.read(), timeout=120,
+                                 headers={"Content-Type": workload["content_type"], **headers})
+    if response.status_code != 200:
+        raise AssertionError(f"{url} answered {response.status_code}: {response.text[:300]}")
+    answer = response.json()
+    if stock:  # the stock handler: {"tabby": 0.4, ...} (or a list of them)
+        top = answer[0] if isinstance(answer, list) else answer
+        first = next(iter(top))
+        assert first in CAT_LABELS, f"{url} answered {first}"
+        return AnswerCheck("first_key", CAT_LABELS, every=CHECK_EVERY)
+    if kind == "text-embedding":
+        vector = answer["embedding"]
+        assert vector and abs(sum(x * x for x in vector) - 1) < 1e-3, f"{url}: embedding not L2-normalised"
+        return AnswerCheck("cosine", reference=tuple(vector), min_cosine=MIN_COSINE, every=CHECK_EVERY)
+    labels = [p["label"] for p in answer["predictions"]]
+    if pipeline:  # all-zero logits: no right label, but a whole answer of the same shape
+        return AnswerCheck("first_label", (labels[0],), labels=len(labels), every=CHECK_EVERY)
+    known = expected_first(kind, workload_name, labels if kind != "image-classifier" else list(CAT_LABELS) + labels)
+    if known is not None:
+        assert labels[0] in known, f"{url} answered {labels[0]} for {workload_name} (expected one of {known})"
+    return AnswerCheck("first_label", tuple(known or (labels[0],)), labels=len(labels), every=CHECK_EVERY)
+
+
+def failed_rows(rows: List[dict]) -> List[dict]:
+    """Load points with a failed request (non-200, wrong answer, socket error, client exception), in the
+    timed point or in its warm-up."""
+    return [r for r in rows if r.get("errors") or r.get("warmup_errors")]
+
+
+def check_table(rows: List[dict]) -> str:
+    """Per load point: what was checked, how many answers, how many wrong, errors, the first failure.
+    In-process rows (C, J) have no served answers to check and are listed as such."""
+    lines = ["| setup | model | input | conc | check | answers checked | wrong | failed requests | first failure |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        how = r.get("concurrency") or "in process"
+        if r.get("round"):
+            how = f"{how} (round {r['round']})"
+        served = r["setup"] not in ("C", "J")
+        first = (r.get("first_error") or "").replace("|", "/").replace("\n", " ")[:120]
+        lines.append(f"| {r['setup']} | {r['model']} | {r['workload']} | {how} "
+                     f"| {r.get('check', '') if served else 'none: no served answer'} "
+                     f"| {r.get('checked', '') if served else ''} | {r.get('wrong', '') if served else ''} "
+                     f"| {r.get('errors', 0)}" + (f" (+{r['warmup_errors']} in warm-up)" if r.get("warmup_errors") else "")
+                     + f" | {first} |")
+    failed = failed_rows(rows)
+    checked = sum(r.get("checked", 0) or 0 for r in rows)
+    lines.append("")
+    lines.append(f"answer checks: {checked} answers checked over "
+                 f"{sum(1 for r in rows if r['setup'] not in ('C', 'J'))} load points; "
+                 + (f"{len(failed)} load points with failures: "
+                    + "; ".join(f"{r['setup']} {r['model']} c={r.get('concurrency')}: "
+                                f"{r.get('errors', 0) + r.get('warmup_errors', 0)}" for r in failed)
+                    if failed else "no failure"))
+    return "\n".join(lines)
