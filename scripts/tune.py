@@ -4,11 +4,23 @@ the best setting whose p99 meets a latency target, as a config fragment.
 One TorchServe is started for the whole sweep (own ports, working dir, TMPDIR); settings are applied
 through the management API: each intra-op thread count is a variant of the model's archive (the
 thread count lives in its model-config.yaml), registered with `batch_size` and `max_batch_delay`,
-then scaled to each worker count. Per point: warm-up, then wrk at a fixed concurrency on a
-realistic input (bench.py's). The grid is pruned: workers x threads above the core count are
-skipped, and batch sizes stop growing once throughput falls.
+then scaled to each worker count. Per point: one lone request whose answer must be right (bench's
+answer check), a warm-up, then --repeats timed runs (3; 2 with --quick) of wrk at a fixed concurrency
+on a realistic input (bench.py's), every 10th answer checked; a failed request in any of them (a
+non-200, a wrong answer, a socket error, any client exception) is an error of the point, and a point
+with errors is never chosen. A point's throughput is the median of its runs, its p99 the worst run's,
+its spread (max - min) / median: the noise this machine showed on that point.
 
-    python scripts/tune.py --model mobilenet_v2 --p99-ms 250 [--concurrency 16] [--quick]
+The grid is pruned: workers x threads above the core count are skipped, and batch sizes stop growing
+for a worker count only when a larger batch is slower beyond the measured noise: every run of it below
+every run of the best batch so far, and its median more than --min-drop (3%) below. A drop within the
+runs' spread is noise (one setting measured twice has differed by up to 1.5x here), not a reason to stop.
+
+Management calls go through tskit.client: a 500 ConcurrentModificationException (seen on the final
+unregister while a worker was still stopping) or a 503 is retried, bounded, with backoff, each retry
+logged; registration (POST) is not retried, as it is not idempotent.
+
+    python scripts/tune.py --model mobilenet_v2 --p99-ms 250 [--concurrency 16] [--repeats 3] [--quick]
 
 Writes results/tune/<model>/: frontier.md, frontier.png, results.json, config-fragment.properties
 (a `models=` entry for config.properties) and model-config-values.yaml (the same values for the
@@ -19,6 +31,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -26,12 +39,13 @@ import zipfile
 from typing import Dict, List, Optional
 
 import psutil
-import requests
 import yaml
 from tqdm import tqdm
 
 from bench import copy_archive, load_point, make_inputs
+from benchkit.checks import answer_check
 from ts_server import REPO, private_server
+from tskit.client import TorchServeClient, json_or_raise
 from tskit.declaration import declared, load as load_declaration
 
 FRONTEND_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")
@@ -65,43 +79,85 @@ def variant_archive(model: str, threads: int, store: str, frontend: Optional[dic
     return name
 
 
+def log(message: str) -> None:
+    tqdm.write(f"[tune] {message}", file=sys.stderr)
+
+
 class Sweep:
+    """The sweep's server and its management calls, through tskit.client: its tokens, and its bounded,
+    logged retries of transient failures (500 ConcurrentModificationException, 503)."""
+
     def __init__(self, model: str, workdir: str):
         self.model = model
+        self.kind = load_declaration(model).kind
         self.store = os.path.join(workdir, "model_store")
         os.makedirs(self.store, exist_ok=True)
         self.server = private_server(workdir, model_store=self.store, load_models="", models="{}")
 
-    def manage(self, method: str, path: str, **params) -> requests.Response:
-        response = requests.request(method, f"{self.server.management_url}{path}", params=params, timeout=600,
-                                    headers=self.server.auth_headers("management"))
-        if response.status_code >= 300:
-            raise RuntimeError(f"{method} {path} {params}: {response.status_code} {response.text}")
-        return response
+    @property
+    def client(self) -> TorchServeClient:
+        return self.server.client(timeout=600)
 
     def register(self, name: str, batch: int, delay: int, workers: int) -> None:
-        self.manage("POST", "/models", url=f"{name}.mar", model_name=name, batch_size=batch,
-                    max_batch_delay=delay, initial_workers=workers, synchronous="true")
+        self.client.register(f"{name}.mar", model_name=name, initial_workers=workers, batch_size=batch,
+                             max_batch_delay=delay)
 
     def scale(self, name: str, workers: int) -> None:
-        self.manage("PUT", f"/models/{name}", min_worker=workers, max_worker=workers, synchronous="true")
+        self.client.scale(name, workers)
 
     def unregister(self, name: str, timeout: float = 120) -> None:
-        """Unregister and wait until the model is gone, so the next registration cannot collide."""
-        self.manage("DELETE", f"/models/{name}")
+        """Unregister and wait until the model is gone, so the next registration cannot collide (a 404:
+        already gone, e.g. a retried DELETE whose first try did it)."""
+        client = self.client
+        response = client.request("management", "DELETE", f"/models/{name}")
+        if response.status_code != 404:
+            json_or_raise(response)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            response = requests.get(f"{self.server.management_url}/models/{name}", timeout=30,
-                                    headers=self.server.auth_headers("management"))
-            if response.status_code == 404:
+            if not client.versions(name):
                 return
-            time.sleep(0.5)
+            time.sleep(0.5)  # polling the management API: TorchServe has no wait-for-unregister call
         raise RuntimeError(f"{name} still registered {timeout:.0f} s after DELETE")
 
-    def measure(self, name: str, workload: dict, concurrency: int, seconds: float, warmup: float) -> dict:
-        if warmup:
-            load_point(self.server, name, workload, concurrency, warmup)
-        return load_point(self.server, name, workload, concurrency, seconds).as_dict()
+    def measure(self, name: str, workload_name: str, workload: dict, concurrency: int, seconds: float,
+                warmup: float, repeats: int) -> dict:
+        """One point: a lone checked answer, a warm-up, `repeats` timed runs; every run's answers checked."""
+        try:
+            check = answer_check(f"{self.server.inference_url}/predictions/{name}",
+                                 self.server.auth_headers("inference"), workload_name, workload, self.kind)
+        except Exception as err:  # wrong even alone: a failed point, not timed
+            return {"errors": 1, "warmup_errors": 0, "throughput": 0.0, "p50_ms": float("nan"),
+                    "p99_ms": float("nan"), "spread": float("nan"), "runs": [],
+                    "first_error": f"lone answer: {type(err).__name__}: {err}"[:300]}
+        warm = load_point(self.server, name, workload, concurrency, warmup, check=check) if warmup else None
+        runs = [load_point(self.server, name, workload, concurrency, seconds, check=check).as_dict()
+                for _ in range(max(1, repeats))]
+        return summarise(runs, warm.as_dict() if warm else None)
+
+
+def summarise(runs: List[dict], warm: Optional[dict] = None) -> dict:
+    """A point from its repeated runs: median throughput, worst p99, spread; every failure counted."""
+    rates = [r["throughput"] for r in runs]
+    middle = statistics.median(rates)
+    failures = [r["first_error"] for r in ([warm] if warm else []) + runs if r.get("first_error")]
+    return {"throughput": middle, "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+            "p99_ms": max(r["p99_ms"] for r in runs), "errors": sum(r["errors"] for r in runs),
+            "warmup_errors": warm["errors"] if warm else 0, "requests": sum(r["requests"] for r in runs),
+            "checked": sum(r["checked"] for r in runs), "wrong": sum(r["wrong"] for r in runs),
+            "spread": (max(rates) - min(rates)) / middle if middle else float("nan"),
+            "runs": [{"throughput": round(r["throughput"], 1), "p99_ms": round(r["p99_ms"], 1)} for r in runs],
+            "first_error": failures[0] if failures else ""}
+
+
+def slower_beyond_noise(point: dict, best: dict, min_drop: float = 0.03) -> bool:
+    """True when `point` is slower than `best` by more than the noise its runs measured: every run of
+    it below every run of `best`, and its median more than `min_drop` below. One run each (repeats 1):
+    the ranges are single values, and only the median rule is left (the old, noisy behaviour)."""
+    mine = [r["throughput"] for r in point["runs"]]
+    theirs = [r["throughput"] for r in best["runs"]]
+    if not mine or not theirs:
+        return False
+    return max(mine) < min(theirs) and point["throughput"] < best["throughput"] * (1 - min_drop)
 
 
 def frontier(rows: List[dict]) -> List[dict]:
@@ -112,18 +168,29 @@ def frontier(rows: List[dict]) -> List[dict]:
 
 
 def choose(rows: List[dict], p99_ms: float) -> Optional[dict]:
-    meeting = [r for r in rows if r["p99_ms"] <= p99_ms and r["errors"] == 0]
+    """The fastest point (median of its runs) whose worst run meets the p99 target, with no failed request."""
+    meeting = [r for r in rows if r["p99_ms"] <= p99_ms and r["errors"] == 0 and not r.get("warmup_errors")]
     return max(meeting, key=lambda r: r["throughput"]) if meeting else None
 
 
 def write_outputs(out: str, model: str, rows: List[dict], best: Optional[dict], args) -> None:
     os.makedirs(out, exist_ok=True)
-    lines = ["| workers | threads | batchSize | maxBatchDelay | req/s | p50 ms | p99 ms | errors | frontier |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| workers | threads | batchSize | maxBatchDelay | req/s (median) | runs req/s | spread | p50 ms "
+             "| p99 ms (worst run) | errors (checked) | frontier | pruned after |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     front = frontier(rows)
     for r in sorted(rows, key=lambda r: -r["throughput"]):
+        runs = ", ".join(f"{run['throughput']:.1f}" for run in r.get("runs", []))
+        errors = r["errors"] + r.get("warmup_errors", 0)
         lines.append(f"| {r['workers']} | {r['threads']} | {r['batch']} | {r['delay']} | {r['throughput']:.1f} "
-                     f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {'*' if r in front else ''} |")
+                     f"| {runs} | {r.get('spread', float('nan')):.0%} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
+                     f"| {errors} ({r.get('checked', 0)}) | {'*' if r in front else ''} "
+                     f"| {'yes: ' + r['pruned'] if r.get('pruned') else ''} |")
+    failed = [r for r in rows if r["errors"] or r.get("warmup_errors")]
+    if failed:
+        lines += ["", "Points with failed requests (never chosen): " + "; ".join(
+            f"workers {r['workers']} threads {r['threads']} batch {r['batch']} delay {r['delay']}: "
+            f"{r['first_error'][:160]}" for r in failed)]
     verdict = (f"chosen (p99 <= {args.p99_ms:g} ms at concurrency {args.concurrency}): workers {best['workers']}, "
                f"threads {best['threads']}, batchSize {best['batch']}, maxBatchDelay {best['delay']} ms -> "
                f"{best['throughput']:.1f} req/s, p99 {best['p99_ms']:.1f} ms" if best else
@@ -132,7 +199,8 @@ def write_outputs(out: str, model: str, rows: List[dict], best: Optional[dict], 
         f.write(f"# make tune: {model}\n\n{verdict}\n\n" + "\n".join(lines) + "\n")
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
         json.dump({"model": model, "rows": rows, "best": best, "p99_ms": args.p99_ms,
-                   "concurrency": args.concurrency, "workload": args.workload}, f, indent=1)
+                   "concurrency": args.concurrency, "workload": args.workload, "repeats": args.repeats,
+                   "min_drop": args.min_drop}, f, indent=1)
     if best:
         entry = {model: {"1.0": {"marName": f"{model}.mar", "minWorkers": best["workers"], "maxWorkers": best["workers"],
                                  "batchSize": best["batch"], "maxBatchDelay": best["delay"], "responseTimeout": 60}}}
@@ -169,6 +237,22 @@ def write_outputs(out: str, model: str, rows: List[dict], best: Optional[dict], 
     fig.savefig(os.path.join(out, "frontier.png"), dpi=110)
 
 
+def prune(row: dict, best_so_far: Dict[int, dict], workers: int, stopped: set, min_drop: float) -> None:
+    """Stop growing the batch for `workers` when this batch is slower than the best so far beyond the
+    measured noise (a larger batch that is really slower will not recover); a point with failed
+    requests neither prunes nor becomes the best."""
+    if row["errors"] or row.get("warmup_errors"):
+        return
+    best = best_so_far.get(workers)
+    if best is not None and slower_beyond_noise(row, best, min_drop):
+        stopped.add(workers)
+        row["pruned"] = (f"below batch {best['batch']} beyond noise ({row['throughput']:.1f} vs "
+                         f"{best['throughput']:.1f} req/s, spreads {row['spread']:.0%} / {best['spread']:.0%})")
+        log(f"workers {workers}: batch sizes above {row['batch']} not tried: {row['pruned']}")
+    elif best is None or row["throughput"] > best["throughput"]:
+        best_so_far[workers] = row
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, choices=sorted(d.name for d in declared()))
@@ -181,11 +265,15 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--delays", type=int, nargs="+", default=[2, 10, 25])
     parser.add_argument("--workload", help="input (bench.py names); default per model")
-    parser.add_argument("--quick", action="store_true", help="small grid, under 5 minutes")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per point (its spread is the noise)")
+    parser.add_argument("--min-drop", type=float, default=0.03,
+                        help="a larger batch is pruned only when also this much slower (median) beyond the noise")
+    parser.add_argument("--quick", action="store_true", help="small grid, 2 repeats, under 5 minutes")
     parser.add_argument("--out", help="default results/tune/<model>")
     args = parser.parse_args(argv)
     if args.quick:
         args.threads, args.batch_sizes, args.delays, args.seconds, args.warmup = [1], [1, 4, 8], [5], 3, 1
+        args.repeats = min(args.repeats, 2)
     args.workload = args.workload or default_workload(args.model)
     out = args.out or os.path.join(REPO, "results", "tune", args.model)
     cores = psutil.cpu_count(logical=True)
@@ -205,7 +293,7 @@ def main(argv=None) -> int:
                 continue
             name = variant_archive(args.model, threads, sweep.store)
             for delay in args.delays:
-                best_so_far: Dict[int, float] = {}
+                best_so_far: Dict[int, dict] = {}
                 stopped = set()
                 for batch in args.batch_sizes:
                     if len(stopped) == len(workers_list):
@@ -218,12 +306,11 @@ def main(argv=None) -> int:
                             if workers in stopped:
                                 continue
                             sweep.scale(name, workers)
-                            result = sweep.measure(name, workload, args.concurrency, args.seconds, args.warmup)
-                            rows.append(dict(result, workers=workers, threads=threads, batch=batch, delay=delay))
-                            # prune: a larger batch that lowers throughput will not recover
-                            if result["throughput"] < best_so_far.get(workers, 0) * 0.97:
-                                stopped.add(workers)
-                            best_so_far[workers] = max(best_so_far.get(workers, 0), result["throughput"])
+                            result = sweep.measure(name, args.workload, workload, args.concurrency, args.seconds,
+                                                   args.warmup, args.repeats)
+                            row = dict(result, workers=workers, threads=threads, batch=batch, delay=delay)
+                            rows.append(row)
+                            prune(row, best_so_far, workers, stopped, args.min_drop)
                     finally:
                         sweep.unregister(name)
     finally:
