@@ -12,6 +12,7 @@
     tsctl.py set-default mobilenet_v2 2.0
     tsctl.py unregister mobilenet_v2 [VERSION]
     tsctl.py token inference|management        renew a key now (it rotates for every client)
+    tsctl.py compare minilm_topics minilm_topics_int8 --inputs DIR [--concurrency 4]   A/B report (md + PNG)
     tsctl.py rollout mobilenet_v2 mobilenet_v2_v2.0.mar [--probe cat.jpg] [--workers N] [--keep-old]
     tsctl.py --grpc predict|ping|list|describe|scale ...   the same over TorchServe's gRPC APIs (7070/7071)
 
@@ -32,56 +33,31 @@ take only a bare archive file name of the model store.
 """
 
 import argparse
-import base64
 import json
 import logging
-import mimetypes
 import os
 import sys
-from typing import Optional, Tuple
+from typing import Tuple
 
-from tskit.client import ClientError, TorchServeClient
+from tskit.client import ClientError, TorchServeClient, file_body
 from tskit.rollout import rollout
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_KEY_FILE = os.environ.get("TS_KEY_FILE", os.path.join(REPO, "key_file.json"))
 DEFAULT_INFERENCE = os.environ.get("TS_INFERENCE_URL", "http://127.0.0.1:8080")
 DEFAULT_MANAGEMENT = os.environ.get("TS_MANAGEMENT_URL", "http://127.0.0.1:8081")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 
 
 CliError = ClientError  # what `main` prints without a traceback
 
 
-def read_file(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as err:
-        raise CliError(f"cannot read {path}: {err.strerror}") from None
-
-
-def file_request(path: str, topk: Optional[int] = None) -> Tuple[bytes, str]:
-    """predict's body and Content-Type for a file: an image raw with its type, a .txt as text/plain,
-    or with --topk JSON with the base64 image (the plain form's parameters ride in JSON)."""
-    data = read_file(path)
-    suffix = os.path.splitext(path)[1].lower()
-    if topk is not None:
-        body = json.dumps({"image": base64.b64encode(data).decode("ascii"), "topk": topk})
-        return body.encode(), "application/json"
-    if suffix == ".txt":
-        return data, "text/plain; charset=utf-8"
-    content_type = mimetypes.guess_type(path)[0] if suffix in IMAGE_SUFFIXES else None
-    return data, content_type or "application/octet-stream"
-
-
 def request_body(args: argparse.Namespace) -> Tuple[bytes, str]:
-    """predict's body: the text, or the file as `file_request` sends it."""
+    """predict's body: the text, or the file as `file_body` sends it."""
     if (args.file is None) == (args.text is None):
         raise CliError("predict needs either a file or --text")
     if args.text is not None:
         return args.text.encode("utf-8"), "text/plain; charset=utf-8"
-    return file_request(args.file, args.topk)
+    return file_body(args.file, args.topk)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("version", nargs="?")
 
+    p = sub.add_parser("compare", help="A/B: send every input to two models (or model/version) and report "
+                                        "agreement and speed")
+    p.add_argument("a", help="model or model/version")
+    p.add_argument("b", help="model or model/version")
+    p.add_argument("--inputs", required=True, help="folder of images or .txt files (one text each)")
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--requests", type=int, default=0, help="requests per side and round (default: 4 x concurrency, "
+                                                           "at least 2 x inputs)")
+    p.add_argument("--out", help="folder for compare.md, compare.png, compare.json (default: results/compare-A-B)")
+
     p = sub.add_parser("token", help="renew the inference or management key now (rotates it for every client)")
     p.add_argument("kind", choices=["inference", "management"])
 
@@ -172,9 +158,19 @@ def run_grpc(args: argparse.Namespace, client: TorchServeClient) -> object:
 def run_rollout(args: argparse.Namespace, client: TorchServeClient) -> dict:
     probe = None
     if args.probe:
-        probe = lambda version: client.predict(args.model, *file_request(args.probe), version=version)  # noqa: E731
+        probe = lambda version: client.predict_file(args.model, args.probe, version=version)  # noqa: E731
     return rollout(client, args.model, args.url, args.workers, probe, args.drain_grace, args.drain_timeout,
                    args.keep_old, log=lambda line: print(line, file=sys.stderr, flush=True))
+
+
+def run_compare(args: argparse.Namespace, client: TorchServeClient) -> dict:
+    from tskit import compare
+
+    result = compare.compare(client, args.a, args.b, args.inputs, args.concurrency, args.requests)
+    name = f"compare-{args.a}-{args.b}".replace("/", "_")
+    paths = compare.write_report(result, args.out or os.path.join(REPO, "results", name))
+    print(compare.report_markdown(result), file=sys.stderr)
+    return paths
 
 
 def run(args: argparse.Namespace) -> object:
@@ -193,6 +189,7 @@ def run(args: argparse.Namespace) -> object:
         "unregister": lambda: client.unregister(args.model, args.version),
         "token": lambda: {"renewed": args.kind, "key_file": client.key_file, "key": client.renew_key(args.kind)},
         "rollout": lambda: run_rollout(args, client),
+        "compare": lambda: run_compare(args, client),
     }
     return commands[args.command]()
 

@@ -18,17 +18,21 @@ Those are retried with backoff, a bounded number of times, each retry logged; re
 not retried, since a half-done registration is not safe to repeat.
 """
 
+import base64
 import datetime
 import json
 import logging
+import mimetypes
+import os
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import requests
 
 log = logging.getLogger("tskit.client")
 
 KINDS = ("inference", "management")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 RETRIED_METHODS = ("GET", "PUT", "DELETE")
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)
 
@@ -77,6 +81,23 @@ def parse_expiration(stamp: str) -> datetime.datetime:
     head, _, fraction = stamp.rstrip("Z").partition(".")
     value = datetime.datetime.fromisoformat(head + (f".{fraction[:6]}" if fraction else ""))
     return value.replace(tzinfo=datetime.timezone.utc)
+
+
+def file_body(path: str, topk: Optional[int] = None) -> Tuple[bytes, str]:
+    """A file as a plain-form request: (body, Content-Type). An image goes raw with its type, a .txt as
+    UTF-8 text/plain; with `topk`, JSON with the base64 image (the plain form's parameters ride in JSON)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise ClientError(f"cannot read {path}: {err.strerror}") from None
+    suffix = os.path.splitext(path)[1].lower()
+    if topk is not None:
+        return json.dumps({"image": base64.b64encode(data).decode("ascii"), "topk": topk}).encode(), "application/json"
+    if suffix == ".txt":
+        return data, "text/plain; charset=utf-8"
+    content_type = mimetypes.guess_type(path)[0] if suffix in IMAGE_SUFFIXES else None
+    return data, content_type or "application/octet-stream"
 
 
 def token_rejected(response: requests.Response) -> bool:
@@ -203,6 +224,9 @@ class TorchServeClient:
     def predict(self, model: str, body: bytes, content_type: str, version: Optional[str] = None) -> dict:
         path = f"/predictions/{model}" + (f"/{version}" if version else "")
         return self.call("inference", "POST", path, data=body, headers={"Content-Type": content_type})
+
+    def predict_file(self, model: str, path: str, topk: Optional[int] = None, version: Optional[str] = None) -> dict:
+        return self.predict(model, *file_body(path, topk), version=version)
 
     # -- management ---------------------------------------------------------------------------
     def list_models(self) -> dict:

@@ -1,0 +1,192 @@
+"""A/B comparison of two models (or two versions of one) on the running server, before a rollout.
+
+    tsctl.py compare minilm_topics minilm_topics_int8 --inputs texts/
+    tsctl.py compare mobilenet_v2/1.0 mobilenet_v2/2.0 --inputs photos/ --concurrency 4
+
+Every input (an image file, or a .txt file holding one text) goes to both sides; then:
+- agreement: classifiers, top-1 agreement and the largest and mean change of a label's probability
+  (over the labels both answers list); embeddings, the cosine of the two vectors;
+- the inputs where they disagree (another top-1, or a cosine under DISAGREE_COSINE);
+- speed: each side's p50/p99 latency and throughput at the stated concurrency, the two sides measured
+  in alternating rounds (A, B, A, B) so that drift of this machine's load hits both alike.
+The report is printed (markdown) and written with a PNG into --out.
+"""
+
+import concurrent.futures
+import json
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from tskit.client import IMAGE_SUFFIXES, ClientError, TorchServeClient, file_body
+
+DISAGREE_COSINE = 0.99
+ROUNDS = 2  # per side, alternating
+
+
+@dataclass
+class Side:
+    """`model` or `model/version` on the server."""
+    spec: str
+    model: str = ""
+    version: Optional[str] = None
+    latencies_ms: List[float] = field(default_factory=list)
+    seconds: float = 0.0
+    failures: int = 0
+
+    def __post_init__(self):
+        self.model, _, version = self.spec.partition("/")
+        self.version = version or None
+
+    def throughput(self) -> float:
+        return len(self.latencies_ms) / self.seconds if self.seconds else 0.0
+
+
+def read_inputs(folder: str) -> Dict[str, Tuple[bytes, str]]:
+    """{file name: (body, Content-Type)} for the images and .txt files of `folder`."""
+    names = sorted(n for n in os.listdir(folder)
+                   if os.path.splitext(n)[1].lower() in IMAGE_SUFFIXES | {".txt"})
+    if not names:
+        raise ClientError(f"{folder} has no image or .txt file to send")
+    return {n: file_body(os.path.join(folder, n)) for n in names}
+
+
+def answers_of(client: TorchServeClient, side: Side, inputs: Dict[str, Tuple[bytes, str]]) -> Dict[str, dict]:
+    return {name: client.predict(side.model, body, kind, side.version) for name, (body, kind) in inputs.items()}
+
+
+def measure(client: TorchServeClient, side: Side, inputs: Dict[str, Tuple[bytes, str]], concurrency: int,
+            requests: int) -> None:
+    """`requests` calls (the inputs in turn) from `concurrency` threads; latencies and wall time added to side."""
+    bodies = list(inputs.values())
+
+    def one(i: int) -> Optional[float]:
+        body, kind = bodies[i % len(bodies)]
+        started = time.perf_counter()
+        path = f"/predictions/{side.model}" + (f"/{side.version}" if side.version else "")
+        try:
+            response = client.request("inference", "POST", path, data=body, headers={"Content-Type": kind})
+        except ClientError:
+            return None
+        return (time.perf_counter() - started) * 1e3 if response.status_code == 200 else None
+
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(one, range(requests)))
+    side.seconds += time.perf_counter() - started
+    side.latencies_ms += [r for r in results if r is not None]
+    side.failures += sum(r is None for r in results)
+
+
+def percentile(values: List[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))] if ordered else float("nan")
+
+
+def agreement(a: Dict[str, dict], b: Dict[str, dict]) -> dict:
+    """Per-input comparison of two answers of the same input, and the summary."""
+    rows = {name: _compare_answers(a[name], b[name]) for name in a}
+    if all("cosine" in r for r in rows.values()):
+        cosines = [r["cosine"] for r in rows.values()]
+        return {"kind": "embedding", "rows": rows, "mean_cosine": statistics.fmean(cosines),
+                "min_cosine": min(cosines), "disagree": [n for n, r in rows.items() if r["cosine"] < DISAGREE_COSINE]}
+    changes = [r["max_change"] for r in rows.values()]
+    return {"kind": "classifier", "rows": rows, "top1_agreement": statistics.fmean(r["same_top1"] for r in rows.values()),
+            "max_probability_change": max(changes), "mean_probability_change": statistics.fmean(r["mean_change"] for r in rows.values()),
+            "disagree": [n for n, r in rows.items() if not r["same_top1"]]}
+
+
+def _compare_answers(x: dict, y: dict) -> dict:
+    if "embedding" in x and "embedding" in y:
+        u, v = x["embedding"], y["embedding"]
+        dot = sum(p * q for p, q in zip(u, v))
+        norm = math.sqrt(sum(p * p for p in u)) * math.sqrt(sum(q * q for q in v))
+        return {"cosine": dot / norm if norm else 0.0}
+    if "predictions" not in x or "predictions" not in y:
+        raise ClientError("compare needs two classifiers (answers with predictions) or two embedding models")
+    px = {p["label"]: p["probability"] for p in x["predictions"]}
+    py = {p["label"]: p["probability"] for p in y["predictions"]}
+    shared = [label for label in px if label in py]
+    changes = [abs(px[label] - py[label]) for label in shared] or [0.0]
+    top_x, top_y = x["predictions"][0]["label"], y["predictions"][0]["label"]
+    return {"same_top1": top_x == top_y, "top1": (top_x, top_y), "max_change": max(changes),
+            "mean_change": statistics.fmean(changes)}
+
+
+def compare(client: TorchServeClient, spec_a: str, spec_b: str, folder: str, concurrency: int = 4,
+            requests_per_round: int = 0) -> dict:
+    """The comparison as a dict (what `report_markdown` and `plot` draw)."""
+    inputs = read_inputs(folder)
+    a, b = Side(spec_a), Side(spec_b)
+    agree = agreement(answers_of(client, a, inputs), answers_of(client, b, inputs))
+    per_round = requests_per_round or max(4 * concurrency, 2 * len(inputs))
+    for _ in range(ROUNDS):
+        for side in (a, b):
+            measure(client, side, inputs, concurrency, per_round)
+    speed = {s.spec: {"p50_ms": percentile(s.latencies_ms, 50), "p99_ms": percentile(s.latencies_ms, 99),
+                      "throughput_rps": s.throughput(), "requests": len(s.latencies_ms) + s.failures,
+                      "failed": s.failures, "latencies_ms": s.latencies_ms} for s in (a, b)}
+    return {"a": spec_a, "b": spec_b, "inputs": len(inputs), "concurrency": concurrency, "agreement": agree,
+            "speed": speed}
+
+
+def report_markdown(result: dict) -> str:
+    a, b, agree, speed = result["a"], result["b"], result["agreement"], result["speed"]
+    lines = [f"# {a} vs {b}", "", f"{result['inputs']} inputs, each sent to both; speed at concurrency "
+             f"{result['concurrency']}, {ROUNDS} alternating rounds per side.", "", "## Agreement", ""]
+    if agree["kind"] == "embedding":
+        lines += [f"- mean cosine {agree['mean_cosine']:.5f}, lowest {agree['min_cosine']:.5f}"]
+    else:
+        lines += [f"- top-1 agreement {agree['top1_agreement']:.1%}",
+                  f"- probability change: largest {agree['max_probability_change']:.4f}, "
+                  f"mean {agree['mean_probability_change']:.4f}"]
+    lines += ["", "## Speed", "", "| side | p50 ms | p99 ms | req/s | requests | failed |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {s} | {v['p50_ms']:.1f} | {v['p99_ms']:.1f} | {v['throughput_rps']:.1f} | {v['requests']} | {v['failed']} |"
+              for s, v in speed.items()]
+    lines += ["", "## Inputs where they disagree", ""]
+    rows = agree["rows"]
+    if not agree["disagree"]:
+        lines.append("none")
+    for name in agree["disagree"]:
+        row = rows[name]
+        lines.append(f"- {name}: " + (f"cosine {row['cosine']:.4f}" if "cosine" in row else
+                                      f"{row['top1'][0]} vs {row['top1'][1]} (largest change {row['max_change']:.3f})"))
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: str) -> None:
+    """Latency distributions of both sides, and per-input agreement."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for spec, values in result["speed"].items():
+        left.hist(values["latencies_ms"], bins=30, alpha=0.6, label=f"{spec} (p50 {values['p50_ms']:.0f} ms)")
+    left.set(xlabel="latency (ms)", ylabel="requests", title=f"latency at concurrency {result['concurrency']}")
+    left.legend()
+    rows = result["agreement"]["rows"]
+    names = list(rows)
+    values = [rows[n].get("cosine", rows[n].get("max_change")) for n in names]
+    right.bar(range(len(names)), values)
+    right.set(xlabel="input", title="cosine per input" if result["agreement"]["kind"] == "embedding"
+              else "largest probability change per input")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_report(result: dict, out: str) -> Dict[str, str]:
+    os.makedirs(out, exist_ok=True)
+    paths = {"markdown": os.path.join(out, "compare.md"), "png": os.path.join(out, "compare.png"),
+             "json": os.path.join(out, "compare.json")}
+    with open(paths["markdown"], "w", encoding="utf-8") as f:
+        f.write(report_markdown(result))
+    with open(paths["json"], "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1)
+    plot(result, paths["png"])
+    return paths
