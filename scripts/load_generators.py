@@ -140,7 +140,8 @@ def run_wrk(url: str, body_path: str, content_type: str, token: Optional[str], c
     errors = (max(s["non2xx"], s["not_200"]) + s["connect_errors"] + s["read_errors"] + s["write_errors"]
               + s["timeouts"] + s["wrong"])
     duration = s["duration_us"] / 1e6
-    first = s["first_wrong"] and f"wrong answer: {s['first_wrong']}"
+    first = s["first_wrong"] and (s["first_wrong"] if s["first_wrong"].startswith("status ")
+                                  else f"wrong answer: {s['first_wrong']}")
     return LoadResult("wrk", concurrency, duration, s["requests"], errors,
                       max(0, s["requests"] - errors) / duration, s["p50_us"] / 1e3, s["p90_us"] / 1e3,
                       s["p99_us"] / 1e3, cpu, s["checked"], s["wrong"], first or "")

@@ -94,6 +94,9 @@ function response(status, headers, body)
   seen = seen + 1
   if status ~= 200 then
     not_ok = not_ok + 1
+    if first_wrong == "" then
+      first_wrong = "status " .. status .. ": " .. string.sub(body or "", 1, 140)
+    end
     return
   end
   if check == "" or (seen - 1) % every ~= 0 then
