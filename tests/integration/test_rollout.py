@@ -1,7 +1,7 @@
 """Rollout of mobilenet_v2 2.0 with `tsctl.py rollout` while load runs: zero failed requests.
 
 The 2.0 archive is built by the Makefile (`make archive-version MOBILENET_VERSION=2.0`, here into the
-test's own model store) and served by a server of this module's own, beside 1.0; `rollout`
+test's own model store and build folder) and served by a server of this module's own, beside 1.0; `rollout`
 registers it, makes it the default and unregisters 1.0. A second rollout, of an archive whose
 handler cannot start, must fail and leave the serving version alone, again without a failed request.
 """
@@ -29,8 +29,10 @@ def rollout_server(tmp_path_factory):
     built = os.path.join(base, "built")
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # under `make test`
     make = subprocess.run(["make", "--no-print-directory", "archive-version", "MOBILENET_VERSION=2.0",
-                           f"STORE={built}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                           f"STORE={built}", f"BUILD={base}/build"],  # nothing written into the repo
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert make.returncode == 0, make.stdout + make.stderr
+    assert os.path.isdir(os.path.join(base, "build", "mobilenet_v2_v2.0")), "make did not build into BUILD"
     archive = os.path.join(built, "mobilenet_v2_v2.0.mar")
     with own_server(base, models=[MODEL], extra={"mobilenet_v2_v2.0.mar": archive}) as server:
         client = Client(server)
