@@ -131,7 +131,10 @@ def run_wrk(url: str, body_path: str, content_type: str, token: Optional[str], c
         cmd = ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{max(1, round(seconds))}s",
                "--timeout", f"{timeout_s}s", "-s", WRK_SCRIPT, url]
         cpu_before = _children_cpu()
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + timeout_s + 30)
+        try:
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + timeout_s + 30)
+        finally:
+            drain(url, body_path, content_type, token, timeout_s * 4)
         cpu = _children_cpu() - cpu_before
     line = next((l for l in out.stdout.splitlines() if l.startswith("BENCH_JSON ")), None)
     if line is None:
@@ -145,6 +148,26 @@ def run_wrk(url: str, body_path: str, content_type: str, token: Optional[str], c
     return LoadResult("wrk", concurrency, duration, s["requests"], errors,
                       max(0, s["requests"] - errors) / duration, s["p50_us"] / 1e3, s["p90_us"] / 1e3,
                       s["p99_us"] / 1e3, cpu, s["checked"], s["wrong"], first or "")
+
+
+def drain(url: str, body_path: str, content_type: str, token: Optional[str], timeout_s: float) -> None:
+    """Wait until the requests wrk left behind are served. wrk stops at its deadline with up to
+    `concurrency` requests still queued in the server, which keeps serving them: the next load point
+    would start on a full queue (TorchServe answers 503 beyond job_queue_size) and share the cores with
+    them. One request sent now queues behind them (the queue is FIFO), so its answer means they are
+    out of the queue (a 503, queue still full, is sent again). Its status is not counted: it is not part
+    of any point."""
+    with open(body_path, "rb") as f:
+        body = f.read()
+    headers = {"Content-Type": content_type, **({"Authorization": f"Bearer {token}"} if token else {})}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if requests.post(url, data=body, headers=headers, timeout=timeout_s).status_code != 503:
+                return
+        except requests.RequestException:
+            return  # a server that cannot answer it fails the next point, where it is counted
+        time.sleep(0.2)  # the queue is still full: it drains at the server's pace
 
 
 def percentile(sorted_values: List[float], q: float) -> float:
