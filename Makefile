@@ -66,11 +66,13 @@ model: $(VENV)/.installed
 
 # A new version of a model beside the current one, for a rollout (tsctl.py rollout):
 #   make archive-version [MODEL=mobilenet_v2] VERSION=2.0  ->  model_store/mobilenet_v2_v2.0.mar
+#   [FORMAT=torchscript|aoti|onnx] [PRECISION=int8]: a candidate in another form, for `tsctl.py compare`
 # MOBILENET_VERSION=2.0 is the older spelling of MODEL=mobilenet_v2 VERSION=2.0.
 MOBILENET_VERSION ?= 2.0
 VERSION ?= $(MOBILENET_VERSION)
 archive-version: $(VENV)/.installed
-	$(TSKIT) build $(or $(MODEL),mobilenet_v2) --version $(VERSION) --archive-name $(or $(MODEL),mobilenet_v2)_v$(VERSION) --store $(STORE)
+	$(TSKIT) build $(or $(MODEL),mobilenet_v2) --version $(VERSION) --archive-name $(or $(MODEL),mobilenet_v2)_v$(VERSION) --store $(STORE) \
+		$(if $(FORMAT),--format "$(FORMAT)") $(if $(PRECISION),--precision "$(PRECISION)")
 
 # gRPC stubs from the .proto files inside the installed TorchServe jar (tsctl.py --grpc, the gRPC tests).
 GRPC_STUBS := scripts/ts_grpc/__init__.py

@@ -90,6 +90,7 @@ def private_config(workdir: str, **overrides: str) -> str:
         "vmargs": " ".join(absolute_log_config(word) for word in props.get("vmargs", "").split()),
     })
     props.update(overrides)
+    os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "config.properties")
     write_properties(props, path)
     return path

@@ -8,6 +8,7 @@
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -43,6 +44,8 @@ def main(argv=None) -> int:
     build.add_argument("--store")
     build.add_argument("--models-dir", default=declarations.MODELS_DIR)
     build.add_argument("--build-root")
+    build.add_argument("--format", help="serve this version in another format than the declaration's")
+    build.add_argument("--precision", help="... or another precision (a candidate for `tsctl compare`)")
     commands.add_parser("config", help="write config.properties' models block")
     listing = commands.add_parser("list", help="declared models")
     listing.add_argument("--served", action="store_true")
@@ -82,7 +85,12 @@ def run_build(args) -> int:
 
     archive_name = args.archive_name or args.name
     build_dir = os.path.join(args.build_root, archive_name) if args.build_root else None
-    report = build(declarations.load(args.name, args.models_dir), store=args.store or STORE_DIR,
+    declaration = declarations.load(args.name, args.models_dir)
+    overrides = {k: v for k, v in (("format", args.format), ("precision", args.precision)) if v}
+    if overrides:  # a candidate version of the same model, checked like a declaration
+        declaration = dataclasses.replace(declaration, **overrides)
+        declarations.check(declaration)
+    report = build(declaration, store=args.store or STORE_DIR,
                    build_dir=build_dir, version=args.version, archive_name=archive_name)
     print(json.dumps(report))
     return 0

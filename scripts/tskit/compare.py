@@ -93,9 +93,11 @@ def agreement(a: Dict[str, dict], b: Dict[str, dict]) -> dict:
         cosines = [r["cosine"] for r in rows.values()]
         return {"kind": "embedding", "rows": rows, "mean_cosine": statistics.fmean(cosines),
                 "min_cosine": min(cosines), "disagree": [n for n, r in rows.items() if r["cosine"] < DISAGREE_COSINE]}
-    changes = [r["max_change"] for r in rows.values()]
+    compared = [r for r in rows.values() if r["shared_labels"]]
     return {"kind": "classifier", "rows": rows, "top1_agreement": statistics.fmean(r["same_top1"] for r in rows.values()),
-            "max_probability_change": max(changes), "mean_probability_change": statistics.fmean(r["mean_change"] for r in rows.values()),
+            "max_probability_change": max((r["max_change"] for r in compared), default=None),
+            "mean_probability_change": statistics.fmean(r["mean_change"] for r in compared) if compared else None,
+            "no_shared_label": sum(not r["shared_labels"] for r in rows.values()),
             "disagree": [n for n, r in rows.items() if not r["same_top1"]]}
 
 
@@ -109,11 +111,12 @@ def _compare_answers(x: dict, y: dict) -> dict:
         raise ClientError("compare needs two classifiers (answers with predictions) or two embedding models")
     px = {p["label"]: p["probability"] for p in x["predictions"]}
     py = {p["label"]: p["probability"] for p in y["predictions"]}
-    shared = [label for label in px if label in py]
-    changes = [abs(px[label] - py[label]) for label in shared] or [0.0]
+    # top-k answers: a label outside one side's top-k has no probability there to compare
+    changes = [abs(px[label] - py[label]) for label in px if label in py]
     top_x, top_y = x["predictions"][0]["label"], y["predictions"][0]["label"]
-    return {"same_top1": top_x == top_y, "top1": (top_x, top_y), "max_change": max(changes),
-            "mean_change": statistics.fmean(changes)}
+    return {"same_top1": top_x == top_y, "top1": (top_x, top_y), "shared_labels": len(changes),
+            "max_change": max(changes) if changes else None,
+            "mean_change": statistics.fmean(changes) if changes else None}
 
 
 def compare(client: TorchServeClient, spec_a: str, spec_b: str, folder: str, concurrency: int = 4,
@@ -140,9 +143,12 @@ def report_markdown(result: dict) -> str:
     if agree["kind"] == "embedding":
         lines += [f"- mean cosine {agree['mean_cosine']:.5f}, lowest {agree['min_cosine']:.5f}"]
     else:
-        lines += [f"- top-1 agreement {agree['top1_agreement']:.1%}",
-                  f"- probability change: largest {agree['max_probability_change']:.4f}, "
-                  f"mean {agree['mean_probability_change']:.4f}"]
+        lines += [f"- top-1 agreement {agree['top1_agreement']:.1%}"]
+        if agree["max_probability_change"] is not None:
+            lines += [f"- probability change of a label both answers list: largest "
+                      f"{agree['max_probability_change']:.4f}, mean {agree['mean_probability_change']:.4f}"]
+        if agree["no_shared_label"]:
+            lines += [f"- {agree['no_shared_label']} inputs: no label in both top-k answers"]
     lines += ["", "## Speed", "", "| side | p50 ms | p99 ms | req/s | requests | failed |", "| --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {s} | {v['p50_ms']:.1f} | {v['p99_ms']:.1f} | {v['throughput_rps']:.1f} | {v['requests']} | {v['failed']} |"
               for s, v in speed.items()]
@@ -153,8 +159,14 @@ def report_markdown(result: dict) -> str:
     for name in agree["disagree"]:
         row = rows[name]
         lines.append(f"- {name}: " + (f"cosine {row['cosine']:.4f}" if "cosine" in row else
-                                      f"{row['top1'][0]} vs {row['top1'][1]} (largest change {row['max_change']:.3f})"))
+                                      f"{row['top1'][0]} vs {row['top1'][1]} ({_change(row)})"))
     return "\n".join(lines) + "\n"
+
+
+def _change(row: dict) -> str:
+    if row["max_change"] is None:
+        return "no label in both top-k"
+    return f"largest change {row['max_change']:.3f}"
 
 
 def plot(result: dict, path: str) -> None:
@@ -171,7 +183,7 @@ def plot(result: dict, path: str) -> None:
     left.legend()
     rows = result["agreement"]["rows"]
     names = list(rows)
-    values = [rows[n].get("cosine", rows[n].get("max_change")) for n in names]
+    values = [rows[n]["cosine"] if "cosine" in rows[n] else (rows[n]["max_change"] or 0.0) for n in names]
     right.bar(range(len(names)), values)
     right.set(xlabel="input", title="cosine per input" if result["agreement"]["kind"] == "embedding"
               else "largest probability change per input")
