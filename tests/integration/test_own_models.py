@@ -58,6 +58,14 @@ PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "grace_hopper")
 measured = {"parity": {}}  # printed at the end of the module (run with -s to see it)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def report():
+    """The build times and parity numbers of this run, printed once the module's tests are done (a
+    report, not a test: it asserts nothing, so it is not one)."""
+    yield
+    print("\n[own models] " + json.dumps(measured, indent=1))
+
+
 def make_env():
     return {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # under make
 
@@ -344,7 +352,3 @@ def test_a_missing_source_is_refused(tmp_path):
     out = failed_make(tmp_path, name="no_source", kind="image-classifier", source="")
     assert "usage: make model NAME=<name> KIND=<kind> SOURCE=<path>" in out, out
 
-
-def test_report(built):
-    """Not a check: the build times and parity numbers of this run (pytest -s shows them)."""
-    print("\n[own models] " + json.dumps(measured, indent=1))
