@@ -1,33 +1,63 @@
 """make kserve: the storage layout KServe's TorchServe runtime mounts, from this repo's archives.
 
-    <out>/cpu/config/config.properties   <out>/cpu/config/metrics.yaml   <out>/cpu/model-store/*.mar
+    <out>/cpu/config/config.properties   <out>/cpu/config/metrics.yaml   <out>/cpu/config/log4j2.xml
+    <out>/cpu/model-store/*.mar
     <out>/gpu/...                        (the same, number_of_gpu=1)
 
 Upload a variant's folder to the storage the InferenceService's `storageUri` points at
-(deploy/inferenceservice-*.yaml). In the pod, KServe mounts it at /mnt/models and starts
-`torchserve --start --model-store=/mnt/models/model-store --ts-config=/mnt/models/config/config.properties`.
+(deploy/inferenceservice-*.yaml). In the pod, KServe mounts it at /mnt/models and the runtime's
+container runs `torchserve --start --model-store=/mnt/models/model-store
+--ts-config=/mnt/models/config/config.properties`, then TorchServe's `kserve_wrapper` (KServe's model
+server, the only thing the pod serves: :8080 REST, :8081 gRPC). The wrapper reads this config to find
+TorchServe: `inference_address` for requests, `management_address` for readiness, and the host of
+`inference_address` with `grpc_inference_port` for grpc-v2.
 
 The config is config.properties with what the runtime needs changed (and nothing else):
-  - addresses: inference and management on 0.0.0.0:8085 (KServe's model server container proxies
-    there from 8080), metrics on 0.0.0.0:8082 for Prometheus scraping;
-  - paths under the mount point; models loaded through `model_snapshot`, as KServe expects;
-  - token authorization off: KServe's proxy in the same pod does not send TorchServe tokens; the
-    service is protected by the cluster instead (Istio/Knative authorization, NetworkPolicy);
+  - TorchServe's inference and management APIs on 127.0.0.1:8085 and its gRPC APIs on 127.0.0.1:7070/7071:
+    only the wrapper beside it in the pod talks to them, so nothing outside the pod can describe,
+    scale or switch models (token auth is off, see below);
+  - metrics on 0.0.0.0:8082, the one port opened to the network, because the manifests' Prometheus
+    scrape annotations send Prometheus to <pod IP>:8082 (that listener serves /metrics and TorchServe's
+    read-only API description, nothing else); deploy/networkpolicy.yaml admits only the monitoring
+    namespace there;
+  - paths under the mount point, every file the config names shipped with it (metrics.yaml, and the
+    log4j2.xml that vmargs names); models loaded through `model_snapshot`, as the wrapper expects;
+  - token authorization off: the wrapper does not send TorchServe tokens; the service is protected by
+    the cluster instead (deploy/networkpolicy.yaml, deploy/istio-authorizationpolicy.yaml);
   - the model API (register/unregister) off: the snapshot is the model list;
-  - enable_envvars_config, so operators can override settings with TS_* environment variables.
---root, --bind and --ports exist for the test that starts TorchServe from this layout on loopback.
+  - enable_envvars_config=false: the runtime sets TS_SERVICE_ENVELOPE from the InferenceService's
+    `serviceEnvelope` label, and with env vars honoured that label would put TorchServe's stock
+    envelope (first request of a batch only) in front of the handlers, which read KServe v1/v2 themselves;
+    other TS_* variables could change the server's settings from the pod spec.
+--root, --bind, --metrics-bind and --ports exist for the test that starts TorchServe from this layout
+on free loopback ports.
 """
 
 import argparse
 import json
 import os
 import shutil
+from typing import Dict, List
 
 from ts_server import REPO, read_properties, write_properties
 from tskit.declaration import served
 
+LOG_CONFIG = "-Dlog4j.configurationFile="
 
-def kserve_properties(root: str, bind: str, ports: dict, gpus: int) -> dict:
+
+def shipped_vmargs(vmargs: str, root: str) -> (str, List[str]):
+    """vmargs with the log4j config pointed at <root>/config/, and the repo files to ship there."""
+    words, files = [], []
+    for word in vmargs.split():
+        if word.startswith(LOG_CONFIG):
+            source = word[len(LOG_CONFIG):]
+            files.append(source if os.path.isabs(source) else os.path.join(REPO, source))
+            word = f"{LOG_CONFIG}{root}/config/{os.path.basename(source)}"
+        words.append(word)
+    return " ".join(words), files
+
+
+def kserve_properties(root: str, bind: str, metrics_bind: str, ports: Dict[str, int], gpus: int) -> dict:
     props = read_properties(os.path.join(REPO, "config.properties"))
     models = json.loads(props.pop("models"))
     props.pop("load_models", None)
@@ -36,43 +66,57 @@ def kserve_properties(root: str, bind: str, ports: dict, gpus: int) -> dict:
     props.update({
         "inference_address": f"http://{bind}:{ports['inference']}",
         "management_address": f"http://{bind}:{ports['management']}",
-        "metrics_address": f"http://{bind}:{ports['metrics']}",
+        "metrics_address": f"http://{metrics_bind}:{ports['metrics']}",
         "grpc_inference_address": bind,
         "grpc_management_address": bind,
         "grpc_inference_port": str(ports["grpc_inference"]),
         "grpc_management_port": str(ports["grpc_management"]),
         "model_store": f"{root}/model-store",
-        "metrics_config": f"{root}/config/metrics.yaml",
+        "metrics_config": f"{root}/config/{os.path.basename(props['metrics_config'])}",
         "disable_token_authorization": "true",
         "enable_model_api": "false",  # the models come from the snapshot; nothing registers at run time
-        "enable_envvars_config": "true",
+        "enable_envvars_config": "false",  # see the module docstring: TS_SERVICE_ENVELOPE
         "number_of_gpu": str(gpus),
         "model_snapshot": json.dumps({"name": "startup.cfg", "modelCount": len(models), "models": models}),
     })
+    if props.get("vmargs"):
+        props["vmargs"], _ = shipped_vmargs(props["vmargs"], root)
     return props
 
 
-def write_layout(out: str, root: str, bind: str, ports: dict, gpus: int) -> None:
+def config_files() -> List[str]:
+    """The repo files the layout's config names, shipped into <variant>/config/."""
+    props = read_properties(os.path.join(REPO, "config.properties"))
+    _, logs = shipped_vmargs(props.get("vmargs", ""), "")
+    return [os.path.join(REPO, props["metrics_config"])] + logs
+
+
+def link_or_copy(source: str, target: str) -> None:
+    if os.path.exists(target):
+        os.remove(target)
+    try:
+        os.link(source, target)  # no copy of ~180 MB of archives where the filesystem allows
+    except OSError:
+        shutil.copy(source, target)
+
+
+def write_layout(out: str, root: str, bind: str, metrics_bind: str, ports: Dict[str, int], gpus: int) -> None:
     os.makedirs(os.path.join(out, "config"), exist_ok=True)
     os.makedirs(os.path.join(out, "model-store"), exist_ok=True)
-    write_properties(kserve_properties(root, bind, ports, gpus), os.path.join(out, "config", "config.properties"))
-    shutil.copy(os.path.join(REPO, "metrics.yaml"), os.path.join(out, "config", "metrics.yaml"))
+    write_properties(kserve_properties(root, bind, metrics_bind, ports, gpus),
+                     os.path.join(out, "config", "config.properties"))
+    for source in config_files():
+        shutil.copy(source, os.path.join(out, "config", os.path.basename(source)))
     for name in (d.name for d in served()):  # the models `make serve` loads, from their declarations
-        source = os.path.join(REPO, "model_store", f"{name}.mar")
-        target = os.path.join(out, "model-store", f"{name}.mar")
-        if os.path.exists(target):
-            os.remove(target)
-        try:
-            os.link(source, target)  # no copy of ~180 MB where the filesystem allows
-        except OSError:
-            shutil.copy(source, target)
+        link_or_copy(os.path.join(REPO, "model_store", f"{name}.mar"), os.path.join(out, "model-store", f"{name}.mar"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(REPO, "build", "kserve"))
     parser.add_argument("--root", default="/mnt/models", help="where KServe mounts the storage in the pod")
-    parser.add_argument("--bind", default="0.0.0.0")
+    parser.add_argument("--bind", default="127.0.0.1", help="TorchServe's inference, management and gRPC listeners")
+    parser.add_argument("--metrics-bind", default="0.0.0.0", help="the metrics listener (Prometheus scrapes the pod IP)")
     parser.add_argument("--ports", default="8085,8085,8082,7070,7071",
                         help="inference,management,metrics,grpc_inference,grpc_management")
     parser.add_argument("--variants", nargs="+", default=["cpu", "gpu"], choices=["cpu", "gpu"])
@@ -80,7 +124,8 @@ def main() -> None:
     keys = ["inference", "management", "metrics", "grpc_inference", "grpc_management"]
     ports = dict(zip(keys, (int(p) for p in args.ports.split(","))))
     for variant in args.variants:
-        write_layout(os.path.join(args.out, variant), args.root, args.bind, ports, 1 if variant == "gpu" else 0)
+        write_layout(os.path.join(args.out, variant), args.root, args.bind, args.metrics_bind, ports,
+                     1 if variant == "gpu" else 0)
         print(f"KServe layout ({variant}): {os.path.join(args.out, variant)}")
 
 
