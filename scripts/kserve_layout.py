@@ -28,7 +28,9 @@ The config is config.properties with what the runtime needs changed (and nothing
   - enable_envvars_config=false: the runtime sets TS_SERVICE_ENVELOPE from the InferenceService's
     `serviceEnvelope` label, and with env vars honoured that label would put TorchServe's stock
     envelope (first request of a batch only) in front of the handlers, which read KServe v1/v2 themselves;
-    other TS_* variables could change the server's settings from the pod spec.
+    other TS_* variables could change the server's settings from the pod spec;
+  - ts_open_inference_protocol=false, whatever config.properties says: in the pod the wrapper answers
+    /v2/health/* itself, and the switch would only add TorchServe's Open Inference Protocol gRPC service.
 --root, --bind, --metrics-bind and --ports exist for the test that starts TorchServe from this layout
 on free loopback ports.
 """
@@ -76,6 +78,9 @@ def kserve_properties(root: str, bind: str, metrics_bind: str, ports: Dict[str, 
         "disable_token_authorization": "true",
         "enable_model_api": "false",  # the models come from the snapshot; nothing registers at run time
         "enable_envvars_config": "false",  # see the module docstring: TS_SERVICE_ENVELOPE
+        # the wrapper answers KServe's health routes itself; TorchServe's OIP switch would only add a
+        # gRPC service whose ModelInfer passes BYTES elements base64-encoded (README)
+        "ts_open_inference_protocol": "false",
         "number_of_gpu": str(gpus),
         "model_snapshot": json.dumps({"name": "startup.cfg", "modelCount": len(models), "models": models}),
     })

@@ -76,7 +76,7 @@ def test_layout_config_is_what_the_runtime_needs(pod_layout, variant, gpus):
     assert props["grpc_inference_address"] == props["grpc_management_address"] == LOOPBACK
     assert props["metrics_address"] == "http://0.0.0.0:8082"
     assert props["disable_token_authorization"] == "true" and props["enable_model_api"] == "false"
-    assert props["enable_envvars_config"] == "false"
+    assert props["enable_envvars_config"] == "false" and props["ts_open_inference_protocol"] == "false"
     assert props["number_of_gpu"] == gpus
     # every file the config names is shipped (log4j2.xml included when vmargs names one)
     for name in named_files(props, "/mnt/models"):
