@@ -17,6 +17,9 @@ model-config.yaml fails the worker's load with a message naming the key) and fil
     collate(items)                decoded items -> the model's batched input, on self.device
     postprocess(outputs, batch)   model output -> one JSON-ready result per item
     check_outputs(outputs)        the warm-up's output against the settings (e.g. labels vs classes)
+A model's declaration can turn on a response cache per worker (response_cache: cacheEntries,
+cacheBytes; hits skip the model) and torch.profiler for its next N batches (batch_profiler:
+profileBatches); both are off by default and then cost one test per batch.
 Every request passes its budgets (model_settings: maxItemsPerRequest, maxResponseBytes and the kind's)
 before any of its items is decoded; an over-budget request alone is answered 413 (request_budget).
 Subclasses also declare `outputs` (their v2 output tensors), `v2_field` (the plain JSON field a JSON v2/v1 element
@@ -34,6 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
+from batch_profiler import BatchProfiler
 from handler_metrics import HandlerMetrics
 from model_formats import load_model
 from model_settings import CommonSettings, parse_settings
@@ -41,6 +45,7 @@ from protocols import HEADER_LENGTH, Answer, ModelInfo, Output, Request, parse_r
 from request_budget import check_answer_bytes, check_items, envelope_bytes
 from request_errors import AnswerTooLarge, InternalError, InvalidField, RequestError
 from request_payload import request_body
+from response_cache import ResponseCache
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +68,11 @@ class PreparedBatch:
     items: List[Any] = field(default_factory=list)
     owners: List[int] = field(default_factory=list)  # request index of each item
     topks: List[Optional[int]] = field(default_factory=list)  # per item: a request's topk parameter, or None
+
+    def subset(self, indices: List[int]) -> "PreparedBatch":
+        """The items at `indices` (in order), as a batch of their own (the response cache's misses)."""
+        return PreparedBatch(self.requests, self.errors, [self.items[i] for i in indices],
+                             [self.owners[i] for i in indices], [self.topks[i] for i in indices])
 
 
 def select_device(gpu_id: Optional[int]) -> torch.device:
@@ -96,6 +106,7 @@ class BatchHandler(BaseHandler):
         self.model = load_model(model_file, self.settings.modelFormat, self.device,
                                 self.settings.intraOpThreads, self.settings.optimizeForInference)
         self.handler_metrics = HandlerMetrics(context.metrics, context.model_name)
+        self.cache, self.profiler = self.cache_and_profiler(context.model_name)
         self.setup(self.settings)
         self.warm_up(self.settings.warmUpRuns)
         self.initialized = True
@@ -103,6 +114,14 @@ class BatchHandler(BaseHandler):
             "%s (%s) ready on %s with %d intra-op threads in %.1f s", context.model_name,
             self.settings.modelFormat, self.device, torch.get_num_threads(), time.perf_counter() - started,
         )
+
+    def cache_and_profiler(self, model_name: str) -> Tuple[Optional[ResponseCache], BatchProfiler]:
+        settings, version = self.settings, self.model_version()
+        cache = None
+        if settings.cacheEntries:  # keyed by name and version too: a new version never serves an old answer
+            cache = ResponseCache(settings.cacheEntries, settings.cacheBytes, f"{model_name}/{version}")
+        folder = settings.profileDir or os.path.join(os.environ.get("LOG_LOCATION", "logs"), "profiles")
+        return cache, BatchProfiler(settings.profileBatches, folder, f"{model_name}-{version}", self.device)
 
     def archive_file(self, name: str) -> str:
         return os.path.join(self.model_dir, name)
@@ -196,30 +215,61 @@ class BatchHandler(BaseHandler):
 
     def handle(self, data: List[dict], context) -> List[bytes]:
         self.context = context
+        if self.profiler.active:  # off: this test is all it costs
+            with self.profiler.batch():
+                return self.handle_batch(data)
+        return self.handle_batch(data)
+
+    def handle_batch(self, data: List[dict]) -> List[bytes]:
         started = time.perf_counter()
-        batch = self.preprocess(data)
+        with self.profiler.phase("decode"):
+            batch = self.preprocess(data)
         answers: Dict[int, Any] = dict(batch.errors)
         timings: Dict[str, float] = {}
         if batch.items:
             try:
-                inputs = self.collate(batch.items)
-                decoded = time.perf_counter()
-                timings["PreprocessTime"] = (decoded - started) * 1e3
-                outputs = self.inference(inputs)
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                inferred = time.perf_counter()
-                timings["InferenceTime"] = (inferred - decoded) * 1e3
-                results = self.postprocess(outputs, batch)
-                timings["PostprocessTime"] = (time.perf_counter() - inferred) * 1e3
-                answers.update(self.group_answers(batch, results))
+                answers.update(self.group_answers(batch, self.results(batch, timings, started)))
             except Exception:
                 logger.exception("inference failed for a batch of %d", len(batch.items))
                 failure = InternalError("inference failed on the server; see the model log")
                 answers.update((idx, failure) for idx in batch.requests)
         self.handler_metrics.batch(len(data), timings, [e.type for e in batch.errors.values()])
+        if self.cache is not None:
+            self.handler_metrics.counts(self.cache.take_counts())
         logger.info("handled batch size=%d invalid=%d", len(data), len(batch.errors))
         return [self.encode(idx, answers[idx]) for idx in range(len(data))]
+
+    def results(self, batch: PreparedBatch, timings: Dict[str, float], started: float) -> List[Any]:
+        """One result per item: from the response cache where it has the item, else from the model
+        (only the missing items run; a batch whose items all hit runs no forward pass)."""
+        if self.cache is None:
+            return self.run_model(batch, timings, started)
+        keys = [self.cache.key(item, (topk,)) for item, topk in zip(batch.items, batch.topks)]
+        results = [self.cache.get(key) for key in keys]
+        missing = [i for i, result in enumerate(results) if result is None]
+        if missing:
+            computed = self.run_model(batch if len(missing) == len(results) else batch.subset(missing), timings, started)
+            for i, result in zip(missing, computed):
+                results[i] = result
+                if not isinstance(result, RequestError):  # only successful answers are kept
+                    self.cache.put(keys[i], result)
+        return results
+
+    def run_model(self, batch: PreparedBatch, timings: Dict[str, float], started: float) -> List[Any]:
+        with self.profiler.phase("collate"):
+            inputs = self.collate(batch.items)
+        decoded = time.perf_counter()
+        timings["PreprocessTime"] = (decoded - started) * 1e3
+        with self.profiler.phase("model"):
+            outputs = self.inference(inputs)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        inferred = time.perf_counter()
+        timings["InferenceTime"] = (inferred - decoded) * 1e3
+        with self.profiler.phase("postprocess"):
+            results = self.postprocess(outputs, batch)
+        timings["PostprocessTime"] = (time.perf_counter() - inferred) * 1e3
+        return results
 
     def group_answers(self, batch: PreparedBatch, results: List[Any]) -> Dict[int, Answer]:
         """Item results back to their requests, each answered by its own protocol object."""

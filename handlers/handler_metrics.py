@@ -7,6 +7,7 @@ another metrics config still logs them (model_metrics.log) instead of failing.
     PreprocessTime, InferenceTime, PostprocessTime   histogram, ms, per batch
     BatchSize                                        histogram, requests per handle() call
     InvalidInputs                                    counter, per ErrorType (the 4xx `type`)
+    CacheHits, CacheMisses, CacheEvictions           counter, items (models with a response cache)
 """
 
 import logging
@@ -26,6 +27,9 @@ SPECS = {
     "PostprocessTime": ("ms", BASE_DIMENSIONS, MetricTypes.HISTOGRAM),
     "BatchSize": ("count", BASE_DIMENSIONS, MetricTypes.HISTOGRAM),
     "InvalidInputs": ("count", BASE_DIMENSIONS + ["ErrorType"], MetricTypes.COUNTER),
+    "CacheHits": ("count", BASE_DIMENSIONS, MetricTypes.COUNTER),
+    "CacheMisses": ("count", BASE_DIMENSIONS, MetricTypes.COUNTER),
+    "CacheEvictions": ("count", BASE_DIMENSIONS, MetricTypes.COUNTER),
 }
 
 
@@ -52,3 +56,9 @@ class HandlerMetrics:
             self._emit(name, round(value, 3))
         for error_type, count in Counter(error_types).items():
             self._emit("InvalidInputs", count, error_type)
+
+    def counts(self, counts: Dict[str, int]) -> None:
+        """Counter increments (the response cache's hits, misses, evictions of one batch)."""
+        for name, value in counts.items():
+            if value:
+                self._emit(name, value)

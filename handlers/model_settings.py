@@ -28,6 +28,12 @@ class CommonSettings:
     # Per-request budgets (413 before the heavy work; README "Limits and budgets" gives the arithmetic)
     maxItemsPerRequest: int = 16       # KServe v1 instances / v2 data elements in one request
     maxResponseBytes: int = 6_553_500  # TorchServe's max_response_size: no answer may be larger
+    # Response cache per worker (response_cache): off unless cacheEntries > 0
+    cacheEntries: int = 0              # answers kept (least recently used go first)
+    cacheBytes: int = 64 * 1024 * 1024 # and at most this many bytes of stored JSON answers
+    # torch.profiler over the next N batches of each worker (make profile): off at 0
+    profileBatches: int = 0
+    profileDir: Optional[str] = None   # default: $LOG_LOCATION/profiles (logs/profiles)
 
     def check(self) -> None:
         if self.modelFormat not in FORMATS:
@@ -36,6 +42,9 @@ class CommonSettings:
         _at_least("warmUpRuns", self.warmUpRuns, 0)
         _at_least("maxItemsPerRequest", self.maxItemsPerRequest, 1)
         _at_least("maxResponseBytes", self.maxResponseBytes, 1024)
+        _at_least("cacheEntries", self.cacheEntries, 0)
+        _at_least("cacheBytes", self.cacheBytes, 1024)
+        _at_least("profileBatches", self.profileBatches, 0)
 
 
 @dataclass
@@ -98,10 +107,31 @@ class TextEmbeddingSettings(TextSettings):
     pass
 
 
+@dataclass
+class ObjectDetectorSettings(CommonSettings):
+    labelsFile: Optional[str] = "index_to_name.json"
+    scoreThreshold: float = 0.5          # the lowest score answered (a request's "threshold" overrides it)
+    maxDetections: int = 100             # the most detections answered (a request's "max_detections" overrides it)
+    maxImagePixels: int = 40_000_000     # the image classifier's pixel budgets
+    maxItemsPerRequest: int = 16         # images per KServe request
+    maxPixelsPerRequest: int = 40_000_000
+
+    def check(self) -> None:
+        super().check()
+        for key in ("maxDetections", "maxImagePixels"):
+            _at_least(key, getattr(self, key), 1)
+        if not 0 <= self.scoreThreshold <= 1:
+            raise SettingsError(f"handler.scoreThreshold: must be from 0 to 1, got {self.scoreThreshold}")
+        if self.maxPixelsPerRequest < self.maxImagePixels:
+            raise SettingsError(f"handler.maxPixelsPerRequest ({self.maxPixelsPerRequest}) must be >= "
+                                f"handler.maxImagePixels ({self.maxImagePixels}): one image allowed alone fits a request")
+
+
 SETTINGS_OF_KIND: Dict[str, Type[CommonSettings]] = {
     "image-classifier": ImageClassifierSettings,
     "text-classifier": TextClassifierSettings,
     "text-embedding": TextEmbeddingSettings,
+    "object-detector": ObjectDetectorSettings,
 }
 
 
