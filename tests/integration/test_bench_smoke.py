@@ -10,11 +10,14 @@ import sys
 from support import REPO
 
 
-def test_bench_quick_mode_writes_a_report(tmp_path):
+def test_bench_quick_mode_writes_a_report(tmp_path, tmp_path_factory):
     out = tmp_path / "bench"
+    # bench.py's own temp dirs (its server's workdir, with the worker sockets) go into pytest's temp dir,
+    # kept short: a Unix socket path has at most 107 bytes
+    scratch = tmp_path_factory.mktemp("scratch")
     result = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "bench.py"), "--quick", "--out", str(out),
                              "--build-root", str(tmp_path / "build")],
-                            capture_output=True, text=True, timeout=900)
+                            capture_output=True, text=True, timeout=900, env={**os.environ, "TMPDIR": str(scratch)})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((out / "results.json").read_text())
     rows = report["rows"]
