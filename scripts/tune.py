@@ -274,6 +274,9 @@ def main(argv=None) -> int:
     if args.quick:
         args.threads, args.batch_sizes, args.delays, args.seconds, args.warmup = [1], [1, 4, 8], [5], 3, 1
         args.repeats = min(args.repeats, 2)
+    kind = load_declaration(args.model).kind
+    if not args.workload and kind not in WORKLOAD_OF_KIND:
+        parser.error(f"no default input for a {kind}: pass --workload (one of bench.py's inputs)")
     args.workload = args.workload or default_workload(args.model)
     out = args.out or os.path.join(REPO, "results", "tune", args.model)
     cores = psutil.cpu_count(logical=True)
