@@ -9,6 +9,8 @@
                                    tokenizer.json (same 30522-token vocabulary)
     make_text_embedder(folder)     a tiny BertModel checkpoint with the same tokenizer and a
                                    sentence_bert_config.json (max_seq_length 128)
+    make_detector(folder)          torchvision SSDlite320 (MobileNetV3-Large, COCO's 91 classes, random weights,
+                                   seeded) saved with torch.jit.script (detector.pt)
 
 and the in-process references the served answers must equal: `ImageReference` (the handlers' own
 decode/resize/crop/normalise on the bytes, then the eager model, softmax) and `TextReference`
@@ -125,6 +127,63 @@ def make_text_embedder(folder: str) -> str:
     with open(os.path.join(folder, "sentence_bert_config.json"), "w", encoding="utf-8") as f:
         json.dump({"max_seq_length": EMBEDDING_MAX_TOKENS, "do_lower_case": False}, f)
     return folder
+
+
+@dataclass
+class DetectorFiles:
+    pt: str
+    scripted: torch.jit.ScriptModule  # the saved model as saved (not frozen): the in-process reference
+
+    def answer(self, image: bytes, threshold: float, max_detections: int) -> dict:
+        """What the served detector must answer for these bytes: the handlers' decoder (EXIF applied), the
+        scripted model on that one image alone, COCO's labels."""
+        from detection import DetectionItem, DetectionOptions, answer, model_detections, model_images
+        from image_decoding import decode_rgb
+        from tskit.sources import coco_categories
+
+        options = DetectionOptions(threshold, max_detections)
+        pixels = model_images([DetectionItem(decode_rgb(image, 10 ** 8), options)], torch.device("cpu"))
+        with torch.inference_mode():
+            [detection] = model_detections(self.scripted(pixels))
+        return answer(detection, coco_categories(), options)
+
+
+def _calibrate_batch_norms(model: torch.nn.Module, images: List[torch.Tensor]) -> None:
+    """Every BatchNorm's running statistics set to the mean over `images` (their activations under the
+    model's own transform). With random weights and default statistics the features shrink layer by layer
+    to ~1e-13 and every detection scores exactly 1/91; with calibrated ones scores spread out (0.02-0.5)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average over the calibration pass
+    model.train()
+    with torch.no_grad():
+        batch, _ = model.transform(images)
+        model.head(list(model.backbone(batch.tensors).values()))
+    model.eval()
+
+
+def make_detector(folder: str, detections_per_img: int = 100) -> DetectorFiles:
+    """detector.pt in `folder` (created). Why SSDlite: 14 MB (Faster R-CNN MobileNetV3-320: 78 MB), and its
+    transform resizes every image to 320x320, so an image's detections do not depend on the other images of
+    its batch (Faster R-CNN pads a batch to its largest image: anchors and proposals change with the batch).
+    Batch norms calibrated on tskit.real_images' calibration views, not the photos the tests send."""
+    import torchvision
+    from image_decoding import decode_rgb
+    from tskit.real_images import calibration_images
+
+    os.makedirs(folder, exist_ok=True)
+    torch.manual_seed(SEED)
+    model = torchvision.models.detection.ssdlite320_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=91, detections_per_img=detections_per_img)
+    images = [decode_rgb(jpeg, 10 ** 8).float() / 255 for _, jpeg in calibration_images(8)[:8]]
+    _calibrate_batch_norms(model, images)
+    path = os.path.join(folder, "detector.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notes
+        scripted = torch.jit.script(model)
+        scripted.save(path)
+    return DetectorFiles(path, scripted)
 
 
 # ---- references ---------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """A model's one declaration, `models/<name>/model.yaml`: everything else about the model is derived from it.
 
-    kind: image-classifier            # image-classifier | text-classifier | text-embedding
+    kind: image-classifier            # image-classifier | text-classifier | text-embedding | object-detector
     source: /path/to/model.pt2        # .pt (TorchScript), .pt2 (torch.export), .onnx, a Hugging Face
                                       # checkpoint folder, or python:<module>:<function> (returns a module)
     format: torchscript               # how it is served: torchscript | aoti | onnx
@@ -33,6 +33,7 @@ HANDLER_OF_KIND = {
     "image-classifier": "image_classifier_handler.py",
     "text-classifier": "text_classifier_handler.py",
     "text-embedding": "text_embedding_handler.py",
+    "object-detector": "object_detector_handler.py",
 }
 # TorchServe 0.12's per-model keys (ModelConfig) that this package sets; anything else is a typo.
 TORCHSERVE_KEYS = {

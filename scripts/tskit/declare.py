@@ -5,7 +5,7 @@ import os
 import re
 from typing import Optional
 
-from tskit.sources import ALL_FORMATS, FORMATS_OF_FILE
+from tskit.sources import ALL_FORMATS, DETECTOR_KINDS, FORMATS_OF_FILE, detector_formats
 from tskit.declaration import DECLARATION, HANDLER_OF_KIND, MODELS_DIR, DeclarationError, load
 
 
@@ -31,6 +31,16 @@ TEXT_TEMPLATE = """\
   maxItemsPerRequest: 16      # texts per KServe request
   maxTextChars: 100000        # characters per text
 """
+DETECTOR_TEMPLATE = """\
+  scoreThreshold: 0.5         # the lowest score answered (a request's JSON "threshold" overrides it)
+  maxDetections: 100          # the most detections answered (a request's "max_detections" overrides it)
+  maxImagePixels: 40000000    # a declared width*height above this answers 413 before decoding
+  intraOpThreads: 1           # workers x threads <= cores
+  # Per-request budgets, answered 413 before decoding (README "Limits and budgets")
+  maxItemsPerRequest: 16      # images per KServe request
+  maxPixelsPerRequest: 40000000  # declared pixels of all of a request's images (>= maxImagePixels)
+"""
+TEMPLATE_OF_KIND = {"image-classifier": IMAGE_TEMPLATE, "object-detector": DETECTOR_TEMPLATE}
 DECLARATION_TEMPLATE = """\
 # {name}: the one declaration of this model. `make archives` rebuilds model_store/{name}.mar from it
 # when it or its source changes; `make serve` serves it; config.properties' models block follows it.
@@ -57,6 +67,8 @@ handler:
 
 def source_formats(source: str, kind: str) -> tuple:
     """The formats a source can give, judged by its name (the build checks again with the model loaded)."""
+    if kind in DETECTOR_KINDS:
+        return detector_formats(source)
     if source.startswith("python:") or os.path.isdir(source):
         return ALL_FORMATS
     return FORMATS_OF_FILE.get(os.path.splitext(source)[1], ())
@@ -91,8 +103,8 @@ def declare(name: str, kind: str, source: str, labels: Optional[str] = None, mod
     text = DECLARATION_TEMPLATE.format(
         name=name, kind=kind, source=_yaml_string(source), format=model_format,
         format_note=f"           # torchscript | aoti | onnx; this source can give {', '.join(formats)}",
-        labels_line=labels_line, delay=20 if kind == "image-classifier" else 5,
-        handler=IMAGE_TEMPLATE if kind == "image-classifier" else TEXT_TEMPLATE)
+        labels_line=labels_line, delay=20 if kind in TEMPLATE_OF_KIND else 5,
+        handler=TEMPLATE_OF_KIND.get(kind, TEXT_TEMPLATE))
     text = text.replace("precision: fp32", f"precision: {precision}", 1)
     path = os.path.join(folder, DECLARATION)
     with open(path, "w", encoding="utf-8") as f:

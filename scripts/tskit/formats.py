@@ -8,6 +8,8 @@
 
 The parity check loads the written file with the handlers' own loader (handlers/model_formats.py),
 exactly as a worker does, and compares it with the source on batches of several sizes (and lengths).
+An object detector (TorchScript only) is compared on lists of images of different sizes: its detections
+paired by class and box (handlers/detection.py), the largest box difference in pixels and score difference.
 """
 
 import os
@@ -18,12 +20,15 @@ from typing import Tuple
 
 import torch
 
+from detection import compare
 from model_formats import load_model
-from tskit.sources import IMAGE_KINDS, LoadedSource, SourceError
+from tskit.sources import DETECTOR_KINDS, IMAGE_KINDS, LoadedSource, SourceError
 
 FILE_OF_FORMAT = {"torchscript": "model.pt", "aoti": "model.pt2", "onnx": "model.onnx"}
 TEXT_INPUTS = ("input_ids", "attention_mask")
 PARITY_TOLERANCE = 1e-3  # largest |served - source| on logits / embeddings, relative to the outputs' scale
+# A detector's example images (height, width): different sizes and aspect ratios in one list, as batched
+DETECTOR_IMAGE_SIZES = ((240, 320), (320, 200), (300, 300))
 
 
 def image_batch(batch: int, size: int, seed: int = 0) -> Tuple[torch.Tensor]:
@@ -42,7 +47,15 @@ def text_batch(batch: int, length: int, seed: int = 0) -> Tuple[torch.Tensor, to
     return ids, mask
 
 
+def detector_images(sizes, seed: int = 0):
+    """A list of float RGB images in [0, 1] of the given (height, width) sizes: a detector's input."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.rand(3, height, width, generator=generator) for height, width in sizes]
+
+
 def example_inputs(kind: str, settings, batch: int = 2, length: int = 16, seed: int = 0):
+    if kind in DETECTOR_KINDS:
+        return (detector_images(DETECTOR_IMAGE_SIZES[:batch], seed),)
     if kind in IMAGE_KINDS:
         return image_batch(batch, settings.cropSize, seed)
     return text_batch(batch, min(length, settings.maxTokens), seed)
@@ -75,6 +88,8 @@ def export(loaded: LoadedSource, kind: str, model_format: str, settings, out_dir
 def to_torchscript(module, kind: str, example) -> torch.jit.ScriptModule:
     if isinstance(module, torch.jit.ScriptModule):
         return module
+    if kind in DETECTOR_KINDS:  # a trace would fix the number and sizes of the images
+        return torch.jit.script(module)
     if kind in IMAGE_KINDS and not isinstance(module, torch.fx.GraphModule):
         try:
             return torch.jit.script(module)  # keeps control flow; device-neutral
@@ -124,6 +139,8 @@ def parity(loaded: LoadedSource, kind: str, model_format: str, settings, path: s
            strict: bool = True) -> Tuple[float, int]:
     """Largest |served - source| over several batch sizes (and text lengths), loaded as a worker loads it,
     and the served model's output width (the number of classes, or the embedding size)."""
+    if kind in DETECTOR_KINDS:
+        return detector_parity(loaded, settings, path, strict)
     served = load_model(path, model_format, torch.device("cpu"), threads=torch.get_num_threads(),
                         optimize=settings.optimizeForInference)
     shapes = [(1, 7), (3, 16), (5, 40)] if kind not in IMAGE_KINDS else [(1, 0), (3, 0), (5, 0)]
@@ -138,6 +155,31 @@ def parity(loaded: LoadedSource, kind: str, model_format: str, settings, path: s
         raise SourceError(f"the {model_format} model differs from its source by {worst:.2e} "
                           f"(outputs up to {scale:.2f}): not served")
     return worst, int(answer.shape[-1])
+
+
+def detector_parity(loaded: LoadedSource, settings, path: str, strict: bool = True) -> Tuple[float, int]:
+    """Largest box difference (pixels) between the served detector and its source, on one list of images
+    of different sizes and on one image alone; scores must agree within PARITY_TOLERANCE and every
+    detection must have its partner. Returns it and the model's class count."""
+    from detection import DetectionOptions, answer, model_detections
+
+    served = load_model(path, "torchscript", torch.device("cpu"), threads=torch.get_num_threads(),
+                        optimize=settings.optimizeForInference)
+    labels = [str(i) for i in range(loaded.classes)]
+    everything = DetectionOptions(0.0, 1_000_000)
+    worst = None
+    with torch.inference_mode():
+        for seed, sizes in enumerate((DETECTOR_IMAGE_SIZES, DETECTOR_IMAGE_SIZES[:1])):
+            images = detector_images(sizes, seed + 1)
+            pairs = zip(model_detections(loaded.module(images)), model_detections(served(images)))
+            for reference, answered in pairs:
+                difference = compare(answer(reference, labels, everything)["detections"],
+                                     answer(answered, labels, everything)["detections"])
+                worst = difference if worst is None or difference.box > worst.box else worst
+                if strict and (difference.box > PARITY_TOLERANCE * max(max(s) for s in sizes)
+                               or difference.score > PARITY_TOLERANCE or difference.unmatched):
+                    raise SourceError(f"the served detector differs from its source: {difference}: not served")
+    return worst.box, loaded.classes
 
 
 def build_model_file(loaded: LoadedSource, kind: str, model_format: str, settings, out_dir: str,

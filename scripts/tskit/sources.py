@@ -7,8 +7,12 @@
     python:mod:function  a function returning an eager module, a source path or a LoadedSource
                                                                     -> torchscript, aoti, onnx
 Text models take (input_ids, attention_mask) int64 [N, L]; image models a float batch [N, 3, H, W].
+An object detector is a torchvision detection model, a .pt saved with torch.jit.script (or python:):
+it takes a list of images of any sizes, so it is served as TorchScript only (torch.export and ONNX need
+fixed input structure); its class count is read from the model, and COCO's 91 names are its default labels.
 """
 
+import dataclasses
 import importlib
 import json
 import os
@@ -19,6 +23,8 @@ import torch
 import torch.nn.functional as F
 
 IMAGE_KINDS = ("image-classifier",)
+DETECTOR_KINDS = ("object-detector",)
+DETECTOR_FORMATS = ("torchscript",)
 ALL_FORMATS = ("torchscript", "aoti", "onnx")  # what a PyTorch module (eager, checkpoint, python:) can give
 FORMATS_OF_FILE = {".pt": ("torchscript", "onnx"), ".pt2": ALL_FORMATS, ".onnx": ("onnx",)}
 TEXT_KINDS = ("text-classifier", "text-embedding")
@@ -38,6 +44,7 @@ class LoadedSource:
     labels: Optional[List[str]] = None          # class names the source itself carries (id2label)
     tokenizer_file: Optional[str] = None
     max_tokens: Optional[int] = None
+    classes: Optional[int] = None               # a detector's class count (background included)
     pad_token: Optional[str] = None
     dependencies: List[str] = field(default_factory=list)  # files whose change rebuilds the archive
 
@@ -68,17 +75,24 @@ class SequenceClassifierLogits(torch.nn.Module):
 
 
 def load_source(source: str, kind: str, base_dir: str) -> LoadedSource:
+    loaded = _load_source(source, kind, base_dir)
+    return as_detector(loaded) if kind in DETECTOR_KINDS else loaded
+
+
+def _load_source(source: str, kind: str, base_dir: str) -> LoadedSource:
     if source.startswith("python:"):
         return _python_source(source, kind, base_dir)
     path = source if os.path.isabs(source) else os.path.normpath(os.path.join(base_dir, source))
     if not os.path.exists(path):
         raise SourceError(f"source {path} does not exist")
-    if os.path.isdir(path):
+    if os.path.isdir(path) and kind not in DETECTOR_KINDS:
         return _hugging_face(path, kind)
     if kind in TEXT_KINDS:
         raise SourceError(f"a {kind} source is a Hugging Face checkpoint folder (config.json, weights, "
                           f"tokenizer.json), not the file {path}")
     suffix = os.path.splitext(path)[1]
+    if kind in DETECTOR_KINDS:
+        detector_formats(path)  # refuses anything but a .pt
     if suffix == ".pt":
         module = torch.jit.load(path, map_location="cpu").eval()
         return LoadedSource(f"TorchScript {path}", FORMATS_OF_FILE[suffix], module=module, dependencies=[path])
@@ -91,6 +105,35 @@ def load_source(source: str, kind: str, base_dir: str) -> LoadedSource:
                             dependencies=[path])
     raise SourceError(f"source {path}: expected a .pt (TorchScript), .pt2 (torch.export.save) or .onnx file, "
                       f"or a Hugging Face checkpoint folder")
+
+
+def detector_formats(source: str) -> Tuple[str, ...]:
+    """The formats a detector source can give: TorchScript, from a .pt or a python: source."""
+    if source.startswith("python:") or (os.path.splitext(source)[1] == ".pt" and not os.path.isdir(source)):
+        return DETECTOR_FORMATS
+    raise SourceError(f"SOURCE={source}: an object-detector source is a torchvision detection model saved with "
+                      f"torch.jit.script (.pt), served as torchscript (it takes a list of images of any sizes)")
+
+
+def as_detector(loaded: LoadedSource) -> LoadedSource:
+    """A detection model: its class count read from it, COCO's names as labels where it has COCO's 91."""
+    from detection import class_count
+
+    classes = class_count(loaded.module)
+    if classes is None:
+        raise SourceError(f"{loaded.description}: the number of classes cannot be read; expected a torchvision "
+                          f"detection model (Faster/Mask/Keypoint R-CNN, SSD, SSDlite, RetinaNet, FCOS)")
+    coco = coco_categories()
+    labels = loaded.labels or (coco if classes == len(coco) else None)
+    return dataclasses.replace(loaded, formats=DETECTOR_FORMATS, classes=classes, labels=labels)
+
+
+def coco_categories() -> List[str]:
+    """COCO's 91 category names as torchvision's detection weights name them ("__background__" at 0,
+    "N/A" for unused indices), from the weights' metadata: nothing is downloaded."""
+    from torchvision.models.detection import SSDLite320_MobileNet_V3_Large_Weights
+
+    return list(SSDLite320_MobileNet_V3_Large_Weights.COCO_V1.meta["categories"])
 
 
 def from_module(module: torch.nn.Module, description: str, **extra) -> LoadedSource:
