@@ -15,10 +15,10 @@ MODELS_DIR := models
 # The model tool (scripts/tskit): declarations -> archives, config.properties' models block.
 TSKIT := $(PY) -m tskit
 
-.PHONY: help venv check-java archives config model archive-version serve stop test test-unit test-integration bench tune kserve clean
+.PHONY: help venv check-java archives config model archive-version serve stop test test-unit test-integration bench tune kserve profile clean
 
 help:
-	@echo "make serve | stop | test | test-unit | test-integration | archives | config | model | archive-version | bench | tune | soak | kserve | clean"
+	@echo "make serve | stop | test | test-unit | test-integration | archives | config | model | archive-version | bench | tune | soak | kserve | profile | clean"
 	@echo "make model NAME=<name> KIND=image-classifier|text-classifier|text-embedding SOURCE=<path> [LABELS=<file>] [FORMAT=torchscript|aoti|onnx]"
 
 # ---- environment -----------------------------------------------------------------------------
@@ -71,7 +71,7 @@ model: $(VENV)/.installed
 MOBILENET_VERSION ?= 2.0
 VERSION ?= $(MOBILENET_VERSION)
 archive-version: $(VENV)/.installed
-	$(TSKIT) build $(or $(MODEL),mobilenet_v2) --version $(VERSION) --archive-name $(or $(MODEL),mobilenet_v2)_v$(VERSION) --store $(STORE) \
+	$(TSKIT) build $(or $(MODEL),mobilenet_v2) --version $(VERSION) --archive-name $(or $(MODEL),mobilenet_v2)_v$(VERSION) --store "$(STORE)" --build-root "$(BUILD)" \
 		$(if $(FORMAT),--format "$(FORMAT)") $(if $(PRECISION),--precision "$(PRECISION)")
 
 # gRPC stubs from the .proto files inside the installed TorchServe jar (tsctl.py --grpc, the gRPC tests).
@@ -104,6 +104,13 @@ SOAK_REQUESTS ?= 5000
 .PHONY: soak
 soak: check-java archives
 	$(PY) scripts/soak.py --requests $(SOAK_REQUESTS) --concurrency 16 --json results/soak.json
+
+# ---- Profiling: torch.profiler over a served model under load (tskit.profile) --------------------
+#   make profile MODEL=mobilenet_v2 [BATCHES=20]  ->  top operators printed; traces in build/profile/<model>/profiles/
+BATCHES ?= 20
+profile: archives
+	@test -n "$(MODEL)" || { echo "usage: make profile MODEL=<name> [BATCHES=20]"; exit 2; }
+	$(PY) -m tskit.profile $(MODEL) --batches $(BATCHES) --work $(BUILD)/profile/$(MODEL) --store $(STORE)
 
 # ---- KServe: the storage layout its TorchServe runtime mounts (deploy/ has the manifests) --------
 kserve: archives

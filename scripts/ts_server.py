@@ -251,13 +251,19 @@ class TorchServe:
         return self.client(timeout=10).workers(name)
 
     def ready(self, models: List[str]) -> bool:
-        """The management API answers and every model has a READY worker."""
+        """The management API answers and every model has its minWorkers READY (all of them, so that a
+        test never starts while a worker is still loading or being replaced)."""
         try:
             client = self.client(timeout=10)
             client.list_models()
-            return all(any(w.get("status") == "READY" for w in client.workers(m)) for m in models)
+            return all(self._workers_ready(client.describe(m)[0]) for m in models)
         except (OSError, ValueError, KeyError, IndexError, ClientError):
             return False
+
+    @staticmethod
+    def _workers_ready(described: dict) -> bool:
+        ready = sum(w.get("status") == "READY" for w in described.get("workers", []))
+        return ready >= max(1, int(described.get("minWorkers", 1)))
 
     def wait_ready(self, models: Optional[List[str]] = None, timeout: float = 300) -> None:
         models = self.expected_models() if models is None else models

@@ -61,7 +61,8 @@ def test_management_port_rejects_missing_wrong_and_wrong_kind_tokens(client, ser
 
 def test_all_listeners_are_on_loopback(server):
     frontend = psutil.Process(server.pid())
-    listening = [c.laddr for c in frontend.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    connections = getattr(frontend, "net_connections", None) or frontend.connections  # psutil 6+ / 5.9 (kserve's pin)
+    listening = [c.laddr for c in connections(kind="inet") if c.status == psutil.CONN_LISTEN]
     ports = {a.port for a in listening}
     for url in (server.inference_url, server.management_url, server.metrics_url):
         assert int(url.rsplit(":", 1)[1]) in ports, (url, listening)

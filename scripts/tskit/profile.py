@@ -1,0 +1,87 @@
+"""make profile MODEL=<name>: torch.profiler over a served model under load, its top operators printed.
+
+The model's built archive is served (a private TorchServe: own ports and TEMP) as a copy whose
+declaration-level setting `handler.profileBatches` is N (tskit.respec); load from several threads with
+the model's real inputs (benchkit.agreement.probes: photos or headlines) runs until every worker has
+written its profile of N batches (handlers/batch_profiler.py): a Chrome trace and a table of the top
+operators per worker, in build/profile/<name>/profiles/. The served archives themselves are not
+changed, and with profileBatches 0 (their default) the handler pays one integer test per batch.
+"""
+
+import argparse
+import glob
+import os
+import shutil
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import List
+
+from benchkit.agreement import probes
+from tskit import declaration as declarations
+from tskit.client import ClientError
+from tskit.respec import with_settings
+from ts_server import private_server, running
+
+
+def profile(name: str, batches: int, work: str, store: str, concurrency: int = 8, timeout: float = 600) -> List[str]:
+    """The `.top.txt` files written (one per worker) once every worker has profiled `batches` batches."""
+    declaration = declarations.load(name)
+    work, store = os.path.abspath(work), os.path.abspath(store)  # the server runs in its own working dir
+    shutil.rmtree(work, ignore_errors=True)
+    folder, served = os.path.join(work, "profiles"), os.path.join(work, "model_store")
+    os.makedirs(served)
+    with_settings(os.path.join(store, f"{name}.mar"), os.path.join(served, f"{name}.mar"),
+                  handler={"profileBatches": batches, "profileDir": folder})
+    workers = int(declaration.torchserve.get("minWorkers", 1))
+    server = private_server(os.path.join(work, "server"), model_store=served, load_models=f"{name}.mar")
+    with running(server, [name]):
+        drive(server.client(), name, probes(declaration.kind), concurrency,
+              until=lambda: len(glob.glob(os.path.join(folder, "*.top.txt"))) >= workers, timeout=timeout)
+    return sorted(glob.glob(os.path.join(folder, "*.top.txt")))
+
+
+def drive(client, name: str, inputs, concurrency: int, until, timeout: float) -> None:
+    """Send the inputs in turn from `concurrency` threads until `until()` is true."""
+    done, deadline = threading.Event(), time.monotonic() + timeout
+
+    def sender(offset: int) -> None:
+        i = offset
+        while not done.is_set() and time.monotonic() < deadline:
+            probe = inputs[i % len(inputs)]
+            try:
+                client.predict(name, probe.body, probe.content_type)
+            except ClientError as err:
+                print(f"profile load: {err}", file=sys.stderr)
+            i += concurrency
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        for offset in range(concurrency):
+            pool.submit(sender, offset)
+        while not until() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        done.set()
+    if not until():
+        raise TimeoutError(f"no complete profile from every worker of {name} within {timeout:g} s")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--work", help="default: build/profile/<model>")
+    parser.add_argument("--store", default=os.path.join(declarations.REPO, "model_store"))
+    args = parser.parse_args(argv)
+    work = args.work or os.path.join(declarations.REPO, "build", "profile", args.model)
+    tables = profile(args.model, args.batches, work, args.store, args.concurrency)
+    for table in tables:
+        print(f"== {table} (trace: {table[:-len('.top.txt')]}.trace.json)")
+        with open(table, encoding="utf-8") as f:
+            print(f.read())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
