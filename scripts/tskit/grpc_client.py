@@ -15,7 +15,7 @@ import zipfile
 from typing import Iterator, List, Optional
 
 STUBS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ts_grpc")
-PROTOS = ("inference.proto", "management.proto")
+PROTOS = ("inference.proto", "management.proto", "open_inference_grpc.proto")
 
 
 def server_jar() -> str:

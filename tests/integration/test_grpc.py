@@ -11,7 +11,7 @@ import pytest
 
 from support import CAT_LABELS, REPO, encode, photo
 from tskit.declaration import served
-from tskit.grpc_client import GrpcClient, generate_stubs
+from tskit.grpc_client import generate_stubs
 
 KIND_OF = {d.name: d.kind for d in served()}
 STRIKER = "The striker scored twice in the final"
@@ -28,12 +28,8 @@ def inputs(tmp_path_factory):
 def grpc_client(server):
     generate_stubs()  # what `make test` did already; cheap, and keeps the module runnable alone
 
-    class Keys:  # the key file of this server (no renewal needed within a test run)
-        def key(self, kind):
-            return server.keys()[kind]
-
-    return GrpcClient(Keys(), f"127.0.0.1:{server.props['grpc_inference_port']}",
-                      f"127.0.0.1:{server.props['grpc_management_port']}")
+    return server.client().grpc(f"127.0.0.1:{server.props['grpc_inference_port']}",
+                                f"127.0.0.1:{server.props['grpc_management_port']}")
 
 
 def tsctl(server, *args):
@@ -92,3 +88,16 @@ def test_bad_input_over_grpc_gets_the_contracts_json(grpc_client):
     model = next(m for m, kind in KIND_OF.items() if kind == "image-classifier")
     answer = grpc_client.predict(model, encode(photo("chelsea"))[:3000])  # a truncated JPEG
     assert answer["code"] == 400 and answer["type"] == "CorruptImage"
+
+
+# ---- TorchServe's Open Inference Protocol gRPC service: off (config.properties says why) --------------
+def test_the_open_inference_grpc_service_is_not_served(server):
+    import grpc
+    from ts_grpc import open_inference_grpc_pb2 as oip, open_inference_grpc_pb2_grpc as oip_grpc
+
+    assert server.props.get("ts_open_inference_protocol", "false") != "true"
+    stub = oip_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.props['grpc_inference_port']}"))
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.ServerLive(oip.ServerLiveRequest(), metadata=[("authorization", f"Bearer {server.keys()['inference']}")],
+                        timeout=30)
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -102,7 +102,7 @@ def test_no_models_folder_means_no_declarations(tmp_path):
     (("  topk: 3", "  top_k: 3"), r"handler\.top_k is not a setting of a image-classifier"),
     (("  topk: 3", "  topk: three"), r"handler\.topk: expected int, got 'three'"),
     (("  topk: 3", "  topk: 0"), r"handler\.topk: must be >= 1"),
-    (("kind: image-classifier", "kind: object-detector"), r"kind 'object-detector' is not one of"),
+    (("kind: image-classifier", "kind: speech-recognizer"), r"kind 'speech-recognizer' is not one of"),
     (("format: aoti", "format: tensorrt"), r"format 'tensorrt' is not one of torchscript, aoti, onnx"),
     (("precision: fp32", "precision: fp16"), r"precision 'fp16' is not one of fp32, int8"),
     (("source: model.pt2\n", ""), r"`source` is missing"),

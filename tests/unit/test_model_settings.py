@@ -70,8 +70,8 @@ def test_a_misspelt_or_foreign_key_fails_naming_it(kind, key):
 
 
 def test_an_unknown_kind_fails_naming_the_kinds():
-    with pytest.raises(SettingsError, match="kind 'object-detector' is not one of image-classifier"):
-        parse_settings("object-detector", {})
+    with pytest.raises(SettingsError, match="kind 'speech-recognizer' is not one of image-classifier"):
+        parse_settings("speech-recognizer", {})
 
 
 # ---- wrong types ---------------------------------------------------------------------------------

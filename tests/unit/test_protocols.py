@@ -153,3 +153,4 @@ def test_deeply_nested_v2_data_is_flattened_without_recursion():
         data = [data]
     request = V2Request.parse({"inputs": [{"name": "t", "datatype": "BYTES", "shape": [1], "data": [data]}]})
     assert request.elements == ["x"]
+
