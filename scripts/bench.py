@@ -33,9 +33,13 @@ loaded with wrk (compiled; a Python client when wrk is missing). Every load poin
 (benchkit.checks): status 200 for each, and every 10th answer's top-1 label and top-k length (embeddings:
 cosine with the lone answer) against an answer checked first; a wrong answer or any exception counts as
 a failed request, and the answer-check table reports each row's checked, wrong and first failure.
+  (K) with --cache (a tiny one in --quick; --cache-only for it alone): the response cache, cache off vs on
+      (a tskit.respec copy with handler.cacheEntries) on a stream with ~30% repeated inputs and on an
+      all-unique one, interleaved (off, on, on, off), every answer checked, hit ratio from the server's
+      CacheHits / CacheMisses metrics (benchkit.cache_bench).
 Writes results/bench/<time>/ {results.json, table.md, bench.png}; prints the tables.
 
-    python scripts/bench.py [--seconds 8] [--concurrency 1 4 16] [--quick] [--no-formats] [--no-peer]
+    python scripts/bench.py [--seconds 8] [--concurrency 1 4 16] [--quick] [--no-formats] [--no-peer] [--cache]
 """
 
 import argparse
@@ -57,7 +61,7 @@ import yaml
 from PIL import Image
 from tqdm import tqdm
 
-from benchkit import agreement, inprocess, variants
+from benchkit import agreement, cache_bench, inprocess, variants
 from benchkit.archives import unpack
 from benchkit.checks import (CAT_LABELS, TEXT_TOPICS, answer_check, check_table, expected_first,  # noqa: F401
                              failed_rows)
@@ -65,6 +69,7 @@ from benchkit.plan import PIPELINE_SUFFIX, STOCK_PREFIX, base_of, interleaved, s
 from benchkit.litserve_peer import LitServePeer
 from load_generators import AnswerCheck, LoadResult, run_python, run_wrk, wrk_available
 from tskit import declaration as declarations
+from tskit.respec import with_settings
 from tskit.client import store_archive
 from ts_server import REPO, TorchServe, free_ports, private_server, read_properties
 
@@ -360,6 +365,91 @@ def served_section(server: TorchServe, args, groups, inputs: Dict[str, dict], ki
                              batch=int(decls[model].torchserve.get("batchSize", 1)) if model in decls else None,
                              input="tensor_224" if kinds[model] == "image-classifier" else group.workload))
     progress.close()
+
+
+# ---- (K): the response cache -------------------------------------------------------------------------
+CACHE_KINDS = ("image-classifier", "text-classifier")  # inputs with a known right answer for every variant
+
+
+def cache_section(server: TorchServe, args, workloads: Dict[str, dict], rows: List[dict], log) -> None:
+    """(K): for each model of args.cache_models, `<model>_nocache` (as built) and `<model>_cache` (a copy
+    with handler.cacheEntries, tskit.respec), both registered with the declaration's layout; each stream
+    of benchkit.cache_bench in rounds of (off, on) alternating with (on, off), all at one concurrency."""
+    decls = declared()
+    manage = Management(server)
+    store = server.props["model_store"]
+    headers = server.auth_headers("inference")
+    for base in args.cache_models:
+        decl = decls[base]
+        off, on = base + "_nocache", base + cache_bench.CACHE_SUFFIX
+        scratch = tempfile.mkdtemp(prefix="bench-cache-")
+        registered = []
+        try:
+            copy_archive(base, store, off)
+            with_settings(os.path.join(STORE, f"{base}.mar"), os.path.join(scratch, f"{on}_src.mar"),
+                          handler=cache_bench.CACHE_SETTINGS)
+            copy_archive(f"{on}_src", store, on, source_store=scratch)
+            for name in (off, on):
+                manage.register(name, decl)
+                registered.append(name)
+            cache_points(server, args, base, decl.kind, {"off": off, "on": on}, workloads, headers, rows, log)
+        except Exception as err:  # a failed setup is a failed row, not a crashed bench
+            rows.append({"setup": "K", "model": on, "base": base, "workload": "cache", "stream": "setup",
+                         "cache": "on", "round": 0, "concurrency": args.cache_concurrency, "requests": 0,
+                         "throughput": 0.0, "errors": 1, "first_error": f"{type(err).__name__}: {err}"[:300]})
+            log(f"(K) {base}: {rows[-1]['first_error']}")
+        finally:
+            for name in registered:
+                manage.unregister(name)
+            for name in (off, on):
+                if os.path.exists(os.path.join(store, f"{name}.mar")):
+                    os.remove(os.path.join(store, f"{name}.mar"))
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def cache_points(server: TorchServe, args, base: str, kind: str, names: Dict[str, str], workloads: Dict[str, dict],
+                 headers: Dict[str, str], rows: List[dict], log) -> None:
+    workload_name = "jpeg_640x480" if kind == "image-classifier" else "text_medium"
+    workload = workloads[workload_name]
+    checks = {side: answer_check(f"{server.inference_url}/predictions/{name}", headers, workload_name, workload, kind)
+              for side, name in names.items()}
+    for side, name in names.items():  # warm-up: the lone input, which no stream sends again
+        with open(workload["path"], "rb") as f:
+            cache_bench.run_stream(f"{server.inference_url}/predictions/{name}", headers, workload["content_type"],
+                                   cache_bench.Stream([f.read()], [0] * 2 * args.cache_concurrency),
+                                   args.cache_concurrency, checks[side])
+    # the warm-up's counts in before the first point reads its "before"
+    cache_bench.settled_counts(server.metrics_url, names["on"], 2 * args.cache_concurrency)
+    salt = 0
+    for stream_index, (stream_name, share) in enumerate(cache_bench.STREAMS.items()):
+        for round_index in range(args.cache_rounds):
+            for side in (("off", "on") if round_index % 2 == 0 else ("on", "off")):
+                salt += 1  # new inputs for every point: nothing an earlier point stored can hit
+                if kind == "image-classifier":
+                    new = cache_bench.photo_variant(Image.open(workload["path"]).convert("RGB"), salt)
+                else:
+                    with open(workload["path"], encoding="utf-8") as f:
+                        new = cache_bench.text_variant(f.read(), salt)
+                # off and on of a round: the same order of new and repeated inputs (the seed), new inputs
+                stream = cache_bench.make_stream(args.cache_requests, share, new, seed=100 * stream_index + round_index)
+                name = names[side]
+                before = cache_bench.cache_counts(server.metrics_url, name) if side == "on" else (0, 0)
+                cpu = server_cpu_seconds(server)
+                result = cache_bench.run_stream(f"{server.inference_url}/predictions/{name}", headers,
+                                                workload["content_type"], stream, args.cache_concurrency, checks[side])
+                row = dict(result, setup="K", model=name, base=base, workload=f"{workload_name} {stream_name}",
+                           stream=stream_name, cache=side, round=round_index + 1,
+                           concurrency=args.cache_concurrency, check=checks[side].describe() + " (every answer)",
+                           server_cores=(server_cpu_seconds(server) - cpu) / result["seconds"])
+                if side == "on":
+                    hits, misses = cache_bench.settled_counts(server.metrics_url, name, sum(before) + len(stream.order))
+                    row.update(hits=hits - before[0], misses=misses - before[1])
+                    looked = row["hits"] + row["misses"]
+                    row["hit_ratio"] = row["hits"] / looked if looked else None
+                rows.append(row)
+                log(f"(K) {name} {stream_name} round {round_index + 1}: {row['throughput']:.1f} req/s, "
+                    f"p99 {row['p99_ms']:.0f} ms, {row['errors']} failed"
+                    + (f", hit ratio {row['hit_ratio']:.1%}" if row.get("hit_ratio") is not None else ""))
 
 
 # ---- (F): formats -----------------------------------------------------------------------------------
@@ -713,14 +803,33 @@ def main(argv=None) -> int:
                              "(the stock handler's 2 OpenMP threads per worker collapse on a busy 2-core machine: a "
                              "2 s point can end before its first answer); formats torchscript and onnx, 1 round, "
                              "(J) and (L)")
+    parser.add_argument("--cache", action="store_true",
+                        help="(K): the response cache, off vs on, on a stream with ~30%% repeated inputs and an "
+                             "all-unique one (benchkit.cache_bench)")
+    parser.add_argument("--cache-only", action="store_true", help="(K) alone: no (A)/(B)/(P)/(C), no formats")
+    parser.add_argument("--cache-models", nargs="+",
+                        help="default: the first served image classifier and the first served text classifier")
+    parser.add_argument("--cache-requests", type=int, default=400, help="requests per (K) point")
+    parser.add_argument("--cache-concurrency", type=int, default=8)
+    parser.add_argument("--cache-rounds", type=int, default=2, help="(off, on) pairs per stream, alternating order")
     args = parser.parse_args(argv)
+    args.cache = args.cache or args.cache_only
+    if args.cache_models is None:
+        args.cache_models = [next(n for n in served if decls[n].kind == k)
+                             for k in CACHE_KINDS if any(decls[n].kind == k for n in served)]
     if args.quick:
+        # a tiny (K): the image model, 48 requests per point, one (off, on) pair per stream
+        args.cache, args.cache_concurrency, args.cache_rounds = True, 4, 1
+        args.cache_requests = min(args.cache_requests, 48)
+        args.cache_models = [m for m in args.cache_models if decls[m].kind == "image-classifier"][:1]
         image_models = [n for n in served if decls[n].kind == "image-classifier"] or served[:1]
         args.models, args.concurrency, args.seconds, args.warmup = image_models[:1], [4], 2, 0.5
         args.no_stock, args.workloads = True, ["jpeg_640x480"]
         args.format_models = args.format_models or image_models[:1]
         args.formats, args.no_int8, args.format_rounds = args.formats or ["torchscript", "onnx"], True, 1
         args.agreement_images = min(args.agreement_images, 24)
+    if args.cache_only:
+        args.models, args.no_formats = [], True
     args.format_models = [] if args.no_formats else [m for m in (args.format_models or served)
                                                      if decls[m].kind in WORKLOAD_KIND]
     args.generator = ("wrk" if wrk_available() else "python") if args.generator == "auto" else args.generator
@@ -755,9 +864,12 @@ def main(argv=None) -> int:
     server.start()
     try:
         server.wait_ready(timeout=600)
-        served_section(server, args, groups, chosen_inputs, kinds, rows, log)
-        if args.format_models:
+        if not args.cache_only:
+            served_section(server, args, groups, chosen_inputs, kinds, rows, log)
+        if args.format_models and not args.cache_only:
             summaries = formats_section(server, args, workloads, rows, log)
+        if args.cache:
+            cache_section(server, args, workloads, rows, log)
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -766,18 +878,24 @@ def main(argv=None) -> int:
     checks_report = check_table(rows)
     formats_report = formats_table(summaries) if summaries else ""
     summary = ratios(rows, max(args.concurrency), summaries)
+    cache_rows = [r for r in rows if r["setup"] == "K"]
+    cache_report = cache_bench.cache_rows_table(cache_rows) if cache_rows else ""
+    summary += cache_bench.cache_summary(cache_rows)
     elapsed = time.monotonic() - started
     with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
         json.dump({"rows": rows, "formats": summaries, "ratios": summary, "generator": args.generator,
                    "elapsed_s": round(elapsed, 1), "args": vars(args)}, f, indent=1, default=str)
     with open(os.path.join(args.out, "table.md"), "w", encoding="utf-8") as f:
         f.write(report + "\n\n" + (formats_report + "\n\n" if formats_report else "")
+                + ("## Response cache\n\n" + cache_report + "\n\n" if cache_report else "")
                 + "## Answer checks\n\n" + checks_report + "\n\n"
                 + "\n".join(f"- {line}" for line in summary) + f"\n\nbench took {elapsed:.0f} s\n")
     plot(rows, os.path.join(args.out, "bench.png"), summaries)
     print(report)
     if formats_report:
         print("\n" + formats_report)
+    if cache_report:
+        print("\n" + cache_report)
     print("\n".join(summary))
     print("\n" + checks_report)
     print(f"bench took {elapsed:.0f} s; written: {args.out}/table.md, bench.png, results.json")

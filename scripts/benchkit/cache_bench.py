@@ -1,0 +1,193 @@
+"""The response cache under load (`bench.py --cache`): repeated inputs, cache off vs on, same server.
+
+Each model is served twice by the bench's server: as built (cache off) and as a copy with
+`handler.cacheEntries` set (tskit.respec; the copy is renamed `<model>_cache`). Two request streams,
+each a fixed sequence of `requests` requests so that both sides get exactly the same mix:
+  repeat30: ~30% of the requests repeat an input sent earlier in the stream, ~70% are new;
+  unique:   every input new (what the cache costs when it never hits).
+Inputs differ in what the model sees (a tiny patch near the photo's centre, so in the centre crop; a
+number appended to the text), so each new input is a new cache key; every point gets new inputs of its
+own, so no point hits what an earlier point stored. Points run interleaved (off, on, off, on) at one
+concurrency; EVERY answer is checked (status 200, top-1 label and top-k length against the lone answer's
+check). The hit ratio is read from the server: CacheHits / CacheMisses on the metrics port (Prometheus
+text, prometheus_client's parser), the difference around each point.
+"""
+
+import io
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+import requests
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from load_generators import AnswerCheck
+
+REPEAT_SHARE = 0.3
+STREAMS = {"repeat30": REPEAT_SHARE, "unique": 0.0}
+CACHE_SUFFIX = "_cache"
+CACHE_SETTINGS = {"cacheEntries": 1024, "cacheBytes": 64 * 1024 * 1024}
+
+
+@dataclass
+class Stream:
+    """The request sequence of one point: indices into `bodies`; repeats point at an earlier index."""
+    bodies: List[bytes]
+    order: List[int]
+
+    @property
+    def repeats(self) -> int:
+        return len(self.order) - len(self.bodies)
+
+
+def make_stream(total: int, repeat_share: float, new_body: Callable[[int], bytes], seed: int) -> Stream:
+    """`total` requests, about `repeat_share` of them an input sent earlier (uniformly among those)."""
+    rng = random.Random(seed)
+    bodies: List[bytes] = []
+    order: List[int] = []
+    for _ in range(total):
+        if bodies and rng.random() < repeat_share:
+            order.append(rng.randrange(len(bodies)))
+        else:
+            bodies.append(new_body(len(bodies)))
+            order.append(len(bodies) - 1)
+    return Stream(bodies, order)
+
+
+def photo_variant(photo: Image.Image, salt: int) -> Callable[[int], bytes]:
+    """New JPEGs of `photo`: a 6x6 patch at the centre (inside the centre crop) coloured by the index,
+    so the decoded crop, and the cache key, differ; the photo stays a cat."""
+    width, height = photo.size
+
+    def new(index: int) -> bytes:
+        image = photo.copy()
+        code = salt * 100003 + index
+        image.paste((code % 251, (code // 251) % 251, (code // 63001) % 251),
+                    (width // 2 - 3, height // 2 - 3, width // 2 + 3, height // 2 + 3))
+        out = io.BytesIO()
+        image.save(out, "JPEG", quality=90)
+        return out.getvalue()
+    return new
+
+
+def text_variant(text: str, salt: int) -> Callable[[int], bytes]:
+    """New texts: the same text with a reference number appended (new token ids, same topic)."""
+    return lambda index: f"{text} Reference {salt}-{index}.".encode("utf-8")
+
+
+def run_stream(url: str, headers: Dict[str, str], content_type: str, stream: Stream, concurrency: int,
+               check: AnswerCheck) -> dict:
+    """Send the stream with `concurrency` clients, in order; every answer checked. A row's numbers."""
+    lock = threading.Lock()
+    position = iter(range(len(stream.order)))
+    latencies: List[float] = []
+    failures: List[str] = []
+    counts = {"checked": 0, "wrong": 0}
+    headers = dict(headers, **{"Content-Type": content_type})
+
+    def client() -> None:
+        session = requests.Session()
+        while True:
+            with lock:
+                i = next(position, None)
+            if i is None:
+                return
+            started = time.perf_counter()
+            try:
+                response = session.post(url, data=stream.bodies[stream.order[i]], headers=headers, timeout=120)
+                ok, why = response.status_code == 200, f"status {response.status_code}: {response.text[:200]}"
+                right = ok and check.verify(response.content)
+            except Exception as err:  # a socket error, a timeout: a failed request
+                ok, right, why = False, False, f"{type(err).__name__}: {err}"[:200]
+            elapsed = (time.perf_counter() - started) * 1000
+            with lock:
+                counts["checked"] += ok
+                if ok and not right:
+                    counts["wrong"] += 1
+                    why = f"wrong answer: {response.text[:200]}"
+                if right:
+                    latencies.append(elapsed)
+                else:
+                    failures.append(why)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.monotonic() - started
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")
+
+    return {"requests": len(stream.order), "errors": len(failures), "checked": counts["checked"],
+            "wrong": counts["wrong"], "first_error": failures[0] if failures else "",
+            "throughput": len(latencies) / wall, "seconds": wall,
+            "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99),
+            "inputs": len(stream.bodies), "repeats": stream.repeats}
+
+
+def cache_counts(metrics_url: str, model: str) -> Tuple[float, float]:
+    """(CacheHits, CacheMisses) of `model` on the metrics port, summed over its workers."""
+    text = requests.get(f"{metrics_url}/metrics", timeout=30).text
+    totals = {"CacheHits": 0.0, "CacheMisses": 0.0}
+    for family in text_string_to_metric_families(text):
+        if family.name in totals:
+            totals[family.name] += sum(s.value for s in family.samples
+                                       if s.labels.get("ModelName") == model and not s.name.endswith("_created"))
+    return totals["CacheHits"], totals["CacheMisses"]
+
+
+def settled_counts(metrics_url: str, model: str, at_least: float, timeout_s: float = 10) -> Tuple[float, float]:
+    """The counters once they count at least `at_least` items: the frontend exports what the workers
+    logged, a moment after the answers left (polled: there is no event to wait on)."""
+    deadline = time.monotonic() + timeout_s
+    counts = cache_counts(metrics_url, model)
+    while sum(counts) < at_least and time.monotonic() < deadline:
+        time.sleep(0.2)
+        counts = cache_counts(metrics_url, model)
+    return counts
+
+
+def cache_rows_table(rows: List[dict]) -> str:
+    lines = ["| model | stream | cache | round | conc | requests (inputs) | req/s | p50 ms | p99 ms | hits / misses "
+             "| hit ratio | wrong | failed |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        counted = "" if r["cache"] == "off" else f"{r.get('hits', 0):.0f} / {r.get('misses', 0):.0f}"
+        ratio = "" if r.get("hit_ratio") is None else f"{r['hit_ratio']:.1%}"
+        lines.append(f"| {r['base']} | {r['stream']} | {r['cache']} | {r['round']} | {r['concurrency']} "
+                     f"| {r['requests']} ({r.get('inputs', '')}) | {_fmt(r['throughput'])} | {_fmt(r.get('p50_ms'))} "
+                     f"| {_fmt(r.get('p99_ms'))} | {counted} | {ratio} | {r.get('wrong', 0)} | {r.get('errors', 0)} |")
+    return "\n".join(lines)
+
+
+def cache_summary(rows: List[dict]) -> List[str]:
+    """Per model and stream: mean of the rounds, on / off."""
+    out = []
+    for base in dict.fromkeys(r["base"] for r in rows):
+        for stream in STREAMS:
+            sides = {c: [r for r in rows if r["base"] == base and r["stream"] == stream and r["cache"] == c]
+                     for c in ("off", "on")}
+            if not sides["off"] or not sides["on"]:
+                continue
+            mean = {c: {k: sum(r.get(k) or 0 for r in rs) / len(rs) for k in ("throughput", "p50_ms", "p99_ms")}
+                    for c, rs in sides.items()}
+            hits = sum(r.get("hits", 0) for r in sides["on"])
+            looked = hits + sum(r.get("misses", 0) for r in sides["on"])
+            speedup = mean["on"]["throughput"] / mean["off"]["throughput"] if mean["off"]["throughput"] else float("nan")
+            out.append(f"{base} cache {stream} (c={sides['on'][0]['concurrency']}, {len(sides['on'])} rounds each): "
+                       f"on {mean['on']['throughput']:.1f} req/s vs off {mean['off']['throughput']:.1f} = {speedup:.2f}x; "
+                       f"p50 {mean['on']['p50_ms']:.0f} vs {mean['off']['p50_ms']:.0f} ms, p99 "
+                       f"{mean['on']['p99_ms']:.0f} vs {mean['off']['p99_ms']:.0f} ms; hit ratio "
+                       + (f"{hits / looked:.1%} ({hits:.0f} of {looked:.0f})" if looked else "not counted"))
+    return out
+
+
+def _fmt(value: Optional[float], digits: int = 1) -> str:
+    return "" if value is None or value != value else f"{value:.{digits}f}"
