@@ -2,7 +2,7 @@
 
 The model's built archive is served (a private TorchServe: own ports and TEMP) as a copy whose
 declaration-level setting `handler.profileBatches` is N (tskit.respec); load from several threads with
-the model's real inputs (benchkit.agreement.probes: photos or headlines) runs until every worker has
+real inputs in the plain form (photos as JPEG, or headlines as text) runs until every worker has
 written its profile of N batches (handlers/batch_profiler.py): a Chrome trace and a table of the top
 operators per worker, in build/profile/<name>/profiles/. The served archives themselves are not
 changed, and with profileBatches 0 (their default) the handler pays one integer test per batch.
@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import List
 
-from benchkit.agreement import probes
+from benchkit.agreement import Probe, headlines
 from tskit import declaration as declarations
 from tskit.client import ClientError
 from tskit.respec import with_settings
@@ -37,9 +37,19 @@ def profile(name: str, batches: int, work: str, store: str, concurrency: int = 8
     workers = int(declaration.torchserve.get("minWorkers", 1))
     server = private_server(os.path.join(work, "server"), model_store=served, load_models=f"{name}.mar")
     with running(server, [name]):
-        drive(server.client(), name, probes(declaration.kind), concurrency,
+        drive(server.client(), name, inputs(declaration.kind), concurrency,
               until=lambda: len(glob.glob(os.path.join(folder, "*.top.txt"))) >= workers, timeout=timeout)
     return sorted(glob.glob(os.path.join(folder, "*.top.txt")))
+
+
+def inputs(kind: str) -> List[Probe]:
+    """What a client sends, in the plain form with the model's default parameters: real photos as raw
+    JPEG, or the labelled headlines as text/plain."""
+    if kind in ("image-classifier", "object-detector"):
+        from tskit.real_images import agreement_images
+
+        return [Probe(name, data, "image/jpeg") for name, data in agreement_images(100)]
+    return [Probe(f"headline {i}", text.encode(), "text/plain; charset=utf-8") for i, (_, text) in enumerate(headlines())]
 
 
 def drive(client, name: str, inputs, concurrency: int, until, timeout: float) -> None:
