@@ -13,6 +13,7 @@ check). The hit ratio is read from the server: CacheHits / CacheMisses on the me
 text, prometheus_client's parser), the difference around each point.
 """
 
+import hashlib
 import io
 import random
 import threading
@@ -58,15 +59,15 @@ def make_stream(total: int, repeat_share: float, new_body: Callable[[int], bytes
 
 
 def photo_variant(photo: Image.Image, salt: int) -> Callable[[int], bytes]:
-    """New JPEGs of `photo`: a 6x6 patch at the centre (inside the centre crop) coloured by the index,
-    so the decoded crop, and the cache key, differ; the photo stays a cat."""
+    """New JPEGs of `photo`: a 16x16 patch at the centre (inside the centre crop) in a colour hashed from
+    the index, so the decoded crop, and the cache key, differ; the photo stays a cat. (Colours one level
+    apart are not enough: JPEG and the resize can decode two of them to the same crop, the same key.)"""
     width, height = photo.size
+    box = (width // 2 - 8, height // 2 - 8, width // 2 + 8, height // 2 + 8)
 
     def new(index: int) -> bytes:
         image = photo.copy()
-        code = salt * 100003 + index
-        image.paste((code % 251, (code // 251) % 251, (code // 63001) % 251),
-                    (width // 2 - 3, height // 2 - 3, width // 2 + 3, height // 2 + 3))
+        image.paste(tuple(hashlib.blake2b(f"{salt}/{index}".encode(), digest_size=3).digest()), box)
         out = io.BytesIO()
         image.save(out, "JPEG", quality=90)
         return out.getvalue()
