@@ -1,6 +1,6 @@
 """Keeps `make bench` from rotting: its --quick mode end to end (own server, checked load, the pipeline
 without the model, raw model, two format variants with agreement from served answers, the whole job in
-process, the LitServe peer, report)."""
+process, the LitServe peer, a tiny response-cache run off vs on, report)."""
 
 import json
 import os
@@ -42,4 +42,18 @@ def test_bench_quick_mode_writes_a_report(tmp_path, tmp_path_factory):
     assert job["throughput"] > 0 and job["layout"] in ("1x2", "2x1")
     table = (out / "table.md").read_text()
     assert "| B | mobilenet_v2 | jpeg_640x480 |" in table and "| serve |" in table
+    # the answer-check table, and no served row with a wrong answer (every answer of (K), a sample elsewhere)
+    assert "## Answer checks" in table
+    checked_rows = [r for r in rows if r["setup"] not in ("C", "J")]
+    assert all(r.get("check") and r.get("wrong", 0) == 0 for r in checked_rows), \
+        [(r["setup"], r["model"], r.get("wrong"), r.get("first_error")) for r in checked_rows]
+    # (K): the response cache off and on, for the repeated and the all-unique stream; the server counted hits
+    # on the repeated stream, none on the unique one
+    cache = {(r["stream"], r["cache"]): r for r in rows if r["setup"] == "K"}
+    assert set(cache) == {("repeat30", "off"), ("repeat30", "on"), ("unique", "off"), ("unique", "on")}, cache
+    assert all(r["errors"] == 0 and r["checked"] == r["requests"] > 0 for r in cache.values())
+    assert cache[("repeat30", "on")]["hit_ratio"] > 0 and cache[("repeat30", "on")]["repeats"] > 0
+    unique = cache[("unique", "on")]
+    assert unique["hits"] == 0 and unique["misses"] == unique["requests"], unique
+    assert "## Response cache" in table and any("cache repeat30" in line for line in report["ratios"])
     assert (out / "bench.png").stat().st_size > 1000

@@ -25,3 +25,15 @@ def test_short_soak_across_the_three_models(server):
     assert len(report.memory_growth) == len(report.rss_baseline_mb) >= len(MODELS)
     assert report.max_memory_growth < 0.10, report.memory_growth
     assert report.passed
+
+
+def test_short_soak_with_the_key_file_as_make_soak_runs_it(server):
+    """`make soak` passes the server's key_file.json: tokens through tskit.client, its load loop's token
+    from the client (LoadClient.of), not a function of the caller's."""
+    requests_total = SOAK_REQUESTS // 3
+    report = soak(server.inference_url, server.management_url, server.key_file,
+                  requests_total=requests_total, concurrency=8, warmup=60, max_growth=0.10)
+    assert report.requests == requests_total
+    assert all(report.per_model[m] >= 0.3 * requests_total for m in MODELS), report.per_model
+    assert report.errors == 0, report.error_examples
+    assert report.restarted_workers == []
