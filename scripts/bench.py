@@ -33,13 +33,13 @@ loaded with wrk (compiled; a Python client when wrk is missing). Every load poin
 (benchkit.checks): status 200 for each, and every 10th answer's top-1 label and top-k length (embeddings:
 cosine with the lone answer) against an answer checked first; a wrong answer or any exception counts as
 a failed request, and the answer-check table reports each row's checked, wrong and first failure.
-  (K) with --cache (a tiny one in --quick; --cache-only for it alone): the response cache, cache off vs on
+  (K) (a tiny one in --quick; --no-cache skips it, --cache-only runs it alone): the response cache, cache off vs on
       (a tskit.respec copy with handler.cacheEntries) on a stream with ~30% repeated inputs and on an
       all-unique one, interleaved (off, on, on, off), every answer checked, hit ratio from the server's
       CacheHits / CacheMisses metrics (benchkit.cache_bench).
 Writes results/bench/<time>/ {results.json, table.md, bench.png}; prints the tables.
 
-    python scripts/bench.py [--seconds 8] [--concurrency 1 4 16] [--quick] [--no-formats] [--no-peer] [--cache]
+    python scripts/bench.py [--seconds 8] [--concurrency 1 4 16] [--quick] [--no-formats] [--no-peer] [--no-cache] [--cache-only]
 """
 
 import argparse
@@ -803,8 +803,8 @@ def main(argv=None) -> int:
                              "(the stock handler's 2 OpenMP threads per worker collapse on a busy 2-core machine: a "
                              "2 s point can end before its first answer); formats torchscript and onnx, 1 round, "
                              "(J) and (L)")
-    parser.add_argument("--cache", action="store_true",
-                        help="(K): the response cache, off vs on, on a stream with ~30%% repeated inputs and an "
+    parser.add_argument("--no-cache", action="store_true",
+                        help="skip (K): the response cache, off vs on, on a stream with ~30%% repeated inputs and an "
                              "all-unique one (benchkit.cache_bench)")
     parser.add_argument("--cache-only", action="store_true", help="(K) alone: no (A)/(B)/(P)/(C), no formats")
     parser.add_argument("--cache-models", nargs="+",
@@ -813,13 +813,13 @@ def main(argv=None) -> int:
     parser.add_argument("--cache-concurrency", type=int, default=8)
     parser.add_argument("--cache-rounds", type=int, default=2, help="(off, on) pairs per stream, alternating order")
     args = parser.parse_args(argv)
-    args.cache = args.cache or args.cache_only
+    args.cache = not args.no_cache or args.cache_only
     if args.cache_models is None:
         args.cache_models = [next(n for n in served if decls[n].kind == k)
                              for k in CACHE_KINDS if any(decls[n].kind == k for n in served)]
     if args.quick:
         # a tiny (K): the image model, 48 requests per point, one (off, on) pair per stream
-        args.cache, args.cache_concurrency, args.cache_rounds = True, 4, 1
+        args.cache_concurrency, args.cache_rounds = 4, 1
         args.cache_requests = min(args.cache_requests, 48)
         args.cache_models = [m for m in args.cache_models if decls[m].kind == "image-classifier"][:1]
         image_models = [n for n in served if decls[n].kind == "image-classifier"] or served[:1]
