@@ -1,5 +1,6 @@
 """Shared test helpers: real photos, image encoding, and a real TorchServe Context for handlers."""
 
+import base64
 import io
 import json
 import os
@@ -79,3 +80,31 @@ def request_batch(context: Context, requests: List[Tuple], headers: Optional[Lis
 def responses(context: Context, outputs: List[bytes]) -> List[Tuple[int, dict]]:
     """(status, JSON body) per request, as the worker would send them."""
     return [(context.get_response_status(i)[0], json.loads(out)) for i, out in enumerate(outputs)]
+
+
+STRIKER = "The striker scored twice in the final"
+
+
+def v2_input(kind: str, binary: bool):
+    """(a v2 BYTES element for tritonclient or KServe's SDK, the same input in the plain form: (body,
+    content type)). A binary element is the raw image or text; a JSON one must be UTF-8, so an image goes
+    as its base64 text, like the plain form's {"image": ...}."""
+    if kind == "image-classifier":
+        jpeg = encode(photo("chelsea"))
+        return (jpeg if binary else base64.b64encode(jpeg)), (jpeg, "image/jpeg")
+    return STRIKER.encode(), (STRIKER.encode(), "text/plain; charset=utf-8")
+
+
+def load_handler(cls, mar: str, dest: str, **handler_settings):
+    """A handler initialised from a built archive as its worker would be, with `handler_settings` over the
+    archive's own; (handler, (model_dir, manifest, model-config))."""
+    model_dir, manifest, config = extract_archive(mar, dest)
+    config = dict(config, handler=dict(config.get("handler") or {}, **handler_settings))
+    handler = cls()
+    handler.initialize(make_context(model_dir, manifest, config))
+    return handler, (model_dir, manifest, config)
+
+
+def worker_ids(client, model: str):
+    """(id, pid) of each worker of a model's default version: equal before and after = no restart."""
+    return sorted((w["id"], w["pid"]) for w in client.describe(model)["workers"])

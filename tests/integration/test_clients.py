@@ -6,31 +6,20 @@ extension (JSON header, then raw tensors) and reads binary outputs back the same
 equal the plain /predictions answer of the same input (the reference), and no worker may restart.
 """
 
-import base64
 
 import numpy as np
 import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from support import CAT_LABELS, encode, photo
+from support import CAT_LABELS, v2_input, worker_ids
 from tskit.declaration import served
 
 KIND_OF = {d.name: d.kind for d in served()}
-STRIKER = "The striker scored twice in the final"
 
 
 def triton_client(server):
     return triton.InferenceServerClient(url=server.inference_url.removeprefix("http://"), network_timeout=120)
-
-
-def model_input(kind: str, binary: bool):
-    """(element for tritonclient, the same input for the plain form: (body, content type))."""
-    if kind == "image-classifier":
-        jpeg = encode(photo("chelsea"))
-        element = jpeg if binary else base64.b64encode(jpeg)  # a JSON element is base64, like {"image": ...}
-        return element, (jpeg, "image/jpeg")
-    return STRIKER.encode(), (STRIKER.encode(), "text/plain; charset=utf-8")
 
 
 def infer(server, model, element, binary, outputs=None, parameters=None):
@@ -41,15 +30,11 @@ def infer(server, model, element, binary, outputs=None, parameters=None):
                                        headers=server.auth_headers("inference"))
 
 
-def workers(client, model):
-    return sorted((w["id"], w["pid"]) for w in client.describe(model)["workers"])
-
-
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 @pytest.mark.parametrize("model", sorted(KIND_OF))
 def test_tritonclient_gets_the_plain_answer(client, server, model, binary):
-    before = workers(client, model)
-    element, (body, content_type) = model_input(KIND_OF[model], binary)
+    before = worker_ids(client, model)
+    element, (body, content_type) = v2_input(KIND_OF[model], binary)
     reference = client.predict(model, body, content_type)
     assert reference.status_code == 200, reference.text
     reference = reference.json()
@@ -69,13 +54,13 @@ def test_tritonclient_gets_the_plain_answer(client, server, model, binary):
         assert labels[0] in CAT_LABELS
     if model == "minilm_topics":
         assert labels[0] == "Sports"
-    assert workers(client, model) == before
+    assert worker_ids(client, model) == before
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 def test_parameters_topk_is_honoured(server, binary):
     model = next(m for m, kind in KIND_OF.items() if kind == "image-classifier")
-    element, _ = model_input("image-classifier", binary)
+    element, _ = v2_input("image-classifier", binary)
     result = infer(server, model, element, binary, outputs=["labels", "indices"], parameters={"topk": 2})
     assert result.as_numpy("labels").shape == (1, 2) and result.as_numpy("indices").shape == (1, 2)
 

@@ -9,7 +9,6 @@ input (the reference), and no worker may restart.
 """
 
 import asyncio
-import base64
 
 import httpx
 import numpy as np
@@ -17,22 +16,11 @@ import pytest
 from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 from kserve.protocol.infer_type import RequestedOutput
 
-from support import CAT_LABELS, encode, photo
+from support import CAT_LABELS, v2_input, worker_ids
 from tskit.declaration import served
 
 KIND_OF = {d.name: d.kind for d in served()}
-STRIKER = "The striker scored twice in the final"
 BINARY_HEADER = "inference-header-content-length"  # set on an answer that carries binary outputs
-
-
-def model_input(kind: str, binary: bool):
-    """(element for the SDK, the same input for the plain form: (body, content type))."""
-    if kind == "image-classifier":
-        jpeg = encode(photo("chelsea"))
-        # the SDK's JSON mode needs UTF-8 elements: an image goes as its base64 text, like {"image": ...}
-        element = jpeg if binary else base64.b64encode(jpeg)
-        return element, (jpeg, "image/jpeg")
-    return STRIKER.encode(), (STRIKER.encode(), "text/plain; charset=utf-8")
 
 
 async def _infer(server, request: InferRequest, answer_headers: dict):
@@ -60,15 +48,11 @@ def text(values):
     return [v.decode() if isinstance(v, bytes) else v for v in values]
 
 
-def workers(client, model):
-    return sorted((w["id"], w["pid"]) for w in client.describe(model)["workers"])
-
-
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 @pytest.mark.parametrize("model", sorted(KIND_OF))
 def test_kserve_sdk_gets_the_plain_answer(client, server, model, binary):
-    before = workers(client, model)
-    element, (body, content_type) = model_input(KIND_OF[model], binary)
+    before = worker_ids(client, model)
+    element, (body, content_type) = v2_input(KIND_OF[model], binary)
     reference = client.predict(model, body, content_type)
     assert reference.status_code == 200, reference.text
     reference = reference.json()
@@ -90,13 +74,13 @@ def test_kserve_sdk_gets_the_plain_answer(client, server, model, binary):
         assert labels[0] in CAT_LABELS
     if model == "minilm_topics":
         assert labels[0] == "Sports"
-    assert workers(client, model) == before
+    assert worker_ids(client, model) == before
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 def test_parameters_topk_is_honoured(client, server, binary):
     model = next(m for m, kind in KIND_OF.items() if kind == "image-classifier")
-    element, (body, content_type) = model_input("image-classifier", binary)
+    element, (body, content_type) = v2_input("image-classifier", binary)
     reference = client.predict(model, body, content_type).json()["predictions"][:2]
     result, _ = infer(server, model, element, binary, outputs=["labels", "indices"], parameters={"topk": 2})
     assert text(output(result, "labels")[0]) == [p["label"] for p in reference]
@@ -111,14 +95,14 @@ def test_parameters_topk_is_honoured(client, server, binary):
 def test_a_bad_element_is_a_4xx_in_the_contracts_words(client, server, kind, element, binary, status, error):
     # the SDK raises httpx.HTTPStatusError; its text shows the contract's message, which is what the user reads
     model = next(m for m, k in KIND_OF.items() if k == kind)
-    before = workers(client, model)
+    before = worker_ids(client, model)
     with pytest.raises(httpx.HTTPStatusError) as raised:
         infer(server, model, element, binary)
     answer = raised.value.response
     assert answer.status_code == status
     assert answer.json()["code"] == status and answer.json()["type"] == error
     assert answer.json()["message"] in str(raised.value) and str(status) in str(raised.value)
-    assert workers(client, model) == before
+    assert worker_ids(client, model) == before
 
 
 def test_server_health_as_the_sdk_sees_it(server):

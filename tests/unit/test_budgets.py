@@ -3,7 +3,6 @@
 
 import base64
 import json
-import os
 import random
 
 import pytest
@@ -13,7 +12,7 @@ import text_batch_handler
 from hostile_inputs import png_declaring
 from image_classifier_handler import ImageClassifierHandler
 from request_budget import embedding_item_bytes, envelope_bytes, label_bytes, predictions_item_bytes
-from support import CAT_LABELS, encode, extract_archive, make_context, photo, request_batch, responses
+from support import CAT_LABELS, encode, load_handler, make_context, photo, request_batch, responses
 from text_classifier_handler import TextClassifierHandler
 from text_embedding_handler import TextEmbeddingHandler
 
@@ -21,11 +20,7 @@ STRIKER = "The striker scored twice in the final"
 
 
 def load(cls, mar, tmp_path_factory, **handler_settings):
-    model_dir, manifest, config = extract_archive(mar, str(tmp_path_factory.mktemp(mar)))
-    config = dict(config, handler=dict(config.get("handler") or {}, **handler_settings))
-    handler = cls()
-    handler.initialize(make_context(model_dir, manifest, config))
-    return handler, (model_dir, manifest, config)
+    return load_handler(cls, mar, str(tmp_path_factory.mktemp(mar)), **handler_settings)
 
 
 @pytest.fixture(scope="module")

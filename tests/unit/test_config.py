@@ -4,7 +4,6 @@ import json
 import os
 
 import pytest
-import yaml
 
 from support import REPO
 from ts_server import read_properties

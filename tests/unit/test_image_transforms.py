@@ -1,6 +1,5 @@
 """Preprocessing parity with torchvision's reference ImageNet pipeline (PIL), on real photos."""
 
-import os
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ from torchvision.models import MobileNet_V2_Weights
 
 from image_decoding import decode_rgb
 from image_transforms import collate_normalize, resize_and_crop
-from support import REPO, encode, photo
+from support import encode, photo
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 ONE_LEVEL = 1 / 255 / min(STD)  # one uint8 step, in normalised units: 0.0175

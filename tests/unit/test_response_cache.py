@@ -9,7 +9,7 @@ import torch
 
 from image_classifier_handler import ImageClassifierHandler
 from response_cache import ResponseCache
-from support import encode, extract_archive, make_context, photo, request_batch
+from support import encode, load_handler, make_context, photo, request_batch
 from text_classifier_handler import TextClassifierHandler
 
 
@@ -49,10 +49,7 @@ def test_keys_differ_by_version_parameters_shape_and_content():
 
 # ---- inside the handlers ---------------------------------------------------------------------------
 def handler_with(cls, mar, tmp_path, **handler_settings):
-    model_dir, manifest, config = extract_archive(mar, str(tmp_path / mar))
-    config["handler"].update(handler_settings)
-    handler = cls()
-    handler.initialize(make_context(model_dir, manifest, config))
+    handler, archive = load_handler(cls, mar, str(tmp_path / mar), **handler_settings)
     calls = []
     model = handler.model
 
@@ -60,7 +57,7 @@ def handler_with(cls, mar, tmp_path, **handler_settings):
         calls.append(_items(inputs[0]))
         return model(*inputs)
     handler.model = counting
-    return handler, (model_dir, manifest, config), calls
+    return handler, archive, calls
 
 
 def _items(inputs):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from support import REPO, extract_archive, make_context, request_batch, responses
+from support import REPO, load_handler, make_context, request_batch, responses
 from text_classifier_handler import TextClassifierHandler
 from text_embedding_handler import TextEmbeddingHandler
 from text_reference import TEXTS, load_reference, reference_embeddings, reference_topic_probabilities
@@ -23,26 +23,23 @@ INT8_MAX_PROBABILITY_DRIFT = 0.2
 INT8_MEAN_PROBABILITY_DRIFT = 0.05
 
 
-def load_handler(cls, mar, tmp_path_factory):
-    archive = extract_archive(mar, str(tmp_path_factory.mktemp(mar)))
-    handler = cls()
-    handler.initialize(make_context(*archive))
-    return handler, archive
+def load(cls, mar, tmp_path_factory):
+    return load_handler(cls, mar, str(tmp_path_factory.mktemp(mar)))
 
 
 @pytest.fixture(scope="module")
 def embedding(tmp_path_factory):
-    return load_handler(TextEmbeddingHandler, "minilm_embedding.mar", tmp_path_factory)
+    return load(TextEmbeddingHandler, "minilm_embedding.mar", tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def topics(tmp_path_factory):
-    return load_handler(TextClassifierHandler, "minilm_topics.mar", tmp_path_factory)
+    return load(TextClassifierHandler, "minilm_topics.mar", tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def topics_int8(tmp_path_factory):
-    return load_handler(TextClassifierHandler, "minilm_topics_int8.mar", tmp_path_factory)
+    return load(TextClassifierHandler, "minilm_topics_int8.mar", tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
