@@ -105,12 +105,12 @@ SOAK_REQUESTS ?= 5000
 soak: check-java archives
 	$(PY) scripts/soak.py --requests $(SOAK_REQUESTS) --concurrency 16 --json results/soak.json
 
-# ---- Profiling: torch.profiler over a served model under load (tskit.profile) --------------------
+# ---- Profiling: torch.profiler over a served model under load (scripts/profile_model.py) --------------------
 #   make profile MODEL=mobilenet_v2 [BATCHES=20]  ->  top operators printed; traces in build/profile/<model>/profiles/
 BATCHES ?= 20
 profile: archives
 	@test -n "$(MODEL)" || { echo "usage: make profile MODEL=<name> [BATCHES=20]"; exit 2; }
-	$(PY) -m tskit.profile $(MODEL) --batches $(BATCHES) --work $(BUILD)/profile/$(MODEL) --store $(STORE)
+	$(PY) scripts/profile_model.py $(MODEL) --batches $(BATCHES) --work $(BUILD)/profile/$(MODEL) --store $(STORE)
 
 # ---- KServe: the storage layout its TorchServe runtime mounts (deploy/ has the manifests) --------
 kserve: archives

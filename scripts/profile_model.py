@@ -1,6 +1,6 @@
 """make profile MODEL=<name>: torch.profiler over a served model under load, its top operators printed.
 
-The model's built archive is served (a private TorchServe: own ports and TEMP) as a copy whose
+A thin entry point (like bench.py, soak.py): the model's built archive is served (a private TorchServe: own ports and TEMP) as a copy whose
 declaration-level setting `handler.profileBatches` is N (tskit.respec); load from several threads with
 real inputs in the plain form (photos as JPEG, or headlines as text) runs until every worker has
 written its profile of N batches (handlers/batch_profiler.py): a Chrome trace and a table of the top
