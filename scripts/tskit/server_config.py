@@ -4,13 +4,15 @@ The block sits between two marker lines; everything else in config.properties is
 archive's model-config.yaml wins over `models=` where both set a key, so both carry the same values;
 `models=` still matters for what model-config.yaml cannot say (the archive file name per version).
 Writing it also checks that every served model's answer budget (`handler.maxResponseBytes`) fits the
-server's `max_response_size`: an answer above it makes the frontend fail the worker's whole message.
+server's `max_response_size`: an answer above it makes the frontend fail the worker's whole message;
+and that the worst case of queued bodies fits the frontend's heap (tskit.admission).
 """
 
 import json
 import os
 from typing import List
 
+from tskit.admission import check_heap
 from tskit.declaration import REPO, Declaration, DeclarationError
 
 CONFIG = os.path.join(REPO, "config.properties")
@@ -62,6 +64,7 @@ def write_config(declarations: List[Declaration], path: str = CONFIG) -> bool:
     with open(path, encoding="utf-8") as f:
         text = f.read()
     check_response_budgets(text, declarations)
+    check_heap(text, declarations)
     updated = with_models_block(text, declarations)
     if updated != text:
         with open(path, "w", encoding="utf-8") as f:

@@ -3,32 +3,46 @@ the worst case of queued bodies fits the frontend's heap, and no model's answer 
 max_response_size (`make config` refuses such a declaration)."""
 
 import os
-import re
 
 import pytest
 
 from support import REPO
 from ts_server import read_properties
+from tskit import admission
 from tskit import declaration as declarations
 from tskit.declaration import DeclarationError
 from tskit.server_config import TORCHSERVE_MAX_RESPONSE_SIZE, check_response_budgets, max_response_size
 
 CONFIG = os.path.join(REPO, "config.properties")
 PROPS = read_properties(CONFIG)
-UNITS = {"k": 2**10, "m": 2**20, "g": 2**30}
-
-
-def heap_bytes() -> int:
-    (xmx,) = re.findall(r"-Xmx(\d+)([kmg])", PROPS["vmargs"], flags=re.IGNORECASE)
-    return int(xmx[0]) * UNITS[xmx[1].lower()]
 
 
 def test_the_worst_case_of_queued_and_batched_bodies_fits_the_frontends_heap():
+    """Every queue slot (each model's jobQueueSize) and batch slot holding a max_request_size body."""
     served = declarations.served()
     body = int(PROPS["max_request_size"])
-    queued = int(PROPS["job_queue_size"]) * body * len(served)
+    queued = sum(d.torchserve.get("jobQueueSize", int(PROPS["job_queue_size"])) for d in served) * body
     in_workers = sum(d.torchserve["maxWorkers"] * d.torchserve["batchSize"] for d in served) * body
-    assert queued + in_workers <= 0.75 * heap_bytes(), (queued, in_workers, heap_bytes())
+    assert admission.worst_case_bytes(PROPS, served) == queued + in_workers
+    assert queued + in_workers <= admission.HEAP_SHARE * admission.heap_bytes(PROPS["vmargs"]), (queued, in_workers)
+    with open(CONFIG, encoding="utf-8") as f:
+        admission.check_heap(f.read(), served)
+
+
+def test_make_config_refuses_queues_whose_worst_case_does_not_fit_the_heap():
+    decl = declarations.load("mobilenet_v2")
+    decl.torchserve = dict(decl.torchserve, jobQueueSize=10_000)
+    with pytest.raises(DeclarationError, match=r"mobilenet_v2 10000\+8\) .* 78.19 GiB .*: lower a model's torchserve.jobQueueSize"):
+        admission.check_heap("vmargs=-Xmx9g\nmax_request_size=8388608\n", [decl])
+    with pytest.raises(DeclarationError, match="sets no -Xmx"):
+        admission.check_heap("vmargs=-Dx=y\n", [decl])
+
+
+def test_each_served_model_queues_at_least_16x_its_batch_slots():
+    """Admission by time: a served model holds far more than what its workers hold (16 was the old
+    global queue that refused 98% of requests at 64 connections)."""
+    for a in admission.admissions(PROPS, declarations.served()):
+        assert a.queue >= 8 * a.in_workers, a
 
 
 def test_every_served_models_answer_budget_fits_max_response_size():
