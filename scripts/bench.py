@@ -61,7 +61,7 @@ import yaml
 from PIL import Image
 from tqdm import tqdm
 
-from benchkit import agreement, cache_bench, inprocess, variants
+from benchkit import agreement, cache_bench, inprocess, overload, variants
 from benchkit.archives import unpack
 from benchkit.checks import (CAT_LABELS, TEXT_TOPICS, answer_check, check_table, expected_first,  # noqa: F401
                              failed_rows)
@@ -365,6 +365,58 @@ def served_section(server: TorchServe, args, groups, inputs: Dict[str, dict], ki
                              batch=int(decls[model].torchserve.get("batchSize", 1)) if model in decls else None,
                              input="tensor_224" if kinds[model] == "image-classifier" else group.workload))
     progress.close()
+
+
+def main_sections(args, groups, chosen_inputs, kinds, workloads, setups, rows: List[dict], summaries: List[dict],
+                  log) -> None:
+    """(A)/(A2)/(B)/(P)/(C), the formats and (K) on one bench server, always stopped.
+    setups: the models that get (A)/(A2), and those that get (P)."""
+    workdir = tempfile.mkdtemp(prefix="bench-server-")
+    server = bench_server(workdir, args.models, *setups)
+    log(f"load generator {args.generator}; server in {workdir}; results in {args.out}")
+    server.start()
+    try:
+        server.wait_ready(timeout=600)
+        if not args.cache_only:
+            served_section(server, args, groups, chosen_inputs, kinds, rows, log)
+        if args.format_models and not args.cache_only:
+            summaries += formats_section(server, args, workloads, rows, log)
+        if args.cache:
+            cache_section(server, args, workloads, rows, log)
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# ---- (O): overload ------------------------------------------------------------------------------------
+def overload_section(args, workloads: Dict[str, dict], log) -> List[dict]:
+    """(O) on servers of its own: ours (the repo's config) and, for image models, stock TorchServe's defaults."""
+    decls = declared()
+    models = [m for m in args.overload_models if decls[m].kind in MAIN_WORKLOAD]
+    kinds = {m: decls[m].kind for m in models}
+    ours_dir, stock_dir = tempfile.mkdtemp(prefix="bench-overload-"), tempfile.mkdtemp(prefix="bench-stock-")
+    stock_models = [] if args.no_stock else [m for m in models if kinds[m] == "image-classifier"]
+    os.makedirs(os.path.join(stock_dir, "model_store"), exist_ok=True)
+    stock_names = {m: build_stock_archive(m, os.path.join(stock_dir, "model_store"), os.path.join(stock_dir, "stock", m))
+                   for m in stock_models}
+    ours = private_server(ours_dir, load_models=",".join(f"{m}.mar" for m in models))
+    stock = private_server(stock_dir, **overload.stock_config(stock_dir),
+                           load_models=",".join(f"{n}.mar" for n in stock_names.values())) if stock_names else None
+    load = lambda url, token, workload, c, seconds, check: load_url(url, token, workload, c, seconds, args.generator, check)
+    try:
+        for server in filter(None, (ours, stock)):
+            server.start()
+            server.wait_ready(timeout=600)
+        sides = {m: [overload.Side("ours", ours, m, m, int(decls[m].torchserve.get("responseTimeout", 120)))]
+                 + ([overload.Side("stock", stock, stock_names[m], m, 120)] if m in stock_names else [])
+                 for m in models}
+        return overload.run(sides, workloads, {m: MAIN_WORKLOAD[kinds[m]] for m in models}, kinds,
+                            args.tuned_concurrency, args.overload_seconds, load, args.overload_factors, log)
+    finally:
+        for server in filter(None, (ours, stock)):
+            server.stop()
+        shutil.rmtree(ours_dir, ignore_errors=True)
+        shutil.rmtree(stock_dir, ignore_errors=True)
 
 
 # ---- (K): the response cache -------------------------------------------------------------------------
@@ -807,6 +859,12 @@ def main(argv=None) -> int:
                         help="skip (K): the response cache, off vs on, on a stream with ~30%% repeated inputs and an "
                              "all-unique one (benchkit.cache_bench)")
     parser.add_argument("--cache-only", action="store_true", help="(K) alone: no (A)/(B)/(P)/(C), no formats")
+    parser.add_argument("--no-overload", action="store_true", help="skip (O), the overload section")
+    parser.add_argument("--overload-only", action="store_true", help="(O) alone")
+    parser.add_argument("--overload-models", nargs="+", help="models loaded in (O) (default: every served model)")
+    parser.add_argument("--overload-seconds", type=float, default=10)
+    parser.add_argument("--overload-factors", type=int, nargs="+", default=list(overload.FACTORS))
+    parser.add_argument("--tuned-concurrency", type=int, default=16, help="the concurrency the models were tuned at")
     parser.add_argument("--cache-models", nargs="+",
                         help="default: the first served image classifier and the first served text classifier")
     parser.add_argument("--cache-requests", type=int, default=400, help="requests per (K) point")
@@ -828,8 +886,11 @@ def main(argv=None) -> int:
         args.format_models = args.format_models or image_models[:1]
         args.formats, args.no_int8, args.format_rounds = args.formats or ["torchscript", "onnx"], True, 1
         args.agreement_images = min(args.agreement_images, 24)
-    if args.cache_only:
-        args.models, args.no_formats = [], True
+    args.overload_models = args.overload_models or served
+    if args.quick:  # a tiny (O): the image model at x1 and x4, ours only
+        args.overload_models, args.overload_factors, args.overload_seconds = args.models[:1], [1, 4], 2
+    if args.cache_only or args.overload_only:
+        args.models, args.no_formats, args.cache = [], True, args.cache_only
     args.format_models = [] if args.no_formats else [m for m in (args.format_models or served)
                                                      if decls[m].kind in WORKLOAD_KIND]
     args.generator = ("wrk" if wrk_available() else "python") if args.generator == "auto" else args.generator
@@ -858,21 +919,9 @@ def main(argv=None) -> int:
 
     rows: List[dict] = []
     summaries: List[dict] = []
-    workdir = tempfile.mkdtemp(prefix="bench-server-")
-    server = bench_server(workdir, args.models, stock_for, pipeline_for)
-    log(f"load generator {args.generator}; server in {workdir}; results in {args.out}")
-    server.start()
-    try:
-        server.wait_ready(timeout=600)
-        if not args.cache_only:
-            served_section(server, args, groups, chosen_inputs, kinds, rows, log)
-        if args.format_models and not args.cache_only:
-            summaries = formats_section(server, args, workloads, rows, log)
-        if args.cache:
-            cache_section(server, args, workloads, rows, log)
-    finally:
-        server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+    if args.models or args.cache or args.format_models:
+        main_sections(args, groups, chosen_inputs, kinds, workloads, (stock_for, pipeline_for), rows, summaries, log)
+    overload_rows = [] if args.no_overload else overload_section(args, workloads, log)
 
     report = table(rows)
     checks_report = check_table(rows)
@@ -881,26 +930,34 @@ def main(argv=None) -> int:
     cache_rows = [r for r in rows if r["setup"] == "K"]
     cache_report = cache_bench.cache_rows_table(cache_rows) if cache_rows else ""
     summary += cache_bench.cache_summary(cache_rows)
+    overload_report = (overload.table(overload_rows) + "\n\n" + "\n".join(f"- {line}" for line in overload.verdicts(overload_rows))
+                       if overload_rows else "")
     elapsed = time.monotonic() - started
     with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump({"rows": rows, "formats": summaries, "ratios": summary, "generator": args.generator,
+        json.dump({"rows": rows, "overload": overload_rows, "formats": summaries, "ratios": summary, "generator": args.generator,
                    "elapsed_s": round(elapsed, 1), "args": vars(args)}, f, indent=1, default=str)
     with open(os.path.join(args.out, "table.md"), "w", encoding="utf-8") as f:
         f.write(report + "\n\n" + (formats_report + "\n\n" if formats_report else "")
                 + ("## Response cache\n\n" + cache_report + "\n\n" if cache_report else "")
+                + ("## Overload\n\n" + overload_report + "\n\n" if overload_report else "")
                 + "## Answer checks\n\n" + checks_report + "\n\n"
                 + "\n".join(f"- {line}" for line in summary) + f"\n\nbench took {elapsed:.0f} s\n")
     plot(rows, os.path.join(args.out, "bench.png"), summaries)
-    print(report)
+    if rows:
+        print(report)
     if formats_report:
         print("\n" + formats_report)
     if cache_report:
         print("\n" + cache_report)
+    if overload_report:
+        print("\n## Overload (O)\n" + overload_report)
     print("\n".join(summary))
-    print("\n" + checks_report)
+    if rows:
+        print("\n" + checks_report)
     print(f"bench took {elapsed:.0f} s; written: {args.out}/table.md, bench.png, results.json")
     # a variant that does not build (e.g. AOTInductor on some model) is reported, not a failure of the bench
-    return 1 if failed_rows(rows, stock_stalls=False) else 0
+    broken = [r for r in overload_rows if r["server"] == "ours" and (r["restarts"] or r["other_errors"] or r["refused_bad"])]
+    return 1 if failed_rows(rows, stock_stalls=False) or broken else 0
 
 
 if __name__ == "__main__":

@@ -105,6 +105,8 @@ class LoadResult:
     checked: int = 0     # answers whose body was checked
     wrong: int = 0       # of those, wrong ones (included in errors)
     first_error: str = ""  # the first wrong answer or exception, for the report
+    refused: int = 0     # of the errors, 503 answers (the frontend's queue was full)
+    refused_bad: int = 0  # of those, answers without the contract's JSON error body
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -147,7 +149,7 @@ def run_wrk(url: str, body_path: str, content_type: str, token: Optional[str], c
                                   else f"wrong answer: {s['first_wrong']}")
     return LoadResult("wrk", concurrency, duration, s["requests"], errors,
                       max(0, s["requests"] - errors) / duration, s["p50_us"] / 1e3, s["p90_us"] / 1e3,
-                      s["p99_us"] / 1e3, cpu, s["checked"], s["wrong"], first or "")
+                      s["p99_us"] / 1e3, cpu, s["checked"], s["wrong"], first or "", s["refused"], s["refused_bad"])
 
 
 def drain(url: str, body_path: str, content_type: str, token: Optional[str], timeout_s: float) -> None:
@@ -170,6 +172,16 @@ def drain(url: str, body_path: str, content_type: str, token: Optional[str], tim
         time.sleep(0.2)  # the queue is still full: it drains at the server's pace
 
 
+def contract_error(body: bytes, status: int) -> bool:
+    """The contract's JSON error body: {"code": status, "type": ..., "message": ...}."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(document, dict) and document.get("code") == status and \
+        isinstance(document.get("type"), str) and isinstance(document.get("message"), str)
+
+
 def percentile(sorted_values: List[float], q: float) -> float:
     if not sorted_values:
         return float("nan")
@@ -183,7 +195,7 @@ def run_python(url: str, body: bytes, content_type: str, token: Optional[str], c
     check = check or AnswerCheck()
     headers = {"Content-Type": content_type, **({"Authorization": f"Bearer {token}"} if token else {})}
     latencies: List[float] = []
-    counts = {"errors": 0, "checked": 0, "wrong": 0}
+    counts = {"errors": 0, "checked": 0, "wrong": 0, "refused": 0, "refused_bad": 0}
     first_error: List[str] = []
     lock = threading.Lock()
     deadline = time.monotonic() + seconds
@@ -193,13 +205,15 @@ def run_python(url: str, body: bytes, content_type: str, token: Optional[str], c
         seen = 0
         while time.monotonic() < deadline:
             started = time.perf_counter()
-            checked = wrong = False
+            checked = wrong = refused = refused_bad = False
             problem = ""
             try:
                 response = session.post(url, data=body, headers=headers, timeout=60)
                 ok = response.status_code == 200
                 if not ok:
                     problem = f"status {response.status_code}: {response.text[:160]}"
+                    refused = response.status_code == 503
+                    refused_bad = refused and not contract_error(response.content, 503)
                 elif check.kind and seen % max(1, check.every) == 0:
                     checked, wrong = True, not check.verify(response.content)
                     ok = not wrong
@@ -211,6 +225,8 @@ def run_python(url: str, body: bytes, content_type: str, token: Optional[str], c
             with lock:
                 counts["checked"] += checked
                 counts["wrong"] += wrong
+                counts["refused"] += refused
+                counts["refused_bad"] += refused_bad
                 if ok:
                     latencies.append(elapsed)
                 else:
@@ -231,4 +247,4 @@ def run_python(url: str, body: bytes, content_type: str, token: Optional[str], c
     return LoadResult("python", concurrency, wall, len(values) + counts["errors"], counts["errors"], len(values) / wall,
                       percentile(values, 50) * 1e3, percentile(values, 90) * 1e3,
                       percentile(values, 99) * 1e3, cpu, counts["checked"], counts["wrong"],
-                      first_error[0] if first_error else "")
+                      first_error[0] if first_error else "", counts["refused"], counts["refused_bad"])

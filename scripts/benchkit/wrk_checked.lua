@@ -11,6 +11,8 @@
 --   BENCH_MIN_COSINE   "cosine": the smallest cosine that is still the same answer
 --   BENCH_CHECK_EVERY  check every n-th answer of each connection thread (status: every answer)
 -- A check that raises (an answer of an unexpected shape) counts as a wrong answer, never stops the thread.
+-- Refusals (503) are counted on their own too, with those whose body is not the contract's JSON error
+-- ({"code": 503, "type": ..., "message": ...}): the overload section reports both.
 local function read_file(path)
   local f = assert(io.open(path, "rb"))
   local data = f:read("*all")
@@ -50,7 +52,7 @@ if check == "cosine" then
 end
 
 -- per thread (read back in done() with thread:get)
-seen, checked, wrong, not_ok = 0, 0, 0, 0
+seen, checked, wrong, not_ok, refused, refused_bad = 0, 0, 0, 0, 0, 0
 first_wrong = ""
 
 local threads = {}
@@ -94,6 +96,13 @@ function response(status, headers, body)
   seen = seen + 1
   if status ~= 200 then
     not_ok = not_ok + 1
+    if status == 503 then
+      refused = refused + 1
+      local b = body or ""
+      if not (string.find(b, '"code"%s*:%s*503') and string.find(b, '"type"') and string.find(b, '"message"')) then
+        refused_bad = refused_bad + 1
+      end
+    end
     if first_wrong == "" then
       first_wrong = "status " .. status .. ": " .. string.sub(body or "", 1, 140)
     end
@@ -114,11 +123,13 @@ end
 
 done = function(summary, latency, requests)
   local e = summary.errors
-  local n_checked, n_wrong, n_not_ok, example = 0, 0, 0, ""
+  local n_checked, n_wrong, n_not_ok, n_refused, n_refused_bad, example = 0, 0, 0, 0, 0, ""
   for _, thread in ipairs(threads) do
     n_checked = n_checked + (thread:get("checked") or 0)
     n_wrong = n_wrong + (thread:get("wrong") or 0)
     n_not_ok = n_not_ok + (thread:get("not_ok") or 0)
+    n_refused = n_refused + (thread:get("refused") or 0)
+    n_refused_bad = n_refused_bad + (thread:get("refused_bad") or 0)
     local w = thread:get("first_wrong") or ""
     if example == "" then
       example = w
@@ -129,8 +140,8 @@ done = function(summary, latency, requests)
   io.write(string.format(
     'BENCH_JSON {"requests": %d, "duration_us": %d, "non2xx": %d, "connect_errors": %d, ' ..
     '"read_errors": %d, "write_errors": %d, "timeouts": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, ' ..
-    '"checked": %d, "wrong": %d, "not_200": %d, "first_wrong": "%s"}\n',
+    '"checked": %d, "wrong": %d, "not_200": %d, "refused": %d, "refused_bad": %d, "first_wrong": "%s"}\n',
     summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
     latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    n_checked, n_wrong, n_not_ok, example))
+    n_checked, n_wrong, n_not_ok, n_refused, n_refused_bad, example))
 end

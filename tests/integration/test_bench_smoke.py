@@ -1,6 +1,6 @@
 """Keeps `make bench` from rotting: its --quick mode end to end (own server, checked load, the pipeline
 without the model, raw model, two format variants with agreement from served answers, the whole job in
-process, the LitServe peer, a tiny response-cache run off vs on, report)."""
+process, the LitServe peer, a tiny response-cache run off vs on, a tiny overload run at 1x and 4x, report)."""
 
 import json
 import os
@@ -57,3 +57,11 @@ def test_bench_quick_mode_writes_a_report(tmp_path, tmp_path_factory):
     assert unique["hits"] == 0 and unique["misses"] == unique["requests"], unique
     assert "## Response cache" in table and any("cache repeat30" in line for line in report["ratios"])
     assert (out / "bench.png").stat().st_size > 1000
+    # (O): the image model at its tuned concurrency and at 4x, on a server of its own: every request answered
+    # right (a sample checked), none refused, no worker restarted
+    overload = {r["factor"]: r for r in report["overload"]}
+    assert set(overload) == {1, 4} and all(r["server"] == "ours" for r in overload.values())
+    assert overload[4]["concurrency"] == 4 * overload[1]["concurrency"]
+    assert all(r["refused"] == r["other_errors"] == r["restarts"] == r["wrong"] == 0 < r["checked"]
+               for r in overload.values()), overload
+    assert "## Overload" in table and "x4: all answered 200" in table

@@ -1,0 +1,126 @@
+"""(O) Overload: each model at 1x, 4x and 16x its tuned concurrency, ours beside stock TorchServe.
+
+Clients that retry at once (wrk sends the next request on a connection as soon as an answer, a 503
+included, comes back) at several times the concurrency the model was tuned for. Each point records the
+right answers per second (goodput), the refusals (503) and whether they carry the contract's JSON body,
+any other failure, p99 of the answers, and worker restarts (worker pids from the describe API before
+and after). Stock TorchServe runs with its default config (job_queue_size 100, the JVM's default heap,
+its stock handler: what a user gets without this package) on the same inputs, in the same run,
+alternating which goes first at each point.
+
+Targets (docs/limits-and-overload.md): at 4x every request is answered 200 with p99 inside
+responseTimeout; at 16x goodput is at least 80% of the goodput at 1x, refusals are 503 with the
+contract's body, and no worker restarts.
+"""
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+from benchkit.checks import answer_check
+from load_generators import LoadResult
+from ts_server import TorchServe
+
+FACTORS = (1, 4, 16)
+MIN_GOODPUT_AT_16X = 0.8
+# What a user gets from `torchserve --start` with no config: the keys this package sets, back to
+# TorchServe's defaults (job_queue_size 100, max_request_size 6553500, netty threads = cores, no -Xmx).
+# default_workers_per_model 0: one worker per core; `models` empty: the stock archive's own settings.
+STOCK_DEFAULTS = {"job_queue_size": "100", "max_request_size": "6553500", "number_of_netty_threads": "0",
+                  "netty_client_threads": "0", "vmargs": "", "default_workers_per_model": "0", "models": "{}"}
+
+
+@dataclass
+class Side:
+    """One server and the model on it that the overload points load."""
+
+    name: str          # "ours" or "stock"
+    server: TorchServe
+    model: str
+    base: str          # the declared model it stands for
+    response_timeout_s: int
+
+
+def worker_pids(server: TorchServe, model: str) -> List[int]:
+    described = server.client().describe(model)[0]
+    return sorted(w["pid"] for w in described.get("workers", []))
+
+
+def point(side: Side, workload_name: str, workload: dict, kind: str, connections: int, seconds: float,
+          load: Callable[..., LoadResult]) -> dict:
+    """One overload point: the load, then what it did to the workers."""
+    url = f"{side.server.inference_url}/predictions/{side.model}"
+    check = answer_check(url, side.server.auth_headers("inference"), workload_name, workload, kind,
+                         stock=side.name == "stock")
+    before = worker_pids(side.server, side.model)
+    result = load(url, side.server.keys()["inference"], workload, connections, seconds, check=check)
+    after = worker_pids(side.server, side.model)
+    refused = result.refused
+    return {"setup": "O", "server": side.name, "model": side.base, "workload": workload_name,
+            "concurrency": connections, "requests": result.requests, "goodput": result.throughput,
+            "refused": refused, "refused_bad": result.refused_bad, "other_errors": result.errors - refused,
+            "p99_ms": result.p99_ms, "restarts": len(set(before) - set(after)),
+            "response_timeout_s": side.response_timeout_s, "first_error": result.first_error,
+            "checked": result.checked, "wrong": result.wrong}
+
+
+def run(sides: Dict[str, List[Side]], workloads: Dict[str, dict], inputs: Dict[str, str],
+        kinds: Dict[str, str], tuned: int, seconds: float, load: Callable[..., LoadResult],
+        factors=FACTORS, log=print) -> List[dict]:
+    """Every model's points: for each factor, each side (order alternating per factor)."""
+    rows = []
+    for model, model_sides in sides.items():
+        for i, factor in enumerate(factors):
+            for side in (model_sides if i % 2 == 0 else list(reversed(model_sides))):
+                row = point(side, inputs[model], workloads[inputs[model]], kinds[model], tuned * factor, seconds, load)
+                row["factor"] = factor
+                rows.append(row)
+                log(f"O {side.name} {model} x{factor} ({tuned * factor} connections): {row['goodput']:.1f} right/s, "
+                    f"{row['refused']} refused, {row['other_errors']} other failures, p99 {row['p99_ms']:.0f} ms, "
+                    f"{row['restarts']} restarts")
+    return rows
+
+
+def verdicts(rows: List[dict]) -> List[str]:
+    """Our rows against the targets; a line each, "MISSED" where one is not met."""
+    lines = []
+    ours = [r for r in rows if r["server"] == "ours"]
+    for model in sorted({r["model"] for r in ours}):
+        by_factor = {r["factor"]: r for r in ours if r["model"] == model}
+        base = by_factor.get(1)
+        for factor, row in sorted(by_factor.items()):
+            lines.append(f"{model} x{factor}: " + "; ".join(target_checks(row, base)))
+    return lines
+
+
+def target_checks(row: dict, base: Optional[dict]) -> List[str]:
+    said = []
+    if row["restarts"]:
+        said.append(f"MISSED: {row['restarts']} worker restarts")
+    if row["other_errors"]:
+        said.append(f"MISSED: {row['other_errors']} failures other than 503 ({row['first_error'][:80]})")
+    if row["refused_bad"]:
+        said.append(f"MISSED: {row['refused_bad']} refusals without the contract's JSON body")
+    if row["factor"] <= 4:
+        ok = row["refused"] == 0 and row["p99_ms"] < row["response_timeout_s"] * 1000
+        said.append(("all answered 200" if row["refused"] == 0 else f"MISSED: {row['refused']} refused")
+                    + f", p99 {row['p99_ms']:.0f} ms" + ("" if ok else f" (responseTimeout {row['response_timeout_s']} s)"))
+    if row["factor"] >= 16 and base and base["goodput"]:
+        share = row["goodput"] / base["goodput"]
+        said.append(f"goodput {share:.0%} of x1" + ("" if share >= MIN_GOODPUT_AT_16X else
+                                                      f" (MISSED: target {MIN_GOODPUT_AT_16X:.0%})"))
+    return said or ["ok"]
+
+
+def table(rows: List[dict]) -> str:
+    head = ("| model | server | connections | right answers/s | refused (503) | 503 without JSON body | "
+            "other failures | p99 ms | worker restarts |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    lines = [f"| {r['model']} | {r['server']} | {r['concurrency']} (x{r['factor']}) | {r['goodput']:.1f} | "
+             f"{r['refused']} of {r['requests']} | {r['refused_bad']} | {r['other_errors']} | {r['p99_ms']:.0f} | "
+             f"{r['restarts']} |" for r in rows]
+    return "\n".join([head] + lines)
+
+
+def stock_config(workdir: str) -> Dict[str, str]:
+    """config.properties overrides for the stock side (see STOCK_DEFAULTS), with its own log dir."""
+    return dict(STOCK_DEFAULTS, model_store=os.path.join(workdir, "model_store"))
