@@ -33,6 +33,10 @@ The config is config.properties with what the runtime needs changed (and nothing
     /v2/health/* itself, and the switch would only add TorchServe's Open Inference Protocol gRPC service.
 --root, --bind, --metrics-bind and --ports exist for the test that starts TorchServe from this layout
 on free loopback ports.
+
+It also keeps the Serverless manifests' `containerConcurrency` (deploy/inferenceservice-{cpu,gpu}.yaml) in
+step with the declarations it ships: the sum over served models of batchSize x maxWorkers
+(tskit.autoscaling, docs/autoscaling.md), so a changed batch size reaches the cluster's limit too.
 """
 
 import argparse
@@ -42,6 +46,7 @@ import shutil
 from typing import Dict, List
 
 from ts_server import REPO, read_properties, write_properties
+from tskit.autoscaling import container_concurrency, sync_manifests
 from tskit.declaration import served
 
 LOG_CONFIG = "-Dlog4j.configurationFile="
@@ -132,6 +137,8 @@ def main() -> None:
         write_layout(os.path.join(args.out, variant), args.root, args.bind, args.metrics_bind, ports,
                      1 if variant == "gpu" else 0)
         print(f"KServe layout ({variant}): {os.path.join(args.out, variant)}")
+    for path in sync_manifests():
+        print(f"{os.path.relpath(path, REPO)}: containerConcurrency set to {container_concurrency()} from models/*/model.yaml")
 
 
 if __name__ == "__main__":
