@@ -97,7 +97,8 @@ test-integration: check-java archives $(GRPC_STUBS)
 	$(BIN)/pytest tests/integration
 
 # ---- load and soak: make soak [SOAK_REQUESTS=5000] ------------------------------------------------
-# The three models at concurrency 16 on a server of its own, every answer checked; fails on any error,
+# The three models at concurrency 16 on a server of its own, then a phase at 4x that concurrency (64),
+# every answer checked; fails on any error,
 # a worker restart, or worker memory growth of 10% or more after warm-up. `make test` runs a
 # 600-request form (tests/integration/test_soak.py). Report: results/soak.json.
 SOAK_REQUESTS ?= 5000

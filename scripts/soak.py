@@ -283,6 +283,12 @@ class SoakReport:
     max_memory_growth: float
     max_growth_allowed: float
     warmup_requests: int
+    # the 4x phase: after the run, overload_factor x the concurrency, a quarter of the requests, every
+    # answer checked like the run's (admission by time: all answered, slower, none refused)
+    overload_concurrency: int = 0
+    overload_requests: int = 0
+    overload_errors: int = 0
+    overload_p99_ms: float = 0.0
     passed: bool = field(default=False)
 
     def as_dict(self) -> dict:
@@ -291,7 +297,8 @@ class SoakReport:
 
 def soak(inference_url: str, management_url: str, key: Union[str, Callable[[str], str]], requests_total: int,
          concurrency: int = 16, warmup: int = 400, max_growth: float = 0.10,
-         models: Iterable[str] = MODELS, log: Callable[[str], None] = lambda line: None) -> SoakReport:
+         models: Iterable[str] = MODELS, log: Callable[[str], None] = lambda line: None,
+         overload_factor: int = 4) -> SoakReport:
     """key: the server's key_file.json (tokens through tskit.client), or a function kind -> key."""
     models = list(models)
     key_file = key if isinstance(key, str) else None
@@ -335,9 +342,13 @@ def soak(inference_url: str, management_url: str, key: Union[str, Callable[[str]
     stop.set()
     sampler.join()
     end = rss(pids)
+    heavy_concurrency, heavy_total = overload_factor * concurrency, max(1, requests_total // 4)
+    log(f"4x phase: {heavy_total if overload_factor else 0} requests at concurrency {heavy_concurrency}")
+    heavy = client.run(specs, heavy_total, heavy_concurrency, seed=3) if overload_factor else []
     now_pids = management.workers(models)
 
     errors = [o for o in outcomes + warm if o.error]
+    heavy_errors = [o for o in heavy if o.error]
     restarted = sorted(name for name, pid in pids.items() if now_pids.get(name) != pid)
     growth = {name: (end[name] - baseline[name]) / baseline[name] for name in pids if baseline[name]}
     latencies = sorted(o.ended - o.started for o in outcomes)
@@ -353,8 +364,11 @@ def soak(inference_url: str, management_url: str, key: Union[str, Callable[[str]
         rss_peak_mb={k: round(v / 2**20, 1) for k, v in peak.items()},
         memory_growth={k: round(v, 4) for k, v in growth.items()},
         max_memory_growth=round(max(growth.values(), default=0.0), 4),
-        max_growth_allowed=max_growth, warmup_requests=len(warm))
-    report.passed = (report.errors == 0 and not restarted and len(growth) == len(pids)
+        max_growth_allowed=max_growth, warmup_requests=len(warm),
+        overload_concurrency=heavy_concurrency if heavy else 0, overload_requests=len(heavy),
+        overload_errors=len(heavy_errors), overload_p99_ms=round(percentile(sorted(o.ended - o.started for o in heavy), 99) * 1e3, 1) if heavy else 0.0)
+    report.error_examples += [f"4x phase: {o.model} {o.spec}: {o.error}" for o in heavy_errors[:5]]
+    report.passed = (report.errors == 0 and report.overload_errors == 0 and not restarted and len(growth) == len(pids)
                      and report.max_memory_growth < max_growth)
     return report
 
@@ -371,6 +385,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=400)
     parser.add_argument("--max-growth", type=float, default=0.10, help="largest worker RSS growth allowed (0.10 = 10%%)")
     parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--overload-factor", type=int, default=4,
+                        help="a last phase at this many times the concurrency (0: none)")
     parser.add_argument("--inference-url")
     parser.add_argument("--management-url", default="http://127.0.0.1:8081")
     parser.add_argument("--key-file", default=os.path.join(REPO, "key_file.json"))
@@ -394,7 +410,7 @@ def main(argv=None) -> int:
             if server is not None:
                 server.wait_ready(args.models, timeout=300)
             report = soak(inference_url, management_url, key_file, args.requests, args.concurrency, args.warmup,
-                          args.max_growth, args.models, log=say)
+                          args.max_growth, args.models, log=say, overload_factor=args.overload_factor)
         finally:
             if server is not None:
                 server.stop()
@@ -404,7 +420,9 @@ def main(argv=None) -> int:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w", encoding="utf-8") as f:
             f.write(text + "\n")
-    say(f"{report.requests} requests, {report.errors} errors, {report.throughput} req/s, "
+    say(f"{report.requests} requests, {report.errors} errors, {report.throughput} req/s; 4x phase: "
+        f"{report.overload_requests} requests at concurrency {report.overload_concurrency}, {report.overload_errors} "
+        f"errors, p99 {report.overload_p99_ms} ms; "
         f"max worker memory growth {report.max_memory_growth:.1%}: {'PASS' if report.passed else 'FAIL'}")
     return 0 if report.passed else 1
 

@@ -1,5 +1,6 @@
 """The short form of `make soak` (scripts/soak.py) against the session server: every answer checked,
-zero errors, no worker restart, worker memory growth after warm-up under 10%.
+zero errors, no worker restart, worker memory growth after warm-up under 10%, and a last phase at 4x the
+concurrency answered without an error.
 
 `make soak` runs 5,000 requests; CI runs SOAK_REQUESTS (600) at the same concurrency, which takes
 about half a minute on the 2-core machine.
@@ -24,6 +25,9 @@ def test_short_soak_across_the_three_models(server):
     assert report.restarted_workers == []
     assert len(report.memory_growth) == len(report.rss_baseline_mb) >= len(MODELS)
     assert report.max_memory_growth < 0.10, report.memory_growth
+    # the 4x phase (make soak's too): a quarter of the requests at 64 connections, every answer checked
+    assert report.overload_concurrency == 64 and report.overload_requests == SOAK_REQUESTS // 4
+    assert report.overload_errors == 0, report.error_examples
     assert report.passed
 
 
@@ -32,7 +36,7 @@ def test_short_soak_with_the_key_file_as_make_soak_runs_it(server):
     from the client (LoadClient.of), not a function of the caller's."""
     requests_total = SOAK_REQUESTS // 3
     report = soak(server.inference_url, server.management_url, server.key_file,
-                  requests_total=requests_total, concurrency=8, warmup=60, max_growth=0.10)
+                  requests_total=requests_total, concurrency=8, warmup=60, max_growth=0.10, overload_factor=0)
     assert report.requests == requests_total
     assert all(report.per_model[m] >= 0.3 * requests_total for m in MODELS), report.per_model
     assert report.errors == 0, report.error_examples
