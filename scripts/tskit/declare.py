@@ -17,7 +17,7 @@ IMAGE_TEMPLATE = """\
   std: [0.229, 0.224, 0.225]
   maxImagePixels: 40000000    # a declared width*height above this answers 413 before decoding
   intraOpThreads: 1           # workers x threads <= cores
-  # Per-request budgets, answered 413 before decoding (README "Limits and budgets"): keep
+  # Per-request budgets, answered 413 before decoding (docs/limits-and-overload.md): keep
   # batchSize x maxItemsPerRequest x the model's time per image well under responseTimeout
   maxItemsPerRequest: 32      # images per KServe request
   maxPixelsPerRequest: 40000000  # declared pixels of all of a request's images (>= maxImagePixels)
@@ -26,7 +26,7 @@ TEXT_TEMPLATE = """\
   intraOpThreads: 1           # workers x threads <= cores
   # maxTokens: 256            # default: the checkpoint's limit (sentence-transformers' max_seq_length,
                               # else max_position_embeddings, at most 512); longer texts say "truncated"
-  # Per-request budgets, answered 413 before tokenizing (README "Limits and budgets"): keep
+  # Per-request budgets, answered 413 before tokenizing (docs/limits-and-overload.md): keep
   # batchSize x maxItemsPerRequest x the model's time per maxTokens text well under responseTimeout
   maxItemsPerRequest: 16      # texts per KServe request
   maxTextChars: 100000        # characters per text
@@ -36,7 +36,7 @@ DETECTOR_TEMPLATE = """\
   maxDetections: 100          # the most detections answered (a request's "max_detections" overrides it)
   maxImagePixels: 40000000    # a declared width*height above this answers 413 before decoding
   intraOpThreads: 1           # workers x threads <= cores
-  # Per-request budgets, answered 413 before decoding (README "Limits and budgets")
+  # Per-request budgets, answered 413 before decoding (docs/limits-and-overload.md)
   maxItemsPerRequest: 16      # images per KServe request
   maxPixelsPerRequest: 40000000  # declared pixels of all of a request's images (>= maxImagePixels)
 """

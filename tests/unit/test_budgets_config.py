@@ -1,4 +1,4 @@
-"""The server's limits against the machine and the models' budgets (README "Limits and budgets"):
+"""The server's limits against the machine and the models' budgets (docs/limits-and-overload.md):
 the worst case of queued bodies fits the frontend's heap, and no model's answer budget is above
 max_response_size (`make config` refuses such a declaration)."""
 
