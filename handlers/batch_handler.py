@@ -44,7 +44,7 @@ from model_settings import CommonSettings, parse_settings
 from protocols import HEADER_LENGTH, Answer, ModelInfo, Output, Request, parse_request
 from request_budget import check_answer_bytes, check_items, envelope_bytes
 from request_errors import AnswerTooLarge, InternalError, InvalidField, RequestError
-from request_payload import request_body
+from request_payload import count_error, is_count, request_body
 from response_cache import ResponseCache
 
 logger = logging.getLogger(__name__)
@@ -237,7 +237,8 @@ class BatchHandler(BaseHandler):
         if self.cache is not None:
             self.handler_metrics.counts(self.cache.take_counts())
         logger.info("handled batch size=%d invalid=%d", len(data), len(batch.errors))
-        return [self.encode(idx, answers[idx]) for idx in range(len(data))]
+        protocols = {idx: decoded.request.protocol for idx, decoded in batch.requests.items()}
+        return [self.encode(idx, answers[idx], protocols.get(idx)) for idx in range(len(data))]
 
     def results(self, batch: PreparedBatch, timings: Dict[str, float], started: float) -> List[Any]:
         """One result per item: from the response cache where it has the item, else from the model
@@ -277,19 +278,24 @@ class BatchHandler(BaseHandler):
         for owner, result in zip(batch.owners, results):
             per_request.setdefault(owner, []).append(result)
         model = ModelInfo(self.context.model_name, self.model_version(), self.outputs)
-        return {idx: self.bounded(decoded.request, decoded.request.respond(per_request[idx], model))
-                for idx, decoded in batch.requests.items()}
+        return {idx: decoded.request.respond(per_request[idx], model) for idx, decoded in batch.requests.items()}
 
-    def bounded(self, request: Request, answer: Answer) -> Any:
-        """The answer, or AnswerTooLarge where the estimate missed (a plain JSON `topk`, say): never send
-        the frontend more than max_response_size (it would fail the worker's whole message)."""
+    def bounded(self, answer: Any, protocol: Optional[str]) -> Tuple[Answer, Optional[RequestError]]:
+        """(what is sent, the error it answers or None): an error as the contract's JSON, and any answer
+        over maxResponseBytes (an estimate that missed, a plain JSON `topk`, an error that grew) replaced by
+        AnswerTooLarge. The frontend fails a worker's whole message above max_response_size and restarts the
+        worker, so no answer, error or not, may pass this size. AnswerTooLarge's own JSON (under 400 bytes,
+        ASCII) is below the smallest maxResponseBytes settings allow (1,024)."""
+        error = answer if isinstance(answer, RequestError) else None
+        if error is not None:
+            answer = Answer(json.dumps(error.to_dict()).encode("utf-8"))
         limit = self.settings.maxResponseBytes
         if len(answer.body) <= limit:
-            return answer
-        error = AnswerTooLarge(f"the answer is {len(answer.body):,} bytes, above the server's limit of {limit:,} "
-                               f"(max_response_size): ask for fewer items or predictions per request")
-        error.protocol = request.protocol
-        return error
+            return answer, error
+        too_large = AnswerTooLarge(f"the answer is {len(answer.body):,} bytes, above the server's limit of "
+                                   f"{limit:,} (max_response_size): ask for fewer items or predictions per request")
+        too_large.protocol = error.protocol if error is not None else protocol
+        return Answer(json.dumps(too_large.to_dict()).encode("utf-8")), too_large
 
     # ---- TorchServe request/response plumbing -------------------------------------------------
     def model_version(self) -> Optional[str]:
@@ -308,10 +314,11 @@ class BatchHandler(BaseHandler):
         wanted = name.lower()
         return next((value for key, value in headers.items() if str(key).lower() == wanted), None)
 
-    def encode(self, idx: int, answer: Any) -> bytes:
-        if isinstance(answer, RequestError):
-            self.context.set_response_status(answer.status, reason_phrase(answer.message), idx)
-            answer = Answer(json.dumps(answer.to_dict()).encode("utf-8"))
+    def encode(self, idx: int, answer: Any, protocol: Optional[str] = None) -> bytes:
+        """The one exit of every answer (`protocol`: its request's, for an AnswerTooLarge in its form)."""
+        answer, error = self.bounded(answer, protocol)
+        if error is not None:
+            self.context.set_response_status(error.status, reason_phrase(error.message), idx)
         self.context.set_response_content_type(idx, answer.content_type)
         for name, value in answer.headers.items():
             self.context.set_response_header(idx, name, value)
@@ -331,6 +338,6 @@ class BatchHandler(BaseHandler):
 def request_topk(parameters: dict) -> Optional[int]:
     """A KServe request's `parameters.topk`: a positive integer, or absent."""
     topk = parameters.get("topk")
-    if topk is not None and (isinstance(topk, bool) or not isinstance(topk, int) or topk < 1):
-        raise InvalidField(f"parameters.topk must be a positive integer, got {topk!r}")
+    if topk is not None and not is_count(topk):
+        raise InvalidField(count_error("parameters.topk", topk))
     return topk

@@ -17,8 +17,8 @@ from torchvision.transforms.v2 import functional as F
 
 from protocols import Output
 from request_budget import ITEM_OVERHEAD_BYTES, JSON_FLOAT_BYTES
-from request_errors import InvalidField
-from request_payload import decode_base64_field, image_request, json_type_name
+from request_errors import InvalidField, shown
+from request_payload import count_error, decode_base64_field, image_request, is_count
 
 # One detection besides its label: {"label": , "index": <int>, "score": <float>, "box": [4 floats]}, ", ".
 DETECTION_OVERHEAD_BYTES = 64 + 5 * JSON_FLOAT_BYTES
@@ -53,10 +53,10 @@ def request_options(document: Dict[str, Any], defaults: DetectionOptions, where:
     threshold = document.get("threshold", defaults.threshold)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
         raise InvalidField(f"{where} 'threshold' must be a number from 0 to 1 (the lowest score answered), "
-                           f"got {_shown(threshold)}")
+                           f"got {shown(threshold)}")
     count = document.get("max_detections", defaults.max_detections)
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise InvalidField(f"{where} 'max_detections' must be a positive integer, got {_shown(count)}")
+    if not is_count(count):  # bounded: the answer estimate multiplies it, torch slices with it
+        raise InvalidField(count_error(f"{where} 'max_detections'", count))
     return DetectionOptions(float(threshold), count)
 
 
@@ -66,10 +66,6 @@ def detection_request(body: Any, content_type: Optional[str], defaults: Detectio
     if isinstance(body, dict):
         return decode_base64_field(body, "image"), request_options(body, defaults, "JSON field")
     return image_request(body, content_type, 1).data, defaults
-
-
-def _shown(value: Any) -> str:
-    return repr(value) if isinstance(value, (bool, int, float, str)) or value is None else json_type_name(value)
 
 
 # ---- the model's input and output ----------------------------------------------------------------------

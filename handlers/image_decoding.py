@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as F
 
-from request_errors import CorruptImage, ImageTooLarge, UnsupportedMediaType
+from request_errors import CorruptImage, ImageTooLarge, UnsupportedMediaType, clip
 
 TORCHVISION_FORMATS = {"JPEG", "MPO", "WEBP"}  # MPO: multi-picture JPEG from cameras
 PILLOW_FORMATS = {"PNG", "GIF", "BMP"}  # and animated WebP, which torchvision.io refuses
@@ -59,7 +59,7 @@ def read_header(data: bytes, max_pixels: int) -> ImageHeader:
             f"the body is not a recognised image; send {SUPPORTED} bytes"
         ) from None
     except (OSError, ValueError, SyntaxError) as err:
-        raise CorruptImage(f"the image header cannot be read ({err})") from None
+        raise CorruptImage(f"the image header cannot be read ({clip(str(err), 120)})") from None
     if header.format not in TORCHVISION_FORMATS | PILLOW_FORMATS:
         raise UnsupportedMediaType(f"{header.format} images are not supported; send {SUPPORTED}")
     if header.width < 1 or header.height < 1:
@@ -134,7 +134,7 @@ def _decode_with_pillow(data: bytes, draft_size: Optional[Tuple[int, int]] = Non
             else:
                 rgb = F.pil_to_tensor(image.convert("RGB"))
     except (OSError, ValueError, SyntaxError, EOFError) as err:
-        raise CorruptImage(f"the image cannot be decoded ({err})") from None
+        raise CorruptImage(f"the image cannot be decoded ({clip(str(err), 120)})") from None
     return apply_orientation(rgb, orientation)
 
 
@@ -176,4 +176,4 @@ def apply_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
 def _first_line(err: Exception) -> str:
     """libjpeg/libpng's own words, without torchvision's C++ source location."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return re.split(r"\.cpp:\d+, ", text)[-1]
+    return clip(re.split(r"\.cpp:\d+, ", text)[-1], 120)

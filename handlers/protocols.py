@@ -18,8 +18,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from request_errors import InvalidField, InvalidJSON, RequestError
-from request_payload import is_json, json_type_name
+from request_errors import InvalidField, InvalidJSON, RequestError, shown
+from request_payload import MAX_JSON_INT, count_error, is_count, is_json, json_type_name, unicode_text
 
 JSON_TYPE = "application/json"
 BINARY_TYPE = "application/octet-stream"
@@ -115,7 +115,7 @@ class V2Request:
         tensor = inputs[0]
         if tensor.get("datatype") != "BYTES":
             raise InvalidField(f"v2 request: input datatype must be BYTES (image bytes or text), "
-                               f"not {tensor.get('datatype')!r}")
+                               f"not {shown(tensor.get('datatype'))}")
         count = _element_count(tensor.get("shape"))
         tensor_parameters = _parameters(tensor, "input")
         if "binary_data_size" in tensor_parameters:
@@ -123,12 +123,14 @@ class V2Request:
         else:
             elements = _json_elements(tensor.get("data"))
         if count != len(elements):
-            raise InvalidField(f"v2 request: shape {tensor.get('shape')} holds {count} elements "
-                               f"but data has {len(elements)}")
+            raise InvalidField(f"v2 request: shape {_shape_text(tensor['shape'])} holds {count:,} elements "
+                               f"but data has {len(elements):,}")
+        name = tensor.get("name", "input-0")
+        if not isinstance(name, str):
+            raise InvalidField(f"v2 request: input 'name' must be a string, not {json_type_name(name)}")
         parameters = _parameters(document, "request")
-        request_id = document.get("id")
-        return cls(None if request_id is None else str(request_id), str(tensor.get("name", "input-0")), elements,
-                   parameters, _requested_outputs(document), bool(parameters.get("binary_data_output", False)))
+        return cls(_request_id(document.get("id")), name, elements, parameters, _requested_outputs(document),
+                   bool(parameters.get("binary_data_output", False)))
 
     def respond(self, results: List[dict], model: ModelInfo) -> Answer:
         tensors, chunks = [], []
@@ -161,13 +163,41 @@ def _parameters(owner: dict, what: str) -> Dict[str, Any]:
     return parameters
 
 
+def _request_id(request_id: Any) -> Optional[str]:
+    """The request's `id` as the answer echoes it: a string (v2's type; a JSON number is taken as its text)."""
+    if request_id is None:
+        return None
+    if isinstance(request_id, str):
+        return unicode_text(request_id, "v2 request: 'id'")  # echoed: it must have a UTF-8 form
+    if isinstance(request_id, (int, float)) and not isinstance(request_id, bool) and abs(request_id) <= MAX_JSON_INT:
+        return str(request_id)  # at most 16 digits: printing a huge integer fails (ValueError); NaN is refused
+    raise InvalidField(f"v2 request: 'id' must be a string, not {shown(request_id)}")
+
+
 def _element_count(shape: Any) -> int:
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise InvalidField("v2 request: input 'shape' must be a list of non-negative integers")
+    """The number of elements `shape` holds; each dimension at most MAX_JSON_INT, the product too (a
+    product of huge numbers costs time and cannot be printed: it is refused before it grows)."""
+    if not isinstance(shape, list):
+        raise InvalidField(f"v2 request: input 'shape' must be a list of non-negative integers, not {shown(shape)}")
+    for d in shape:
+        if not is_count(d, 0):
+            raise InvalidField(count_error("v2 request: each number of the input 'shape'", d, 0))
+    if 0 in shape:
+        return 0
     count = 1
     for d in shape:
         count *= d
+        if count > MAX_JSON_INT:
+            raise InvalidField(f"v2 request: input 'shape' {_shape_text(shape)} holds more than {MAX_JSON_INT:,} "
+                               f"elements; give the shape of the data sent, e.g. [<number of elements>]")
     return count
+
+
+def _shape_text(shape: list) -> str:
+    """A shape as a message shows it: whole when short, else its first numbers and its length."""
+    if len(shape) <= 8:
+        return f"[{', '.join(shown(d) for d in shape)}]"
+    return f"[{', '.join(shown(d) for d in shape[:4])}, ...] ({len(shape):,} numbers)"
 
 
 def _json_elements(data: Any) -> List[str]:
@@ -199,8 +229,8 @@ _END = object()
 
 def _binary_elements(binary: bytes, size: Any) -> List[bytes]:
     """BYTES elements of the binary section: each a 4-byte little-endian length, then that many bytes."""
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0 or size > len(binary):
-        raise InvalidField(f"v2 request: binary_data_size {size!r} does not fit the {len(binary)} bytes "
+    if not is_count(size, 0) or size > len(binary):
+        raise InvalidField(f"v2 request: binary_data_size {shown(size)} does not fit the {len(binary):,} bytes "
                            f"after the JSON header")
     data, elements, offset = binary[:size], [], 0
     while offset < size:
@@ -280,11 +310,11 @@ def _looks_like_json_object(body: bytes) -> bool:
 def _binary_v2(body: Union[bytes, str], header_length: str) -> V2Request:
     raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
     try:
-        length = int(header_length)
+        length = int(header_length)  # a header of over 4,300 digits is a ValueError too
     except ValueError:
-        raise InvalidField(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
+        raise InvalidField(f"{HEADER_LENGTH} must be an integer, got {shown(header_length)}") from None
     if not 0 < length <= len(raw):
-        raise InvalidField(f"{HEADER_LENGTH} is {length} but the body has {len(raw)} bytes")
+        raise InvalidField(f"{HEADER_LENGTH} is {shown(length)} but the body has {len(raw):,} bytes")
     try:
         document = json.loads(raw[:length].decode("utf-8"))
     except (ValueError, RecursionError):

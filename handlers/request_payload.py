@@ -7,7 +7,8 @@ UTF-8 stays bytes). An empty body is falsy, so presence is tested with `in`, nev
 
 import base64
 import binascii
-from typing import NamedTuple, Optional, Tuple
+import re
+from typing import Any, NamedTuple, Optional, Tuple
 
 from request_errors import (
     EmptyBody,
@@ -17,10 +18,19 @@ from request_errors import (
     InvalidJSON,
     InvalidUTF8,
     UnsupportedMediaType,
+    clip,
+    shown,
 )
 
 MULTIPART_FIELD = "data"
 RAW_BODY_KEY = "body"
+# The largest integer a JSON number holds exactly in most clients (IEEE doubles: JavaScript, many parsers).
+# A larger count, size or topk is a mistake or an attack: refused, never multiplied, printed or handed to
+# torch (Python prints at most 4,300 digits; torch takes 64-bit integers).
+MAX_JSON_INT = 2**53 - 1
+# A lone UTF-16 surrogate: JSON's "\ud800" escape parses to one. It has no UTF-8 form, so the tokenizer
+# (TypeError), strict JSON clients and anything that encodes the text refuse it.
+LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")  # re reads the \u escapes
 
 
 def request_body(row: dict) -> Tuple[str, object]:
@@ -30,8 +40,11 @@ def request_body(row: dict) -> Tuple[str, object]:
             return key, row[key]
     if not row:
         raise EmptyBody("the request has no body: send the input as the request body")
+    names = ", ".join(clip(str(name), 40) for name in sorted(row)[:5])  # the client's names: a few, cut
+    if len(row) > 5:
+        names += f", ... ({len(row):,} fields)"
     raise InvalidField(
-        f"multipart request has no '{MULTIPART_FIELD}' field (got: {', '.join(sorted(row))}); "
+        f"multipart request has no '{MULTIPART_FIELD}' field (got: {names}); "
         f"send the input in a form field named '{MULTIPART_FIELD}'"
     )
 
@@ -48,6 +61,34 @@ def is_json(content_type: Optional[str]) -> bool:
     return kind == "application/json" or kind.endswith("+json")
 
 
+def is_count(value: Any, minimum: int = 1) -> bool:
+    """An integer from `minimum` to MAX_JSON_INT (a JSON boolean is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and minimum <= value <= MAX_JSON_INT
+
+
+def count_error(what: str, value: Any, minimum: int = 1) -> str:
+    """The message for `what` that is not a count (is_count, minimum 1 or 0): the bound is named when the
+    value passed it."""
+    kind = "a positive integer" if minimum == 1 else "a non-negative integer"
+    if isinstance(value, int) and not isinstance(value, bool) and value > MAX_JSON_INT:
+        kind += f" of at most {MAX_JSON_INT:,}"
+    return f"{what} must be {kind}, got {shown(value)}"
+
+
+def unicode_text(text: str, what: str) -> str:
+    """`text`, refused when it is not valid Unicode (a lone surrogate from a JSON escape)."""
+    if text.isascii():  # O(1) in CPython: base64 and most text go no further
+        return text
+    found = LONE_SURROGATE.search(text)
+    if found:
+        raise InvalidUTF8(
+            f"{what} is not valid Unicode: it holds a lone surrogate {ascii(found.group())} at character "
+            f"{found.start():,} (half of a JSON \\uXXXX pair without its other half); send the text as UTF-8, "
+            "or escape both halves"
+        )
+    return text
+
+
 def decode_base64_field(document: dict, field: str) -> bytes:
     """The bytes of a base64 string field of a JSON object (a `data:` URL prefix is accepted)."""
     if field not in document:
@@ -59,12 +100,13 @@ def decode_base64_field(document: dict, field: str) -> bytes:
         raise InvalidField(
             f"JSON field '{field}' must be a base64 string, not {json_type_name(value)}"
         )
+    unicode_text(value, f"JSON field '{field}'")
     if value.startswith("data:") and "," in value:
         value = value.split(",", 1)[1]
     try:
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as err:
-        raise InvalidBase64(f"JSON field '{field}' is not valid base64 ({err})") from None
+        raise InvalidBase64(f"JSON field '{field}' is not valid base64 ({clip(str(err), 120)})") from None
     if not data:
         raise EmptyBody(f"JSON field '{field}' is empty")
     return data
@@ -90,8 +132,8 @@ def json_type_name(value: object) -> str:
 def positive_int_field(document: dict, field: str, default: int) -> int:
     """An optional positive integer field of a JSON object."""
     value = document.get(field, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidField(f"JSON field '{field}' must be a positive integer, got {value!r}")
+    if not is_count(value):
+        raise InvalidField(count_error(f"JSON field '{field}'", value))
     return value
 
 
@@ -116,7 +158,7 @@ def image_request(body: object, content_type: Optional[str], default_topk: int) 
         return ImageRequest(bytes(body), default_topk)
     if isinstance(body, str):
         raise UnsupportedMediaType(
-            f"got a text body ({media_type(content_type) or 'text'}); send the image bytes "
+            f"got a text body ({clip(media_type(content_type)) or 'text'}); send the image bytes "
             'with an image/* or application/octet-stream content type, or JSON {"image": "<base64>"}'
         )
     raise InvalidField(
@@ -132,16 +174,17 @@ def text_request(body: object, content_type: Optional[str]) -> str:
         text = body["text"]
         if not isinstance(text, str):
             raise InvalidField(f"JSON field 'text' must be a string, not {json_type_name(text)}")
+        unicode_text(text, "JSON field 'text'")  # the tokenizer takes Unicode only (TypeError otherwise)
     elif isinstance(body, str):
         if not body:
             raise EmptyBody("the request body is empty: send the text")
-        text = body
+        text = unicode_text(body, "the text")  # TorchServe decodes a text body strictly: a safeguard
     elif isinstance(body, (bytes, bytearray)):
         kind = media_type(content_type)
         if is_json(content_type):
             raise InvalidJSON('the body is sent as application/json but is not valid JSON; send {"text": "..."}')
         if kind.startswith(("image/", "audio/", "video/")):
-            raise UnsupportedMediaType(f"got {kind}; send UTF-8 text as text/plain or JSON {{\"text\": \"...\"}}")
+            raise UnsupportedMediaType(f"got {clip(kind)}; send UTF-8 text as text/plain or JSON {{\"text\": \"...\"}}")
         if not body:
             raise EmptyBody("the request body is empty: send the text")
         try:

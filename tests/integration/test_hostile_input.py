@@ -1,10 +1,12 @@
 """Hostile input against the real server, interleaved with good requests at concurrency 16.
 
 Every hostile request gets either a correct 200 or the contract's 4xx JSON error
-{"code", "type", "message"} with a message a user can act on; a body over max_request_size gets
-the frontend's bare 413. They are sent shuffled among good requests so that they share batches
-with them (checked in the model log), every good request must get its right answer, and no
-worker may restart (worker pids from the describe API unchanged).
+{"code", "type", "message"} (v2 errors add v2's "error") with a message a user can act on, in a body
+well under 64 KB whatever the request repeated (an answer over max_response_size makes the frontend
+restart the worker); a body over max_request_size gets the frontend's bare 413. They are sent
+shuffled among good requests so that they share batches with them (checked in the model log), every
+good request must get its right answer, and no worker may restart (worker pids from the describe API
+unchanged).
 """
 
 import base64
@@ -50,6 +52,12 @@ class Case:
     kind: Optional[str] = None  # the error `type` (None for 200 and for the frontend's 413)
     says: str = ""  # the error message must contain this (case-insensitive), or the 200 check
     check: Optional[Callable[[dict], None]] = None  # for 200s
+    route: str = "predictions"  # or "v1" (/v1/models/<m>:predict), "v2" (/v2/models/<m>/infer)
+    headers: Optional[Dict[str, str]] = None
+
+
+ROUTES = {"predictions": "/predictions/{}", "v1": "/v1/models/{}:predict", "v2": "/v2/models/{}/infer"}
+ERROR_BODY_BYTES = 64 * 1024  # an error answer is the contract's JSON and a bounded message: far below this
 
 
 def cat_answer(answer: dict) -> None:
@@ -160,6 +168,52 @@ def text_cases(model: str, limit: int) -> List[Case]:
     ]
 
 
+def v2_body(elements, datatype="BYTES", shape=None, **extra) -> bytes:
+    tensor = {"name": "x", "datatype": datatype, "shape": [len(elements)] if shape is None else shape, "data": elements}
+    return json.dumps(dict(extra, inputs=[tensor])).encode()
+
+
+def bounded_error_cases() -> List[Case]:
+    """Issue 17's reproducers: error answers that repeated the input past max_response_size (the frontend
+    then restarted the worker), invalid Unicode and absurd numbers that were 500s. Each must be a small 4xx."""
+    image = base64.b64encode(encode(cat().resize((64, 48)))).decode()
+    huge = 10 ** 4000  # 4,001 digits: within what json reads; a product of two cannot be printed
+    m, t, e, js = VISION, "minilm_topics", "minilm_embedding", "application/json"
+    return [
+        Case("topk a 1.4 MB string", m, json.dumps({"image": "AAAA", "topk": "x" * 1_400_000}).encode(), js, 400,
+             "InvalidField", "a string of 1,400,000 characters"),
+        Case("v2 shape of 2,000,000 zeros", m, v2_body([image], shape=[0] * 2_000_000), js, 400, "InvalidField",
+             "(2,000,000 numbers) holds 0 elements", route="v2"),
+        Case("v2 shape of 100,000 zeros", m, v2_body([image], shape=[0] * 100_000), js, 400, "InvalidField",
+             "(100,000 numbers)", route="v2"),
+        Case("v2 datatype of 3 MB", t, v2_body([STRIKER], datatype="FP" * 1_500_000), js, 400, "InvalidField",
+             "must be BYTES", route="v2"),
+        Case("v2 shape of 4,001-digit numbers", m, v2_body([image], shape=[huge] * 3), js, 400, "InvalidField",
+             "got an integer of 4,001 digits", route="v2"),
+        Case("v2 shape past 2^53 elements", e, v2_body([STRIKER], shape=[2 ** 30] * 2), js, 400, "InvalidField",
+             "holds more than", route="v2"),
+        Case("v2 parameters.topk Infinity", t, v2_body([STRIKER], parameters={"topk": float("inf")}), js, 400,
+             "InvalidField", "got inf", route="v2"),
+        Case("topk of 4,001 digits", m, json.dumps({"image": image, "topk": huge}).encode(), js, 400,
+             "InvalidField", "positive integer of at most"),
+        Case("Inference-Header-Content-Length of 4,000 digits", t, v2_body([STRIKER]), "application/octet-stream",
+             400, "InvalidField", "an integer of 4,000 digits", route="v2",
+             headers={"Inference-Header-Content-Length": "9" * 4000}),
+        Case("lone surrogate in JSON text", t, json.dumps({"text": "goal \ud800"}).encode(), js, 400, "InvalidUTF8",
+             "lone surrogate"),
+        Case("lone surrogate in a v1 instance", e, json.dumps({"instances": [STRIKER, "\udc00"]}).encode(), js, 400,
+             "InvalidUTF8", "not valid Unicode", route="v1"),
+        Case("lone surrogate in v2 BYTES data", t, v2_body(["\ud83d goal"]), js, 400, "InvalidUTF8",
+             "not valid Unicode", route="v2"),
+        Case("lone surrogate in v2 JSON without a content type", e, v2_body(["x \udfff"]), None, 400, "InvalidUTF8",
+             "not valid Unicode", route="v2"),
+        Case("lone surrogate in the image field", m, json.dumps({"image": "\ud800" + image}).encode(), js, 400,
+             "InvalidUTF8", "JSON field 'image' is not valid Unicode"),
+        Case("lone surrogate in a v2 id", m, v2_body([image], id="\ud800"), js, 400, "InvalidUTF8",
+             "'id' is not valid Unicode", route="v2"),
+    ]
+
+
 def good_requests() -> List[Tuple[str, bytes, str]]:
     coffee = encode(photo("coffee"))
     return [(VISION, encode(photo("chelsea")), "image/jpeg"), (VISION, coffee, "image/jpeg")] + [
@@ -186,8 +240,10 @@ def check_hostile(case: Case, response) -> None:
     if case.kind is None:  # the frontend's own 413: no handler ran, no JSON body (as the contract says)
         return
     assert response.headers["content-type"].startswith("application/json"), where
+    assert len(response.content) < ERROR_BODY_BYTES, f"{where}: a {len(response.content):,}-byte error"
     error = response.json()
-    assert set(error) == {"code", "type", "message"}, f"{where}: {error}"
+    fields = {"code", "type", "message"} | ({"error"} if case.route == "v2" else set())
+    assert set(error) == fields and error.get("error", error["message"]) == error["message"], f"{where}: {error}"
     assert error["code"] == case.status and error["type"] == case.kind, f"{where}: {error}"
     assert case.says.lower() in error["message"].lower(), f"{where}: {error['message']!r}"
 
@@ -209,7 +265,7 @@ def worker_pids(client) -> Dict[str, List[int]]:
 
 def test_hostile_inputs_interleaved_with_good_requests(client, server):
     limit = int(server.props["max_request_size"])
-    cases = vision_cases(limit) + [c for m in TEXT_MODELS for c in text_cases(m, limit)]
+    cases = vision_cases(limit) + [c for m in TEXT_MODELS for c in text_cases(m, limit)] + bounded_error_cases()
     good = good_requests()
     references = {}
     for model, body, content_type in good:  # each good request alone first: its reference answer
@@ -228,7 +284,8 @@ def test_hostile_inputs_interleaved_with_good_requests(client, server):
     def send(job):
         kind, item = job
         if kind == "hostile":
-            return client.predict(item.model, item.body, item.content_type)
+            headers = dict(item.headers or {}, **{"Content-Type": item.content_type})  # None: no Content-Type
+            return client.infer("POST", ROUTES[item.route].format(item.model), data=item.body, headers=headers)
         return client.predict(*item)
 
     with ThreadPoolExecutor(max_workers=16) as pool:

@@ -20,14 +20,20 @@ from text_embedding_handler import TextEmbeddingHandler
 
 CONTENT_TYPES = [None, "", "application/json", "application/octet-stream", "text/plain", "text/plain; charset=utf-8",
                  "image/jpeg", "image/png", "application/x-www-form-urlencoded", "multipart/form-data", "x/y"]
+# JSON text as a client can write it: any code point, lone surrogates too (a "\ud800" escape parses to one;
+# hypothesis' default alphabet leaves them out, which hid the tokenizer's TypeError -> 500).
+ANY_CHARACTER = st.characters(codec=None, exclude_categories=()) | st.sampled_from("\ud800\udbff\udc00\udfff")
+# Numbers as JSON carries them: NaN and Infinity (Python's json reads both) and integers of thousands of
+# digits (json reads up to 4,300; a product of two cannot be printed).
+NUMBERS = st.integers() | st.floats() | st.integers(-(10 ** 3999), 10 ** 3999)
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    st.none() | st.booleans() | NUMBERS | st.text(ANY_CHARACTER, max_size=40),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=12)
 V2_LIKE = st.fixed_dictionaries(
     {"inputs": st.lists(st.fixed_dictionaries({"name": st.text(max_size=5),
                                                "datatype": st.sampled_from(["BYTES", "FP32", "INT64", 3]),
-                                               "shape": st.lists(st.integers(-2, 3), max_size=3),
+                                               "shape": st.lists(st.integers(-2, 3) | st.integers(2 ** 50, 10 ** 3999), max_size=3),
                                                "data": JSON_VALUES}), max_size=2)},
     optional={"parameters": JSON_VALUES, "outputs": JSON_VALUES, "id": JSON_VALUES})
 BODIES = (st.binary(max_size=300) | st.text(max_size=200) | JSON_VALUES | V2_LIKE
@@ -65,6 +71,10 @@ def answer_pair(handler, archive, good, body, content_type, headers):
 @example(body=b'{"inputs": [{"name": "t", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}',
          content_type=None, headers={})  # tritonclient's JSON mode: no Content-Type
 @example(body=b"{}", content_type=None, headers={"Inference-Header-Content-Length": "2"})
+@example(body={"text": "\ud800", "image": "\udc00AAAA"}, content_type="application/json", headers={})
+@example(body={"inputs": [{"name": "t", "datatype": "BYTES", "shape": [10 ** 3999] * 2, "data": ["x"]}]},
+         content_type="application/json", headers={})  # a product Python cannot print
+@example(body={"image": "AAAA", "topk": "x" * 1_400_000}, content_type="application/json", headers={})
 def test_any_request_gets_an_answer_or_its_4xx_and_its_neighbour_is_served(handlers, mar, body, content_type, headers):
     handler, archive, good = handlers[mar]
     (good_status, _), (status, answer) = answer_pair(handler, archive, good, body, content_type, headers)
