@@ -20,6 +20,8 @@ model-config.yaml fails the worker's load with a message naming the key) and fil
 A model's declaration can turn on a response cache per worker (response_cache: cacheEntries,
 cacheBytes; hits skip the model) and torch.profiler for its next N batches (batch_profiler:
 profileBatches); both are off by default and then cost one test per batch.
+A request stamped `X-Request-Start` that waited past its patience (X-Request-Timeout-Ms, or the model's
+maxQueueMs) is answered 503 before anything of it is read (request_deadline).
 Every request passes its budgets (model_settings: maxItemsPerRequest, maxResponseBytes and the kind's)
 before any of its items is decoded; an over-budget request alone is answered 413 (request_budget).
 Subclasses also declare `outputs` (their v2 output tensors), `v2_field` (the plain JSON field a JSON v2/v1 element
@@ -43,6 +45,7 @@ from model_formats import load_model
 from model_settings import CommonSettings, parse_settings
 from protocols import HEADER_LENGTH, Answer, ModelInfo, Output, Request, parse_request
 from request_budget import check_answer_bytes, check_items, envelope_bytes
+from request_deadline import check_deadline, lower_keys
 from request_errors import AnswerTooLarge, InternalError, InvalidField, RequestError
 from request_payload import count_error, is_count, request_body
 from response_cache import ResponseCache
@@ -194,8 +197,10 @@ class BatchHandler(BaseHandler):
     def preprocess(self, data: List[dict]) -> PreparedBatch:
         """Decode each request on its own: a bad one is recorded, never raised."""
         batch = PreparedBatch()
+        now = time.time()  # the batch reached the worker: a stamped request's wait ends here
         for idx, row in enumerate(data):
             try:
+                check_deadline(lower_keys(self.context.get_all_request_header(idx)), self.settings.maxQueueMs, now)
                 request = self.decode_request(idx, row)
             except RequestError as err:
                 batch.errors[idx] = err

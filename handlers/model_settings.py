@@ -25,9 +25,12 @@ class CommonSettings:
     optimizeForInference: bool = True  # TorchScript only: freeze + optimize_for_inference at load time
     warmUpRuns: int = 2
     labelsFile: Optional[str] = None   # index_to_name.json in the archive (classifiers)
-    # Per-request budgets (413 before the heavy work; README "Limits and budgets" gives the arithmetic)
+    # Per-request budgets (413 before the heavy work; docs/limits-and-overload.md gives the arithmetic)
     maxItemsPerRequest: int = 16       # KServe v1 instances / v2 data elements in one request
     maxResponseBytes: int = 6_553_500  # TorchServe's max_response_size: no answer may be larger
+    # A request stamped X-Request-Start that waited longer than this is answered 503 without the model
+    # (request_deadline); 0: only a request's own X-Request-Timeout-Ms sets its patience
+    maxQueueMs: int = 0
     # Response cache per worker (response_cache): off unless cacheEntries > 0
     cacheEntries: int = 0              # answers kept (least recently used go first)
     cacheBytes: int = 64 * 1024 * 1024 # and at most this many bytes of stored JSON answers
@@ -42,6 +45,7 @@ class CommonSettings:
         _at_least("warmUpRuns", self.warmUpRuns, 0)
         _at_least("maxItemsPerRequest", self.maxItemsPerRequest, 1)
         _at_least("maxResponseBytes", self.maxResponseBytes, 1024)
+        _at_least("maxQueueMs", self.maxQueueMs, 0)
         _at_least("cacheEntries", self.cacheEntries, 0)
         _at_least("cacheBytes", self.cacheBytes, 1024)
         _at_least("profileBatches", self.profileBatches, 0)

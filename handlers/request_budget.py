@@ -4,7 +4,7 @@ One request must not cost a worker more than its share: too many items, too many
 text, or an answer larger than TorchServe's `max_response_size` (the frontend then fails the whole
 message and restarts the worker) are each answered 413 for that request alone. The answer size is
 bounded from above before the model runs (`answer bytes`), and measured again after encoding.
-Pure: imports nothing from `ts`. README "Limits and budgets" gives the arithmetic behind the defaults.
+Pure: imports nothing from `ts`. docs/limits-and-overload.md gives the arithmetic behind the defaults.
 """
 
 import json

@@ -136,6 +136,12 @@ class AnswerTooLarge(RequestError):
     status = 413
 
 
+class RequestExpired(RequestError):
+    """The request waited longer than its client's stated patience (request_deadline): refused, not run."""
+
+    status = 503
+
+
 class UnsupportedMediaType(RequestError):
     status = 415
 

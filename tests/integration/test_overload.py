@@ -101,3 +101,16 @@ def test_a_flood_of_maximum_size_bodies_leaves_good_requests_answered_and_the_fr
             assert "OutOfMemoryError" not in f.read()
         print(f"{len(flood)} bodies of {limit - 1024:,} bytes from 32 clients + {len(over)} over the limit in "
               f"{took:.1f} s; {len(good_answers)} good requests answered 200 meanwhile")
+
+
+def test_a_request_that_waited_past_its_patience_is_refused_before_the_model(client, server):
+    """X-Request-Start (a proxy's or client's stamp) + X-Request-Timeout-Ms reach the handler through the real
+    frontend: a stale request gets the contract's 503 (type RequestExpired), a fresh one its answer."""
+    jpeg, now = encode(photo("chelsea")), time.time()
+    stale = client.infer("POST", "/predictions/mobilenet_v2", data=jpeg, headers={
+        "Content-Type": "image/jpeg", "X-Request-Start": f"t={now - 30:.3f}", "X-Request-Timeout-Ms": "1000"})
+    assert stale.status_code == 503, stale.text
+    assert stale.json()["type"] == "RequestExpired" and stale.json()["code"] == 503
+    fresh = client.infer("POST", "/predictions/mobilenet_v2", data=jpeg, headers={
+        "Content-Type": "image/jpeg", "X-Request-Start": f"t={time.time() * 1e3:.0f}", "X-Request-Timeout-Ms": "60000"})
+    assert fresh.status_code == 200 and fresh.json()["predictions"][0]["label"] in CAT_LABELS
