@@ -27,6 +27,7 @@ from conftest import Client
 from detection import compare
 from own_server import own_server
 from support import REPO, encode, photo
+from tskit.formats import DETECTOR_IMAGE_SIZES
 
 BOX_TOLERANCE = 1e-3    # of the image's longest side, in pixels
 SCORE_TOLERANCE = 1e-4
@@ -43,6 +44,14 @@ def make_model(base, name, kind, source):
     started = time.monotonic()
     result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     return result, time.monotonic() - started
+
+
+@pytest.fixture(scope="module", autouse=True)
+def printed_figures():
+    """This run's build time and parity figures, printed once the module's tests are done (pytest -s shows
+    them); each figure is asserted where it is measured."""
+    yield measured
+    print("\n[object detector] " + json.dumps(measured, indent=1))
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +121,11 @@ def assert_same(served, reference, jpeg):
 def test_the_build_names_coco_classes_and_checks_itself(built):
     base, report = built
     assert report["kind"] == "object-detector" and report["format"] == "torchscript" and report["outputs"] == 91
+    # the build's own check (tskit.formats.detector_parity): the archive's model file, loaded as a worker loads
+    # it, against the source on images of several sizes; its largest box difference in pixels is reported
+    largest_side = max(max(size) for size in DETECTOR_IMAGE_SIZES)
+    assert isinstance(report["max_abs_diff"], (int, float))
+    assert 0 <= report["max_abs_diff"] <= BOX_TOLERANCE * largest_side, report
     # no LABELS: none declared, and the archive names COCO's classes (torchvision's weights meta)
     assert not os.path.exists(os.path.join(base, "models", NAME, "labels.json"))
     with zipfile.ZipFile(os.path.join(base, "model_store", f"{NAME}.mar")) as archive:
@@ -217,8 +231,3 @@ def test_a_corrupt_image_among_good_ones_gets_400_alone(client, detector, images
             break
     measured["corrupt_batch_sizes"] = sizes
     assert max(sizes) > 1, f"the corrupt image never shared a batch: {sizes}"
-
-
-def test_report(built):
-    """Not a check: this run's build time and parity figures (pytest -s shows them)."""
-    print("\n[object detector] " + json.dumps(measured, indent=1))

@@ -80,13 +80,30 @@ def test_truncated_png_is_refused(cat):
         decode_rgb(blob[: len(blob) // 3], LIMIT)
 
 
-def test_damaged_jpeg_body_is_refused_or_decoded_without_crashing(cat):
+def jpeg_segments(blob: bytes):
+    """(marker, offset) of each segment before the scan data: SOI, APPn, DQT, SOF, DHT..., SOS."""
+    assert blob[:2] == b"\xff\xd8"
+    offset, found = 2, [(0xD8, 0)]
+    while True:
+        assert blob[offset] == 0xFF, offset
+        marker = blob[offset + 1]
+        found.append((marker, offset))
+        if marker == 0xDA:
+            return found
+        offset += 2 + int.from_bytes(blob[offset + 2:offset + 4], "big")
+
+
+def test_jpeg_whose_scan_header_is_wiped_is_refused(cat):
+    """Pillow's JPEG of the cat puts its last Huffman table and the start-of-scan (SOS) header at bytes
+    ~430-622, so zeroing 3.4 kB from byte 600 wipes the SOS marker and the scan's start: the tables are
+    there, the end-of-image marker too (so it is not refused as truncated), but there is no scan to decode."""
     blob = bytearray(encode(cat, "JPEG"))
-    blob[600:4000] = bytes(3400)  # scan data zeroed, markers intact
-    try:
-        assert decode_rgb(bytes(blob), LIMIT).shape == (3, 300, 451)
-    except CorruptImage:
-        pass
+    (sos,) = [offset for marker, offset in jpeg_segments(bytes(blob)) if marker == 0xDA]
+    assert 600 < sos < 4000
+    blob[600:4000] = bytes(3400)
+    assert blob.endswith(b"\xff\xd9")
+    with pytest.raises(CorruptImage, match=r"the JPEG image cannot be decoded \(.*missing SOS marker"):
+        decode_rgb(bytes(blob), LIMIT)
 
 
 @pytest.mark.parametrize("blob", [b"hello, this is text", b"%PDF-1.4 ...", bytes(range(256)) * 4])
