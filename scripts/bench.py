@@ -411,7 +411,8 @@ def overload_section(args, workloads: Dict[str, dict], log) -> List[dict]:
                  + ([overload.Side("stock", stock, stock_names[m], m, 120)] if m in stock_names else [])
                  for m in models}
         return overload.run(sides, workloads, {m: MAIN_WORKLOAD[kinds[m]] for m in models}, kinds,
-                            args.tuned_concurrency, args.overload_seconds, load, args.overload_factors, log)
+                            args.tuned_concurrency, args.overload_seconds, load, args.overload_factors, log,
+                            args.overload_rounds)
     finally:
         for server in filter(None, (ours, stock)):
             server.stop()
@@ -864,6 +865,7 @@ def main(argv=None) -> int:
     parser.add_argument("--overload-models", nargs="+", help="models loaded in (O) (default: every served model)")
     parser.add_argument("--overload-seconds", type=float, default=10)
     parser.add_argument("--overload-factors", type=int, nargs="+", default=list(overload.FACTORS))
+    parser.add_argument("--overload-rounds", type=int, default=2, help="passes over the factors, alternating direction")
     parser.add_argument("--tuned-concurrency", type=int, default=16, help="the concurrency the models were tuned at")
     parser.add_argument("--cache-models", nargs="+",
                         help="default: the first served image classifier and the first served text classifier")
@@ -889,6 +891,7 @@ def main(argv=None) -> int:
     args.overload_models = args.overload_models or served
     if args.quick:  # a tiny (O): the image model at x1 and x4, ours only
         args.overload_models, args.overload_factors, args.overload_seconds = args.models[:1], [1, 4], 2
+        args.overload_rounds = 1
     if args.cache_only or args.overload_only:
         args.models, args.no_formats, args.cache = [], True, args.cache_only
     args.format_models = [] if args.no_formats else [m for m in (args.format_models or served)

@@ -66,14 +66,17 @@ def point(side: Side, workload_name: str, workload: dict, kind: str, connections
 
 def run(sides: Dict[str, List[Side]], workloads: Dict[str, dict], inputs: Dict[str, str],
         kinds: Dict[str, str], tuned: int, seconds: float, load: Callable[..., LoadResult],
-        factors=FACTORS, log=print) -> List[dict]:
-    """Every model's points: for each factor, each side (order alternating per factor)."""
+        factors=FACTORS, log=print, rounds: int = 2) -> List[dict]:
+    """Every model's points: `rounds` passes over the factors, the second in reverse order (1, 4, 16,
+    16, 4, 1), so that drift of the machine during a model's points weighs on every factor alike; at each
+    point each side, the order alternating."""
     rows = []
     for model, model_sides in sides.items():
-        for i, factor in enumerate(factors):
+        order = [(r, f) for r in range(rounds) for f in (factors if r % 2 == 0 else list(reversed(factors)))]
+        for i, (round_, factor) in enumerate(order):
             for side in (model_sides if i % 2 == 0 else list(reversed(model_sides))):
                 row = point(side, inputs[model], workloads[inputs[model]], kinds[model], tuned * factor, seconds, load)
-                row["factor"] = factor
+                row.update(factor=factor, round=round_)
                 rows.append(row)
                 log(f"O {side.name} {model} x{factor} ({tuned * factor} connections): {row['goodput']:.1f} right/s, "
                     f"{row['refused']} refused, {row['other_errors']} other failures, p99 {row['p99_ms']:.0f} ms, "
@@ -81,10 +84,26 @@ def run(sides: Dict[str, List[Side]], workloads: Dict[str, dict], inputs: Dict[s
     return rows
 
 
+def combined(rows: List[dict]) -> List[dict]:
+    """One row per (model, server, factor): goodput averaged over the rounds, counts summed, worst p99."""
+    groups: Dict[tuple, List[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["server"], row["factor"]), []).append(row)
+    out = []
+    for (model, server, factor), group in groups.items():
+        row = dict(group[0], rounds=len(group), goodput=sum(r["goodput"] for r in group) / len(group),
+                   p99_ms=max(r["p99_ms"] for r in group),
+                   first_error=next((r["first_error"] for r in group if r["first_error"]), ""))
+        for key in ("requests", "refused", "refused_bad", "other_errors", "restarts", "checked", "wrong"):
+            row[key] = sum(r[key] for r in group)
+        out.append(row)
+    return out
+
+
 def verdicts(rows: List[dict]) -> List[str]:
     """Our rows against the targets; a line each, "MISSED" where one is not met."""
     lines = []
-    ours = [r for r in rows if r["server"] == "ours"]
+    ours = [r for r in combined(rows) if r["server"] == "ours"]
     for model in sorted({r["model"] for r in ours}):
         by_factor = {r["factor"]: r for r in ours if r["model"] == model}
         base = by_factor.get(1)
@@ -113,11 +132,11 @@ def target_checks(row: dict, base: Optional[dict]) -> List[str]:
 
 
 def table(rows: List[dict]) -> str:
-    head = ("| model | server | connections | right answers/s | refused (503) | 503 without JSON body | "
+    head = ("| model | server | connections | right answers/s (mean of rounds) | refused (503) | 503 without JSON body | "
             "other failures | p99 ms | worker restarts |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     lines = [f"| {r['model']} | {r['server']} | {r['concurrency']} (x{r['factor']}) | {r['goodput']:.1f} | "
              f"{r['refused']} of {r['requests']} | {r['refused_bad']} | {r['other_errors']} | {r['p99_ms']:.0f} | "
-             f"{r['restarts']} |" for r in rows]
+             f"{r['restarts']} |" for r in combined(rows)]
     return "\n".join([head] + lines)
 
 
