@@ -84,7 +84,7 @@ def kserve_properties(root: str, bind: str, metrics_bind: str, ports: Dict[str, 
         "enable_model_api": "false",  # the models come from the snapshot; nothing registers at run time
         "enable_envvars_config": "false",  # see the module docstring: TS_SERVICE_ENVELOPE
         # the wrapper answers KServe's health routes itself; TorchServe's OIP switch would only add a
-        # gRPC service whose ModelInfer passes BYTES elements base64-encoded (README)
+        # gRPC service whose ModelInfer passes BYTES elements base64-encoded (docs/clients.md)
         "ts_open_inference_protocol": "false",
         "number_of_gpu": str(gpus),
         "model_snapshot": json.dumps({"name": "startup.cfg", "modelCount": len(models), "models": models}),

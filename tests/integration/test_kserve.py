@@ -3,8 +3,8 @@ checked against the layout and the models' declarations, and the Grafana dashboa
 against what the server really exports.
 
 TorchServe's own kserve_wrapper (which the runtime runs in front of TorchServe) is not in this repo and
-cannot be installed from a package registry, so it is not started here: README ("On a cluster with
-KServe") records what was measured through it by hand.
+cannot be installed from a package registry, so it is not started here: docs/kserve.md records what was
+measured through it by hand.
 """
 
 import base64

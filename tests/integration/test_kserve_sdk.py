@@ -108,7 +108,7 @@ def test_a_bad_element_is_a_4xx_in_the_contracts_words(client, server, kind, ele
 def test_server_health_as_the_sdk_sees_it(server):
     """`/v2/health/live|ready` exist only with TorchServe's `ts_open_inference_protocol`; per-model
     readiness (`/v2/models/<m>/ready`) does not exist in TorchServe 0.12 at all, which the SDK reports as
-    not ready. See README "KServe and the Open Inference Protocol"."""
+    not ready. See docs/clients.md."""
     oip = server.props.get("ts_open_inference_protocol", "false").lower() == "true"
     model = sorted(KIND_OF)[0]
 
