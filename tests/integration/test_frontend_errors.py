@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Optional
 
 import pytest
 
-import http_mutations as hm
+import http_fuzz as hm
 from support import encode, photo
 from test_http_fuzz import Sender, check_good, contract_error, references, settled_workers
 

@@ -1,5 +1,5 @@
 """HTTP fuzzing of every inference route and model on the real server, in the style of Triton's
-L0_http_fuzz: a seeded, bounded run of mutated requests (tests/http_mutations.py: byte flips,
+L0_http_fuzz: a seeded, bounded run of mutated requests (tests/http_fuzz/: byte flips,
 truncation, wrong JSON types, v2 shapes and datatypes, binary-extension headers, content types,
 multipart, unicode with lone surrogates, huge numbers, long strings, methods, paths, Expect) with a
 known-good request every 10th, sent by 8 threads at once so that good and bad requests share batches.
@@ -37,7 +37,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-import http_mutations as hm
+import http_fuzz as hm
 import request_errors
 from support import CAT_LABELS, encode, photo
 
