@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Client
 from own_server import ALL_MODELS, build_broken_archive, kill_worker, own_server, wait_until
-from soak import LoadClient, default_specs
+from tskit.checked_load import LoadClient, default_specs
 
 # Measured on the 2-core dev machine (TorchServe 0.12, CPU, load of 12 clients on): the killed worker
 # is READY again after 4-9 s (minilm_*) to 12-24 s (mobilenet_v2, whose other worker keeps the cores

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import Client
 from own_server import build_broken_archive, own_server, wait_until
-from soak import LoadClient, default_specs
+from tskit.checked_load import LoadClient, default_specs
 from support import REPO
 
 MODEL = "mobilenet_v2"
