@@ -43,7 +43,6 @@ Writes results/bench/<time>/ {results.json, table.md, bench.png}; prints the tab
 """
 
 import argparse
-import base64
 import io
 import json
 import os
@@ -62,32 +61,20 @@ from PIL import Image
 from tqdm import tqdm
 
 from benchkit import agreement, cache_bench, inprocess, overload, variants
-from benchkit.archives import unpack
-from benchkit.checks import (CAT_LABELS, TEXT_TOPICS, answer_check, check_table, expected_first,  # noqa: F401
-                             failed_rows)
+from benchkit.archives import copy_archive, unpack
+from benchkit.workloads import MAIN_WORKLOAD, TEXTS, WORKLOAD_KIND, load_point, load_url, make_inputs
+from benchkit.checks import answer_check, check_table, failed_rows
 from benchkit.plan import PIPELINE_SUFFIX, STOCK_PREFIX, base_of, interleaved, stock_b_layout_name
 from benchkit.litserve_peer import LitServePeer
-from load_generators import AnswerCheck, LoadResult, run_python, run_wrk, wrk_available
+from load_generators import AnswerCheck, LoadResult, wrk_available
 from tskit import declaration as declarations
 from tskit.respec import with_settings
 from tskit.client import store_archive
-from ts_server import REPO, TorchServe, free_ports, private_server, read_properties
+from ts_server import REPO, TorchServe, free_ports, private_server
 
 STORE = os.path.join(REPO, "model_store")
 BENCH_BUILD = os.path.join(REPO, "build", "bench")
 
-TEXTS = {
-    "short": "The striker scored twice in the final",
-    "medium": ("Central bank officials signalled on Tuesday that interest rates would stay higher for longer, "
-               "sending bond yields to their highest level in a decade while stocks in Asia and Europe slipped "
-               "and the dollar strengthened against most major currencies."),
-    "long": " ".join(["Researchers measured how the new battery chemistry ages over thousands of charge cycles, "
-                      "reporting that capacity loss slowed markedly after the first few hundred cycles."] * 12),
-}
-WORKLOAD_KIND = {"image-classifier": "vision", "text-classifier": "text", "text-embedding": "text"}
-# The input each kind's formats are compared on (and J, L): the package's typical request.
-MAIN_WORKLOAD = {"image-classifier": "jpeg_640x480", "text-classifier": "text_medium", "text-embedding": "text_medium"}
-STOCK = "stock_mobilenet_v2"  # kept for scripts that import it
 PIPELINE = "mobilenet_v2_without_model"
 
 
@@ -105,37 +92,6 @@ def unpack_kind(model: str) -> str:
     unpacked = unpack(os.path.join(STORE, f"{model}.mar"))
     unpacked.cleanup()
     return unpacked.kind
-
-
-# ---- inputs ---------------------------------------------------------------------------------------
-def make_inputs(directory: str) -> Dict[str, dict]:
-    """Request bodies on disk: real photos at realistic sizes, and texts of three lengths; each also as
-    the JSON body LitServe takes ({"image": base64} / {"text": ...}) under json_<name>."""
-    from skimage import data as skimage_data
-
-    os.makedirs(directory, exist_ok=True)
-    workloads = {}
-    photo = Image.fromarray(skimage_data.chelsea())
-    for name, size in (("jpeg_640x480", (640, 480)), ("jpeg_2048x1536", (2048, 1536))):
-        path = os.path.join(directory, f"{name}.jpg")
-        photo.resize(size, Image.Resampling.LANCZOS).save(path, "JPEG", quality=90)
-        workloads[name] = {"path": path, "content_type": "image/jpeg", "kind": "vision"}
-    for name, text in TEXTS.items():
-        path = os.path.join(directory, f"text_{name}.txt")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-        workloads[f"text_{name}"] = {"path": path, "content_type": "text/plain; charset=utf-8", "kind": "text"}
-    for name, workload in list(workloads.items()):
-        with open(workload["path"], "rb") as f:
-            raw = f.read()
-        document = ({"image": base64.b64encode(raw).decode()} if workload["kind"] == "vision"
-                    else {"text": raw.decode("utf-8")})
-        path = os.path.join(directory, f"{name}.json")
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(document, f)
-        workloads[f"json_{name}"] = {"path": path, "content_type": "application/json", "kind": workload["kind"],
-                                     "json": True}
-    return workloads
 
 
 # ---- the bench server -------------------------------------------------------------------------------
@@ -164,25 +120,6 @@ def build_stock_archive(model: str, store: str, work: str) -> str:
                     "--handler", "image_classifier", "--extra-files", labels_file,
                     "--export-path", store], check=True, capture_output=True)
     return name
-
-
-def copy_archive(model: str, store: str, name: str,
-                 edits: Optional[Dict[str, Callable[[bytes], bytes]]] = None, source_store: str = STORE) -> str:
-    """<source_store>/<model>.mar (default model_store/) copied to <store>/<name>.mar and renamed to model
-    `name`, each file named in `edits` passed through its function on the way; returns the copy's path."""
-    target = os.path.join(store, f"{name}.mar")
-    with zipfile.ZipFile(os.path.join(source_store, f"{model}.mar")) as source, \
-            zipfile.ZipFile(target, "w") as copy:
-        for info in source.infolist():
-            data = source.read(info)
-            if info.filename == "MAR-INF/MANIFEST.json":
-                manifest = json.loads(data)
-                manifest["model"]["modelName"] = name
-                data = json.dumps(manifest, indent=2).encode()
-            if info.filename in (edits or {}):
-                data = edits[info.filename](data)
-            copy.writestr(info, data)
-    return target
 
 
 class _NoModel(torch.nn.Module):
@@ -261,24 +198,6 @@ def server_cpu_seconds(server: TorchServe) -> float:
         return total
     except (psutil.Error, TypeError, ValueError):
         return float("nan")
-
-
-def load_url(url: str, token: Optional[str], workload: dict, concurrency: int, seconds: float,
-             generator: str = "auto", check: Optional[AnswerCheck] = None) -> LoadResult:
-    if generator == "auto":
-        generator = "wrk" if wrk_available() else "python"
-    if generator == "wrk":
-        return run_wrk(url, workload["path"], workload["content_type"], token, concurrency, seconds, check=check)
-    with open(workload["path"], "rb") as f:
-        body = f.read()
-    return run_python(url, body, workload["content_type"], token, concurrency, seconds, check=check)
-
-
-def load_point(server: TorchServe, model: str, workload: dict, concurrency: int, seconds: float,
-               generator: str = "auto", check: Optional[AnswerCheck] = None) -> LoadResult:
-    """Load `model` with one of the bench's inputs; generator "auto" is wrk when installed."""
-    return load_url(f"{server.inference_url}/predictions/{model}", server.keys()["inference"], workload,
-                    concurrency, seconds, generator, check)
 
 
 def _run(run: Callable[[], LoadResult]) -> dict:
@@ -537,7 +456,6 @@ def formats_section(server: TorchServe, args, workloads: Dict[str, dict], rows: 
     decls = declared()
     manage = Management(server)
     store = server.props["model_store"]
-    token = server.keys()["inference"]
     headers = server.auth_headers("inference")
     top = max(args.concurrency)
     summaries = []

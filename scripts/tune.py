@@ -42,7 +42,8 @@ import psutil
 import yaml
 from tqdm import tqdm
 
-from bench import copy_archive, load_point, make_inputs
+from benchkit.archives import copy_archive
+from benchkit.workloads import load_point, make_inputs
 from benchkit.checks import answer_check
 from ts_server import REPO, private_server
 from tskit.client import TorchServeClient, json_or_raise

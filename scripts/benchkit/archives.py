@@ -10,11 +10,12 @@ import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass
+from typing import Callable, Dict, Optional
 
 import yaml
 
 from model_settings import parse_settings
-from tskit.declaration import HANDLER_OF_KIND
+from tskit.declaration import HANDLER_OF_KIND, REPO
 
 KIND_OF_HANDLER = {handler: kind for kind, handler in HANDLER_OF_KIND.items()}
 
@@ -62,3 +63,25 @@ def unpack(mar: str, folder: str = None) -> Unpacked:
             config = yaml.safe_load(f) or {}
     kind = KIND_OF_HANDLER[os.path.basename(manifest["handler"]).split(":")[0]]
     return Unpacked(folder, manifest["modelName"], kind, os.path.join(folder, manifest["serializedFile"]), config)
+
+
+STORE = os.path.join(REPO, "model_store")
+
+
+def copy_archive(model: str, store: str, name: str,
+                 edits: Optional[Dict[str, Callable[[bytes], bytes]]] = None, source_store: str = STORE) -> str:
+    """<source_store>/<model>.mar (default model_store/) copied to <store>/<name>.mar and renamed to model
+    `name`, each file named in `edits` passed through its function on the way; returns the copy's path."""
+    target = os.path.join(store, f"{name}.mar")
+    with zipfile.ZipFile(os.path.join(source_store, f"{model}.mar")) as source, \
+            zipfile.ZipFile(target, "w") as copy:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename == "MAR-INF/MANIFEST.json":
+                manifest = json.loads(data)
+                manifest["model"]["modelName"] = name
+                data = json.dumps(manifest, indent=2).encode()
+            if info.filename in (edits or {}):
+                data = edits[info.filename](data)
+            copy.writestr(info, data)
+    return target

@@ -40,7 +40,7 @@ def test_quick_tune_writes_a_config_that_loads_and_reproduces(tmp_path, tmp_path
 
     # What a user does with it: the values into model-config.yaml (the archive's values win in
     # TorchServe), the entry into config.properties; then a fresh server and a fresh measurement.
-    from bench import load_point, make_inputs
+    from benchkit.workloads import load_point, make_inputs
     from benchkit.checks import answer_check
     from tune import variant_archive
 
