@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import List, Optional, Tuple
 
 import requests
@@ -182,11 +182,14 @@ def contract_error(body: bytes, status: int) -> bool:
         isinstance(document.get("type"), str) and isinstance(document.get("message"), str)
 
 
-def percentile(sorted_values: List[float], q: float) -> float:
-    if not sorted_values:
+def percentile(values: List[float], q: float) -> float:
+    """The q-th percentile by nearest rank: the smallest value with at least q% of the values at or
+    below it (NaN for none). The one definition behind every p50/p90/p99 in bench, tune, soak, compare
+    and the cache bench."""
+    ordered = sorted(values)
+    if not ordered:
         return float("nan")
-    index = min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))
-    return sorted_values[index]
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 def run_python(url: str, body: bytes, content_type: str, token: Optional[str], concurrency: int,

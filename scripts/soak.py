@@ -167,7 +167,7 @@ def soak(inference_url: str, management_url: str, key: Union[str, Callable[[str]
         max_memory_growth=round(max(growth.values(), default=0.0), 4),
         max_growth_allowed=max_growth, warmup_requests=len(warm),
         overload_concurrency=heavy_concurrency if heavy else 0, overload_requests=len(heavy),
-        overload_errors=len(heavy_errors), overload_p99_ms=round(percentile(sorted(o.ended - o.started for o in heavy), 99) * 1e3, 1) if heavy else 0.0)
+        overload_errors=len(heavy_errors), overload_p99_ms=round(percentile([o.ended - o.started for o in heavy], 99) * 1e3, 1) if heavy else 0.0)
     report.error_examples += [f"4x phase: {o.model} {o.spec}: {o.error}" for o in heavy_errors[:5]]
     report.passed = (report.errors == 0 and report.overload_errors == 0 and not restarted and len(growth) == len(pids)
                      and report.max_memory_growth < max_growth)

@@ -25,7 +25,7 @@ import requests
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from load_generators import AnswerCheck
+from load_generators import AnswerCheck, percentile
 
 REPEAT_SHARE = 0.3
 STREAMS = {"repeat30": REPEAT_SHARE, "unique": 0.0}
@@ -121,10 +121,9 @@ def run_stream(url: str, headers: Dict[str, str], content_type: str, stream: Str
     for thread in threads:
         thread.join()
     wall = time.monotonic() - started
-    latencies.sort()
 
     def pct(q: float) -> float:
-        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")
+        return percentile(latencies, q * 100)
 
     return {"requests": len(stream.order), "errors": len(failures), "checked": counts["checked"],
             "wrong": counts["wrong"], "first_error": failures[0] if failures else "",

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from load_generators import percentile
 from tskit.client import IMAGE_SUFFIXES, ClientError, TorchServeClient, file_body
 
 DISAGREE_COSINE = 0.99
@@ -79,11 +80,6 @@ def measure(client: TorchServeClient, side: Side, inputs: Dict[str, Tuple[bytes,
     side.seconds += time.perf_counter() - started
     side.latencies_ms += [r for r in results if r is not None]
     side.failures += sum(r is None for r in results)
-
-
-def percentile(values: List[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))] if ordered else float("nan")
 
 
 def agreement(a: Dict[str, dict], b: Dict[str, dict]) -> dict:
