@@ -69,7 +69,7 @@ from benchkit.litserve_peer import LitServePeer
 from load_generators import AnswerCheck, LoadResult, wrk_available
 from tskit import declaration as declarations
 from tskit.respec import with_settings
-from tskit.client import store_archive
+from tskit.client import ClientError
 from ts_server import REPO, TorchServe, free_ports, private_server
 
 STORE = os.path.join(REPO, "model_store")
@@ -434,21 +434,16 @@ class Management:
 
     def register(self, name: str, decl: declarations.Declaration) -> None:
         ts = decl.torchserve
-        # the client's register() has no response_timeout: the same call with it
-        self.client.call("management", "POST", "/models", params={
-            "url": store_archive(f"{name}.mar"), "model_name": name, "synchronous": "true",
-            "initial_workers": ts.get("minWorkers", 1), "batch_size": ts.get("batchSize", 1),
-            "max_batch_delay": ts.get("maxBatchDelay", 100), "response_timeout": ts.get("responseTimeout", 120)})
+        self.client.register(f"{name}.mar", model_name=name, initial_workers=ts.get("minWorkers", 1),
+                             batch_size=ts.get("batchSize", 1), max_batch_delay=ts.get("maxBatchDelay", 100),
+                             response_timeout=ts.get("responseTimeout", 120))
 
-    def unregister(self, name: str, timeout: float = 120) -> None:
-        """Unregister and wait until it is gone; a failure is logged by the caller's report, not raised
-        (the bench's server is stopped at the end anyway)."""
-        response = self.client.request("management", "DELETE", f"/models/{name}")
-        if response.status_code >= 300:
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.client.versions(name):
-            time.sleep(0.5)  # polling: TorchServe has no wait-for-unregister call
+    def unregister(self, name: str) -> None:
+        """A failure is left to the caller's report, not raised (the bench's server is stopped at the end anyway)."""
+        try:
+            self.client.unregister_and_wait(name)
+        except ClientError:
+            pass
 
 
 def formats_section(server: TorchServe, args, workloads: Dict[str, dict], rows: List[dict], log) -> List[dict]:

@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Union
+from typing import Callable, Dict, Iterable, List, Optional
 
 import psutil
 
@@ -36,22 +36,9 @@ from tskit.checked_load import MODELS, LoadClient, check, default_specs
 from tskit.client import TorchServeClient
 
 # ---- the server side: workers and their memory -------------------------------------------------
-class Management:
-    """The describe calls the soak needs, through tskit.client (its tokens, its bounded retries).
-    `headers(kind)`: the Authorization header for a client without a key file (a caller that passes
-    keys itself); a client with a key file sets its own."""
-
-    def __init__(self, client: TorchServeClient, headers: Callable[[str], Dict[str, str]] = lambda kind: {}):
-        self.client = client
-        self.headers = headers
-
-    def describe(self, model: str, version: Optional[str] = None) -> dict:
-        path = f"/models/{model}" + (f"/{version}" if version else "")
-        return self.client.call("management", "GET", path, headers=self.headers("management"))[0]
-
-    def workers(self, models: Iterable[str]) -> Dict[str, int]:
-        """{"<model>/<worker id>": pid} of every worker of each model's default version."""
-        return {f"{m}/{w['id']}": w["pid"] for m in models for w in self.describe(m)["workers"]}
+def worker_pids(client: TorchServeClient, models: Iterable[str]) -> Dict[str, int]:
+    """{"<model>/<worker id>": pid} of every worker of each model's default version."""
+    return {f"{m}/{w['id']}": w["pid"] for m in models for w in client.workers(m)}
 
 
 def rss(pids: Dict[str, int]) -> Dict[str, int]:
@@ -96,33 +83,27 @@ class SoakReport:
         return asdict(self)
 
 
-def soak(inference_url: str, management_url: str, key: Union[str, Callable[[str], str]], requests_total: int,
+def soak(inference_url: str, management_url: str, key_file: Optional[str], requests_total: int,
          concurrency: int = 16, warmup: int = 400, max_growth: float = 0.10,
          models: Iterable[str] = MODELS, log: Callable[[str], None] = lambda line: None,
          overload_factor: int = 4) -> SoakReport:
-    """key: the server's key_file.json (tokens through tskit.client), or a function kind -> key."""
+    """key_file: the server's key_file.json (tokens through tskit.client; None without token auth)."""
     models = list(models)
-    key_file = key if isinstance(key, str) else None
     server = TorchServeClient(inference_url, management_url, key_file, timeout=120)
-
-    def headers(kind: str) -> Dict[str, str]:
-        return {} if key_file else {"Authorization": f"Bearer {key(kind)}"}
-
-    client = (LoadClient.of(server) if key_file else LoadClient(inference_url, lambda: key("inference")))
-    management = Management(server, headers)
+    client = LoadClient.of(server)
     specs = default_specs(models)
 
     # each distinct request alone: its reference answer (and a first check of it)
     for spec in specs:
         response = server.request("inference", "POST", f"/predictions/{spec.model}", data=spec.body,
-                                  headers={"Content-Type": spec.content_type, **headers("inference")})
+                                  headers={"Content-Type": spec.content_type})
         problem = check(spec, response.status_code, response.content)
         if problem:
             raise RuntimeError(f"{spec.model} {spec.name} is wrong even alone: {problem}")
         spec.reference = response.json()
     log(f"warm-up: {warmup} requests at concurrency {concurrency}")
     warm = client.run(specs, warmup, concurrency, seed=1)
-    pids = management.workers(models)
+    pids = worker_pids(server, models)
     baseline = rss(pids)
     peak = dict(baseline)
     log(f"baseline RSS (MB): { {k: round(v / 2**20) for k, v in baseline.items()} }")
@@ -146,7 +127,7 @@ def soak(inference_url: str, management_url: str, key: Union[str, Callable[[str]
     heavy_concurrency, heavy_total = overload_factor * concurrency, max(1, requests_total // 4)
     log(f"4x phase: {heavy_total if overload_factor else 0} requests at concurrency {heavy_concurrency}")
     heavy = client.run(specs, heavy_total, heavy_concurrency, seed=3) if overload_factor else []
-    now_pids = management.workers(models)
+    now_pids = worker_pids(server, models)
 
     errors = [o for o in outcomes + warm if o.error]
     heavy_errors = [o for o in heavy if o.error]

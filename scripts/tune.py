@@ -34,7 +34,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 import zipfile
 from typing import Dict, List, Optional
 
@@ -46,7 +45,7 @@ from benchkit.archives import copy_archive
 from benchkit.workloads import load_point, make_inputs
 from benchkit.checks import answer_check
 from ts_server import REPO, private_server
-from tskit.client import TorchServeClient, json_or_raise
+from tskit.client import TorchServeClient
 from tskit.declaration import declared, load as load_declaration
 
 FRONTEND_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")
@@ -106,19 +105,8 @@ class Sweep:
     def scale(self, name: str, workers: int) -> None:
         self.client.scale(name, workers)
 
-    def unregister(self, name: str, timeout: float = 120) -> None:
-        """Unregister and wait until the model is gone, so the next registration cannot collide (a 404:
-        already gone, e.g. a retried DELETE whose first try did it)."""
-        client = self.client
-        response = client.request("management", "DELETE", f"/models/{name}")
-        if response.status_code != 404:
-            json_or_raise(response)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not client.versions(name):
-                return
-            time.sleep(0.5)  # polling the management API: TorchServe has no wait-for-unregister call
-        raise RuntimeError(f"{name} still registered {timeout:.0f} s after DELETE")
+    def unregister(self, name: str) -> None:
+        self.client.unregister_and_wait(name)
 
     def measure(self, name: str, workload_name: str, workload: dict, concurrency: int, seconds: float,
                 warmup: float, repeats: int) -> dict:

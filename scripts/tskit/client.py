@@ -236,10 +236,12 @@ class TorchServeClient:
         return self.call("management", "GET", f"/models/{model}" + (f"/{version}" if version else ""))
 
     def register(self, archive: str, model_name: Optional[str] = None, initial_workers: int = 1,
-                 batch_size: Optional[int] = None, max_batch_delay: Optional[int] = None) -> dict:
+                 batch_size: Optional[int] = None, max_batch_delay: Optional[int] = None,
+                 response_timeout: Optional[int] = None) -> dict:
         """Register an archive of the model store by its bare file name (see `store_archive`)."""
         params = {"url": store_archive(archive), "initial_workers": initial_workers, "synchronous": "true"}
-        optional = {"model_name": model_name, "batch_size": batch_size, "max_batch_delay": max_batch_delay}
+        optional = {"model_name": model_name, "batch_size": batch_size, "max_batch_delay": max_batch_delay,
+                    "response_timeout": response_timeout}
         params.update({k: v for k, v in optional.items() if v is not None and v != ""})
         return self.call("management", "POST", "/models", params=params)
 
@@ -254,6 +256,18 @@ class TorchServeClient:
 
     def unregister(self, model: str, version: Optional[str] = None) -> dict:
         return self.call("management", "DELETE", f"/models/{model}" + (f"/{version}" if version else ""))
+
+    def unregister_and_wait(self, model: str, timeout: float = 120) -> None:
+        """Unregister every version and wait until the model is gone, so that the next registration of the
+        name cannot collide (a 404: already gone, e.g. a retried DELETE whose first try did it)."""
+        response = self.request("management", "DELETE", f"/models/{model}")
+        if response.status_code != 404:
+            json_or_raise(response)
+        deadline = time.monotonic() + timeout
+        while self.versions(model):
+            if time.monotonic() > deadline:
+                raise ClientError(f"{model} still registered {timeout:.0f} s after DELETE")
+            time.sleep(0.5)  # polling the management API: TorchServe has no wait-for-unregister call
 
     def versions(self, model: str) -> list:
         """Every registered version of a model ([] when the model is not registered)."""

@@ -14,7 +14,8 @@ SOAK_REQUESTS = int(os.environ.get("SOAK_REQUESTS", "600"))
 
 
 def test_short_soak_across_the_three_models(server):
-    report = soak(server.inference_url, server.management_url, lambda kind: server.keys()[kind],
+    # the server's key file, as `make soak` passes it: tokens through tskit.client
+    report = soak(server.inference_url, server.management_url, server.key_file,
                   requests_total=SOAK_REQUESTS, concurrency=16, warmup=300, max_growth=0.10)
     print(f"\n[soak] {report.requests} requests at concurrency {report.concurrency}: {report.errors} errors, "
           f"{report.throughput} req/s, p50 {report.p50_ms} ms, p99 {report.p99_ms} ms, "
@@ -29,15 +30,3 @@ def test_short_soak_across_the_three_models(server):
     assert report.overload_concurrency == 64 and report.overload_requests == SOAK_REQUESTS // 4
     assert report.overload_errors == 0, report.error_examples
     assert report.passed
-
-
-def test_short_soak_with_the_key_file_as_make_soak_runs_it(server):
-    """`make soak` passes the server's key_file.json: tokens through tskit.client, its load loop's token
-    from the client (LoadClient.of), not a function of the caller's."""
-    requests_total = SOAK_REQUESTS // 3
-    report = soak(server.inference_url, server.management_url, server.key_file,
-                  requests_total=requests_total, concurrency=8, warmup=60, max_growth=0.10, overload_factor=0)
-    assert report.requests == requests_total
-    assert all(report.per_model[m] >= 0.3 * requests_total for m in MODELS), report.per_model
-    assert report.errors == 0, report.error_examples
-    assert report.restarted_workers == []

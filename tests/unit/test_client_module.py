@@ -135,3 +135,17 @@ def test_an_expired_key_is_renewed_once_and_the_call_repeated(scripted_server, t
         Scripted.do_GET = original
     assert [(p.split("?")[0], auth) for _, p, auth in Scripted.seen] == [
         ("/ping", "Bearer i"), ("/token", "Bearer a"), ("/ping", "Bearer renewed")]
+
+
+def test_unregister_and_wait_polls_until_the_model_is_gone(scripted_server, monkeypatch):
+    monkeypatch.setattr("tskit.client.time.sleep", lambda s: None)
+    Scripted.script[:] = [(200, json.dumps({"status": "ok"})), (200, json.dumps([{"modelVersion": "1.0"}])),
+                          (404, json.dumps({"code": 404, "type": "ModelNotFoundException", "message": "gone"}))]
+    TorchServeClient(scripted_server, scripted_server).unregister_and_wait("m")
+    assert len(Scripted.seen) == 3
+
+
+def test_register_passes_the_response_timeout(scripted_server):
+    Scripted.script[:] = [(200, json.dumps({"status": "ok"}))]
+    TorchServeClient(scripted_server, scripted_server).register("m.mar", model_name="m", response_timeout=90)
+    assert "response_timeout=90" in str(Scripted.seen[0])
