@@ -12,8 +12,10 @@ model-config.yaml fails the worker's load with a message naming the key) and fil
 (the shape of LitServe's LitAPI):
     setup(settings)               the typed settings, once, after the model is loaded
     answer_item_bytes(topk)       an upper bound of one item's JSON answer (the answer-size budget)
-    check_inputs(inputs)          the kind's budgets over a request's undecoded inputs (e.g. declared pixels)
-    decode(body, content_type)    one request's body -> one model item (raise RequestError if bad)
+    read_input(body, content_type) one input's body -> the kind's payload (image bytes and header, a text),
+                                  read once: the budgets and decode take it (raise RequestError if bad)
+    check_inputs(payloads)        the kind's budgets over a request's read inputs (e.g. declared pixels)
+    decode(payload)               one payload -> one model item (raise RequestError if bad)
     collate(items)                decoded items -> the model's batched input, on self.device
     postprocess(outputs, batch)   model output -> one JSON-ready result per item
     check_outputs(outputs)        the warm-up's output against the settings (e.g. labels vs classes)
@@ -133,7 +135,11 @@ class BatchHandler(BaseHandler):
     def setup(self, settings: CommonSettings) -> None:
         """Take the typed settings; called once, after the model is loaded."""
 
-    def decode(self, body: Any, content_type: Optional[str]) -> Any:
+    def read_input(self, body: Any, content_type: Optional[str]) -> Any:
+        """One input's body -> what check_inputs and decode take; each input is read exactly once."""
+        return body, content_type
+
+    def decode(self, payload: Any) -> Any:
         raise NotImplementedError
 
     def collate(self, items: List[Any]) -> Any:
@@ -166,8 +172,10 @@ class BatchHandler(BaseHandler):
                 inputs, topk = [(request.body, request.content_type)], None
             else:
                 inputs, topk = [self.element_input(e) for e in request.elements], request_topk(request.parameters)
-            self.check_budget(request, inputs, topk)
-            return DecodedRequest([self.decode(body, content_type) for body, content_type in inputs], request, topk)
+            self.check_budget(request, len(inputs), topk)
+            payloads = [self.read_input(body, content_type) for body, content_type in inputs]
+            self.check_inputs(payloads)
+            return DecodedRequest([self.decode(payload) for payload in payloads], request, topk)
         except RequestError as err:
             err.protocol = request.protocol
             raise
@@ -180,19 +188,18 @@ class BatchHandler(BaseHandler):
             return {self.v2_field: element}, JSON
         return element, self.raw_element_type
 
-    # ---- budgets: checked before any item is decoded (request_budget) -----------------------------
-    def check_budget(self, request: Request, inputs: List[Tuple[Any, str]], topk: Optional[int]) -> None:
-        check_items(len(inputs), self.settings.maxItemsPerRequest)
-        estimate = envelope_bytes(getattr(request, "id", None)) + len(inputs) * self.answer_item_bytes(topk)
+    # ---- budgets: checked before any input is read (request_budget) -----------------------------
+    def check_budget(self, request: Request, count: int, topk: Optional[int]) -> None:
+        check_items(count, self.settings.maxItemsPerRequest)
+        estimate = envelope_bytes(getattr(request, "id", None)) + count * self.answer_item_bytes(topk)
         check_answer_bytes(estimate, self.settings.maxResponseBytes)
-        self.check_inputs(inputs)
 
     def answer_item_bytes(self, topk: Optional[int]) -> int:
         """An upper bound of one item's answer in JSON (`topk`: a KServe request's parameters.topk)."""
         return 0
 
-    def check_inputs(self, inputs: List[Tuple[Any, str]]) -> None:
-        """The kind's own budgets over a request's undecoded inputs (e.g. declared pixels); raise RequestError."""
+    def check_inputs(self, payloads: List[Any]) -> None:
+        """The kind's own budgets over a request's read, undecoded inputs (e.g. declared pixels); raise RequestError."""
 
     def preprocess(self, data: List[dict]) -> PreparedBatch:
         """Decode each request on its own: a bad one is recorded, never raised."""

@@ -7,17 +7,22 @@ classification (top-k). Settings: model_settings.ImageClassifierSettings, from t
 of model-config.yaml.
 """
 
-from typing import List
+from typing import List, NamedTuple
 
 import torch
 
 from batch_handler import BatchHandler, PreparedBatch
 from classification import CLASSIFIER_OUTPUTS, load_labels, top_k_predictions
-from image_decoding import decode_rgb, read_header
+from image_decoding import ImageHeader, decode_rgb, read_header
 from image_transforms import ImageItem, collate_normalize, resize_and_crop
 from model_settings import ImageClassifierSettings, check_labels
 from request_budget import check_pixels, label_bytes, predictions_item_bytes
-from request_payload import image_request
+from request_payload import ImageRequest, image_request
+
+
+class ImageInput(NamedTuple):
+    request: ImageRequest  # the image bytes and the top-k the request asks for
+    header: ImageHeader    # format and declared size, read once
 
 
 class ImageClassifierHandler(BatchHandler):
@@ -41,18 +46,19 @@ class ImageClassifierHandler(BatchHandler):
     def answer_item_bytes(self, topk) -> int:
         return predictions_item_bytes(min(topk or self.topk, len(self.labels)), self.longest_label)
 
-    def check_inputs(self, inputs) -> None:
-        """The declared pixels of all the request's images, from their headers, before any is decoded
-        (a single image is checked by its own header in decode: maxImagePixels <= maxPixelsPerRequest)."""
-        if len(inputs) > 1:
-            headers = [read_header(image_request(body, content_type, self.topk).data, self.max_pixels)
-                       for body, content_type in inputs]
-            check_pixels((h.width * h.height for h in headers), self.max_request_pixels)
-
-    def decode(self, body, content_type) -> ImageItem:
+    def read_input(self, body, content_type) -> ImageInput:
+        """The image bytes (base64-decoded once for JSON and v2 forms) and their header, read once:
+        an image declaring more than maxImagePixels is refused here, before any pixel is decoded."""
         request = image_request(body, content_type, self.topk)
-        image = decode_rgb(request.data, self.max_pixels, self.reduced_jpeg_side)
-        return ImageItem(resize_and_crop(image, self.resize_size, self.crop_size), request.topk)
+        return ImageInput(request, read_header(request.data, self.max_pixels))
+
+    def check_inputs(self, payloads: List[ImageInput]) -> None:
+        """The declared pixels of all the request's images, from their headers, before any is decoded."""
+        check_pixels((p.header.width * p.header.height for p in payloads), self.max_request_pixels)
+
+    def decode(self, payload: ImageInput) -> ImageItem:
+        image = decode_rgb(payload.request.data, self.max_pixels, self.reduced_jpeg_side, payload.header)
+        return ImageItem(resize_and_crop(image, self.resize_size, self.crop_size), payload.request.topk)
 
     def collate(self, items: List[ImageItem]) -> torch.Tensor:
         return collate_normalize([item.crop for item in items], self.mean, self.std, self.device)

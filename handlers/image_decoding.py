@@ -73,13 +73,15 @@ def read_header(data: bytes, max_pixels: int) -> ImageHeader:
     return header
 
 
-def decode_rgb(data: bytes, max_pixels: int, min_short_side: Optional[int] = None) -> torch.Tensor:
+def decode_rgb(data: bytes, max_pixels: int, min_short_side: Optional[int] = None,
+               header: Optional[ImageHeader] = None) -> torch.Tensor:
     """RGB uint8 [3, H, W] of the first frame: gray, palette, CMYK, alpha and 16-bit made RGB8.
 
     With `min_short_side`, a JPEG at least twice that size is decoded at 1/2, 1/4 or 1/8 scale
     (libjpeg's DCT scaling), keeping the short side >= min_short_side: the model only sees the
-    resized image, and a 2048x1536 photo then decodes in a fraction of the time."""
-    header = read_header(data, max_pixels)
+    resized image, and a 2048x1536 photo then decodes in a fraction of the time. `header`: the one
+    read_header gave for these bytes (read again when not given)."""
+    header = header or read_header(data, max_pixels)
     if (min_short_side and header.format in ("JPEG", "MPO")
             and min(header.width, header.height) >= 2 * min_short_side):
         return _decode_jpeg_reduced(data, header, min_short_side)

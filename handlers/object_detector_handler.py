@@ -9,7 +9,7 @@ model_settings.ObjectDetectorSettings, from the `handler:` section of model-conf
 `threshold` / `max_detections` (or a KServe request's `parameters`) override them for that request.
 """
 
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 import torch
 
@@ -26,10 +26,16 @@ from detection import (
     model_images,
     request_options,
 )
-from image_decoding import decode_rgb, read_header
+from image_decoding import ImageHeader, decode_rgb, read_header
 from model_settings import ObjectDetectorSettings, SettingsError
 from protocols import Request
 from request_budget import check_pixels, label_bytes
+
+
+class DetectionInput(NamedTuple):
+    data: bytes                 # the image bytes
+    options: DetectionOptions   # threshold and max count from the request or the declaration
+    header: ImageHeader         # format and declared size, read once
 
 
 class ObjectDetectorHandler(BatchHandler):
@@ -51,9 +57,9 @@ class ObjectDetectorHandler(BatchHandler):
             return self.defaults
         return request_options(request.parameters, self.defaults, "parameters")
 
-    def check_budget(self, request: Request, inputs, topk: Optional[int]) -> None:
-        # a bad parameter is refused before any image is decoded; the answer bound uses its count
-        super().check_budget(request, inputs, self.request_defaults(request).max_detections)
+    def check_budget(self, request: Request, count: int, topk: Optional[int]) -> None:
+        # a bad parameter is refused before any image is read; the answer bound uses its count
+        super().check_budget(request, count, self.request_defaults(request).max_detections)
 
     def decode_request(self, idx: int, row: dict) -> DecodedRequest:
         decoded = super().decode_request(idx, row)
@@ -66,17 +72,17 @@ class ObjectDetectorHandler(BatchHandler):
     def answer_item_bytes(self, max_detections: Optional[int]) -> int:
         return detection_item_bytes(max_detections or self.defaults.max_detections, self.longest_label)
 
-    def check_inputs(self, inputs) -> None:
-        """The declared pixels of all the request's images, from their headers, before any is decoded
-        (a single image is checked by its own header in decode: maxImagePixels <= maxPixelsPerRequest)."""
-        if len(inputs) > 1:
-            headers = [read_header(detection_request(body, content_type, self.defaults)[0], self.max_pixels)
-                       for body, content_type in inputs]
-            check_pixels((h.width * h.height for h in headers), self.max_request_pixels)
-
-    def decode(self, body, content_type) -> DetectionItem:
+    def read_input(self, body, content_type) -> DetectionInput:
+        """The image bytes and options (base64-decoded once) and the image's header, read once."""
         data, options = detection_request(body, content_type, self.defaults)
-        return DetectionItem(decode_rgb(data, self.max_pixels), options)
+        return DetectionInput(data, options, read_header(data, self.max_pixels))
+
+    def check_inputs(self, payloads: List[DetectionInput]) -> None:
+        """The declared pixels of all the request's images, from their headers, before any is decoded."""
+        check_pixels((p.header.width * p.header.height for p in payloads), self.max_request_pixels)
+
+    def decode(self, payload: DetectionInput) -> DetectionItem:
+        return DetectionItem(decode_rgb(payload.data, self.max_pixels, header=payload.header), payload.options)
 
     def collate(self, items: List[DetectionItem]) -> List[torch.Tensor]:
         return model_images(items, self.device)

@@ -35,9 +35,12 @@ class TextBatchHandler(BatchHandler):
         self.pass_overhead_tokens = settings.bucketOverheadTokens
         self.max_chars = settings.maxTextChars
 
-    def decode(self, body, content_type) -> TextItem:
+    def read_input(self, body, content_type) -> str:
         text = text_request(body, content_type)
         check_text_chars(text, self.max_chars)  # before tokenizing: blank or one-word megabytes cost ~1 s each
+        return text
+
+    def decode(self, text: str) -> TextItem:
         return tokenize(self.tokenizer, text, self.max_tokens)
 
     def collate(self, items: List[TextItem]) -> List[SubBatch]:

@@ -208,3 +208,26 @@ def test_classifier_estimates_use_the_longest_label_and_k(vision, topics):
     assert handler.answer_item_bytes(5000) == predictions_item_bytes(1000, label_bytes(handler.labels))  # k capped
     assert topics[0].answer_item_bytes(None) == predictions_item_bytes(4, label_bytes(topics[0].labels))
     assert label_bytes(["a", "é\"x"]) == len(json.dumps("é\"x"))
+
+
+def test_a_v2_request_of_several_images_reads_each_once(vision, monkeypatch):
+    """Each element is base64-decoded once and its header read once: the pixel budget and the decoder take
+    what was read (before, the budget check decoded the base64 and read the header, and decode did both again)."""
+    import image_classifier_handler
+    import request_payload
+
+    calls = {"b64": 0, "header": 0}
+
+    def counting(name, function):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return wrapped
+
+    for module in (image_classifier_handler, image_decoding):  # the handler's read and decode_rgb's own
+        monkeypatch.setattr(module, "read_header", counting("header", image_decoding.read_header))
+    monkeypatch.setattr(request_payload.base64, "b64decode", counting("b64", request_payload.base64.b64decode))
+    jpeg = encode(photo("chelsea")[::2, ::2])
+    ((status, answer),) = handle(vision, [(v2([b64(jpeg)] * 3), "application/json")])
+    assert status == 200 and answer["outputs"][0]["shape"][0] == 3
+    assert calls == {"b64": 3, "header": 3}, calls
