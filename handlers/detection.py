@@ -39,6 +39,14 @@ class DetectionOptions(NamedTuple):
     max_detections: int    # the most detections answered
 
 
+class DetectionInput(NamedTuple):
+    """One request's image as read before decoding (read once: budgets, then decode)."""
+
+    data: bytes                 # the image bytes
+    options: DetectionOptions   # threshold and max count from the request or the declaration
+    header: Any                 # image_decoding.ImageHeader: format and declared size, read once
+
+
 class DetectionItem(NamedTuple):
     """One decoded image: RGB uint8 [3, H, W] as displayed (EXIF orientation applied), and its options."""
 

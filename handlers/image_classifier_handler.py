@@ -7,22 +7,17 @@ classification (top-k). Settings: model_settings.ImageClassifierSettings, from t
 of model-config.yaml.
 """
 
-from typing import List, NamedTuple
+from typing import List
 
 import torch
 
 from batch_handler import BatchHandler, PreparedBatch
 from classification import CLASSIFIER_OUTPUTS, load_labels, top_k_predictions
-from image_decoding import ImageHeader, decode_rgb, read_header
+from image_decoding import ImageInput, decode_rgb, read_header
 from image_transforms import ImageItem, collate_normalize, resize_and_crop
 from model_settings import ImageClassifierSettings, check_labels
 from request_budget import check_pixels, label_bytes, predictions_item_bytes
-from request_payload import ImageRequest, image_request
-
-
-class ImageInput(NamedTuple):
-    request: ImageRequest  # the image bytes and the top-k the request asks for
-    header: ImageHeader    # format and declared size, read once
+from request_payload import image_request
 
 
 class ImageClassifierHandler(BatchHandler):
@@ -50,15 +45,15 @@ class ImageClassifierHandler(BatchHandler):
         """The image bytes (base64-decoded once for JSON and v2 forms) and their header, read once:
         an image declaring more than maxImagePixels is refused here, before any pixel is decoded."""
         request = image_request(body, content_type, self.topk)
-        return ImageInput(request, read_header(request.data, self.max_pixels))
+        return ImageInput(request.data, request.topk, read_header(request.data, self.max_pixels))
 
     def check_inputs(self, payloads: List[ImageInput]) -> None:
         """The declared pixels of all the request's images, from their headers, before any is decoded."""
         check_pixels((p.header.width * p.header.height for p in payloads), self.max_request_pixels)
 
     def decode(self, payload: ImageInput) -> ImageItem:
-        image = decode_rgb(payload.request.data, self.max_pixels, self.reduced_jpeg_side, payload.header)
-        return ImageItem(resize_and_crop(image, self.resize_size, self.crop_size), payload.request.topk)
+        image = decode_rgb(payload.data, self.max_pixels, self.reduced_jpeg_side, payload.header)
+        return ImageItem(resize_and_crop(image, self.resize_size, self.crop_size), payload.topk)
 
     def collate(self, items: List[ImageItem]) -> torch.Tensor:
         return collate_normalize([item.crop for item in items], self.mean, self.std, self.device)

@@ -40,6 +40,14 @@ class ImageHeader(NamedTuple):
     orientation: int = 1  # EXIF orientation, read here for WebP only (torchvision ignores it there)
 
 
+class ImageInput(NamedTuple):
+    """One request's image as read before decoding (each image is read once: budgets, then decode)."""
+
+    data: bytes           # the image bytes
+    topk: int             # the top-k the request asks for (classifiers)
+    header: ImageHeader   # format and declared size, from the header only
+
+
 def read_header(data: bytes, max_pixels: int) -> ImageHeader:
     """Format and declared size, from the header only; refuses unsupported and oversized images."""
     try:

@@ -9,7 +9,7 @@ model_settings.ObjectDetectorSettings, from the `handler:` section of model-conf
 `threshold` / `max_detections` (or a KServe request's `parameters`) override them for that request.
 """
 
-from typing import List, NamedTuple, Optional
+from typing import List, Optional
 
 import torch
 
@@ -17,6 +17,7 @@ from batch_handler import BatchHandler, DecodedRequest, PreparedBatch
 from classification import load_labels
 from detection import (
     DETECTOR_OUTPUTS,
+    DetectionInput,
     DetectionItem,
     DetectionOptions,
     answer,
@@ -26,16 +27,10 @@ from detection import (
     model_images,
     request_options,
 )
-from image_decoding import ImageHeader, decode_rgb, read_header
+from image_decoding import decode_rgb, read_header
 from model_settings import ObjectDetectorSettings, SettingsError
 from protocols import Request
 from request_budget import check_pixels, label_bytes
-
-
-class DetectionInput(NamedTuple):
-    data: bytes                 # the image bytes
-    options: DetectionOptions   # threshold and max count from the request or the declaration
-    header: ImageHeader         # format and declared size, read once
 
 
 class ObjectDetectorHandler(BatchHandler):
