@@ -26,13 +26,14 @@ from tskit.declaration import served
 ALL_MODELS = tuple(d.name for d in served())  # what `make serve` loads, from the declarations
 
 
-def model_store(base: str, models: Iterable[str], extra: Optional[Dict[str, str]] = None) -> str:
-    """`base`/model_store with links to the repo's archives of `models` and copies of `extra`
-    ({file name in the store: path})."""
+def model_store(base: str, models: Iterable[str], extra: Optional[Dict[str, str]] = None,
+                sources: Optional[Dict[str, str]] = None) -> str:
+    """`base`/model_store with links to the repo's archives of `models` (or to `sources[model]`, an archive
+    of the test's own under the model's name) and copies of `extra` ({file name in the store: path})."""
     store = os.path.join(base, "model_store")
     os.makedirs(store, exist_ok=True)
     for name in models:
-        source = os.path.join(MODEL_STORE, f"{name}.mar")
+        source = (sources or {}).get(name) or os.path.join(MODEL_STORE, f"{name}.mar")
         if not os.path.exists(source):
             raise FileNotFoundError(f"{source} is missing: run `make archives` first")
         os.symlink(source, os.path.join(store, f"{name}.mar"))
@@ -43,12 +44,12 @@ def model_store(base: str, models: Iterable[str], extra: Optional[Dict[str, str]
 
 @contextlib.contextmanager
 def own_server(base: str, models: Iterable[str] = ALL_MODELS, extra: Optional[Dict[str, str]] = None,
-               **overrides) -> Iterator[TorchServe]:
+               sources: Optional[Dict[str, str]] = None, **overrides) -> Iterator[TorchServe]:
     """A started TorchServe serving `models` (READY), stopped on exit."""
     models = list(models)
     workdir = os.path.join(base, "server")
     os.makedirs(workdir, exist_ok=True)
-    props = {"model_store": model_store(base, models, extra),
+    props = {"model_store": model_store(base, models, extra, sources),
              "load_models": ",".join(f"{m}.mar" for m in models)}
     props.update(overrides)
     server = TorchServe(test_config(workdir, **props), workdir=workdir, tmpdir=os.path.join(workdir, "tmp"))

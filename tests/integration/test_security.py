@@ -6,10 +6,12 @@ import os
 import shutil
 import socket
 import tempfile
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
+import yaml
 
 from conftest import Client
 from own_server import own_server, wait_until
@@ -101,9 +103,18 @@ QUEUE = 4
 @pytest.fixture(scope="module")
 def bare_server(tmp_path_factory):
     """A server of its own with one small model, the shipped allowed_urls, a model store in a temp dir,
-    and a job queue of only QUEUE requests (to see what a full queue answers)."""
+    and a job queue of only QUEUE requests (to see what a full queue answers): a copy of the archive whose
+    model-config.yaml says jobQueueSize QUEUE (the declaration's own queue wins over job_queue_size)."""
     base = str(tmp_path_factory.mktemp("allowed_urls"))
-    with own_server(base, models=["minilm_topics"], job_queue_size=str(QUEUE)) as server:
+    small_queue = os.path.join(str(tmp_path_factory.mktemp("small_queue")), "minilm_topics.mar")
+    with zipfile.ZipFile(os.path.join(MODEL_STORE, "minilm_topics.mar")) as source, \
+            zipfile.ZipFile(small_queue, "w") as copy:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename == "model-config.yaml":
+                data = yaml.safe_dump(dict(yaml.safe_load(data), jobQueueSize=QUEUE), sort_keys=False).encode()
+            copy.writestr(info, data)
+    with own_server(base, models=["minilm_topics"], sources={"minilm_topics": small_queue}) as server:
         yield base, server
 
 
