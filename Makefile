@@ -18,7 +18,7 @@ TSKIT := $(PY) -m tskit
 .PHONY: help venv check-java archives config model archive-version serve stop test test-unit test-integration bench tune kserve profile clean
 
 help:
-	@echo "make serve | stop | test | test-unit | test-integration | archives | config | model | archive-version | bench | tune | soak | kserve | profile | clean"
+	@echo "make serve | stop | test | test-unit | test-integration | archives | config | model | archive-version | bench | tune | optimize | soak | kserve | profile | clean"
 	@echo "make model NAME=<name> KIND=image-classifier|text-classifier|text-embedding|object-detector SOURCE=<path> [LABELS=<file>] [FORMAT=torchscript|aoti|onnx]"
 
 # ---- environment -----------------------------------------------------------------------------
