@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchkit.optimize import tie
+from benchkit.optimize_choice import tie
 from support import REPO
 
 MODEL = "minilm_topics"

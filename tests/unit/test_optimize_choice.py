@@ -10,9 +10,9 @@ import shutil
 
 import pytest
 
-from benchkit import optimize
-from benchkit.optimize import (BELOW_BAR, BUILD_FAILED, CANNOT_SERVE, CHOSEN, KEPT, LOAD_FAILED, NOT_AVAILABLE,
-                               choose, edit_declaration, entry, host_cpu)
+from benchkit import optimize_choice, optimize_report
+from benchkit.optimize_choice import (BELOW_BAR, BUILD_FAILED, CANNOT_SERVE, CHOSEN, KEPT, LOAD_FAILED, NOT_AVAILABLE,
+                                      choose, edit_declaration, entry, host_cpu)
 from support import REPO
 
 IMAGE, TEXT, EMBEDDING = "image-classifier", "text-classifier", "text-embedding"
@@ -171,7 +171,7 @@ def test_write_choice_rewrites_a_real_declaration_that_still_loads(tmp_path):
     models = tmp_path / "models"
     shutil.copytree(os.path.join(REPO, "models", "minilm_topics"), models / "minilm_topics")
     before = (models / "minilm_topics" / "model.yaml").read_text()
-    changed = optimize.write_choice("minilm_topics", "torchscript", "int8", "make optimize: test", str(models))
+    changed = optimize_choice.write_choice("minilm_topics", "torchscript", "int8", "make optimize: test", str(models))
     after = (models / "minilm_topics" / "model.yaml").read_text()
     assert set(changed) == {"format", "precision"}
     from tskit.declaration import load
@@ -188,7 +188,7 @@ def test_write_choice_restores_a_declaration_that_would_not_load(tmp_path):
     shutil.copytree(os.path.join(REPO, "models", "minilm_topics"), models / "minilm_topics")
     before = (models / "minilm_topics" / "model.yaml").read_text()
     with pytest.raises(Exception):
-        optimize.write_choice("minilm_topics", "torchscript", "bf16", "n", str(models))
+        optimize_choice.write_choice("minilm_topics", "torchscript", "bf16", "n", str(models))
     assert (models / "minilm_topics" / "model.yaml").read_text() == before
 
 
@@ -200,11 +200,11 @@ def test_cpu_flags_from_cpuinfo(tmp_path):
     assert host["model"] == "Test CPU"
     assert host["flags"] == ["avx2", "fma", "avx512f", "avx512_vnni"] and not host["bf16"]
     assert "avx512_bf16" in host["missing"]
-    reason = optimize.bf16_entry(type("D", (), {"name": "m"})(), host)
+    reason = optimize_choice.bf16_entry(type("D", (), {"name": "m"})(), host)
     assert reason["status"] == NOT_AVAILABLE and "neither avx512_bf16 nor AMX" in reason["reason"]
     cpuinfo.write_text("model name\t: Bf16 CPU\nflags\t\t: avx2 avx512f avx512_bf16 amx_tile amx_bf16\n")
     host = host_cpu(str(cpuinfo))
-    assert host["bf16"] and "no bf16 build" in optimize.bf16_entry(type("D", (), {"name": "m"})(), host)["reason"]
+    assert host["bf16"] and "no bf16 build" in optimize_choice.bf16_entry(type("D", (), {"name": "m"})(), host)["reason"]
 
 
 def test_the_report_names_flags_speed_and_agreement(tmp_path):
@@ -217,7 +217,7 @@ def test_the_report_names_flags_speed_and_agreement(tmp_path):
               "batching": "batchSize 4", "run": {"concurrency": 16, "workload": "jpeg_640x480", "rounds": 2},
               "variants": entries, "winner": "torchscript fp32", "why": why, "declaration": "unchanged",
               "tune": "none"}
-    optimize.write_report(report, str(tmp_path))
+    optimize_report.write_report(report, str(tmp_path))
     text = (tmp_path / "report.md").read_text()
     assert "150.0 (150.0, 150.0)" in text and "77.0%" in text and "not available here" in text
     assert "below agreement bar" in text and "**Winner:** torchscript fp32" in text and "20.0 (cached)" in text

@@ -1,0 +1,233 @@
+"""make optimize's choice: the host's CPU flags, the candidate variants, which one wins and why, and the
+declaration's two lines it writes (format, precision). Pure over measurements: tests fabricate them.
+benchkit/optimize.py measures; optimize_report.py writes the report."""
+
+import dataclasses
+import os
+import platform
+import re
+from typing import Dict, List, Optional, Tuple
+
+from benchkit import agreement, variants
+from tskit.declaration import Declaration, declared
+from tskit.declaration import load as load_declaration
+
+TOP1_BAR = 0.99
+COSINE_BAR = 0.999
+TIE_MARGIN = 0.03
+KINDS = ("image-classifier", "text-classifier", "text-embedding")
+# The CPU flags that decide which kernels the runtimes use (int8: VNNI; bf16: AVX512_BF16 or AMX)
+FLAGS_OF_INTEREST = ("avx2", "fma", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+                     "amx_tile", "amx_int8", "amx_bf16")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+FORMAT_RANK = {fmt: i for i, fmt in enumerate(variants.FORMAT_ORDER)}
+QUICK_FORMATS = ("torchscript", "onnx")
+
+# statuses of a candidate
+CHOSEN, KEPT, BELOW_BAR = "chosen", "kept", "below agreement bar"
+NOT_AVAILABLE, BUILD_FAILED, CANNOT_SERVE, LOAD_FAILED, NO_REFERENCE = (
+    "not available here", "build failed", "cannot serve here", "failed under load", "no fp32 reference")
+UNMEASURED = (NOT_AVAILABLE, BUILD_FAILED, CANNOT_SERVE)
+
+
+# ---- the host ------------------------------------------------------------------------------------------------
+def host_cpu(cpuinfo: str = "/proc/cpuinfo") -> dict:
+    """CPU model, logical cores and the flags of interest present (all flags where /proc/cpuinfo exists)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and value.strip():
+                    model = value.strip()
+                elif key in ("flags", "Features"):
+                    flags.update(value.split())
+    except OSError:
+        pass
+    return {"model": model, "cores": os.cpu_count(), "flags": [f for f in FLAGS_OF_INTEREST if f in flags],
+            "missing": [f for f in FLAGS_OF_INTEREST if f not in flags], "all_flags": len(flags),
+            "bf16": any(f in flags for f in BF16_FLAGS), "machine": platform.machine()}
+
+
+def runtime_versions() -> Dict[str, str]:
+    out = {"python": platform.python_version()}
+    for module in ("torch", "onnxruntime"):
+        try:
+            out[module] = __import__(module).__version__
+        except Exception:  # a runtime that is not installed: its variants fail to build, and say so
+            out[module] = "not installed"
+    return out
+
+
+# ---- the candidates ------------------------------------------------------------------------------------------
+def candidates(decl: Declaration, quick: bool = False, formats: Optional[List[str]] = None,
+               all_declared: Optional[List[Declaration]] = None) -> List[variants.Variant]:
+    """benchkit.variants' plan for the model (fp32 TorchScript first), with the int8 form of an embedding
+    (tskit.precision makes it; the bench's plan leaves it out, as it judges classifiers' int8 only)."""
+    formats = list(formats or (QUICK_FORMATS if quick else variants.FORMAT_ORDER))
+    plan = variants.plan(decl, formats=formats, int8=True,
+                         all_declared=all_declared if all_declared is not None else declared())
+    if decl.kind == "text-embedding" and not any(v.precision == "int8" for v in plan):
+        from tskit.precision import INT8_FORMAT
+
+        fmt = INT8_FORMAT[decl.kind]
+        name = f"{decl.name}_{fmt}_int8"
+        plan.append(variants.Variant(name, decl.name, dataclasses.replace(
+            decl, name=name, format=fmt, precision="int8", serve=False)))
+    return plan
+
+
+def bf16_entry(decl: Declaration, host: dict) -> dict:
+    """bf16 is reported, never built: the package has no bf16 precision to build or serve."""
+    if host["bf16"]:
+        flags = ", ".join(f for f in host["flags"] if f in BF16_FLAGS + ("amx_tile",))
+        reason = (f"the CPU has {flags}, but this package has no bf16 build: tskit.precision makes fp32 and int8 "
+                  "only, and a declaration's precision is one of those")
+    else:
+        reason = "this CPU has neither avx512_bf16 nor AMX (bf16 would be emulated, slower than fp32)"
+    return entry(f"{decl.name}_bf16", "any", "bf16", status=NOT_AVAILABLE, reason=reason)
+
+
+def entry(name: str, fmt: str, precision: str, **values) -> dict:
+    out = {"variant": name, "format": fmt, "precision": precision, "status": "", "reason": "", "throughput": None,
+           "rounds": [], "p50_ms": None, "p99_ms": None, "errors": 0, "checked": 0, "agreement": {},
+           "build_s": None, "build_cached": False, "max_abs_diff": None, "speedup": None, "declared": False,
+           "reference": False}
+    out.update(values)
+    return out
+
+
+# ---- the choice (no server: tests/unit/test_optimize_choice.py) ----------------------------------------------
+def bar(kind: str) -> Tuple[str, float]:
+    """The agreement measure of the kind and the least value kept."""
+    return ("min_cosine", COSINE_BAR) if kind == "text-embedding" else ("top1_agreement", TOP1_BAR)
+
+
+def classify(e: dict, kind: str, top1_bar: float = TOP1_BAR, cosine_bar: float = COSINE_BAR) -> dict:
+    """The status of a measured candidate (one with a status already, e.g. built or served it was not, keeps it)."""
+    if e["status"] in UNMEASURED or e["status"] == NO_REFERENCE:
+        return e
+    metric, _ = bar(kind)
+    threshold = cosine_bar if kind == "text-embedding" else top1_bar
+    value = e["agreement"].get(metric)
+    if not e.get("throughput") or e.get("errors"):
+        e["status"] = LOAD_FAILED
+        e["reason"] = e["reason"] or f"{e.get('errors', 0)} failed request(s) under load"
+    elif value is None:
+        e["status"], e["reason"] = NO_REFERENCE, e["reason"] or "no fp32 answers to compare with"
+    elif not agreement.keeps_agreement(e["agreement"], kind, threshold):
+        e["status"] = BELOW_BAR
+        failed = e["agreement"].get("failed")
+        e["reason"] = (f"{failed} agreement probe(s) failed" if failed else
+                       f"{metric.replace('_', ' ')} {fmt_agreement(value, kind)} < {fmt_agreement(threshold, kind)}")
+    else:
+        e["status"] = KEPT
+    return e
+
+
+def fmt_agreement(value: Optional[float], kind: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.5f}" if kind == "text-embedding" else f"{value:.1%}"
+
+
+def tie(e: dict, fastest: dict, tie_margin: float = TIE_MARGIN) -> bool:
+    """`e` cannot be told from the fastest: its mean within `tie_margin`, or its best round at or above the
+    fastest's worst round (the machine's drift between rounds is larger than the difference)."""
+    if e is fastest or e["throughput"] >= fastest["throughput"] * (1 - tie_margin):
+        return True
+    return bool(e.get("rounds") and fastest.get("rounds")) and max(e["rounds"]) >= min(fastest["rounds"])
+
+
+def choose(entries: List[dict], kind: str, declared_now: Tuple[str, str], tie_margin: float = TIE_MARGIN,
+           top1_bar: float = TOP1_BAR, cosine_bar: float = COSINE_BAR) -> Tuple[Optional[dict], str]:
+    """The winner (or None) and why, in words. Classifies every entry; marks the winner `chosen`."""
+    for e in entries:
+        classify(e, kind, top1_bar, cosine_bar)
+        e["declared"] = (e["format"], e["precision"]) == tuple(declared_now)
+    kept = [e for e in entries if e["status"] == KEPT]
+    metric, _ = bar(kind)
+    threshold = cosine_bar if kind == "text-embedding" else top1_bar
+    if not kept:
+        return None, (f"no variant kept {metric.replace('_', ' ')} >= {fmt_agreement(threshold, kind)} with no "
+                      "failed request: the declaration is left as it is")
+    fastest = max(kept, key=lambda e: e["throughput"])
+    tied = [e for e in kept if tie(e, fastest, tie_margin)]
+    winner = min(tied, key=lambda e: (not e["declared"], e["precision"] != "fp32",
+                                      -(e["agreement"].get(metric) or 0.0), FORMAT_RANK.get(e["format"], 99),
+                                      -e["throughput"]))
+    winner["status"] = CHOSEN
+    why = [f"{winner['format']} {winner['precision']}: {winner['throughput']:.1f} req/s"
+           + (f" ({winner['speedup']:.2f}x the fp32 reference)" if winner.get("speedup") else "")
+           + f", {metric.replace('_', ' ')} {fmt_agreement(winner['agreement'].get(metric), kind)}"]
+    if len(tied) > 1:
+        others = ", ".join(f"{e['format']} {e['precision']} {e['throughput']:.1f}" for e in tied if e is not winner)
+        rule = ("the variant declared now" if winner["declared"] else
+                "fp32 before int8" if any(e["precision"] != "fp32" for e in tied) and winner["precision"] == "fp32"
+                else "the higher agreement, then torchscript < onnx < aoti")
+        why.append(f"a tie with {others} req/s (within {tie_margin:.0%} of the fastest, or rounds overlapping it), "
+                   f"settled by {rule}")
+    else:
+        why.append(f"the fastest of the {len(kept)} variant(s) that keep the agreement bar")
+    faster = [e for e in entries if e["status"] not in (KEPT, CHOSEN) and e.get("throughput")
+              and e["throughput"] > winner["throughput"]]
+    if faster:
+        why.append("faster but not kept: " + "; ".join(f"{e['format']} {e['precision']} {e['throughput']:.1f} req/s "
+                                                        f"({e['status']}: {e['reason']})" for e in faster))
+    return winner, "; ".join(why)
+
+
+# ---- the declaration -----------------------------------------------------------------------------------------
+def edit_declaration(text: str, values: Dict[str, str], note: str) -> Tuple[str, List[str]]:
+    """The declaration's text with each top-level `key: value` line of `values` set: a changed line gets `note`
+    as its comment (its old comment, and the indented comment lines continuing it, described the old value);
+    unchanged lines are left byte for byte; a missing key is added after `format:` (or at the end)."""
+    lines = text.splitlines(keepends=True)
+    changed = []
+    for key, value in values.items():
+        pattern = re.compile(rf"^{re.escape(key)}:(\s*)([^\s#]+)?(\s*)(#.*)?$")
+        index = next((i for i, line in enumerate(lines) if pattern.match(line.rstrip("\r\n"))), None)
+        if index is not None:
+            match = pattern.match(lines[index].rstrip("\r\n"))
+            if (match.group(2) or "").strip("'\"") == value:
+                continue
+            ending = lines[index][len(lines[index].rstrip("\r\n")):] or "\n"
+            head = f"{key}: {value}"
+            lines[index] = f"{head}{' ' * max(1, 28 - len(head))}# {note}{ending}"
+            # the comment lines that continued the old one (indented, right below it) go with it
+            while index + 1 < len(lines) and re.match(r"^\s+#", lines[index + 1]):
+                del lines[index + 1]
+        else:
+            after = next((i for i, line in enumerate(lines) if line.startswith("format:")), len(lines) - 1)
+            while after + 1 < len(lines) and re.match(r"^\s+#", lines[after + 1]):
+                after += 1
+            if lines and not lines[-1].endswith("\n"):
+                lines[-1] += "\n"
+            lines.insert(after + 1, f"{key}: {value}{' ' * max(1, 28 - len(key) - len(value) - 2)}# {note}\n")
+        changed.append(key)
+    return "".join(lines), changed
+
+
+def write_choice(name: str, fmt: str, precision: str, note: str, models_dir: Optional[str] = None) -> List[str]:
+    """Set format/precision in models/<name>/model.yaml (textually); the result must load as a declaration, else
+    the file is restored and the error raised. Returns the keys changed."""
+    from tskit.declaration import MODELS_DIR
+
+    models_dir = models_dir or MODELS_DIR
+    path = os.path.join(models_dir, name, "model.yaml")
+    with open(path, encoding="utf-8") as f:
+        before = f.read()
+    after, changed = edit_declaration(before, {"format": fmt, "precision": precision}, note)
+    if not changed:
+        return []
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(after)
+    try:
+        loaded = load_declaration(name, models_dir)
+        assert (loaded.format, loaded.precision) == (fmt, precision), (loaded.format, loaded.precision)
+    except Exception:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(before)
+        raise
+    return changed
