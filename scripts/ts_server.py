@@ -25,32 +25,10 @@ from typing import Dict, Iterator, List, Optional
 import psutil
 
 from tskit.client import ClientError, KeyFile, TorchServeClient
+from tskit.properties import read_properties, write_properties
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PID_FILE = ".model_server.pid"
-
-
-def read_properties(path: str) -> Dict[str, str]:
-    """A Java .properties file (with `\\` line continuations), as TorchServe reads it."""
-    props, pending = {}, ""
-    with open(path, encoding="utf-8") as f:
-        for raw in f:
-            line = raw.strip()
-            if not pending and (not line or line.startswith(("#", "!"))):
-                continue
-            if line.endswith("\\") and not line.endswith("\\\\"):
-                pending += line[:-1]
-                continue
-            line, pending = pending + line, ""
-            key, _, value = line.partition("=")
-            props[key.strip()] = value.strip().replace("\\\\", "\\")
-    return props
-
-
-def write_properties(props: Dict[str, str], path: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for key, value in props.items():
-            f.write(f"{key}={value.replace(chr(92), chr(92) * 2)}\n")
 
 
 def free_ports(count: int) -> List[int]:

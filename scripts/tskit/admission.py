@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Dict, List
 
 from tskit.declaration import Declaration, DeclarationError
+from tskit.properties import parse_properties
 
 TORCHSERVE_JOB_QUEUE_SIZE = 100        # TorchServe's default when config.properties does not set it
 TORCHSERVE_MAX_REQUEST_SIZE = 6553500  # likewise
@@ -29,16 +30,6 @@ class ModelAdmission:
     name: str
     queue: int        # requests waiting in the frontend
     in_workers: int   # requests inside the workers' batches (workers x batch size)
-
-
-def properties(text: str) -> Dict[str, str]:
-    """The `key=value` lines of a .properties text (the models block's continuations are not needed here)."""
-    props = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and not key.lstrip().startswith(("#", "!")):
-            props[key.strip()] = value.strip()
-    return props
 
 
 def heap_bytes(vmargs: str) -> int:
@@ -62,7 +53,7 @@ def worst_case_bytes(props: Dict[str, str], declarations: List[Declaration]) -> 
 
 def check_heap(text: str, declarations: List[Declaration]) -> None:
     """DeclarationError when the worst case of queued bodies does not fit the frontend's heap."""
-    props = properties(text)
+    props = parse_properties(text)
     heap = heap_bytes(props.get("vmargs", ""))
     if not heap:
         raise DeclarationError("config.properties: vmargs sets no -Xmx: the frontend's heap must be sized for the "

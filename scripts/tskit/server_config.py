@@ -14,6 +14,7 @@ from typing import List
 
 from tskit.admission import check_heap
 from tskit.declaration import REPO, Declaration, DeclarationError
+from tskit.properties import parse_properties
 
 CONFIG = os.path.join(REPO, "config.properties")
 BEGIN = "# ---- models: written by `make config` from models/*/model.yaml; edit those, not these lines ----"
@@ -42,11 +43,7 @@ def with_models_block(text: str, declarations: List[Declaration]) -> str:
 
 def max_response_size(text: str) -> int:
     """config.properties' max_response_size (TorchServe's default when absent)."""
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key.strip() == "max_response_size":
-            return int(value.strip())
-    return TORCHSERVE_MAX_RESPONSE_SIZE
+    return int(parse_properties(text).get("max_response_size", TORCHSERVE_MAX_RESPONSE_SIZE))
 
 
 def check_response_budgets(text: str, declarations: List[Declaration]) -> None:

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from support import REPO
-from ts_server import read_properties
+from tskit.properties import read_properties
 from tskit import admission
 from tskit import declaration as declarations
 from tskit.declaration import DeclarationError

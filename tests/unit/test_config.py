@@ -6,7 +6,7 @@ import os
 import pytest
 
 from support import REPO
-from ts_server import read_properties
+from tskit.properties import read_properties
 from tskit import declaration as declarations
 from tskit.server_config import models_block
 
