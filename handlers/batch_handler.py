@@ -47,7 +47,7 @@ from model_formats import load_model
 from model_settings import CommonSettings, parse_settings
 from protocols import HEADER_LENGTH, Answer, ModelInfo, Output, Request, parse_request
 from request_budget import check_answer_bytes, check_items, envelope_bytes
-from request_deadline import check_deadline, lower_keys
+from request_deadline import check_deadline
 from request_errors import AnswerTooLarge, InternalError, InvalidField, RequestError
 from request_payload import count_error, is_count, request_body
 from response_cache import ResponseCache
@@ -207,7 +207,7 @@ class BatchHandler(BaseHandler):
         now = time.time()  # the batch reached the worker: a stamped request's wait ends here
         for idx, row in enumerate(data):
             try:
-                check_deadline(lower_keys(self.context.get_all_request_header(idx)), self.settings.maxQueueMs, now)
+                check_deadline(lambda name: self.request_header(idx, name), self.settings.maxQueueMs, now)
                 request = self.decode_request(idx, row)
             except RequestError as err:
                 batch.errors[idx] = err
@@ -321,10 +321,12 @@ class BatchHandler(BaseHandler):
         return self.context.get_request_header(idx, "Content-Type")
 
     def request_header(self, idx: int, name: str) -> Optional[str]:
-        """A request header, whatever the case the client wrote its name in."""
+        """A request header, whatever the case the client wrote its name in (the per-part entries TorchServe
+        keeps beside them are dicts, never a header's value)."""
         headers = self.context.get_all_request_header(idx) or {}
         wanted = name.lower()
-        return next((value for key, value in headers.items() if str(key).lower() == wanted), None)
+        return next((value for key, value in headers.items() if str(key).lower() == wanted and isinstance(value, str)),
+                    None)
 
     def encode(self, idx: int, answer: Any, protocol: Optional[str] = None) -> bytes:
         """The one exit of every answer (`protocol`: its request's, for an AnswerTooLarge in its form)."""

@@ -16,7 +16,7 @@ imports nothing from `ts`.
 
 import math
 import re
-from typing import Callable, Mapping, Optional
+from typing import Callable, Optional
 
 from request_errors import InvalidField, RequestExpired
 
@@ -50,7 +50,7 @@ def patience_ms(value: Optional[str], default_ms: int) -> int:
 
 def check_deadline(header: Callable[[str], Optional[str]], default_ms: int, now: float) -> None:
     """RequestExpired when the request waited past its patience; `header(name)` reads a request header
-    (lower-case name); `default_ms` <= 0 with no X-Request-Timeout-Ms: never expires."""
+    whatever the case of its name (BatchHandler.request_header); `default_ms` <= 0 with no X-Request-Timeout-Ms: never expires."""
     start = header(START_HEADER)
     if start is None:
         return
@@ -59,9 +59,3 @@ def check_deadline(header: Callable[[str], Optional[str]], default_ms: int, now:
     if patience > 0 and math.isfinite(waited_ms) and waited_ms > patience:
         raise RequestExpired(f"the request waited {waited_ms:,.0f} ms, longer than its patience of {patience:,} ms "
                              f"(X-Request-Timeout-Ms or the model's maxQueueMs): it was not run; retry later")
-
-
-def lower_keys(headers: Mapping) -> Callable[[str], Optional[str]]:
-    """A header reader over TorchServe's per-request headers, whatever the case of their names."""
-    by_name = {str(k).lower(): v for k, v in (headers or {}).items() if isinstance(v, str)}
-    return by_name.get

@@ -2,10 +2,16 @@
 
 import pytest
 
-from request_deadline import check_deadline, lower_keys, started_at
+from request_deadline import check_deadline, started_at
 from request_errors import InvalidField, RequestExpired
 
 NOW = 1_800_000_000.0  # 2027-01-15, seconds since the epoch
+
+
+def lower_keys(headers):
+    """A header reader as BatchHandler.request_header gives one: names in any case."""
+    by_name = {name.lower(): value for name, value in headers.items()}
+    return lambda name: by_name.get(name.lower())
 
 
 def headers(**values):
