@@ -62,8 +62,8 @@ from benchkit.bench_served import served_section
 from benchkit.bench_cache import CACHE_KINDS, cache_section
 from benchkit.bench_formats import formats_section
 from benchkit.bench_report import formats_table, plot, ratios, table
-from load_generators import wrk_available
-from ts_server import REPO, private_server
+from tskit.load import wrk_available
+from tskit.server import REPO, private_server
 
 
 def main_sections(args, groups, chosen_inputs, kinds, workloads, setups, rows: List[dict], summaries: List[dict],

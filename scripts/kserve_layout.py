@@ -45,7 +45,7 @@ import os
 import shutil
 from typing import Dict, List
 
-from ts_server import REPO
+from tskit.server import REPO
 from tskit.properties import read_properties, write_properties
 from tskit.autoscaling import container_concurrency, sync_manifests
 from tskit.declaration import served

@@ -22,7 +22,7 @@ from benchkit.agreement import Probe, headlines
 from tskit import declaration as declarations
 from tskit.client import ClientError
 from tskit.respec import with_settings
-from ts_server import private_server, running
+from tskit.server import private_server, running
 
 
 def profile(name: str, batches: int, work: str, store: str, concurrency: int = 8, timeout: float = 600) -> List[str]:

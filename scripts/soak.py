@@ -30,8 +30,8 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 import psutil
 
-from load_generators import percentile
-from ts_server import REPO, TorchServe, private_server
+from tskit.load import percentile
+from tskit.server import REPO, TorchServe, private_server
 from tskit.checked_load import MODELS, LoadClient, check, default_specs
 from tskit.client import TorchServeClient
 

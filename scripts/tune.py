@@ -44,7 +44,7 @@ from tqdm import tqdm
 from benchkit.archives import copy_archive
 from benchkit.workloads import load_point, make_inputs
 from benchkit.checks import answer_check
-from ts_server import REPO, private_server
+from tskit.server import REPO, private_server
 from tskit.client import TorchServeClient
 from tskit.declaration import declared, load as load_declaration
 

@@ -13,7 +13,7 @@ from benchkit.checks import answer_check
 from benchkit.bench_servers import STORE, declared, server_cpu_seconds
 from benchkit.bench_formats import Management
 from tskit.respec import with_settings
-from ts_server import TorchServe
+from tskit.server import TorchServe
 
 
 # ---- (K): the response cache -------------------------------------------------------------------------

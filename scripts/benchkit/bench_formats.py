@@ -14,10 +14,10 @@ from benchkit.checks import answer_check
 from benchkit.litserve_peer import LitServePeer
 from benchkit.bench_servers import declared, free_port
 from benchkit.bench_points import checked_point
-from load_generators import AnswerCheck
+from tskit.load import AnswerCheck
 from tskit import declaration as declarations
 from tskit.client import ClientError
-from ts_server import TorchServe
+from tskit.server import TorchServe
 
 
 # ---- (F): formats -----------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ import time
 from typing import Callable, List, Optional
 
 
-from load_generators import AnswerCheck, LoadResult
-from ts_server import TorchServe
+from tskit.load import AnswerCheck, LoadResult
+from tskit.server import TorchServe
 from benchkit.bench_servers import server_cpu_seconds
 
 

@@ -11,7 +11,7 @@ from benchkit.workloads import load_point
 from benchkit.checks import answer_check
 from benchkit.bench_servers import STORE, declared
 from benchkit.bench_points import checked_point
-from ts_server import TorchServe
+from tskit.server import TorchServe
 
 
 # ---- (A), (A2), (B), (P), (C) -----------------------------------------------------------------------

@@ -17,7 +17,7 @@ import yaml
 from benchkit.archives import copy_archive, unpack
 from benchkit.plan import PIPELINE_SUFFIX, STOCK_PREFIX, base_of, stock_b_layout_name
 from tskit import declaration as declarations
-from ts_server import REPO, TorchServe, free_ports, private_server
+from tskit.server import REPO, TorchServe, free_ports, private_server
 
 
 

@@ -25,7 +25,7 @@ import requests
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from load_generators import AnswerCheck, percentile
+from tskit.load import AnswerCheck, percentile
 
 REPEAT_SHARE = 0.3
 STREAMS = {"repeat30": REPEAT_SHARE, "unique": 0.0}

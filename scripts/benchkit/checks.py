@@ -4,7 +4,7 @@ Before a setup's first load point one request goes alone and its answer is check
 known to be right (the cat photo's top-1 label, each text's topic, an L2-normalised embedding). The
 AnswerCheck built from it is then applied to a sample of the answers at EVERY load point (warm-up and
 timed, every setup, every format variant including int8, the JSON bodies and the LitServe peer) by the
-load generator (load_generators.py; wrk's benchkit/wrk_checked.lua); each row records how many answers
+load generator (tskit.load; wrk's tskit/wrk_checked.lua); each row records how many answers
 were checked, how many were wrong, and the first failure. check_table() reports them per row.
 """
 
@@ -12,7 +12,7 @@ from typing import Dict, Iterable, List, Optional
 
 import requests
 
-from load_generators import AnswerCheck
+from tskit.load import AnswerCheck
 
 # Right answers where known: the photo is skimage's chelsea (a cat); the texts' topics.
 CAT_LABELS = ("tabby", "tiger cat", "Egyptian cat")

@@ -8,7 +8,7 @@
    avx512_bf16 or AMX it is reported "not available here" while the package has no bf16 build (tskit.precision
    makes fp32 and int8 only, and a declaration's precision is one of those), never a failure.
    Each is built with tskit into build/optimize/ (reused while unchanged), its build time recorded.
-3. Served: one private TorchServe (ts_server.private_server), every built variant registered with the
+3. Served: one private TorchServe (tskit.server.private_server), every built variant registered with the
    declaration's workers and batching; a variant that does not build, does not register or answers wrong even
    alone is reported with its reason (e.g. an instruction set this CPU lacks), never a failure of the run.
 4. Agreement with fp32 (the fp32 TorchScript variant, else another fp32 one) from the served answers
@@ -81,8 +81,8 @@ def worker_error(model_log: str, name: str) -> str:
 def measure(decl: Declaration, plan: List[variants.Variant], entries: Dict[str, dict], args, log) -> dict:
     """Serve every built variant on one private TorchServe: agreement with the fp32 reference, then the load
     rounds. Fills `entries`; returns what the run used (load generator, input, concurrency)."""
-    from load_generators import wrk_available
-    from ts_server import private_server, running
+    from tskit.load import wrk_available
+    from tskit.server import private_server, running
 
     kind = decl.kind
     built = [v for v in plan if v.archive]

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 from benchkit.checks import answer_check
-from load_generators import LoadResult
-from ts_server import TorchServe
+from tskit.load import LoadResult
+from tskit.server import TorchServe
 
 FACTORS = (1, 4, 16)
 MIN_GOODPUT_AT_16X = 0.8

@@ -10,7 +10,7 @@ from typing import Dict, Optional
 
 from PIL import Image
 
-from load_generators import AnswerCheck, LoadResult, run_python, run_wrk, wrk_available
+from tskit.load import AnswerCheck, LoadResult, run_python, run_wrk, wrk_available
 
 TEXTS = {
     "short": "The striker scored twice in the final",

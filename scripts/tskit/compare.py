@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from load_generators import percentile
+from tskit.load import percentile
 from tskit.client import IMAGE_SUFFIXES, ClientError, TorchServeClient, file_body
 
 DISAGREE_COSINE = 0.99

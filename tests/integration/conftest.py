@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ts_server import TorchServe, private_config, private_server, running
+from tskit.server import TorchServe, private_config, private_server, running
 
 
 def test_config(workdir, **overrides):

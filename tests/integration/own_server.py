@@ -19,7 +19,7 @@ import requests
 
 from conftest import Client, test_config
 from support import MODEL_STORE
-from ts_server import TorchServe, running
+from tskit.server import TorchServe, running
 from tskit.client import ClientError
 from tskit.declaration import served
 

@@ -22,7 +22,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from support import CAT_LABELS, REPO, encode, photo
-from ts_server import TorchServe, free_ports, running
+from tskit.server import TorchServe, free_ports, running
 from tskit.properties import read_properties
 from tskit.declaration import served
 

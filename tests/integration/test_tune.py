@@ -11,7 +11,7 @@ import sys
 import yaml
 
 from support import REPO
-from ts_server import private_server, running
+from tskit.server import private_server, running
 from tskit.properties import read_properties
 
 MODEL = "mobilenet_v2"

@@ -13,7 +13,8 @@ import subprocess
 import pytest
 import yaml
 
-from ts_server import REPO, read_properties
+from tskit.properties import read_properties
+from tskit.server import REPO
 from tskit import autoscaling
 from tskit.admission import admissions
 from tskit.declaration import served

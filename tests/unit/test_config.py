@@ -81,7 +81,7 @@ def test_declaration_names_the_device_and_handler_settings(name):
 def test_frontend_logging_config_is_used_and_drops_only_per_request_chatter():
     from xml.etree import ElementTree
 
-    from ts_server import absolute_log_config
+    from tskit.server import absolute_log_config
 
     (log_config,) = [a for a in PROPS["vmargs"].split() if a.startswith("-Dlog4j.configurationFile=")]
     path = absolute_log_config(log_config).partition("=")[2]

@@ -2,7 +2,7 @@
 
 import math
 
-from load_generators import percentile
+from tskit.load import percentile
 
 
 def test_nearest_rank_on_a_known_series():

@@ -1,16 +1,12 @@
-"""Start, wait for and stop a TorchServe server; used by `make serve` / `make stop` and by the tests.
+"""TorchServe servers: start one, wait until its models are READY, stop it; a private one for tools and tests.
 
 TorchServe keeps its pid file in the temp dir and writes key_file.json into the directory it was
 started from. A server is therefore identified by (working dir, TMPDIR): `make serve` uses the repo
 root and the system temp dir; each test server gets its own of both, plus its own ports.
 Servers are stopped with `torchserve --stop` (which signals the pid in that pid file), never by name.
-
-    python scripts/ts_server.py start [--config config.properties] [--timeout 300]
-    python scripts/ts_server.py stop
-    python scripts/ts_server.py status
+`scripts/ts_server.py` is the command over this module (make serve, make stop).
 """
 
-import argparse
 import contextlib
 import json
 import os
@@ -27,7 +23,7 @@ import psutil
 from tskit.client import ClientError, KeyFile, TorchServeClient
 from tskit.properties import read_properties, write_properties
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PID_FILE = ".model_server.pid"
 
 
@@ -261,40 +257,3 @@ class TorchServe:
                 with open(path, encoding="utf-8", errors="replace") as f:
                     out.append(f"--- last lines of {path}\n" + "".join(f.readlines()[-lines:]))
         return "\n".join(out) or f"(no logs in {self.log_dir})"
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["start", "stop", "status"])
-    parser.add_argument("--config", default=os.path.join(REPO, "config.properties"))
-    parser.add_argument("--timeout", type=float, default=300)
-    args = parser.parse_args()
-    server = TorchServe(args.config)
-    models = server.expected_models()
-
-    if args.action == "stop":
-        print("TorchServe stopped." if server.stop() else "TorchServe is not running.")
-        return 0
-    if args.action == "status":
-        running = server.pid() is not None
-        print(f"running (pid {server.pid()}), models ready: {server.ready(models)}" if running else "not running")
-        return 0 if running else 1
-
-    if server.pid() is not None:
-        print(f"TorchServe is already running (pid {server.pid()}); waiting for {', '.join(models)}.")
-    else:
-        print(f"Starting TorchServe (logs in {server.log_dir}) ...")
-        server.start()
-    try:
-        server.wait_ready(models, args.timeout)
-    except (RuntimeError, TimeoutError) as err:
-        print(f"make serve failed: {err}", file=sys.stderr)
-        return 1
-    print(f"Ready: {', '.join(models)} on {server.inference_url} "
-          f"(management {server.management_url}, metrics {server.metrics_url}); "
-          f"tokens in {server.key_file}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -23,7 +23,7 @@ from typing import List, Optional, Tuple
 
 import requests
 
-WRK_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchkit", "wrk_checked.lua")
+WRK_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wrk_checked.lua")
 
 
 @dataclass
