@@ -1,0 +1,51 @@
+"""Start, wait for and stop a TorchServe server; used by `make serve` / `make stop`.
+
+A door over tskit.server (the TorchServe class the tools and tests use):
+
+    python scripts/ts_server.py start [--config config.properties] [--timeout 300]
+    python scripts/ts_server.py stop
+    python scripts/ts_server.py status
+"""
+
+import argparse
+import os
+import sys
+
+from tskit.server import REPO, TorchServe
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["start", "stop", "status"])
+    parser.add_argument("--config", default=os.path.join(REPO, "config.properties"))
+    parser.add_argument("--timeout", type=float, default=300)
+    args = parser.parse_args(argv)
+    server = TorchServe(args.config)
+    models = server.expected_models()
+
+    if args.action == "stop":
+        print("TorchServe stopped." if server.stop() else "TorchServe is not running.")
+        return 0
+    if args.action == "status":
+        running = server.pid() is not None
+        print(f"running (pid {server.pid()}), models ready: {server.ready(models)}" if running else "not running")
+        return 0 if running else 1
+
+    if server.pid() is not None:
+        print(f"TorchServe is already running (pid {server.pid()}); waiting for {', '.join(models)}.")
+    else:
+        print(f"Starting TorchServe (logs in {server.log_dir}) ...")
+        server.start()
+    try:
+        server.wait_ready(models, args.timeout)
+    except (RuntimeError, TimeoutError) as err:
+        print(f"make serve failed: {err}", file=sys.stderr)
+        return 1
+    print(f"Ready: {', '.join(models)} on {server.inference_url} "
+          f"(management {server.management_url}, metrics {server.metrics_url}); "
+          f"tokens in {server.key_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
