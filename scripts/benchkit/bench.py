@@ -1,4 +1,5 @@
-"""make bench: stock TorchServe vs this package vs every serving format vs the job in process vs a peer.
+"""make bench's run (scripts/bench.py is its command): stock TorchServe vs this package vs every serving format
+vs the job in process vs a peer.
 
 One run, one machine, side by side, so that the ratios mean something even when absolute times drift.
 Every model comes from its declaration (models/<name>/model.yaml); its kind picks its inputs
@@ -38,32 +39,29 @@ a failed request, and the answer-check table reports each row's checked, wrong a
       all-unique one, interleaved (off, on, on, off), every answer checked, hit ratio from the server's
       CacheHits / CacheMisses metrics (benchkit.cache_bench).
 Writes results/bench/<time>/ {results.json, table.md, bench.png}; prints the tables.
-
-    python scripts/bench.py [--seconds 8] [--concurrency 1 4 16] [--quick] [--no-formats] [--no-peer] [--no-cache] [--cache-only]
 """
 
 import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from typing import Dict, List
 
 from tqdm import tqdm
 
-from benchkit import cache_bench, overload, variants
+from benchkit import cache_bench, overload
 from benchkit.workloads import MAIN_WORKLOAD, WORKLOAD_KIND, load_url, make_inputs
 from benchkit.checks import check_table, failed_rows
 from benchkit.plan import interleaved
-from benchkit.bench_servers import BENCH_BUILD, bench_server, build_stock_archive, declared, kind_of
+from benchkit.bench_servers import bench_server, build_stock_archive, declared, kind_of
 from benchkit.bench_served import served_section
 from benchkit.bench_cache import CACHE_KINDS, cache_section
 from benchkit.bench_formats import formats_section
 from benchkit.bench_report import formats_table, plot, ratios, table
 from tskit.load import wrk_available
-from tskit.server import REPO, private_server
+from tskit.server import private_server
 
 
 def main_sections(args, groups, chosen_inputs, kinds, workloads, setups, rows: List[dict], summaries: List[dict],
@@ -120,57 +118,8 @@ def overload_section(args, workloads: Dict[str, dict], log) -> List[dict]:
 
 
 # ---- main --------------------------------------------------------------------------------------------
-def build_parser(decls: Dict[str, object]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=8)
-    parser.add_argument("--warmup", type=float, default=2)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--models", nargs="+", default=list(decls),
-                        help="(B) archives of model_store/ (default: every declared model)")
-    parser.add_argument("--no-stock", action="store_true", help="skip (A)")
-    parser.add_argument("--no-raw", action="store_true", help="skip (C) and (P)")
-    parser.add_argument("--workloads", nargs="+", help="only these inputs for (A), (B), (P) (e.g. jpeg_640x480 text_short)")
-    parser.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
-    parser.add_argument("--out", default=os.path.join(REPO, "results", "bench", time.strftime("%Y%m%d-%H%M%S")))
-    parser.add_argument("--no-formats", action="store_true", help="skip (F), (J) and (L)")
-    parser.add_argument("--format-models", nargs="+", help="served models whose formats are compared (default: all served)")
-    parser.add_argument("--formats", nargs="+", choices=list(variants.FORMAT_ORDER), help="default: every format")
-    parser.add_argument("--no-int8", action="store_true", help="no int8 variant in (F)")
-    parser.add_argument("--format-rounds", type=int, default=2, help="load points per variant, in alternating order")
-    parser.add_argument("--agreement-images", type=int, default=100, help="real photos (views) for image agreement")
-    parser.add_argument("--min-agreement", type=float, default=0.99)
-    parser.add_argument("--build-root", default=BENCH_BUILD, help="where (F)'s variant archives are built and reused")
-    parser.add_argument("--build-timeout", type=float, default=900)
-    parser.add_argument("--rebuild", action="store_true", help="rebuild (F)'s variants even when unchanged")
-    parser.add_argument("--no-inprocess", action="store_true", help="skip (J)")
-    parser.add_argument("--no-peer", action="store_true", help="skip (L), the LitServe peer")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: the first served image model, one input, concurrency 4, 2 s, no (A) or (A2) "
-                             "(the stock handler's 2 OpenMP threads per worker collapse on a busy 2-core machine: a "
-                             "2 s point can end before its first answer); formats torchscript and onnx, 1 round, "
-                             "(J) and (L)")
-    parser.add_argument("--no-cache", action="store_true",
-                        help="skip (K): the response cache, off vs on, on a stream with ~30%% repeated inputs and an "
-                             "all-unique one (benchkit.cache_bench)")
-    parser.add_argument("--cache-only", action="store_true", help="(K) alone: no (A)/(B)/(P)/(C), no formats")
-    parser.add_argument("--no-overload", action="store_true", help="skip (O), the overload section")
-    parser.add_argument("--overload-only", action="store_true", help="(O) alone")
-    parser.add_argument("--overload-models", nargs="+", help="models loaded in (O) (default: every served model)")
-    parser.add_argument("--overload-seconds", type=float, default=10)
-    parser.add_argument("--overload-factors", type=int, nargs="+", default=list(overload.FACTORS))
-    parser.add_argument("--overload-rounds", type=int, default=2, help="passes over the factors, alternating direction")
-    parser.add_argument("--tuned-concurrency", type=int, default=16, help="the concurrency the models were tuned at")
-    parser.add_argument("--cache-models", nargs="+",
-                        help="default: the first served image classifier and the first served text classifier")
-    parser.add_argument("--cache-requests", type=int, default=400, help="requests per (K) point")
-    parser.add_argument("--cache-concurrency", type=int, default=8)
-    parser.add_argument("--cache-rounds", type=int, default=2, help="(off, on) pairs per stream, alternating order")
-    return parser
-
-
-def parse_args(argv, decls: Dict[str, object], served: List[str]) -> argparse.Namespace:
-    """The options, then what --quick, --cache-only and --overload-only imply."""
-    args = build_parser(decls).parse_args(argv)
+def settle(args, decls: Dict[str, object], served: List[str]) -> argparse.Namespace:
+    """What --quick, --cache-only and --overload-only imply, on the command's options (scripts/bench.py)."""
     args.cache = not args.no_cache or args.cache_only
     if args.cache_models is None:
         args.cache_models = [next(n for n in served if decls[n].kind == k)
@@ -233,10 +182,10 @@ def write_reports(args, rows: List[dict], summaries: List[dict], overload_rows: 
     print(f"bench took {elapsed:.0f} s; written: {args.out}/table.md, bench.png, results.json")
 
 
-def main(argv=None) -> int:
+def run(args) -> int:
+    """The whole bench on the command's options (settled: see `settle`): the sections, then the report; 1 when
+    a load point of this package or the overload section failed."""
     decls = declared()
-    served = [d.name for d in decls.values() if d.serve]
-    args = parse_args(argv, decls, served)
     os.makedirs(args.out, exist_ok=True)
     started = time.monotonic()
 
@@ -271,6 +220,3 @@ def main(argv=None) -> int:
     broken = [r for r in overload_rows if r["server"] == "ours" and (r["restarts"] or r["other_errors"] or r["refused_bad"])]
     return 1 if failed_rows(rows, stock_stalls=False) or broken else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
-"""make profile MODEL=<name>: torch.profiler over a served model under load, its top operators printed.
+"""make profile's engine (scripts/profile_model.py is its command): torch.profiler over a served model under load.
 
-A thin entry point (like bench.py, soak.py): the model's built archive is served (a private TorchServe: own ports and TEMP) as a copy whose
+The model's built archive is served (a private TorchServe: own ports and TEMP) as a copy whose
 declaration-level setting `handler.profileBatches` is N (tskit.respec); load from several threads with
 real inputs in the plain form (photos as JPEG, or headlines as text) runs until every worker has
 written its profile of N batches (handlers/batch_profiler.py): a Chrome trace and a table of the top
@@ -8,7 +8,6 @@ operators per worker, in build/profile/<name>/profiles/. The served archives the
 changed, and with profileBatches 0 (their default) the handler pays one integer test per batch.
 """
 
-import argparse
 import glob
 import os
 import shutil
@@ -74,24 +73,3 @@ def drive(client, name: str, inputs, concurrency: int, until, timeout: float) ->
         done.set()
     if not until():
         raise TimeoutError(f"no complete profile from every worker of {name} within {timeout:g} s")
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model")
-    parser.add_argument("--batches", type=int, default=20)
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--work", help="default: build/profile/<model>")
-    parser.add_argument("--store", default=os.path.join(declarations.REPO, "model_store"))
-    args = parser.parse_args(argv)
-    work = args.work or os.path.join(declarations.REPO, "build", "profile", args.model)
-    tables = profile(args.model, args.batches, work, args.store, args.concurrency)
-    for table in tables:
-        print(f"== {table} (trace: {table[:-len('.top.txt')]}.trace.json)")
-        with open(table, encoding="utf-8") as f:
-            print(f.read())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,5 @@
-"""make tune: sweep workers x intra-op threads x batchSize x maxBatchDelay for one model, and write
-the best setting whose p99 meets a latency target, as a config fragment.
+"""make tune's sweep (scripts/tune.py is its command): workers x intra-op threads x batchSize x maxBatchDelay
+for one model, and the best setting whose p99 meets a latency target, written as a config fragment.
 
 One TorchServe is started for the whole sweep (own ports, working dir, TMPDIR); settings are applied
 through the management API: each intra-op thread count is a variant of the model's archive (the
@@ -20,14 +20,11 @@ Management calls go through tskit.client: a 500 ConcurrentModificationException 
 unregister while a worker was still stopping) or a 503 is retried, bounded, with backoff, each retry
 logged; registration (POST) is not retried, as it is not idempotent.
 
-    python scripts/tune.py --model mobilenet_v2 --p99-ms 250 [--concurrency 16] [--repeats 3] [--quick]
-
 Writes results/tune/<model>/: frontier.md, frontier.png, results.json, config-fragment.properties
 (a `models=` entry for config.properties) and model-config-values.yaml (the same values for the
 model's models/<name>/model.yaml (torchserve: and handler:)).
 """
 
-import argparse
 import json
 import os
 import shutil
@@ -46,7 +43,7 @@ from benchkit.workloads import load_point, make_inputs
 from benchkit.checks import answer_check
 from tskit.server import REPO, private_server
 from tskit.client import TorchServeClient
-from tskit.declaration import declared, load as load_declaration
+from tskit.declaration import load as load_declaration
 
 FRONTEND_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")
 WORKLOAD_OF_KIND = {"image-classifier": "jpeg_640x480", "text-classifier": "text_medium", "text-embedding": "text_medium"}
@@ -163,7 +160,25 @@ def choose(rows: List[dict], p99_ms: float) -> Optional[dict]:
 
 
 def write_outputs(out: str, model: str, rows: List[dict], best: Optional[dict], args) -> None:
+    """frontier.md, results.json, the config fragments (when a point was chosen) and frontier.png in `out`."""
     os.makedirs(out, exist_ok=True)
+    verdict = (f"chosen (p99 <= {args.p99_ms:g} ms at concurrency {args.concurrency}): workers {best['workers']}, "
+               f"threads {best['threads']}, batchSize {best['batch']}, maxBatchDelay {best['delay']} ms -> "
+               f"{best['throughput']:.1f} req/s, p99 {best['p99_ms']:.1f} ms" if best else
+               f"no setting met p99 <= {args.p99_ms:g} ms at concurrency {args.concurrency}")
+    with open(os.path.join(out, "frontier.md"), "w", encoding="utf-8") as f:
+        f.write(f"# make tune: {model}\n\n{verdict}\n\n" + "\n".join(frontier_table(rows)) + "\n")
+    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
+        json.dump({"model": model, "rows": rows, "best": best, "p99_ms": args.p99_ms,
+                   "concurrency": args.concurrency, "workload": args.workload, "repeats": args.repeats,
+                   "min_drop": args.min_drop}, f, indent=1)
+    if best:
+        write_fragments(out, model, best, verdict, args)
+    plot_frontier(os.path.join(out, "frontier.png"), model, rows, best, args)
+
+
+def frontier_table(rows: List[dict]) -> List[str]:
+    """Every point, fastest first, as markdown lines; the points with failed requests named below."""
     lines = ["| workers | threads | batchSize | maxBatchDelay | req/s (median) | runs req/s | spread | p50 ms "
              "| p99 ms (worst run) | errors (checked) | frontier | pruned after |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -180,30 +195,27 @@ def write_outputs(out: str, model: str, rows: List[dict], best: Optional[dict], 
         lines += ["", "Points with failed requests (never chosen): " + "; ".join(
             f"workers {r['workers']} threads {r['threads']} batch {r['batch']} delay {r['delay']}: "
             f"{r['first_error'][:160]}" for r in failed)]
-    verdict = (f"chosen (p99 <= {args.p99_ms:g} ms at concurrency {args.concurrency}): workers {best['workers']}, "
-               f"threads {best['threads']}, batchSize {best['batch']}, maxBatchDelay {best['delay']} ms -> "
-               f"{best['throughput']:.1f} req/s, p99 {best['p99_ms']:.1f} ms" if best else
-               f"no setting met p99 <= {args.p99_ms:g} ms at concurrency {args.concurrency}")
-    with open(os.path.join(out, "frontier.md"), "w", encoding="utf-8") as f:
-        f.write(f"# make tune: {model}\n\n{verdict}\n\n" + "\n".join(lines) + "\n")
-    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump({"model": model, "rows": rows, "best": best, "p99_ms": args.p99_ms,
-                   "concurrency": args.concurrency, "workload": args.workload, "repeats": args.repeats,
-                   "min_drop": args.min_drop}, f, indent=1)
-    if best:
-        entry = {model: {"1.0": {"marName": f"{model}.mar", "minWorkers": best["workers"], "maxWorkers": best["workers"],
-                                 "batchSize": best["batch"], "maxBatchDelay": best["delay"], "responseTimeout": 60}}}
-        with open(os.path.join(out, "config-fragment.properties"), "w", encoding="utf-8") as f:
-            f.write(f"# make tune {model}: {verdict}\n# merge this entry into models= in config.properties, and put the\n"
-                    "# same values in models/<model>/model.yaml (the archive's values win in TorchServe)\n")
-            f.write("models=" + json.dumps(entry) + "\n")
-        with open(os.path.join(out, "model-config-values.yaml"), "w", encoding="utf-8") as f:
-            f.write(f"# make tune {model}: {verdict}\n")
-            yaml.safe_dump({"minWorkers": best["workers"], "maxWorkers": best["workers"], "batchSize": best["batch"],
-                            "maxBatchDelay": best["delay"], "handler": {"intraOpThreads": best["threads"]},
-                            "measured": {"throughput_rps": round(best["throughput"], 1), "p99_ms": round(best["p99_ms"], 1),
-                                         "concurrency": args.concurrency, "workload": args.workload}},
-                           f, sort_keys=False)
+    return lines
+
+
+def write_fragments(out: str, model: str, best: dict, verdict: str, args) -> None:
+    """config-fragment.properties (a `models=` entry) and model-config-values.yaml (the declaration's values)."""
+    entry = {model: {"1.0": {"marName": f"{model}.mar", "minWorkers": best["workers"], "maxWorkers": best["workers"],
+                             "batchSize": best["batch"], "maxBatchDelay": best["delay"], "responseTimeout": 60}}}
+    with open(os.path.join(out, "config-fragment.properties"), "w", encoding="utf-8") as f:
+        f.write(f"# make tune {model}: {verdict}\n# merge this entry into models= in config.properties, and put the\n"
+                "# same values in models/<model>/model.yaml (the archive's values win in TorchServe)\n")
+        f.write("models=" + json.dumps(entry) + "\n")
+    with open(os.path.join(out, "model-config-values.yaml"), "w", encoding="utf-8") as f:
+        f.write(f"# make tune {model}: {verdict}\n")
+        yaml.safe_dump({"minWorkers": best["workers"], "maxWorkers": best["workers"], "batchSize": best["batch"],
+                        "maxBatchDelay": best["delay"], "handler": {"intraOpThreads": best["threads"]},
+                        "measured": {"throughput_rps": round(best["throughput"], 1), "p99_ms": round(best["p99_ms"], 1),
+                                     "concurrency": args.concurrency, "workload": args.workload}},
+                       f, sort_keys=False)
+
+
+def plot_frontier(path: str, model: str, rows: List[dict], best: Optional[dict], args) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -223,7 +235,7 @@ def write_outputs(out: str, model: str, rows: List[dict], best: Optional[dict], 
     ax.set_title(f"make tune: {model} ({args.workload})")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "frontier.png"), dpi=110)
+    fig.savefig(path, dpi=110)
 
 
 def prune(row: dict, best_so_far: Dict[int, dict], workers: int, stopped: set, min_drop: float) -> None:
@@ -242,48 +254,34 @@ def prune(row: dict, best_so_far: Dict[int, dict], workers: int, stopped: set, m
         best_so_far[workers] = row
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, choices=sorted(d.name for d in declared()))
-    parser.add_argument("--p99-ms", type=float, required=True)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=6)
-    parser.add_argument("--warmup", type=float, default=2)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    parser.add_argument("--delays", type=int, nargs="+", default=[2, 10, 25])
-    parser.add_argument("--workload", help="input (bench.py names); default per model")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per point (its spread is the noise)")
-    parser.add_argument("--min-drop", type=float, default=0.03,
-                        help="a larger batch is pruned only when also this much slower (median) beyond the noise")
-    parser.add_argument("--quick", action="store_true", help="small grid, 2 repeats, under 5 minutes")
-    parser.add_argument("--out", help="default results/tune/<model>")
-    args = parser.parse_args(argv)
+def settle(args) -> None:
+    """What --quick implies, and the input: the one named, or the default of the model's kind (ValueError
+    for a kind without one)."""
     if args.quick:
         args.threads, args.batch_sizes, args.delays, args.seconds, args.warmup = [1], [1, 4, 8], [5], 3, 1
         args.repeats = min(args.repeats, 2)
     kind = load_declaration(args.model).kind
     if not args.workload and kind not in WORKLOAD_OF_KIND:
-        parser.error(f"no default input for a {kind}: pass --workload (one of bench.py's inputs)")
+        raise ValueError(f"no default input for a {kind}: pass --workload (one of bench.py's inputs)")
     args.workload = args.workload or default_workload(args.model)
-    out = args.out or os.path.join(REPO, "results", "tune", args.model)
-    cores = psutil.cpu_count(logical=True)
-    workload = make_inputs(os.path.join(out, "inputs"))[args.workload]
 
+
+def sweep(args, workload: dict) -> List[dict]:
+    """Every point of the grid on one server of its own (always stopped), pruned as `prune` says."""
+    cores = psutil.cpu_count(logical=True)
     workdir = tempfile.mkdtemp(prefix="tune-server-")
-    sweep = Sweep(args.model, workdir)
+    tuning = Sweep(args.model, workdir)
     rows: List[dict] = []
     total = sum(1 for t in args.threads for w in args.workers if w * t <= cores) * len(args.delays) * len(args.batch_sizes)
     progress = tqdm(total=total, desc=f"tune {args.model}", unit="point")
-    sweep.server.start()
+    tuning.server.start()
     try:
-        sweep.server.wait_ready([], timeout=120)
+        tuning.server.wait_ready([], timeout=120)
         for threads in args.threads:
             workers_list = [w for w in args.workers if w * threads <= cores]
             if not workers_list:
                 continue
-            name = variant_archive(args.model, threads, sweep.store)
+            name = variant_archive(args.model, threads, tuning.store)
             for delay in args.delays:
                 best_so_far: Dict[int, dict] = {}
                 stopped = set()
@@ -291,32 +289,35 @@ def main(argv=None) -> int:
                     if len(stopped) == len(workers_list):
                         progress.update(len(workers_list))
                         continue
-                    sweep.register(name, batch, delay, workers_list[0])
+                    tuning.register(name, batch, delay, workers_list[0])
                     try:
                         for workers in workers_list:
                             progress.update(1)
                             if workers in stopped:
                                 continue
-                            sweep.scale(name, workers)
-                            result = sweep.measure(name, args.workload, workload, args.concurrency, args.seconds,
+                            tuning.scale(name, workers)
+                            result = tuning.measure(name, args.workload, workload, args.concurrency, args.seconds,
                                                    args.warmup, args.repeats)
                             row = dict(result, workers=workers, threads=threads, batch=batch, delay=delay)
                             rows.append(row)
                             prune(row, best_so_far, workers, stopped, args.min_drop)
                     finally:
-                        sweep.unregister(name)
+                        tuning.unregister(name)
     finally:
         progress.close()
-        sweep.server.stop()
+        tuning.server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+    return rows
 
+
+def run(args) -> int:
+    """The sweep, the choice and the report (settled args: see `settle`); 2 when no point met the target."""
+    out = args.out or os.path.join(REPO, "results", "tune", args.model)
+    workload = make_inputs(os.path.join(out, "inputs"))[args.workload]
+    rows = sweep(args, workload)
     best = choose(rows, args.p99_ms)
     write_outputs(out, args.model, rows, best, args)
     with open(os.path.join(out, "frontier.md"), encoding="utf-8") as f:
         print(f.read())
     print(f"written: {out}/frontier.md, frontier.png, config-fragment.properties, model-config-values.yaml")
     return 0 if best else 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """tsctl: a small command line for TorchServe's inference and management APIs (token auth aware).
 
     tsctl.py predict mobilenet_v2 cat.jpg [--topk 3]
@@ -42,7 +41,7 @@ from typing import Tuple
 from tskit.client import ClientError, TorchServeClient, file_body
 from tskit.rollout import rollout
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_KEY_FILE = os.environ.get("TS_KEY_FILE", os.path.join(REPO, "key_file.json"))
 DEFAULT_INFERENCE = os.environ.get("TS_INFERENCE_URL", "http://127.0.0.1:8080")
 DEFAULT_MANAGEMENT = os.environ.get("TS_MANAGEMENT_URL", "http://127.0.0.1:8081")

@@ -1,4 +1,5 @@
-"""make kserve: the storage layout KServe's TorchServe runtime mounts, from this repo's archives.
+"""The storage layout KServe's TorchServe runtime mounts, from this repo's archives (make kserve:
+scripts/kserve_layout.py is its command).
 
     <out>/cpu/config/config.properties   <out>/cpu/config/metrics.yaml   <out>/cpu/config/log4j2.xml
     <out>/cpu/model-store/*.mar
@@ -39,16 +40,14 @@ step with the declarations it ships: the sum over served models of batchSize x m
 (tskit.autoscaling, docs/autoscaling.md), so a changed batch size reaches the cluster's limit too.
 """
 
-import argparse
 import json
 import os
 import shutil
 from typing import Dict, List
 
-from tskit.server import REPO
 from tskit.properties import read_properties, write_properties
 from tskit.autoscaling import container_concurrency, sync_manifests
-from tskit.declaration import served
+from tskit.declaration import REPO, served
 
 LOG_CONFIG = "-Dlog4j.configurationFile="
 
@@ -122,25 +121,19 @@ def write_layout(out: str, root: str, bind: str, metrics_bind: str, ports: Dict[
         link_or_copy(os.path.join(REPO, "model_store", f"{name}.mar"), os.path.join(out, "model-store", f"{name}.mar"))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=os.path.join(REPO, "build", "kserve"))
-    parser.add_argument("--root", default="/mnt/models", help="where KServe mounts the storage in the pod")
-    parser.add_argument("--bind", default="127.0.0.1", help="TorchServe's inference, management and gRPC listeners")
-    parser.add_argument("--metrics-bind", default="0.0.0.0", help="the metrics listener (Prometheus scrapes the pod IP)")
-    parser.add_argument("--ports", default="8085,8085,8082,7070,7071",
-                        help="inference,management,metrics,grpc_inference,grpc_management")
-    parser.add_argument("--variants", nargs="+", default=["cpu", "gpu"], choices=["cpu", "gpu"])
-    args = parser.parse_args()
-    keys = ["inference", "management", "metrics", "grpc_inference", "grpc_management"]
-    ports = dict(zip(keys, (int(p) for p in args.ports.split(","))))
-    for variant in args.variants:
-        write_layout(os.path.join(args.out, variant), args.root, args.bind, args.metrics_bind, ports,
-                     1 if variant == "gpu" else 0)
-        print(f"KServe layout ({variant}): {os.path.join(args.out, variant)}")
+PORT_KEYS = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
+
+
+def parse_ports(text: str) -> Dict[str, int]:
+    """"8085,8085,8082,7070,7071" -> {"inference": 8085, ...} (PORT_KEYS' order)."""
+    return dict(zip(PORT_KEYS, (int(p) for p in text.split(","))))
+
+
+def kserve(out: str, root: str, bind: str, metrics_bind: str, ports: Dict[str, int], variants: List[str],
+           log=print) -> None:
+    """The layout of each variant ("cpu", "gpu") under `out`, and the manifests' containerConcurrency in step."""
+    for variant in variants:
+        write_layout(os.path.join(out, variant), root, bind, metrics_bind, ports, 1 if variant == "gpu" else 0)
+        log(f"KServe layout ({variant}): {os.path.join(out, variant)}")
     for path in sync_manifests():
-        print(f"{os.path.relpath(path, REPO)}: containerConcurrency set to {container_concurrency()} from models/*/model.yaml")
-
-
-if __name__ == "__main__":
-    main()
+        log(f"{os.path.relpath(path, REPO)}: containerConcurrency set to {container_concurrency()} from models/*/model.yaml")

@@ -1,4 +1,4 @@
-"""`make profile`'s engine (scripts/profile_model.py) on a real TorchServe: every worker of the model writes its
+"""`make profile`'s engine (benchkit.profiling) on a real TorchServe: every worker of the model writes its
 Chrome trace and top-operator table after N batches, under the phases the handler labels."""
 
 import json
@@ -9,7 +9,7 @@ import yaml
 
 from support import MODEL_STORE
 from tskit import declaration as declarations
-from profile_model import profile
+from benchkit.profiling import profile
 
 MODEL = "minilm_topics"
 

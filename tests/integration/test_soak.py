@@ -1,4 +1,4 @@
-"""The short form of `make soak` (scripts/soak.py) against the session server: every answer checked,
+"""The short form of `make soak` (scripts/soak.py, benchkit.soak) against the session server: every answer checked,
 zero errors, no worker restart, worker memory growth after warm-up under 10%, and a last phase at 4x the
 concurrency answered without an error.
 
@@ -8,7 +8,8 @@ about half a minute on the 2-core machine.
 
 import os
 
-from soak import MODELS, soak
+from benchkit.soak import soak
+from tskit.checked_load import MODELS
 
 SOAK_REQUESTS = int(os.environ.get("SOAK_REQUESTS", "600"))
 

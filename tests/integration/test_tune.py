@@ -43,7 +43,7 @@ def test_quick_tune_writes_a_config_that_loads_and_reproduces(tmp_path, tmp_path
     # TorchServe), the entry into config.properties; then a fresh server and a fresh measurement.
     from benchkit.workloads import load_point, make_inputs
     from benchkit.checks import answer_check
-    from tune import variant_archive
+    from benchkit.tune import variant_archive
 
     workdir = str(tmp_path / "fresh")
     store = os.path.join(workdir, "model_store")

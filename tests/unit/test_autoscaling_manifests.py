@@ -11,7 +11,6 @@ import shutil
 import subprocess
 
 import pytest
-import yaml
 
 from tskit.properties import read_properties
 from tskit.server import REPO
