@@ -12,12 +12,12 @@ import base64
 import json
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-import requests
-
+from tskit.client import TorchServeClient
 from tskit.declaration import REPO
 
 HEADLINES = os.path.join(REPO, "tests", "data", "topic_headlines.json")
@@ -52,12 +52,16 @@ def probes(kind: str, min_images: int = 100, extra_texts: Optional[Dict[str, str
     return out
 
 
-def collect(url: str, headers: Dict[str, str], items: List[Probe], workers: int = 4) -> List[object]:
-    """The parsed answer to each probe, or the error as a string."""
+def collect(client: TorchServeClient, model: str, items: List[Probe], workers: int = 4) -> List[object]:
+    """The parsed answer of `model` to each probe (through tskit.client, one session per thread), or the error
+    as a string."""
+    local = threading.local()
+
     def ask(probe: Probe):
         try:
-            response = requests.post(url, data=probe.body, timeout=120,
-                                     headers={"Content-Type": probe.content_type, **headers})
+            if not hasattr(local, "client"):
+                local.client = client.with_session()
+            response = local.client.infer(model, probe.body, probe.content_type, timeout=120)
             if response.status_code != 200:
                 return f"status {response.status_code}: {response.text[:200]}"
             return response.json()

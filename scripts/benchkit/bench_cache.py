@@ -12,6 +12,7 @@ from benchkit.archives import copy_archive
 from benchkit.checks import answer_check
 from benchkit.bench_servers import STORE, declared, server_cpu_seconds
 from benchkit.bench_formats import Management
+from tskit.client import TorchServeClient
 from tskit.respec import with_settings
 from tskit.server import TorchServe
 
@@ -27,7 +28,7 @@ def cache_section(server: TorchServe, args, workloads: Dict[str, dict], rows: Li
     decls = declared()
     manage = Management(server)
     store = server.props["model_store"]
-    headers = server.auth_headers("inference")
+    client = server.client()
     for base in args.cache_models:
         decl = decls[base]
         off, on = base + "_nocache", base + cache_bench.CACHE_SUFFIX
@@ -41,7 +42,7 @@ def cache_section(server: TorchServe, args, workloads: Dict[str, dict], rows: Li
             for name in (off, on):
                 manage.register(name, decl)
                 registered.append(name)
-            cache_points(server, args, base, decl.kind, {"off": off, "on": on}, workloads, headers, rows, log)
+            cache_points(server, args, base, decl.kind, {"off": off, "on": on}, workloads, client, rows, log)
         except Exception as err:  # a failed setup is a failed row, not a crashed bench
             rows.append({"setup": "K", "model": on, "base": base, "workload": "cache", "stream": "setup",
                          "cache": "on", "round": 0, "concurrency": args.cache_concurrency, "requests": 0,
@@ -57,18 +58,18 @@ def cache_section(server: TorchServe, args, workloads: Dict[str, dict], rows: Li
 
 
 def cache_points(server: TorchServe, args, base: str, kind: str, names: Dict[str, str], workloads: Dict[str, dict],
-                 headers: Dict[str, str], rows: List[dict], log) -> None:
+                 client: TorchServeClient, rows: List[dict], log) -> None:
     workload_name = "jpeg_640x480" if kind == "image-classifier" else "text_medium"
     workload = workloads[workload_name]
-    checks = {side: answer_check(f"{server.inference_url}/predictions/{name}", headers, workload_name, workload, kind)
+    checks = {side: answer_check(client, name, workload_name, workload, kind)
               for side, name in names.items()}
     for side, name in names.items():  # warm-up: the lone input, which no stream sends again
         with open(workload["path"], "rb") as f:
-            cache_bench.run_stream(f"{server.inference_url}/predictions/{name}", headers, workload["content_type"],
+            cache_bench.run_stream(client, name, workload["content_type"],
                                    cache_bench.Stream([f.read()], [0] * 2 * args.cache_concurrency),
                                    args.cache_concurrency, checks[side])
     # the warm-up's counts in before the first point reads its "before"
-    cache_bench.settled_counts(server.metrics_url, names["on"], 2 * args.cache_concurrency)
+    cache_bench.settled_counts(client, names["on"], 2 * args.cache_concurrency)
     salt = 0
     for stream_index, (stream_name, share) in enumerate(cache_bench.STREAMS.items()):
         for round_index in range(args.cache_rounds):
@@ -82,16 +83,16 @@ def cache_points(server: TorchServe, args, base: str, kind: str, names: Dict[str
                 # off and on of a round: the same order of new and repeated inputs (the seed), new inputs
                 stream = cache_bench.make_stream(args.cache_requests, share, new, seed=100 * stream_index + round_index)
                 name = names[side]
-                before = cache_bench.cache_counts(server.metrics_url, name) if side == "on" else (0, 0)
+                before = cache_bench.cache_counts(client, name) if side == "on" else (0, 0)
                 cpu = server_cpu_seconds(server)
-                result = cache_bench.run_stream(f"{server.inference_url}/predictions/{name}", headers,
-                                                workload["content_type"], stream, args.cache_concurrency, checks[side])
+                result = cache_bench.run_stream(client, name, workload["content_type"], stream, args.cache_concurrency,
+                                                checks[side])
                 row = dict(result, setup="K", model=name, base=base, workload=f"{workload_name} {stream_name}",
                            stream=stream_name, cache=side, round=round_index + 1,
                            concurrency=args.cache_concurrency, check=checks[side].describe() + " (every answer)",
                            server_cores=(server_cpu_seconds(server) - cpu) / result["seconds"])
                 if side == "on":
-                    hits, misses = cache_bench.settled_counts(server.metrics_url, name, sum(before) + len(stream.order))
+                    hits, misses = cache_bench.settled_counts(client, name, sum(before) + len(stream.order))
                     row.update(hits=hits - before[0], misses=misses - before[1])
                     looked = row["hits"] + row["misses"]
                     row["hit_ratio"] = row["hits"] / looked if looked else None

@@ -10,7 +10,7 @@ from typing import Dict, List
 from benchkit import agreement, inprocess, variants
 from benchkit.archives import unpack
 from benchkit.workloads import MAIN_WORKLOAD, TEXTS, load_point, load_url
-from benchkit.checks import answer_check
+from benchkit.checks import answer_check, check_answer
 from benchkit.litserve_peer import LitServePeer
 from benchkit.bench_servers import declared, free_port
 from benchkit.bench_points import checked_point
@@ -75,7 +75,7 @@ def model_formats(server: TorchServe, args, decl, plan, workloads: Dict[str, dic
     """One model's built variants served side by side: agreement with the fp32 reference, the load rounds,
     the choice; (J) and (L) for the chosen one. `registered` collects what the caller unregisters."""
     kind, workload_name = decl.kind, MAIN_WORKLOAD[decl.kind]
-    workload, headers, top = workloads[workload_name], server.auth_headers("inference"), max(args.concurrency)
+    workload, client, top = workloads[workload_name], server.client(), max(args.concurrency)
     checks, answers = {}, {}
     probes = agreement.probes(kind, args.agreement_images, {f"text_{k}": t for k, t in TEXTS.items()})
     for variant in (v for v in plan if v.archive):
@@ -83,9 +83,8 @@ def model_formats(server: TorchServe, args, decl, plan, workloads: Dict[str, dic
         try:
             manage.register(variant.name, variant.declaration)
             registered.append(variant.name)
-            url = f"{server.inference_url}/predictions/{variant.name}"
-            checks[variant.name] = answer_check(url, headers, workload_name, workload, kind)
-            answers[variant.name] = agreement.collect(url, headers, probes)
+            checks[variant.name] = answer_check(client, variant.name, workload_name, workload, kind)
+            answers[variant.name] = agreement.collect(client, variant.name, probes)
         except Exception as err:
             variant.error = f"serving failed: {type(err).__name__}: {err}"[:300]
             log(f"  {variant.name}: {variant.error}")
@@ -164,9 +163,7 @@ def references(server: TorchServe, args, variant: variants.Variant, workload_nam
     if not args.no_peer:
         json_workload = workloads[json_name]
         kind = variant.declaration.kind
-        headers = server.auth_headers("inference")
-        url = f"{server.inference_url}/predictions/{variant.name}"
-        check = answer_check(url, headers, json_name, json_workload, kind)
+        check = answer_check(server.client(), variant.name, json_name, json_workload, kind)
         out["F_json"] = checked_point(rows, {"setup": "F", "model": variant.name, "workload": json_name,
                                              "concurrency": top},
                                       lambda seconds: load_point(server, variant.name, json_workload, top, seconds,
@@ -175,7 +172,7 @@ def references(server: TorchServe, args, variant: variants.Variant, workload_nam
         peer = LitServePeer(variant.archive, free_port(), os.path.join(args.out, f"litserve-{variant.name}.log"))
         try:
             peer.start()
-            check = answer_check(peer.url, {}, json_name, json_workload, kind)
+            check = check_answer(peer.ask(json_workload), peer.url, json_name, kind)
             out["L"] = checked_point(rows, {"setup": "L", "model": f"litserve:{variant.name}", "workload": json_name,
                                             "concurrency": top},
                                      lambda seconds: load_url(peer.url, None, json_workload, top, seconds,

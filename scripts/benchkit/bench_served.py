@@ -19,7 +19,7 @@ def served_section(server: TorchServe, args, groups, inputs: Dict[str, dict], ki
                    rows: List[dict], log) -> None:
     """Each group's points in benchkit.plan's interleaved order, every one checked; then (C) for that
     input, right after, so that drift between (B) and (C) stays small (the server idles meanwhile)."""
-    headers = server.auth_headers("inference")
+    client = server.client()
     decls = declared()
     progress = tqdm(total=sum(len(g.points) for g in groups), desc="bench", unit="point")
     for group in groups:
@@ -29,8 +29,8 @@ def served_section(server: TorchServe, args, groups, inputs: Dict[str, dict], ki
             if point.model not in checks:
                 try:
                     checks[point.model] = answer_check(
-                        f"{server.inference_url}/predictions/{point.model}", headers, group.workload, workload,
-                        kinds[group.base], stock=point.setup in ("A", "A2"), pipeline=point.setup == "P")
+                        client, point.model, group.workload, workload, kinds[group.base],
+                        stock=point.setup in ("A", "A2"), pipeline=point.setup == "P")
                 except Exception as err:  # wrong even alone: each of its points is a failed row, not timed
                     checks[point.model] = f"the lone answer is wrong: {type(err).__name__}: {err}"[:300]
             check = checks[point.model]

@@ -19,12 +19,13 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import requests
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from tskit.client import TorchServeClient
 from tskit.load import AnswerCheck, percentile
 
 REPEAT_SHARE = 0.3
@@ -79,15 +80,17 @@ def text_variant(text: str, salt: int) -> Callable[[int], bytes]:
     return lambda index: f"{text} Reference {salt}-{index}.".encode("utf-8")
 
 
-def run_stream(url: str, headers: Dict[str, str], content_type: str, stream: Stream, concurrency: int,
+def run_stream(client: TorchServeClient, model: str, content_type: str, stream: Stream, concurrency: int,
                check: AnswerCheck) -> dict:
-    """Send the stream with `concurrency` clients, in order; every answer checked. A row's numbers."""
+    """Send the stream to `model` with `concurrency` clients, in order; every answer checked. A row's numbers.
+    A load generator: a session of its own per client thread, with the URL and token of tskit.client."""
+    url = client.prediction_url(model)
     lock = threading.Lock()
     position = iter(range(len(stream.order)))
     latencies: List[float] = []
     failures: List[str] = []
     counts = {"checked": 0, "wrong": 0}
-    headers = dict(headers, **{"Content-Type": content_type})
+    headers = dict(client.auth_headers("inference"), **{"Content-Type": content_type})
 
     def client() -> None:
         session = requests.Session()
@@ -132,9 +135,9 @@ def run_stream(url: str, headers: Dict[str, str], content_type: str, stream: Str
             "inputs": len(stream.bodies), "repeats": stream.repeats}
 
 
-def cache_counts(metrics_url: str, model: str) -> Tuple[float, float]:
+def cache_counts(client: TorchServeClient, model: str) -> Tuple[float, float]:
     """(CacheHits, CacheMisses) of `model` on the metrics port, summed over its workers."""
-    text = requests.get(f"{metrics_url}/metrics", timeout=30).text
+    text = client.metrics()
     totals = {"CacheHits": 0.0, "CacheMisses": 0.0}
     for family in text_string_to_metric_families(text):
         if family.name in totals:
@@ -143,14 +146,14 @@ def cache_counts(metrics_url: str, model: str) -> Tuple[float, float]:
     return totals["CacheHits"], totals["CacheMisses"]
 
 
-def settled_counts(metrics_url: str, model: str, at_least: float, timeout_s: float = 10) -> Tuple[float, float]:
+def settled_counts(client: TorchServeClient, model: str, at_least: float, timeout_s: float = 10) -> Tuple[float, float]:
     """The counters once they count at least `at_least` items: the frontend exports what the workers
     logged, a moment after the answers left (polled: there is no event to wait on)."""
     deadline = time.monotonic() + timeout_s
-    counts = cache_counts(metrics_url, model)
+    counts = cache_counts(client, model)
     while sum(counts) < at_least and time.monotonic() < deadline:
         time.sleep(0.2)
-        counts = cache_counts(metrics_url, model)
+        counts = cache_counts(client, model)
     return counts
 
 

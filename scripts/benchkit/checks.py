@@ -8,10 +8,11 @@ load generator (tskit.load; wrk's tskit/wrk_checked.lua); each row records how m
 were checked, how many were wrong, and the first failure. check_table() reports them per row.
 """
 
-from typing import Dict, Iterable, List, Optional
+from typing import Iterable, List, Optional
 
 import requests
 
+from tskit.client import TorchServeClient
 from tskit.load import AnswerCheck
 
 # Right answers where known: the photo is skimage's chelsea (a cat); the texts' topics.
@@ -34,14 +35,20 @@ def expected_first(kind: str, workload_name: str, labels: Iterable[str]) -> Opti
     return None
 
 
-def answer_check(url: str, headers: Dict[str, str], workload_name: str, workload: dict, kind: str,
+def answer_check(client: TorchServeClient, model: str, workload_name: str, workload: dict, kind: str,
                  stock: bool = False, pipeline: bool = False) -> AnswerCheck:
-    """One request before timing: the answer must be right. Returns the check that a sample of every load
-    point's answers must pass (the right top-1 label and the top-k length; an embedding's cosine with this
-    one). Raises AssertionError when even the lone answer is wrong."""
+    """One request to `model` before timing (through tskit.client): the answer must be right. Returns the check
+    that a sample of every load point's answers must pass (see `check_answer`). Raises AssertionError when even
+    the lone answer is wrong."""
     with open(workload["path"], "rb") as f:
-        response = requests.post(url, data=f.read(), timeout=120,
-                                 headers={"Content-Type": workload["content_type"], **headers})
+        response = client.infer(model, f.read(), workload["content_type"], timeout=120)
+    return check_answer(response, client.prediction_url(model), workload_name, kind, stock, pipeline)
+
+
+def check_answer(response: requests.Response, url: str, workload_name: str, kind: str, stock: bool = False,
+                 pipeline: bool = False) -> AnswerCheck:
+    """A lone answer from `url` checked: the check a sample of every load point's answers must then pass (the
+    right top-1 label and the top-k length; an embedding's cosine with this one). AssertionError when wrong."""
     if response.status_code != 200:
         raise AssertionError(f"{url} answered {response.status_code}: {response.text[:300]}")
     answer = response.json()

@@ -10,11 +10,10 @@ read with request_payload as the TorchServe handlers read the same body; it answ
 """
 
 import argparse
-import os
 import subprocess
 import sys
 import time
-from typing import List, Optional
+from typing import Optional
 
 import psutil
 import requests
@@ -69,6 +68,12 @@ class LitServePeer:
                 pass
             time.sleep(0.5)
         raise TimeoutError(f"LitServe not healthy after {timeout:.0f} s; log: {self.log_path}\n" + self.log_tail())
+
+    def ask(self, workload: dict) -> requests.Response:
+        """One request with a workload's body (LitServe's JSON), the response whatever its status."""
+        with open(workload["path"], "rb") as f:
+            return requests.post(self.url, data=f.read(), headers={"Content-Type": workload["content_type"]},
+                                 timeout=120)
 
     def log_tail(self, lines: int = 20) -> str:
         with open(self.log_path, encoding="utf-8", errors="replace") as f:

@@ -121,20 +121,19 @@ def serve_and_probe(server, built: List[variants.Variant], entries: Dict[str, di
     Returns ({variant: its answer check}, {variant: its probe answers})."""
     from benchkit.checks import answer_check
 
-    client, headers = server.client(timeout=900), server.auth_headers("inference")
+    client = server.client(timeout=900)
     store = server.props["model_store"]
     checks, answers = {}, {}
     for variant in built:
         e = entries[variant.name]
         shutil.copy(variant.archive, os.path.join(store, f"{variant.name}.mar"))
-        url = f"{server.inference_url}/predictions/{variant.name}"
         try:
             ts = variant.declaration.torchserve
             client.register(f"{variant.name}.mar", model_name=variant.name, initial_workers=ts.get("minWorkers", 1),
                             batch_size=ts.get("batchSize", 1), max_batch_delay=ts.get("maxBatchDelay", 100),
                             response_timeout=ts.get("responseTimeout", 120))
-            checks[variant.name] = answer_check(url, headers, *named_workload, kind)
-            answers[variant.name] = agreement.collect(url, headers, probes)
+            checks[variant.name] = answer_check(client, variant.name, *named_workload, kind)
+            answers[variant.name] = agreement.collect(client, variant.name, probes)
             log(f"{variant.label}: serving, {len(probes)} agreement probes answered")
         except Exception as err:
             cause = worker_error(server.model_log, variant.name)
@@ -150,11 +149,12 @@ def serve_and_probe(server, built: List[variants.Variant], entries: Dict[str, di
 
 def load_rounds(server, serving: List[variants.Variant], checks: dict, workload: dict, args, log) -> Dict[str, List[dict]]:
     """args.rounds passes over the serving variants, every other one reversed: {variant: its load points}."""
-    token = server.keys()["inference"]
+    client = server.client()
+    token = client.key("inference")
     points: Dict[str, List[dict]] = {v.name: [] for v in serving}
     for round_index in range(args.rounds):
         for variant in (serving if round_index % 2 == 0 else serving[::-1]):
-            url = f"{server.inference_url}/predictions/{variant.name}"
+            url = client.prediction_url(variant.name)
             warm = load(url, token, workload, args.concurrency, args.warmup, checks[variant.name]) if args.warmup else {}
             point = load(url, token, workload, args.concurrency, args.seconds, checks[variant.name])
             point["warmup_errors"] = warm.get("errors", 0)

@@ -49,11 +49,11 @@ def worker_pids(server: TorchServe, model: str) -> List[int]:
 def point(side: Side, workload_name: str, workload: dict, kind: str, connections: int, seconds: float,
           load: Callable[..., LoadResult]) -> dict:
     """One overload point: the load, then what it did to the workers."""
-    url = f"{side.server.inference_url}/predictions/{side.model}"
-    check = answer_check(url, side.server.auth_headers("inference"), workload_name, workload, kind,
-                         stock=side.name == "stock")
+    client = side.server.client()
+    check = answer_check(client, side.model, workload_name, workload, kind, stock=side.name == "stock")
     before = worker_pids(side.server, side.model)
-    result = load(url, side.server.keys()["inference"], workload, connections, seconds, check=check)
+    result = load(client.prediction_url(side.model), client.key("inference"), workload, connections, seconds,
+                  check=check)
     after = worker_pids(side.server, side.model)
     refused = result.refused
     return {"setup": "O", "server": side.name, "model": side.base, "workload": workload_name,

@@ -109,8 +109,7 @@ def soak(inference_url: str, management_url: str, key_file: Optional[str], reque
 def references(server: TorchServeClient, specs: List) -> None:
     """Each distinct request alone: its reference answer (and a first check of it)."""
     for spec in specs:
-        response = server.request("inference", "POST", f"/predictions/{spec.model}", data=spec.body,
-                                  headers={"Content-Type": spec.content_type})
+        response = server.infer(spec.model, spec.body, spec.content_type)
         problem = check(spec, response.status_code, response.content)
         if problem:
             raise RuntimeError(f"{spec.model} {spec.name} is wrong even alone: {problem}")

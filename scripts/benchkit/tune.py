@@ -109,8 +109,7 @@ class Sweep:
                 warmup: float, repeats: int) -> dict:
         """One point: a lone checked answer, a warm-up, `repeats` timed runs; every run's answers checked."""
         try:
-            check = answer_check(f"{self.server.inference_url}/predictions/{name}",
-                                 self.server.auth_headers("inference"), workload_name, workload, self.kind)
+            check = answer_check(self.client, name, workload_name, workload, self.kind)
         except Exception as err:  # wrong even alone: a failed point, not timed
             return {"errors": 1, "warmup_errors": 0, "throughput": 0.0, "p50_ms": float("nan"),
                     "p99_ms": float("nan"), "spread": float("nan"), "runs": [],

@@ -68,5 +68,6 @@ def load_url(url: str, token: Optional[str], workload: dict, concurrency: int, s
 def load_point(server, model: str, workload: dict, concurrency: int, seconds: float,
                generator: str = "auto", check: Optional[AnswerCheck] = None) -> LoadResult:
     """Load `model` with one of the bench's inputs; generator "auto" is wrk when installed."""
-    return load_url(f"{server.inference_url}/predictions/{model}", server.keys()["inference"], workload,
-                    concurrency, seconds, generator, check)
+    client = server.client()
+    return load_url(client.prediction_url(model), client.key("inference"), workload, concurrency, seconds, generator,
+                    check)

@@ -136,12 +136,19 @@ class TorchServeClient:
     """HTTP calls with the right token; `key_file=None` for a server without token auth."""
 
     def __init__(self, inference_url: str = "http://127.0.0.1:8080", management_url: str = "http://127.0.0.1:8081",
-                 key_file: Optional[str] = None, timeout: float = 60, session: Optional[requests.Session] = None):
+                 key_file: Optional[str] = None, timeout: float = 60, session: Optional[requests.Session] = None,
+                 metrics_url: Optional[str] = None):
         self.inference_url = inference_url.rstrip("/")
         self.management_url = management_url.rstrip("/")
+        self.metrics_url = metrics_url.rstrip("/") if metrics_url else None
         self.keys = KeyFile(key_file) if key_file else None
         self.timeout = timeout
         self.session = session or requests.Session()
+
+    def with_session(self) -> "TorchServeClient":
+        """The same server, keys and timeout over an HTTP session of its own (one per thread)."""
+        return TorchServeClient(self.inference_url, self.management_url, self.key_file, self.timeout,
+                                metrics_url=self.metrics_url)
 
     @property
     def key_file(self) -> Optional[str]:
@@ -222,8 +229,19 @@ class TorchServeClient:
         return self.call("inference", "GET", "/ping")
 
     def predict(self, model: str, body: bytes, content_type: str, version: Optional[str] = None) -> dict:
-        path = f"/predictions/{model}" + (f"/{version}" if version else "")
-        return self.call("inference", "POST", path, data=body, headers={"Content-Type": content_type})
+        return self.call("inference", "POST", prediction_path(model, version), data=body,
+                         headers={"Content-Type": content_type})
+
+    def infer(self, model: str, body: bytes, content_type: str, version: Optional[str] = None,
+              **kwargs) -> requests.Response:
+        """One prediction, the response whatever its status (for checks that judge the answer themselves)."""
+        return self.request("inference", "POST", prediction_path(model, version), data=body,
+                            headers={"Content-Type": content_type}, **kwargs)
+
+    def prediction_url(self, model: str, version: Optional[str] = None) -> str:
+        """The prediction URL of a model, for a load generator that sends it requests on its own sessions
+        (with `key("inference")` as its token)."""
+        return self.inference_url + prediction_path(model, version)
 
     def predict_file(self, model: str, path: str, topk: Optional[int] = None, version: Optional[str] = None) -> dict:
         return self.predict(model, *file_body(path, topk), version=version)
@@ -279,12 +297,26 @@ class TorchServeClient:
     def workers(self, model: str, version: Optional[str] = None) -> list:
         return self.describe(model, version)[0].get("workers", [])
 
+    # -- metrics ------------------------------------------------------------------------------
+    def metrics(self) -> str:
+        """The metrics port's /metrics (Prometheus text; no token: TorchServe's metrics API takes none)."""
+        if not self.metrics_url:
+            raise ClientError("this client was given no metrics address")
+        response = self._send("GET", f"{self.metrics_url}/metrics")
+        if response.status_code != 200:
+            raise ClientError(f"{self.metrics_url}/metrics: {describe_error(response)}")
+        return response.text
+
     # -- gRPC ---------------------------------------------------------------------------------
     def grpc(self, inference_address: str = "127.0.0.1:7070", management_address: str = "127.0.0.1:7071"):
         """The same server over TorchServe's gRPC APIs, with this client's keys (as metadata)."""
         from tskit.grpc_client import GrpcClient
 
         return GrpcClient(self, inference_address, management_address, self.timeout)
+
+
+def prediction_path(model: str, version: Optional[str] = None) -> str:
+    return f"/predictions/{model}" + (f"/{version}" if version else "")
 
 
 def store_archive(name: str) -> str:

@@ -67,9 +67,8 @@ def measure(client: TorchServeClient, side: Side, inputs: Dict[str, Tuple[bytes,
     def one(i: int) -> Optional[float]:
         body, kind = bodies[i % len(bodies)]
         started = time.perf_counter()
-        path = f"/predictions/{side.model}" + (f"/{side.version}" if side.version else "")
         try:
-            response = client.request("inference", "POST", path, data=body, headers={"Content-Type": kind})
+            response = client.infer(side.model, body, kind, side.version)
         except ClientError:
             return None
         return (time.perf_counter() - started) * 1e3 if response.status_code == 200 else None

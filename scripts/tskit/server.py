@@ -142,7 +142,7 @@ class TorchServe:
     def client(self, timeout: float = 120) -> TorchServeClient:
         """The package's one client (tskit.client), with this server's addresses and key file."""
         return TorchServeClient(self.inference_url, self.management_url,
-                                self.key_file if self.token_auth else None, timeout)
+                                self.key_file if self.token_auth else None, timeout, metrics_url=self.metrics_url)
 
     @property
     def model_log(self) -> str:

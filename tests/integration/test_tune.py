@@ -52,16 +52,12 @@ def test_quick_tune_writes_a_config_that_loads_and_reproduces(tmp_path, tmp_path
     variant_archive(MODEL, values["handler"]["intraOpThreads"], store, frontend, name=MODEL)
     server = private_server(workdir, model_store=store, load_models=f"{MODEL}.mar", models=fragment["models"])
     with running(server, [MODEL]):
-        import requests
-
-        described = requests.get(f"{server.management_url}/models/{MODEL}", headers=server.auth_headers("management"),
-                                 timeout=30).json()[0]
+        described = server.client().describe(MODEL)[0]
         assert (described["batchSize"], described["maxBatchDelay"], len(described["workers"])) == \
             (best["batch"], best["delay"], best["workers"])
         workload = make_inputs(os.path.join(workdir, "inputs"))[report["workload"]]
         # the lone answer must be right (a cat); then a sample of the load's answers must match it
-        check = answer_check(f"{server.inference_url}/predictions/{MODEL}", server.auth_headers("inference"),
-                             report["workload"], workload, "image-classifier")
+        check = answer_check(server.client(), MODEL, report["workload"], workload, "image-classifier")
         load_point(server, MODEL, workload, report["concurrency"], 1, check=check)  # warm-up
         again = load_point(server, MODEL, workload, report["concurrency"], 4, check=check)
     assert again.requests > 0 and again.errors == 0, again.first_error
