@@ -70,7 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grpc-inference", default=os.environ.get("TS_GRPC_INFERENCE", "127.0.0.1:7070"))
     parser.add_argument("--grpc-management", default=os.environ.get("TS_GRPC_MANAGEMENT", "127.0.0.1:7071"))
     sub = parser.add_subparsers(dest="command", required=True)
+    add_api_commands(sub)
+    add_tool_commands(sub)
+    return parser
 
+
+def add_api_commands(sub) -> None:
+    """The subcommands that are one call of TorchServe's inference or management API each."""
     p = sub.add_parser("predict", help="send an image file, a .txt file or --text to a model")
     p.add_argument("model")
     p.add_argument("file", nargs="?", help="image (sent raw with its type) or .txt (sent as text/plain)")
@@ -105,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("version", nargs="?")
 
+
+def add_tool_commands(sub) -> None:
+    """compare, token and rollout: the subcommands that are more than one call."""
     p = sub.add_parser("compare", help="A/B: send every input to two models (or model/version) and report "
                                         "agreement and speed")
     p.add_argument("a", help="model or model/version")
@@ -127,7 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="s the old version's queue must stay empty before it is unregistered (default 3)")
     p.add_argument("--drain-timeout", type=float, default=300)
     p.add_argument("--keep-old", action="store_true", help="keep the old version registered (not the default)")
-    return parser
 
 
 GRPC_COMMANDS = ("predict", "ping", "list", "describe", "scale")

@@ -1,6 +1,7 @@
 """The one client of TorchServe's APIs: tokens, renewal on expiry, bounded retries, HTTP and gRPC.
 
-tsctl, ts_server, soak, tune, bench and the tests all talk to a server through `TorchServeClient`:
+tsctl (tskit.cli), tskit.server, benchkit (bench, tune, soak, optimize, profile) and the tests all talk to a
+server through `TorchServeClient`:
 
     client = TorchServeClient("http://127.0.0.1:8080", "http://127.0.0.1:8081", "key_file.json")
     client.predict("mobilenet_v2", jpeg_bytes, "image/jpeg")
