@@ -149,3 +149,20 @@ def test_register_passes_the_response_timeout(scripted_server):
     Scripted.script[:] = [(200, json.dumps({"status": "ok"}))]
     TorchServeClient(scripted_server, scripted_server).register("m.mar", model_name="m", response_timeout=90)
     assert "response_timeout=90" in str(Scripted.seen[0])
+
+
+def test_infer_returns_any_status_with_the_token_and_the_tools_read_urls_and_metrics_from_the_client(
+        scripted_server, tmp_path):
+    Scripted.script[:] = [(503, json.dumps({"code": 503, "type": "ServiceUnavailableException", "message": "full"})),
+                          (200, "# HELP CacheHits\n")]
+    client = TorchServeClient(scripted_server, scripted_server, write_keys(tmp_path / "keys.json", 3600),
+                              metrics_url=scripted_server)
+    assert client.infer("m", b"x", "text/plain", version="2.0").status_code == 503  # not raised: the caller judges
+    twin = client.with_session()
+    assert twin.session is not client.session and twin.key("inference") == "i"
+    assert twin.metrics() == "# HELP CacheHits\n"
+    assert client.prediction_url("m") == f"{scripted_server}/predictions/m"
+    assert [(method, path, auth) for method, path, auth in Scripted.seen] == [
+        ("POST", "/predictions/m/2.0", "Bearer i"), ("GET", "/metrics", None)]
+    with pytest.raises(ClientError, match="no metrics address"):
+        TorchServeClient(scripted_server, scripted_server).metrics()
