@@ -36,7 +36,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
 
 import torch
 from ts.torch_handler.base_handler import BaseHandler
@@ -44,7 +44,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from batch_profiler import BatchProfiler
 from handler_metrics import HandlerMetrics
 from model_formats import load_model
-from model_settings import CommonSettings, parse_settings
+from model_settings import CommonSettings, read_settings
 from protocols import HEADER_LENGTH, Answer, ModelInfo, Output, Request, parse_request
 from request_budget import check_answer_bytes, check_items, envelope_bytes
 from request_deadline import check_deadline
@@ -93,7 +93,8 @@ def reason_phrase(message: str) -> str:
 
 
 class BatchHandler(BaseHandler):
-    kind = ""  # the model kind of model_settings.SETTINGS_OF_KIND this handler serves
+    kind = ""  # the model kind this handler serves (a declaration's `kind:`; named in settings errors)
+    settings_class: Type[CommonSettings] = CommonSettings  # the typed `handler:` settings of that kind
     outputs: Sequence[Output] = ()  # the v2 output tensors of an answer
     v2_field = "data"
     raw_element_type = "application/octet-stream"
@@ -104,7 +105,7 @@ class BatchHandler(BaseHandler):
         self.manifest = context.manifest
         properties = context.system_properties
         self.model_dir = properties["model_dir"]
-        self.settings = parse_settings(self.kind, (context.model_yaml_config or {}).get("handler"))
+        self.settings = read_settings(self.settings_class, (context.model_yaml_config or {}).get("handler"), self.kind)
         torch.set_num_threads(self.settings.intraOpThreads)
         self.device = select_device(properties.get("gpu_id"))
         model_file = os.path.join(self.model_dir, self.manifest["model"]["serializedFile"])

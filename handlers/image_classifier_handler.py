@@ -22,6 +22,7 @@ from request_payload import image_request
 
 class ImageClassifierHandler(BatchHandler):
     kind = "image-classifier"
+    settings_class = ImageClassifierSettings
     outputs = CLASSIFIER_OUTPUTS
     v2_field = "image"  # a v2 BYTES element is base64 image bytes, like JSON {"image": ...}
 

@@ -9,7 +9,7 @@ Pure: imports nothing from `ts`; the archive builder (scripts/tskit) uses the sa
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Type
+from typing import Any, List, Optional, Type
 
 FORMATS = ("torchscript", "aoti", "onnx")
 
@@ -131,19 +131,10 @@ class ObjectDetectorSettings(CommonSettings):
                                 f"handler.maxImagePixels ({self.maxImagePixels}): one image allowed alone fits a request")
 
 
-SETTINGS_OF_KIND: Dict[str, Type[CommonSettings]] = {
-    "image-classifier": ImageClassifierSettings,
-    "text-classifier": TextClassifierSettings,
-    "text-embedding": TextEmbeddingSettings,
-    "object-detector": ObjectDetectorSettings,
-}
-
-
-def parse_settings(kind: str, section: Optional[dict]) -> CommonSettings:
-    """The `handler:` section of `kind` as typed settings; SettingsError names the first bad key."""
-    if kind not in SETTINGS_OF_KIND:
-        raise SettingsError(f"kind {kind!r} is not one of {', '.join(SETTINGS_OF_KIND)}")
-    cls = SETTINGS_OF_KIND[kind]
+def read_settings(cls: Type[CommonSettings], section: Optional[dict], kind: str) -> CommonSettings:
+    """The `handler:` section read as `cls` (the settings of `kind`, named in messages); SettingsError names
+    the first bad key. Each handler class names its settings class, and the tools' kind modules
+    (scripts/tskit/kinds) name the same one: the runtime keeps no table of kinds."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
     for key, value in (section or {}).items():

@@ -35,6 +35,7 @@ from request_budget import check_pixels, label_bytes
 
 class ObjectDetectorHandler(BatchHandler):
     kind = "object-detector"
+    settings_class = ObjectDetectorSettings
     outputs = DETECTOR_OUTPUTS
     v2_field = "image"  # a v2 BYTES element is base64 image bytes, like JSON {"image": ...}
 

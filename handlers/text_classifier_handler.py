@@ -17,6 +17,7 @@ from text_batch_handler import TRUNCATED, TextBatchHandler
 
 class TextClassifierHandler(TextBatchHandler):
     kind = "text-classifier"
+    settings_class = TextClassifierSettings
     outputs = CLASSIFIER_OUTPUTS + (TRUNCATED,)
     def setup(self, settings: TextClassifierSettings) -> None:
         super().setup(settings)

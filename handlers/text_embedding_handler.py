@@ -9,6 +9,7 @@ from typing import List
 import torch
 
 from batch_handler import PreparedBatch
+from model_settings import TextEmbeddingSettings
 from protocols import Output
 from request_budget import embedding_item_bytes
 from text_batch_handler import TRUNCATED, TextBatchHandler
@@ -16,6 +17,7 @@ from text_batch_handler import TRUNCATED, TextBatchHandler
 
 class TextEmbeddingHandler(TextBatchHandler):
     kind = "text-embedding"
+    settings_class = TextEmbeddingSettings
     outputs = (Output("embedding", "FP32", lambda answer: answer["embedding"]), TRUNCATED)
 
     width = 0  # floats per embedding, from the warm-up's output

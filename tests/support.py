@@ -12,6 +12,7 @@ import yaml
 from PIL import Image
 from skimage import data as skimage_data
 from ts.context import Context, RequestProcessor
+from tskit.kinds import family
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_STORE = os.path.join(REPO, "model_store")
@@ -89,7 +90,7 @@ def v2_input(kind: str, binary: bool):
     """(a v2 BYTES element for tritonclient or KServe's SDK, the same input in the plain form: (body,
     content type)). A binary element is the raw image or text; a JSON one must be UTF-8, so an image goes
     as its base64 text, like the plain form's {"image": ...}."""
-    if kind == "image-classifier":
+    if family(kind) == "image":
         jpeg = encode(photo("chelsea"))
         return (jpeg if binary else base64.b64encode(jpeg)), (jpeg, "image/jpeg")
     return STRIKER.encode(), (STRIKER.encode(), "text/plain; charset=utf-8")

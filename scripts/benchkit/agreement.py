@@ -1,11 +1,12 @@
-"""Agreement of a variant with the fp32 reference, computed from the answers the servers gave.
+"""Agreement of a variant with the fp32 reference, computed from the answers the servers gave; the probes
+and the measure follow the kind's input family and answer (tskit.kinds):
 
-    image-classifier  >= 100 real photos and their crops/flips/rescales (tskit.real_images.agreement_images),
+    image classifier  >= 100 real photos and their crops/flips/rescales (tskit.real_images.agreement_images),
                       every class's probability asked for: top-1 agreement and the largest change of any
                       class's probability
-    text-classifier   the 48 labelled headlines of tests/data/topic_headlines.json: top-1 agreement, largest
+    text classifier   the 48 labelled headlines of tests/data/topic_headlines.json: top-1 agreement, largest
                       probability change, and accuracy against the labels
-    text-embedding    the headlines and the bench's texts: the smallest cosine between the two embeddings
+    text embedding    the headlines and the bench's texts: the smallest cosine between the two embeddings
 """
 
 import base64
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from tskit.client import TorchServeClient
+from tskit import kinds
 from tskit.declaration import REPO
 
 HEADLINES = os.path.join(REPO, "tests", "data", "topic_headlines.json")
@@ -39,14 +41,14 @@ def headlines() -> List[tuple]:
 
 
 def probes(kind: str, min_images: int = 100, extra_texts: Optional[Dict[str, str]] = None) -> List[Probe]:
-    if kind == "image-classifier":
+    if kinds.kind(kind).family == "image":
         from tskit.real_images import agreement_images
 
         return [Probe(name, json.dumps({"image": base64.b64encode(data).decode(), "topk": ALL_CLASSES}).encode(),
                       "application/json") for name, data in agreement_images(min_images)]
     out = [Probe(f"headline {i}", json.dumps({"text": text}).encode(), "application/json", label)
            for i, (label, text) in enumerate(headlines())]
-    if kind == "text-embedding":
+    if kinds.kind(kind).answer == "embedding":  # no label to know: any text compares two embeddings
         out += [Probe(name, json.dumps({"text": text}).encode(), "application/json")
                 for name, text in (extra_texts or {}).items()]
     return out
@@ -83,15 +85,23 @@ def compare(kind: str, items: List[Probe], reference: List[object], answers: Lis
     out = {"probes": len(items), "failed": failed}
     if not pairs:
         return out
-    if kind == "text-embedding":
-        cosines = []
-        for _, r, a in pairs:
-            x, y = r["embedding"], a["embedding"]
-            dot = sum(i * j for i, j in zip(x, y))
-            norm = math.sqrt(sum(i * i for i in x)) * math.sqrt(sum(j * j for j in y))
-            cosines.append(dot / norm if norm and len(x) == len(y) else 0.0)
-        out.update(min_cosine=min(cosines), mean_cosine=sum(cosines) / len(cosines))
-        return out
+    out.update(MEASURES[kinds.kind(kind).answer](pairs))
+    return out
+
+
+def cosine_agreement(pairs: List[tuple]) -> dict:
+    """Embeddings: the smallest and the mean cosine between reference and answer."""
+    cosines = []
+    for _, r, a in pairs:
+        x, y = r["embedding"], a["embedding"]
+        dot = sum(i * j for i, j in zip(x, y))
+        norm = math.sqrt(sum(i * i for i in x)) * math.sqrt(sum(j * j for j in y))
+        cosines.append(dot / norm if norm and len(x) == len(y) else 0.0)
+    return {"min_cosine": min(cosines), "mean_cosine": sum(cosines) / len(cosines)}
+
+
+def top1_agreement(pairs: List[tuple]) -> dict:
+    """Labels: top-1 agreement, the largest change of any label's probability, accuracy where the truth is known."""
     same, largest, right, known = 0, 0.0, 0, 0
     for probe, r, a in pairs:
         p, q = _distribution(r), _distribution(a)
@@ -100,15 +110,19 @@ def compare(kind: str, items: List[Probe], reference: List[object], answers: Lis
         if probe.truth is not None:
             known += 1
             right += a["predictions"][0]["label"] == probe.truth
-    out.update(top1_agreement=same / len(pairs), max_prob_change=largest)
+    out = {"top1_agreement": same / len(pairs), "max_prob_change": largest}
     if known:
         out.update(accuracy=right / known, right=right, labelled=known)
     return out
+
+
+# the measure of each answer shape (a Kind's `answer`); its keys name the Kind's agreement_metric
+MEASURES = {"embedding": cosine_agreement, "labels": top1_agreement}
 
 
 def keeps_agreement(result: dict, kind: str, threshold: float = 0.99) -> bool:
     """Top-1 agreement >= threshold (embeddings: smallest cosine >= threshold), with no failed probe."""
     if result.get("failed"):
         return False
-    value = result.get("min_cosine") if kind == "text-embedding" else result.get("top1_agreement")
+    value = result.get(kinds.kind(kind).agreement_metric)
     return value is not None and value >= threshold

@@ -14,10 +14,8 @@ from typing import Callable, Dict, Optional
 
 import yaml
 
-from model_settings import parse_settings
-from tskit.declaration import HANDLER_OF_KIND, REPO
-
-KIND_OF_HANDLER = {handler: kind for kind, handler in HANDLER_OF_KIND.items()}
+from tskit import kinds
+from tskit.declaration import REPO
 
 
 @dataclass
@@ -30,7 +28,7 @@ class Unpacked:
 
     @property
     def settings(self):
-        return parse_settings(self.kind, self.config.get("handler"))
+        return kinds.parse_settings(self.kind, self.config.get("handler"))
 
     @property
     def batch_size(self) -> int:
@@ -61,7 +59,7 @@ def unpack(mar: str, folder: str = None) -> Unpacked:
     if manifest.get("configFile"):
         with open(os.path.join(folder, manifest["configFile"]), encoding="utf-8") as f:
             config = yaml.safe_load(f) or {}
-    kind = KIND_OF_HANDLER[os.path.basename(manifest["handler"]).split(":")[0]]
+    kind = kinds.of_handler(os.path.basename(manifest["handler"])).name
     return Unpacked(folder, manifest["modelName"], kind, os.path.join(folder, manifest["serializedFile"]), config)
 
 

@@ -15,10 +15,12 @@ from benchkit.bench_formats import Management
 from tskit.client import TorchServeClient
 from tskit.respec import with_settings
 from tskit.server import TorchServe
+from tskit import kinds
 
 
 # ---- (K): the response cache -------------------------------------------------------------------------
-CACHE_KINDS = ("image-classifier", "text-classifier")  # inputs with a known right answer for every variant
+# the kinds whose bench input has a known right answer for every variant (tskit.kinds)
+CACHE_KINDS = tuple(k.name for k in kinds.KINDS.values() if k.known_answers)
 
 
 def cache_section(server: TorchServe, args, workloads: Dict[str, dict], rows: List[dict], log) -> None:
@@ -59,7 +61,7 @@ def cache_section(server: TorchServe, args, workloads: Dict[str, dict], rows: Li
 
 def cache_points(server: TorchServe, args, base: str, kind: str, names: Dict[str, str], workloads: Dict[str, dict],
                  client: TorchServeClient, rows: List[dict], log) -> None:
-    workload_name = "jpeg_640x480" if kind == "image-classifier" else "text_medium"
+    workload_name = kinds.kind(kind).bench_workload
     workload = workloads[workload_name]
     checks = {side: answer_check(client, name, workload_name, workload, kind)
               for side, name in names.items()}
@@ -75,7 +77,7 @@ def cache_points(server: TorchServe, args, base: str, kind: str, names: Dict[str
         for round_index in range(args.cache_rounds):
             for side in (("off", "on") if round_index % 2 == 0 else ("on", "off")):
                 salt += 1  # new inputs for every point: nothing an earlier point stored can hit
-                if kind == "image-classifier":
+                if kinds.kind(kind).family == "image":
                     new = cache_bench.photo_variant(Image.open(workload["path"]).convert("RGB"), salt)
                 else:
                     with open(workload["path"], encoding="utf-8") as f:

@@ -9,13 +9,14 @@ from typing import Dict, List
 
 from benchkit import agreement, inprocess, variants
 from benchkit.archives import unpack
-from benchkit.workloads import MAIN_WORKLOAD, TEXTS, load_point, load_url
+from benchkit.workloads import TEXTS, load_point, load_url
 from benchkit.checks import answer_check, check_answer
 from benchkit.litserve_peer import LitServePeer
 from benchkit.bench_servers import declared, free_port
 from benchkit.bench_points import checked_point
 from tskit.load import AnswerCheck
 from tskit import declaration as declarations
+from tskit import kinds
 from tskit.client import ClientError
 from tskit.server import TorchServe
 
@@ -74,7 +75,7 @@ def model_formats(server: TorchServe, args, decl, plan, workloads: Dict[str, dic
                   manage: Management, registered: List[str], log) -> dict:
     """One model's built variants served side by side: agreement with the fp32 reference, the load rounds,
     the choice; (J) and (L) for the chosen one. `registered` collects what the caller unregisters."""
-    kind, workload_name = decl.kind, MAIN_WORKLOAD[decl.kind]
+    kind, workload_name = decl.kind, kinds.kind(decl.kind).bench_workload
     workload, client, top = workloads[workload_name], server.client(), max(args.concurrency)
     checks, answers = {}, {}
     probes = agreement.probes(kind, args.agreement_images, {f"text_{k}": t for k, t in TEXTS.items()})

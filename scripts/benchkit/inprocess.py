@@ -18,6 +18,7 @@ import torch
 
 from benchkit.archives import unpack
 from model_formats import load_model
+from tskit import kinds
 
 
 def _load(mar: str, threads: int):
@@ -58,7 +59,7 @@ def _text_job(unpacked, settings, model, body: bytes, batch: int):
 
 
 def _model_job(unpacked, settings, model, body: bytes, batch: int):
-    if unpacked.kind == "image-classifier":
+    if kinds.kind(unpacked.kind).family == "image":
         inputs = (torch.randn(batch, 3, settings.cropSize, settings.cropSize),)
     else:
         from text_tokenization import collate_padded, load_tokenizer, tokenize
@@ -74,7 +75,7 @@ def _rate(what: str, mar: str, body: bytes, threads: int, seconds: float, ready,
     torch.set_num_threads(threads)
     unpacked, settings, model = _load(mar, threads)
     batch = unpacked.batch_size
-    make = _model_job if what == "C" else (_image_job if unpacked.kind == "image-classifier" else _text_job)
+    make = _model_job if what == "C" else (_image_job if kinds.kind(unpacked.kind).family == "image" else _text_job)
     job = make(unpacked, settings, model, body, batch)
     with torch.inference_mode():
         for _ in range(3):

@@ -7,6 +7,7 @@ import litserve as ls
 import torch
 
 from benchkit.archives import Unpacked
+from tskit import kinds
 
 JSON = "application/json"
 
@@ -17,6 +18,9 @@ class ArchiveAPI(ls.LitAPI):
         self.unpacked = unpacked
         self.settings = unpacked.settings
         self.kind = unpacked.kind
+        # the handlers' steps follow the kind's input (image / text) and answer (labels / embedding)
+        self.image = kinds.kind(unpacked.kind).family == "image"
+        self.embedding = kinds.kind(unpacked.kind).answer == "embedding"
 
     def setup(self, device):
         from classification import load_labels
@@ -26,9 +30,9 @@ class ArchiveAPI(ls.LitAPI):
         torch.set_num_threads(settings.intraOpThreads)
         self.model = load_model(self.unpacked.model_file, settings.modelFormat, torch.device("cpu"),
                                 settings.intraOpThreads, settings.optimizeForInference)
-        if self.kind != "text-embedding":
+        if not self.embedding:
             self.labels = load_labels(self.unpacked.file(settings.labelsFile))
-        if self.kind != "image-classifier":
+        if not self.image:
             from text_tokenization import load_tokenizer
 
             self.tokenizer = load_tokenizer(self.unpacked.file(settings.tokenizerFile), settings.maxTokens)
@@ -36,7 +40,7 @@ class ArchiveAPI(ls.LitAPI):
 
     def decode_request(self, request):
         settings = self.settings
-        if self.kind == "image-classifier":
+        if self.image:
             from image_decoding import decode_rgb
             from image_transforms import ImageItem, resize_and_crop
             from request_payload import image_request
@@ -56,7 +60,7 @@ class ArchiveAPI(ls.LitAPI):
     def predict(self, items: List):
         settings = self.settings
         with torch.inference_mode():
-            if self.kind == "image-classifier":
+            if self.image:
                 from image_transforms import collate_normalize
 
                 crops = [item.crop for item in items]
@@ -69,9 +73,9 @@ class ArchiveAPI(ls.LitAPI):
         from classification import top_k_predictions
 
         outputs, items = output
-        if self.kind == "text-embedding":
+        if self.embedding:
             return [{"embedding": row, "truncated": item.truncated} for row, item in zip(outputs.float().tolist(), items)]
-        if self.kind == "image-classifier":
+        if self.image:
             return [{"predictions": top} for top in top_k_predictions(outputs, self.labels, [i.topk for i in items])]
         k = self.settings.topk or len(self.labels)
         return [{"predictions": top, "truncated": item.truncated}

@@ -44,6 +44,7 @@ from benchkit import agreement, variants, workloads
 from benchkit.optimize_choice import (BUILD_FAILED, CANNOT_SERVE, KINDS, TIE_MARGIN, bar, bf16_entry, candidates, choose,
                                       entry, fmt_agreement, host_cpu, runtime_versions, write_choice)
 from benchkit.optimize_report import markdown, tune_note, write_report
+from tskit import kinds
 from tskit.declaration import REPO, Declaration, declared
 from tskit.declaration import load as load_declaration
 
@@ -89,7 +90,7 @@ def measure(decl: Declaration, plan: List[variants.Variant], entries: Dict[str, 
     # a short working dir: the workers' Unix sockets live under it (at most 107 bytes a path)
     workdir = tempfile.mkdtemp(prefix="optimize-")
     os.makedirs(os.path.join(workdir, "model_store"))
-    workload_name = workloads.MAIN_WORKLOAD[kind]
+    workload_name = kinds.kind(kind).bench_workload
     workload = workloads.make_inputs(os.path.join(workdir, "inputs"))[workload_name]
     probes = agreement.probes(kind, args.agreement_images, {f"text_{k}": t for k, t in workloads.TEXTS.items()})
     server = private_server(workdir, model_store=os.path.join(workdir, "model_store"), load_models="", models="{}")

@@ -9,13 +9,17 @@ import re
 from typing import Dict, List, Optional, Tuple
 
 from benchkit import agreement, variants
+from tskit import kinds
 from tskit.declaration import Declaration, declared
 from tskit.declaration import load as load_declaration
 
 TOP1_BAR = 0.99
 COSINE_BAR = 0.999
 TIE_MARGIN = 0.03
-KINDS = ("image-classifier", "text-classifier", "text-embedding")
+# the kinds make optimize can judge: those with an agreement measure (and bench inputs to measure it on)
+KINDS = tuple(k.name for k in kinds.with_bench_inputs() if k.agreement_metric)
+# the least agreement kept, per measure
+BAR_OF_METRIC = {"top1_agreement": TOP1_BAR, "min_cosine": COSINE_BAR}
 # The CPU flags that decide which kernels the runtimes use (int8: VNNI; bf16: AVX512_BF16 or AMX)
 FLAGS_OF_INTEREST = ("avx2", "fma", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
                      "amx_tile", "amx_int8", "amx_bf16")
@@ -68,10 +72,8 @@ def candidates(decl: Declaration, quick: bool = False, formats: Optional[List[st
     formats = list(formats or (QUICK_FORMATS if quick else variants.FORMAT_ORDER))
     plan = variants.plan(decl, formats=formats, int8=True,
                          all_declared=all_declared if all_declared is not None else declared())
-    if decl.kind == "text-embedding" and not any(v.precision == "int8" for v in plan):
-        from tskit.precision import INT8_FORMAT
-
-        fmt = INT8_FORMAT[decl.kind]
+    fmt = kinds.kind(decl.kind).int8_format
+    if fmt and not any(v.precision == "int8" for v in plan):
         name = f"{decl.name}_{fmt}_int8"
         plan.append(variants.Variant(name, decl.name, dataclasses.replace(
             decl, name=name, format=fmt, precision="int8", serve=False)))
@@ -101,7 +103,13 @@ def entry(name: str, fmt: str, precision: str, **values) -> dict:
 # ---- the choice (no server: tests/unit/test_optimize_choice.py) ----------------------------------------------
 def bar(kind: str) -> Tuple[str, float]:
     """The agreement measure of the kind and the least value kept."""
-    return ("min_cosine", COSINE_BAR) if kind == "text-embedding" else ("top1_agreement", TOP1_BAR)
+    metric = kinds.kind(kind).agreement_metric
+    return metric, BAR_OF_METRIC[metric]
+
+
+def threshold_of(kind: str, top1_bar: float, cosine_bar: float) -> float:
+    """The bar of the kind's measure, from the caller's bars for each measure."""
+    return {"top1_agreement": top1_bar, "min_cosine": cosine_bar}[bar(kind)[0]]
 
 
 def classify(e: dict, kind: str, top1_bar: float = TOP1_BAR, cosine_bar: float = COSINE_BAR) -> dict:
@@ -109,7 +117,7 @@ def classify(e: dict, kind: str, top1_bar: float = TOP1_BAR, cosine_bar: float =
     if e["status"] in UNMEASURED or e["status"] == NO_REFERENCE:
         return e
     metric, _ = bar(kind)
-    threshold = cosine_bar if kind == "text-embedding" else top1_bar
+    threshold = threshold_of(kind, top1_bar, cosine_bar)
     value = e["agreement"].get(metric)
     if not e.get("throughput") or e.get("errors"):
         e["status"] = LOAD_FAILED
@@ -129,7 +137,7 @@ def classify(e: dict, kind: str, top1_bar: float = TOP1_BAR, cosine_bar: float =
 def fmt_agreement(value: Optional[float], kind: str) -> str:
     if value is None:
         return "-"
-    return f"{value:.5f}" if kind == "text-embedding" else f"{value:.1%}"
+    return f"{value:.5f}" if bar(kind)[0] == "min_cosine" else f"{value:.1%}"  # cosines near 1: digits, not %
 
 
 def tie(e: dict, fastest: dict, tie_margin: float = TIE_MARGIN) -> bool:
@@ -148,7 +156,7 @@ def choose(entries: List[dict], kind: str, declared_now: Tuple[str, str], tie_ma
         e["declared"] = (e["format"], e["precision"]) == tuple(declared_now)
     kept = [e for e in entries if e["status"] == KEPT]
     metric, _ = bar(kind)
-    threshold = cosine_bar if kind == "text-embedding" else top1_bar
+    threshold = threshold_of(kind, top1_bar, cosine_bar)
     if not kept:
         return None, (f"no variant kept {metric.replace('_', ' ')} >= {fmt_agreement(threshold, kind)} with no "
                       "failed request: the declaration is left as it is")

@@ -41,12 +41,12 @@ def markdown(report: dict) -> str:
              f"kept: {metric.replace('_', ' ')} >= {fmt_agreement(threshold, kind)} and no failed request"
              + (" (quick form)" if report.get("quick") else ""), "",
              "| variant | status | req/s (rounds) | x reference | p99 ms | "
-             + ("min cosine | mean cosine" if kind == "text-embedding" else "top-1 agreement | max prob change")
+             + ("min cosine | mean cosine" if metric == "min_cosine" else "top-1 agreement | max prob change")
              + " | build s | note |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for e in report["variants"]:
         a = e["agreement"]
-        if kind == "text-embedding":
+        if metric == "min_cosine":
             agree = f"{fmt_agreement(a.get('min_cosine'), kind)} | {fmt_agreement(a.get('mean_cosine'), kind)}"
         else:
             agree = (f"{fmt_agreement(a.get('top1_agreement'), kind)}"

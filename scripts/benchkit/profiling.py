@@ -20,6 +20,7 @@ from typing import List
 from benchkit.agreement import Probe, headlines
 from tskit import declaration as declarations
 from tskit.client import ClientError
+from tskit.kinds import family
 from tskit.respec import with_settings
 from tskit.server import private_server, running
 
@@ -44,7 +45,7 @@ def profile(name: str, batches: int, work: str, store: str, concurrency: int = 8
 def inputs(kind: str) -> List[Probe]:
     """What a client sends, in the plain form with the model's default parameters: real photos as raw
     JPEG, or the labelled headlines as text/plain."""
-    if kind in ("image-classifier", "object-detector"):
+    if family(kind) in ("image", "detector"):
         from tskit.real_images import agreement_images
 
         return [Probe(name, data, "image/jpeg") for name, data in agreement_images(100)]

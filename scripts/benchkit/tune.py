@@ -43,15 +43,15 @@ from benchkit.workloads import load_point, make_inputs
 from benchkit.checks import answer_check
 from tskit.server import REPO, private_server
 from tskit.client import TorchServeClient
+from tskit import kinds
 from tskit.declaration import load as load_declaration
 
 FRONTEND_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")
-WORKLOAD_OF_KIND = {"image-classifier": "jpeg_640x480", "text-classifier": "text_medium", "text-embedding": "text_medium"}
 
 
 def default_workload(model: str) -> str:
     """The workload of the model's kind, from its declaration."""
-    return WORKLOAD_OF_KIND[load_declaration(model).kind]
+    return kinds.kind(load_declaration(model).kind).bench_workload
 
 
 def variant_archive(model: str, threads: int, store: str, frontend: Optional[dict] = None,
@@ -260,7 +260,7 @@ def settle(args) -> None:
         args.threads, args.batch_sizes, args.delays, args.seconds, args.warmup = [1], [1, 4, 8], [5], 3, 1
         args.repeats = min(args.repeats, 2)
     kind = load_declaration(args.model).kind
-    if not args.workload and kind not in WORKLOAD_OF_KIND:
+    if not args.workload and not kinds.kind(kind).bench_workload:
         raise ValueError(f"no default input for a {kind}: pass --workload (one of bench.py's inputs)")
     args.workload = args.workload or default_workload(args.model)
 

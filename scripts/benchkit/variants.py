@@ -28,14 +28,12 @@ from typing import List, Optional
 from model_settings import FORMATS
 from tskit.declaration import REPO, Declaration, declared
 from tskit.declaration import load as load_declaration
-from tskit.precision import INT8_FORMAT as TSKIT_INT8_FORMAT
+from tskit import kinds
 
 STORE_DIR = os.path.join(REPO, "model_store")
 BUILD_DIR = os.path.join(REPO, "build")
 
 FORMAT_ORDER = ("torchscript", "onnx", "aoti")
-# tskit.precision's int8 forms, for the kinds whose int8 agreement the bench measures (classifiers)
-INT8_FORMAT = {kind: fmt for kind, fmt in TSKIT_INT8_FORMAT.items() if kind.endswith("-classifier")}
 REFERENCE_FORMAT = "torchscript"  # fp32 TorchScript: the reference every variant is compared with
 
 
@@ -74,13 +72,14 @@ def plan(base: Declaration, formats=None, int8: bool = True, all_declared: Optio
     out = [Variant(f"{base.name}_{f}", base.name,
                    dataclasses.replace(base, name=f"{base.name}_{f}", format=f, precision="fp32", serve=False))
            for f in formats]
-    if int8 and base.kind in INT8_FORMAT:
+    int8_format = kinds.kind(base.kind).bench_int8  # the kinds whose int8 agreement the bench measures
+    if int8 and int8_format:
         siblings = [d for d in (all_declared if all_declared is not None else declared())
                     if not d.serve and d.kind == base.kind and d.source == base.source and d.precision == "int8"]
         # the declared int8 variant's settings (e.g. minilm_topics_int8), else the base's, in tskit's int8 form;
         # named <base>_<format>_int8 either way, so it never collides with a (B) archive of the same server
         source = siblings[0] if siblings else base
-        fmt = source.format if siblings else INT8_FORMAT[base.kind]
+        fmt = source.format if siblings else int8_format
         name = f"{base.name}_{fmt}_int8"
         out.append(Variant(name, base.name, dataclasses.replace(source, name=name, format=fmt, precision="int8",
                                                                 serve=False)))

@@ -11,6 +11,7 @@ from typing import Dict, Optional
 from PIL import Image
 
 from tskit.load import AnswerCheck, LoadResult, run_python, run_wrk, wrk_available
+from tskit import kinds
 
 TEXTS = {
     "short": "The striker scored twice in the final",
@@ -20,9 +21,11 @@ TEXTS = {
     "long": " ".join(["Researchers measured how the new battery chemistry ages over thousands of charge cycles, "
                       "reporting that capacity loss slowed markedly after the first few hundred cycles."] * 12),
 }
-WORKLOAD_KIND = {"image-classifier": "vision", "text-classifier": "text", "text-embedding": "text"}
-# The input each kind's formats are compared on (and J, L): the package's typical request.
-MAIN_WORKLOAD = {"image-classifier": "jpeg_640x480", "text-classifier": "text_medium", "text-embedding": "text_medium"}
+# Looked up from tskit.kinds (each kind's module names its input), for the kinds the bench has inputs for:
+# the family of inputs a kind's model takes, and the input each kind's formats are compared on (and J, L),
+# the package's typical request.
+WORKLOAD_KIND = {k.name: k.workload_family for k in kinds.with_bench_inputs()}
+MAIN_WORKLOAD = {k.name: k.bench_workload for k in kinds.with_bench_inputs()}
 
 def make_inputs(directory: str) -> Dict[str, dict]:
     """Request bodies on disk: real photos at realistic sizes, and texts of three lengths; each also as

@@ -20,11 +20,12 @@ import torch
 import yaml
 
 from classification import load_labels
-from model_settings import check_labels, parse_settings
+from model_settings import check_labels
+from tskit import kinds
 from tskit.declaration import REPO, Declaration, DeclarationError
 from tskit.formats import build_model_file
 from tskit.precision import to_int8
-from tskit.sources import DETECTOR_KINDS, TEXT_KINDS, LoadedSource, SourceError, load_source
+from tskit.sources import LoadedSource, SourceError, load_source
 
 HANDLERS_DIR = os.path.join(REPO, "handlers")
 BUILD_DIR = os.path.join(REPO, "build")
@@ -43,9 +44,9 @@ def build(declaration: Declaration, store: str = STORE_DIR, build_dir: Optional[
     loaded = load_source(declaration.source, declaration.kind, declaration.folder)
     # the settings the worker will read (model-config.yaml), checkpoint limits included: the export's
     # dynamic sequence range and the parity check must use the same maxTokens as the server
-    settings = parse_settings(declaration.kind, served_handler(declaration, loaded))
-    if declaration.precision == "int8" and declaration.kind in DETECTOR_KINDS:
-        raise SourceError(f"{declaration.path}: precision int8 is not made for an object-detector (fp32 only)")
+    settings = kinds.parse_settings(declaration.kind, served_handler(declaration, loaded))
+    if declaration.precision == "int8" and not kinds.kind(declaration.kind).int8_format:
+        raise SourceError(f"{declaration.path}: precision int8 is not made for an {declaration.kind} (fp32 only)")
     loaded = to_int8(loaded, declaration, settings, work) if declaration.precision == "int8" else loaded
     report = build_model_file(loaded, declaration.kind, declaration.format, settings, work,
                               strict=declaration.precision == "fp32")
@@ -71,7 +72,7 @@ def write_side_files(declaration: Declaration, loaded: LoadedSource, settings, w
         with open(path, "w", encoding="utf-8") as f:
             json.dump({str(i): name for i, name in enumerate(labels)}, f, indent=0, ensure_ascii=False)
         files.append(path)
-    if declaration.kind in TEXT_KINDS:
+    if kinds.kind(declaration.kind).family == "text":
         if not loaded.tokenizer_file:
             raise SourceError(f"{loaded.description} brings no tokenizer.json")
         path = os.path.join(work, settings.tokenizerFile)
@@ -103,7 +104,7 @@ def served_handler(declaration: Declaration, loaded: LoadedSource) -> dict:
     """The `handler:` section of model-config.yaml: the declaration's, with the model format and, for
     text, the checkpoint's own limits unless the declaration says otherwise."""
     handler = dict(declaration.handler, modelFormat=declaration.format)
-    if declaration.kind in TEXT_KINDS:
+    if kinds.kind(declaration.kind).family == "text":
         handler.setdefault("maxTokens", loaded.max_tokens or 512)
         handler.setdefault("padToken", loaded.pad_token or "[PAD]")
     return handler

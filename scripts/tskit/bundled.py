@@ -17,6 +17,7 @@ from tokenizers import Tokenizer
 from torchvision.models._meta import _IMAGENET_CATEGORIES
 
 from tskit.declaration import MODELS_DIR
+from tskit.kinds import text_embedding
 from tskit.sources import LoadedSource, MeanPooledEncoder, from_module, load_source
 
 MOBILENET_WEIGHTS = "mobilenet_v2-b0353104.pth"
@@ -75,7 +76,8 @@ def minilm_topics() -> LoadedSource:
     spec_file = os.path.join(MODELS_DIR, "minilm_topics", "labels.json")
     with open(spec_file, encoding="utf-8") as f:
         spec = json.load(f)
-    encoder = load_source(minilm_checkpoint(), "text-embedding", MODELS_DIR)
+    # the head sits on the checkpoint's sentence embedding: loaded as a text-embedding source is
+    encoder = load_source(minilm_checkpoint(), text_embedding.KIND.name, MODELS_DIR)
     centroids = label_centroids(encoder.module, encoder.tokenizer_file, encoder.max_tokens, spec["labels"])
     module = ZeroShotClassifier(encoder.module, centroids, float(spec["temperature"]))
     return from_module(module, "all-MiniLM-L6-v2 + zero-shot topic head", labels=list(spec["labels"]),

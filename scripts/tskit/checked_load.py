@@ -23,6 +23,7 @@ import requests
 
 from tskit.client import TorchServeClient
 from tskit.declaration import served
+from tskit.kinds import family
 
 KIND_OF = {d.name: d.kind for d in served()}  # every model `make serve` loads, from its declaration
 MODELS = tuple(KIND_OF)
@@ -58,7 +59,7 @@ def default_specs(models: Iterable[str] = MODELS) -> List[Spec]:
     from skimage import data as skimage_data
     specs = []
     for model in models:
-        if KIND_OF.get(model) == "image-classifier":
+        if model in KIND_OF and family(KIND_OF[model]) == "image":
             imagenet = model == "mobilenet_v2"  # labels are checked where the model's classes are known
             cat, coffee = skimage_data.chelsea(), skimage_data.coffee()
             specs += [Spec("cat.jpg", model, _encode(cat, "JPEG"), "image/jpeg", CAT_LABELS if imagenet else None),

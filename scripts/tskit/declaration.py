@@ -1,6 +1,6 @@
 """A model's one declaration, `models/<name>/model.yaml`: everything else about the model is derived from it.
 
-    kind: image-classifier            # image-classifier | text-classifier | text-embedding | object-detector
+    kind: image-classifier            # one of tskit.kinds (one module per kind: scripts/tskit/kinds/)
     source: /path/to/model.pt2        # .pt (TorchScript), .pt2 (torch.export), .onnx, a Hugging Face
                                       # checkpoint folder, or python:<module>:<function> (returns a module)
     format: torchscript               # how it is served: torchscript | aoti | onnx
@@ -23,18 +23,13 @@ from typing import Dict, List, Optional
 
 import yaml
 
-from model_settings import FORMATS, SETTINGS_OF_KIND, SettingsError, parse_settings
+from model_settings import FORMATS, SettingsError
+from tskit import kinds
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODELS_DIR = os.path.join(REPO, "models")
 DECLARATION = "model.yaml"
 
-HANDLER_OF_KIND = {
-    "image-classifier": "image_classifier_handler.py",
-    "text-classifier": "text_classifier_handler.py",
-    "text-embedding": "text_embedding_handler.py",
-    "object-detector": "object_detector_handler.py",
-}
 # TorchServe 0.12's per-model keys (ModelConfig) that this package sets; anything else is a typo.
 TORCHSERVE_KEYS = {
     "minWorkers": int, "maxWorkers": int, "batchSize": int, "maxBatchDelay": int, "responseTimeout": int,
@@ -72,11 +67,11 @@ class Declaration:
 
     @property
     def handler_file(self) -> str:
-        return HANDLER_OF_KIND[self.kind]
+        return kinds.kind(self.kind).handler_file
 
     def settings(self):
         """The typed handler settings as the worker will read them (modelFormat included)."""
-        return parse_settings(self.kind, dict(self.handler, modelFormat=self.format))
+        return kinds.parse_settings(self.kind, dict(self.handler, modelFormat=self.format))
 
     def resolve(self, path: str) -> str:
         """A path in the declaration: absolute as given, else relative to the declaration's folder."""
@@ -110,8 +105,8 @@ def load(name: str, models_dir: str = MODELS_DIR) -> Declaration:
 def check(declaration: Declaration) -> None:
     """Everything that can be checked without loading the model."""
     where = declaration.path
-    if declaration.kind not in SETTINGS_OF_KIND:
-        raise DeclarationError(f"{where}: kind {declaration.kind!r} is not one of {', '.join(SETTINGS_OF_KIND)}")
+    if declaration.kind not in kinds.KINDS:
+        raise DeclarationError(f"{where}: kind {declaration.kind!r} is not one of {', '.join(kinds.KINDS)}")
     if declaration.format not in FORMATS:
         raise DeclarationError(f"{where}: format {declaration.format!r} is not one of {', '.join(FORMATS)}")
     if declaration.precision not in PRECISIONS:

@@ -5,42 +5,12 @@ import os
 import re
 from typing import Optional
 
-from tskit.sources import ALL_FORMATS, DETECTOR_KINDS, FORMATS_OF_FILE, detector_formats
-from tskit.declaration import DECLARATION, HANDLER_OF_KIND, MODELS_DIR, DeclarationError, load
+from tskit import kinds
+from tskit.sources import ALL_FORMATS, FORMATS_OF_FILE, detector_formats
+from tskit.declaration import DECLARATION, MODELS_DIR, DeclarationError, load
 
 
-IMAGE_TEMPLATE = """\
-  topk: 5                     # predictions per answer (capped at the number of classes)
-  resizeSize: 256             # preprocessing: resize the short side to this, then centre-crop to cropSize
-  cropSize: 224               # the model's input is [N, 3, cropSize, cropSize], normalised with mean/std
-  mean: [0.485, 0.456, 0.406]
-  std: [0.229, 0.224, 0.225]
-  maxImagePixels: 40000000    # a declared width*height above this answers 413 before decoding
-  intraOpThreads: 1           # workers x threads <= cores
-  # Per-request budgets, answered 413 before decoding (docs/limits-and-overload.md): keep
-  # batchSize x maxItemsPerRequest x the model's time per image well under responseTimeout
-  maxItemsPerRequest: 32      # images per KServe request
-  maxPixelsPerRequest: 40000000  # declared pixels of all of a request's images (>= maxImagePixels)
-"""
-TEXT_TEMPLATE = """\
-  intraOpThreads: 1           # workers x threads <= cores
-  # maxTokens: 256            # default: the checkpoint's limit (sentence-transformers' max_seq_length,
-                              # else max_position_embeddings, at most 512); longer texts say "truncated"
-  # Per-request budgets, answered 413 before tokenizing (docs/limits-and-overload.md): keep
-  # batchSize x maxItemsPerRequest x the model's time per maxTokens text well under responseTimeout
-  maxItemsPerRequest: 16      # texts per KServe request
-  maxTextChars: 100000        # characters per text
-"""
-DETECTOR_TEMPLATE = """\
-  scoreThreshold: 0.5         # the lowest score answered (a request's JSON "threshold" overrides it)
-  maxDetections: 100          # the most detections answered (a request's "max_detections" overrides it)
-  maxImagePixels: 40000000    # a declared width*height above this answers 413 before decoding
-  intraOpThreads: 1           # workers x threads <= cores
-  # Per-request budgets, answered 413 before decoding (docs/limits-and-overload.md)
-  maxItemsPerRequest: 16      # images per KServe request
-  maxPixelsPerRequest: 40000000  # declared pixels of all of a request's images (>= maxImagePixels)
-"""
-TEMPLATE_OF_KIND = {"image-classifier": IMAGE_TEMPLATE, "object-detector": DETECTOR_TEMPLATE}
+# {delay} and {handler} are the kind's own (its module in tskit/kinds/)
 DECLARATION_TEMPLATE = """\
 # {name}: the one declaration of this model. `make archives` rebuilds model_store/{name}.mar from it
 # when it or its source changes; `make serve` serves it; config.properties' models block follows it.
@@ -67,7 +37,7 @@ handler:
 
 def source_formats(source: str, kind: str) -> tuple:
     """The formats a source can give, judged by its name (the build checks again with the model loaded)."""
-    if kind in DETECTOR_KINDS:
+    if kinds.kind(kind).family == "detector":
         return detector_formats(source)
     if source.startswith("python:") or os.path.isdir(source):
         return ALL_FORMATS
@@ -79,8 +49,8 @@ def declare(name: str, kind: str, source: str, labels: Optional[str] = None, mod
     """Write models/<name>/model.yaml (and labels.json); the declaration's path. Checked by loading it back."""
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_\-]*", name or ""):
         raise DeclarationError(f"NAME={name!r}: use letters, digits, _ and - (it names the archive and the URL)")
-    if kind not in HANDLER_OF_KIND:
-        raise DeclarationError(f"KIND={kind!r} is not one of {', '.join(HANDLER_OF_KIND)}")
+    if kind not in kinds.KINDS:
+        raise DeclarationError(f"KIND={kind!r} is not one of {', '.join(kinds.KINDS)}")
     source = source if source.startswith("python:") else os.path.abspath(source)
     if not source.startswith("python:") and not os.path.exists(source):
         raise DeclarationError(f"SOURCE={source} does not exist")
@@ -103,8 +73,7 @@ def declare(name: str, kind: str, source: str, labels: Optional[str] = None, mod
     text = DECLARATION_TEMPLATE.format(
         name=name, kind=kind, source=_yaml_string(source), format=model_format,
         format_note=f"           # torchscript | aoti | onnx; this source can give {', '.join(formats)}",
-        labels_line=labels_line, delay=20 if kind in TEMPLATE_OF_KIND else 5,
-        handler=TEMPLATE_OF_KIND.get(kind, TEXT_TEMPLATE))
+        labels_line=labels_line, delay=kinds.kind(kind).max_batch_delay, handler=kinds.kind(kind).template)
     text = text.replace("precision: fp32", f"precision: {precision}", 1)
     path = os.path.join(folder, DECLARATION)
     with open(path, "w", encoding="utf-8") as f:

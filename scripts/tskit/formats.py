@@ -22,7 +22,8 @@ import torch
 
 from detection import compare
 from model_formats import load_model
-from tskit.sources import DETECTOR_KINDS, IMAGE_KINDS, LoadedSource, SourceError
+from tskit import kinds
+from tskit.sources import LoadedSource, SourceError
 
 FILE_OF_FORMAT = {"torchscript": "model.pt", "aoti": "model.pt2", "onnx": "model.onnx"}
 TEXT_INPUTS = ("input_ids", "attention_mask")
@@ -54,9 +55,10 @@ def detector_images(sizes, seed: int = 0):
 
 
 def example_inputs(kind: str, settings, batch: int = 2, length: int = 16, seed: int = 0):
-    if kind in DETECTOR_KINDS:
+    family = kinds.kind(kind).family
+    if family == "detector":
         return (detector_images(DETECTOR_IMAGE_SIZES[:batch], seed),)
-    if kind in IMAGE_KINDS:
+    if family == "image":
         return image_batch(batch, settings.cropSize, seed)
     return text_batch(batch, min(length, settings.maxTokens), seed)
 
@@ -88,9 +90,10 @@ def export(loaded: LoadedSource, kind: str, model_format: str, settings, out_dir
 def to_torchscript(module, kind: str, example) -> torch.jit.ScriptModule:
     if isinstance(module, torch.jit.ScriptModule):
         return module
-    if kind in DETECTOR_KINDS:  # a trace would fix the number and sizes of the images
+    family = kinds.kind(kind).family
+    if family == "detector":  # a trace would fix the number and sizes of the images
         return torch.jit.script(module)
-    if kind in IMAGE_KINDS and not isinstance(module, torch.fx.GraphModule):
+    if family == "image" and not isinstance(module, torch.fx.GraphModule):
         try:
             return torch.jit.script(module)  # keeps control flow; device-neutral
         except Exception:  # many modules do not script; a trace of a fixed-graph model is as good
@@ -106,8 +109,9 @@ def to_onnx(loaded: LoadedSource, kind: str, example, path: str, settings=None) 
         program = exported_program(loaded.module, kind, example, settings)
         torch.onnx.export(program, f=path, dynamo=True, opset_version=18, external_data=False)
         return
-    names = ["input"] if kind in IMAGE_KINDS else list(TEXT_INPUTS)
-    axes = {0: "batch"} if kind in IMAGE_KINDS else {0: "batch", 1: "sequence"}
+    image = kinds.kind(kind).family == "image"
+    names = ["input"] if image else list(TEXT_INPUTS)
+    axes = {0: "batch"} if image else {0: "batch", 1: "sequence"}
     torch.onnx.export(loaded.module, example, path, dynamo=False, opset_version=17, input_names=names,
                       output_names=["output"], dynamic_axes={name: axes for name in names + ["output"]},
                       do_constant_folding=True)
@@ -117,7 +121,7 @@ def exported_program(module, kind: str, example, settings):
     """torch.export with a dynamic batch (its range inferred: a .pt2 source keeps its own limits) and,
     for text, a dynamic sequence up to the model's token limit."""
     batch = torch.export.Dim.DYNAMIC
-    if kind in IMAGE_KINDS:
+    if kinds.kind(kind).family == "image":
         shapes = ({0: batch},)
     else:
         sequence = torch.export.Dim("sequence", min=1, max=settings.maxTokens)
@@ -139,11 +143,12 @@ def parity(loaded: LoadedSource, kind: str, model_format: str, settings, path: s
            strict: bool = True) -> Tuple[float, int]:
     """Largest |served - source| over several batch sizes (and text lengths), loaded as a worker loads it,
     and the served model's output width (the number of classes, or the embedding size)."""
-    if kind in DETECTOR_KINDS:
+    family = kinds.kind(kind).family
+    if family == "detector":
         return detector_parity(loaded, settings, path, strict)
     served = load_model(path, model_format, torch.device("cpu"), threads=torch.get_num_threads(),
                         optimize=settings.optimizeForInference)
-    shapes = [(1, 7), (3, 16), (5, 40)] if kind not in IMAGE_KINDS else [(1, 0), (3, 0), (5, 0)]
+    shapes = [(1, 7), (3, 16), (5, 40)] if family != "image" else [(1, 0), (3, 0), (5, 0)]
     worst, scale = 0.0, 1.0
     with torch.inference_mode():
         for seed, (batch, length) in enumerate(shapes):

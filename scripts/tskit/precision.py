@@ -13,30 +13,30 @@ import os
 
 import torch
 
-from tskit.sources import IMAGE_KINDS, LoadedSource, SourceError
-
-INT8_FORMAT = {"image-classifier": "onnx", "text-classifier": "torchscript", "text-embedding": "torchscript"}
+from tskit import kinds
+from tskit.sources import LoadedSource, SourceError
 
 
 def to_int8(loaded: LoadedSource, declaration, settings, work: str) -> LoadedSource:
-    wanted = INT8_FORMAT[declaration.kind]
+    kind = kinds.kind(declaration.kind)
+    wanted = kind.int8_format
     if declaration.format != wanted:
         raise SourceError(f"{declaration.path}: precision int8 is served as {wanted} for a {declaration.kind} "
                           f"(format: {declaration.format})")
-    if loaded.module is None or (declaration.kind in IMAGE_KINDS and loaded.onnx_file):
+    if loaded.module is None or (kind.family == "image" and loaded.onnx_file):
         raise SourceError(f"{loaded.description}: int8 is made from a PyTorch source (.pt, .pt2, checkpoint)")
-    if declaration.kind in IMAGE_KINDS:
-        return _static_onnx_int8(loaded, settings, work)
+    if kind.family == "image":
+        return _static_onnx_int8(loaded, kind.name, settings, work)
     return _dynamic_linear_int8(loaded)
 
 
-def _static_onnx_int8(loaded: LoadedSource, settings, work: str) -> LoadedSource:
+def _static_onnx_int8(loaded: LoadedSource, kind: str, settings, work: str) -> LoadedSource:
     from tskit.formats import to_onnx, example_inputs
     from tskit.quantize import quantize_image_classifier_int8
     from tskit.real_images import calibration_batches
 
     fp32 = os.path.join(work, "fp32.onnx")
-    to_onnx(loaded, "image-classifier", example_inputs("image-classifier", settings), fp32)
+    to_onnx(loaded, kind, example_inputs(kind, settings), fp32)
     int8 = os.path.join(work, "int8.onnx")
     quantize_image_classifier_int8(fp32, int8, calibration_batches(settings=settings))
     os.remove(fp32)

@@ -22,12 +22,11 @@ from typing import Callable, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-IMAGE_KINDS = ("image-classifier",)
-DETECTOR_KINDS = ("object-detector",)
+from tskit import kinds
+
 DETECTOR_FORMATS = ("torchscript",)
 ALL_FORMATS = ("torchscript", "aoti", "onnx")  # what a PyTorch module (eager, checkpoint, python:) can give
 FORMATS_OF_FILE = {".pt": ("torchscript", "onnx"), ".pt2": ALL_FORMATS, ".onnx": ("onnx",)}
-TEXT_KINDS = ("text-classifier", "text-embedding")
 
 
 class SourceError(ValueError):
@@ -76,7 +75,7 @@ class SequenceClassifierLogits(torch.nn.Module):
 
 def load_source(source: str, kind: str, base_dir: str) -> LoadedSource:
     loaded = _load_source(source, kind, base_dir)
-    return as_detector(loaded) if kind in DETECTOR_KINDS else loaded
+    return as_detector(loaded) if kinds.kind(kind).family == "detector" else loaded
 
 
 def _load_source(source: str, kind: str, base_dir: str) -> LoadedSource:
@@ -85,13 +84,14 @@ def _load_source(source: str, kind: str, base_dir: str) -> LoadedSource:
     path = source if os.path.isabs(source) else os.path.normpath(os.path.join(base_dir, source))
     if not os.path.exists(path):
         raise SourceError(f"source {path} does not exist")
-    if os.path.isdir(path) and kind not in DETECTOR_KINDS:
+    family = kinds.kind(kind).family
+    if os.path.isdir(path) and family != "detector":
         return _hugging_face(path, kind)
-    if kind in TEXT_KINDS:
+    if family == "text":
         raise SourceError(f"a {kind} source is a Hugging Face checkpoint folder (config.json, weights, "
                           f"tokenizer.json), not the file {path}")
     suffix = os.path.splitext(path)[1]
-    if kind in DETECTOR_KINDS:
+    if family == "detector":
         detector_formats(path)  # refuses anything but a .pt
     if suffix == ".pt":
         module = torch.jit.load(path, map_location="cpu").eval()
@@ -164,7 +164,7 @@ def _python_source(source: str, kind: str, base_dir: str) -> LoadedSource:
 def _hugging_face(folder: str, kind: str) -> LoadedSource:
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
-    if kind not in TEXT_KINDS:
+    if kinds.kind(kind).family != "text":
         raise SourceError(f"{folder} is a folder: an {kind} source is a .pt, .pt2 or .onnx file")
     tokenizer_file = os.path.join(folder, "tokenizer.json")
     for needed in ("config.json", "tokenizer.json"):
@@ -173,7 +173,7 @@ def _hugging_face(folder: str, kind: str) -> LoadedSource:
                               f"its weights and a fast tokenizer's tokenizer.json")
     config = AutoConfig.from_pretrained(folder)
     labels = None
-    if kind == "text-classifier":
+    if kinds.kind(kind).answer == "labels":  # a classifier's logits, else an encoder's pooled embedding
         if not any(a.endswith("ForSequenceClassification") for a in (config.architectures or [])):
             raise SourceError(f"{folder}: config.json's architectures {config.architectures} name no "
                               f"*ForSequenceClassification model")

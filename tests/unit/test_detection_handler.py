@@ -14,10 +14,11 @@ from PIL import Image
 
 import own_models
 from detection import compare
-from model_settings import SettingsError, parse_settings
+from model_settings import SettingsError
 from object_detector_handler import ObjectDetectorHandler
 from support import encode, extract_archive, make_context, photo, request_batch, responses
 from tskit.archive import build
+from tskit.kinds import parse_settings
 from tskit.declaration import load
 from tskit.declare import declare
 

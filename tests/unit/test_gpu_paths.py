@@ -18,6 +18,7 @@ from image_classifier_handler import ImageClassifierHandler
 from support import REPO, encode, extract_archive, make_context, photo, request_batch, responses
 from text_classifier_handler import TextClassifierHandler
 from text_embedding_handler import TextEmbeddingHandler
+from tskit.kinds import of_handler
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -49,9 +50,7 @@ def load(mar, store, tmp_path, gpu):
 
 
 def _kind_of(manifest):
-    handler_file = os.path.basename(manifest["model"]["handler"])
-    return {"image_classifier_handler.py": "image-classifier", "text_classifier_handler.py": "text-classifier",
-            "text_embedding_handler.py": "text-embedding"}[handler_file]
+    return of_handler(os.path.basename(manifest["model"]["handler"])).name
 
 
 def batch(kind):

@@ -8,10 +8,10 @@ import importlib
 import pytest
 
 from ts.model_loader import TsModelLoader
-from tskit.declaration import HANDLER_OF_KIND
+from tskit.kinds import KINDS
 
 
-@pytest.mark.parametrize("kind, handler_file", sorted(HANDLER_OF_KIND.items()))
+@pytest.mark.parametrize("kind, handler_file", sorted((k.name, k.handler_file) for k in KINDS.values()))
 def test_the_handler_module_is_a_torchserve_entry_point(kind, handler_file):
     module = importlib.import_module(handler_file.removesuffix(".py"))
     entry_point, initialize = TsModelLoader()._get_class_entry_point(module)

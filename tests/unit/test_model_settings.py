@@ -17,9 +17,9 @@ from model_settings import (
     TextClassifierSettings,
     TextEmbeddingSettings,
     check_labels,
-    parse_settings,
 )
 from support import extract_archive, make_context
+from tskit.kinds import parse_settings  # the kind's settings class, looked up by name
 
 KINDS = ("image-classifier", "text-classifier", "text-embedding")
 

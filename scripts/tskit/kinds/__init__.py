@@ -1,0 +1,110 @@
+"""The model kinds: one module per kind holds everything about it; every other module looks a kind up by name.
+
+    kind(name)          the Kind of a declaration's `kind:` (UnknownKind, listing the known kinds, otherwise)
+    family(name)        its input family: image, text or detector
+    KINDS               name -> Kind, in the order messages list them
+    parse_settings      a `handler:` section read as the kind's typed settings (handlers/model_settings.py)
+    of_handler          the Kind an archive's handler file serves
+
+Adding a kind: its module here (a `KIND = Kind(...)`, registered in _registered() below), its handler entry module
+and typed settings class in handlers/, and its tests (tests/unit/test_kinds.py checks that it is complete).
+The handlers themselves never import this package (the runtime imports nothing from scripts/): a handler
+class names its own `kind` and `settings_class`, which test_kinds checks against the Kind.
+"""
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple, Type
+
+from model_settings import CommonSettings, SettingsError, read_settings
+
+FAMILIES = ("image", "text", "detector")
+ANSWERS = ("labels", "embedding", "detections")
+
+
+class UnknownKind(SettingsError):
+    """A kind no module here defines. A SettingsError: whoever checks a `handler:` section catches both."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str                        # a declaration's `kind:`
+    handler_file: str                # handlers/<file>: the archive's TorchServe entry point
+    settings: Type[CommonSettings]   # the `handler:` section's typed settings
+    # What the model takes: "image" a float batch [N, 3, H, W]; "text" (input_ids, attention_mask) int64
+    # [N, L]; "detector" a list of images of any sizes (TorchScript only). The exporters, the int8 form,
+    # the sources and the in-process jobs follow the input, not the kind.
+    family: str
+    # What an answer carries: "labels" {"predictions": [...]}, "embedding" {"embedding": [...]},
+    # "detections" {"detections": [...]}. Agreement, answer checks and the LitServe peer follow it.
+    answer: str
+    template: str                    # `make model`'s `handler:` section, every setting spelt out to edit
+    max_batch_delay: int             # `make model`'s torchserve.maxBatchDelay (ms to wait for a batch)
+    v2_outputs: Tuple[str, ...]      # the v2 output tensors of an answer, in order (the handler's `outputs`)
+    int8_format: Optional[str] = None      # the format `precision: int8` is served as; None: fp32 only
+    bench_workload: Optional[str] = None   # benchkit.workloads' input the bench, tune and optimize send;
+                                           # None: they have no inputs or answer checks for the kind
+    agreement_metric: Optional[str] = None  # benchkit.agreement's measure of a variant against fp32;
+                                            # None: make optimize has no agreement measure for the kind
+
+    def __post_init__(self):
+        if self.family not in FAMILIES or self.answer not in ANSWERS:
+            raise ValueError(f"kind {self.name}: family {self.family!r} / answer {self.answer!r} unknown")
+
+    def parse_settings(self, section: Optional[dict]) -> CommonSettings:
+        return read_settings(self.settings, section, self.name)
+
+    @property
+    def workload_family(self) -> str:
+        """benchkit.workloads' input family ("vision" / "text") the kind's bench inputs come from."""
+        return "text" if self.family == "text" else "vision"
+
+    @property
+    def bench_int8(self) -> Optional[str]:
+        """The int8 format the bench measures: it judges int8 by top-1 agreement, so classifiers only."""
+        return self.int8_format if self.answer == "labels" else None
+
+    @property
+    def known_answers(self) -> bool:
+        """The bench's input has a right answer every variant must give (a label), not just a shape."""
+        return self.answer == "labels" and self.bench_workload is not None
+
+
+def _registered() -> Dict[str, Kind]:
+    # imported here, not at the top: each kind module imports Kind from this package
+    from tskit.kinds import image_classifier, object_detector, text_classifier, text_embedding
+
+    modules = (image_classifier, text_classifier, text_embedding, object_detector)  # the order messages list
+    return {m.KIND.name: m.KIND for m in modules}
+
+
+KINDS: Dict[str, Kind] = _registered()
+
+
+def kind(name: str) -> Kind:
+    if name not in KINDS:
+        raise UnknownKind(f"kind {name!r} is not one of {', '.join(KINDS)}")
+    return KINDS[name]
+
+
+def family(name: str) -> str:
+    """The input family of kind `name` (for callers whose own variable is called `kinds`)."""
+    return kind(name).family
+
+
+def parse_settings(name: str, section: Optional[dict]) -> CommonSettings:
+    """The `handler:` section of kind `name` as typed settings; SettingsError names the first bad key."""
+    return kind(name).parse_settings(section)
+
+
+def of_handler(handler_file: str) -> Kind:
+    """The kind an archive's handler file (its MANIFEST's `handler`, "file.py[:function]") serves."""
+    handler_file = handler_file.split(":")[0]
+    for k in KINDS.values():
+        if k.handler_file == handler_file:
+            return k
+    raise UnknownKind(f"handler {handler_file} serves none of the kinds {', '.join(KINDS)}")
+
+
+def with_bench_inputs() -> Tuple[Kind, ...]:
+    """The kinds the bench, tune and optimize have inputs and answer checks for."""
+    return tuple(k for k in KINDS.values() if k.bench_workload)

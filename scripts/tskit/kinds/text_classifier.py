@@ -1,0 +1,19 @@
+"""text-classifier: a Hugging Face *ForSequenceClassification checkpoint; a text in, every label's probability out."""
+
+from model_settings import TextClassifierSettings
+from tskit.kinds import Kind
+from tskit.kinds.text import TEXT_TEMPLATE
+
+KIND = Kind(
+    name="text-classifier",
+    handler_file="text_classifier_handler.py",
+    settings=TextClassifierSettings,
+    family="text",
+    answer="labels",
+    template=TEXT_TEMPLATE,
+    max_batch_delay=5,  # what `make tune` chose for the MiniLM models (docs/performance.md)
+    v2_outputs=("labels", "indices", "probabilities", "truncated"),
+    int8_format="torchscript",  # dynamic int8 Linear layers are a TorchScript (eager quantized) module
+    bench_workload="text_medium",  # a news paragraph: the package's typical request
+    agreement_metric="top1_agreement",
+)

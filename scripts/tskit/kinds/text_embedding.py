@@ -1,0 +1,19 @@
+"""text-embedding: a Hugging Face encoder, mean-pooled and L2-normalised (sentence-transformers' definition)."""
+
+from model_settings import TextEmbeddingSettings
+from tskit.kinds import Kind
+from tskit.kinds.text import TEXT_TEMPLATE
+
+KIND = Kind(
+    name="text-embedding",
+    handler_file="text_embedding_handler.py",
+    settings=TextEmbeddingSettings,
+    family="text",
+    answer="embedding",
+    template=TEXT_TEMPLATE,
+    max_batch_delay=5,  # as the text classifier (tuned on the same MiniLM)
+    v2_outputs=("embedding", "truncated"),
+    int8_format="torchscript",
+    bench_workload="text_medium",
+    agreement_metric="min_cosine",  # no label to agree on: the worst cosine between the two embeddings
+)
