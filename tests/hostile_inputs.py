@@ -109,6 +109,43 @@ def png16_gray(image: Image.Image) -> bytes:
     return encode(Image.fromarray(gray), "PNG")
 
 
+def png_with_zeroed_idat(png: bytes) -> bytes:
+    """Every IDAT chunk's data overwritten with zeros, CRCs recomputed: chunks intact, no zlib stream."""
+    return build_png([(kind, bytes(len(data)) if kind == b"IDAT" else data) for kind, data in png_chunks(png)])
+
+
+# ---- JPEG surgery ----------------------------------------------------------------------------
+JPEG_END_OF_IMAGE = b"\xff\xd9"
+
+
+def jpeg_scan_start(jpeg: bytes) -> int:
+    """The offset of the first scan's entropy-coded data: the byte after the first SOS segment."""
+    assert jpeg[:2] == b"\xff\xd8", "not a JPEG"
+    pos = 2
+    while jpeg[pos] == 0xFF:
+        marker, length = jpeg[pos + 1], int.from_bytes(jpeg[pos + 2:pos + 4], "big")
+        pos += 2 + length
+        if marker == 0xDA:
+            return pos
+    raise ValueError(f"no SOS segment before byte {pos}")
+
+
+def jpeg_with_zeroed_scan(jpeg: bytes) -> bytes:
+    """Every header through the first SOS kept, every byte from there to the end-of-image marker zeroed
+    (for a progressive or restart-marker JPEG that wipes the later scans' headers and RST markers too)."""
+    assert jpeg.endswith(JPEG_END_OF_IMAGE)
+    start = jpeg_scan_start(jpeg)
+    return jpeg[:start] + bytes(len(jpeg) - start - 2) + JPEG_END_OF_IMAGE
+
+
+def jpeg_cut_in_scan(jpeg: bytes, fraction: float = 0.5, end_marker: bool = True) -> bytes:
+    """The JPEG cut `fraction` of the way through its data after the first SOS header; with
+    `end_marker`, an end-of-image marker is put back (as a careless repair or a transfer tool does)."""
+    start = jpeg_scan_start(jpeg)
+    cut = jpeg[:start + int((len(jpeg) - 2 - start) * fraction)]
+    return cut + JPEG_END_OF_IMAGE if end_marker else cut
+
+
 # ---- EXIF orientation ------------------------------------------------------------------------
 def with_orientation(upright: Image.Image, orientation: int, fmt: str = "JPEG", **save_kwargs) -> bytes:
     """Pixels stored so that a viewer honouring EXIF `orientation` shows `upright`."""

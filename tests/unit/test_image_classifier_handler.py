@@ -81,6 +81,25 @@ def test_bad_item_in_the_middle_of_a_batch(handler, archive):
     assert answers[0][1]["predictions"][0]["label"] == "espresso"
 
 
+def test_jpeg_with_zeroed_scan_data_is_a_400_not_a_meaningless_200(handler, archive):
+    """Headers and end-of-image marker intact, scan data zeroed: libjpeg decoded it to flat gray and the
+    model answered it. Small (full-size decode) and large (reduced decode by Pillow) JPEGs alike."""
+    from PIL import Image
+
+    from hostile_inputs import jpeg_with_zeroed_scan
+
+    good = encode(photo("coffee"))
+    small = jpeg_with_zeroed_scan(encode(photo("chelsea")))
+    large = jpeg_with_zeroed_scan(encode(Image.fromarray(photo("chelsea")).resize((1024, 768))))  # >= 2 x 256
+    answers = run(handler, archive, [("body", good, "image/jpeg"), ("body", small, "image/jpeg"),
+                                     ("body", large, "image/jpeg"), ("body", good, "image/jpeg")])
+    assert [status for status, _ in answers] == [200, 400, 400, 200]
+    for _, bad in answers[1:3]:
+        assert bad == {"code": 400, "type": "CorruptImage", "message": "the JPEG image data is damaged "
+                       "(libjpeg: Corrupt JPEG data: premature end of data segment)"}
+    assert answers[0][1] == answers[3][1] and answers[0][1]["predictions"][0]["label"] == "espresso"
+
+
 def test_batch_answers_equal_single_answers(handler, archive):
     names = ["chelsea", "coffee", "astronaut", "rocket"]
     blobs = [encode(photo(n)) for n in names]
