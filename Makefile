@@ -90,8 +90,12 @@ stop: $(VENV)/.installed
 	$(PY) scripts/ts_server.py stop
 
 # ---- tests -----------------------------------------------------------------------------------
+# Two pytest processes (pytest-xdist): a module and the server it shares stay in one (--dist loadfile), and
+# the heavy modules start first (tests/suite_order.py). On 2 cores this halves the suite's time: much of it
+# is waiting (servers starting, timed load points, timeouts). TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: check-java archives $(GRPC_STUBS)
-	$(BIN)/pytest tests
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile tests
 
 test-unit: archives
 	$(BIN)/pytest tests/unit
