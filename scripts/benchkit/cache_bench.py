@@ -16,17 +16,16 @@ text, prometheus_client's parser), the difference around each point.
 import hashlib
 import io
 import random
-import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
-import requests
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from tskit.client import TorchServeClient
-from tskit.load import AnswerCheck, percentile
+from tskit.closed_loop import Job, Loop
+from tskit.load import AnswerCheck, answer_judge, summary
 
 REPEAT_SHARE = 0.3
 STREAMS = {"repeat30": REPEAT_SHARE, "unique": 0.0}
@@ -83,55 +82,19 @@ def text_variant(text: str, salt: int) -> Callable[[int], bytes]:
 def run_stream(client: TorchServeClient, model: str, content_type: str, stream: Stream, concurrency: int,
                check: AnswerCheck) -> dict:
     """Send the stream to `model` with `concurrency` clients, in order; every answer checked. A row's numbers.
-    A load generator: a session of its own per client thread, with the URL and token of tskit.client."""
+    The one closed loop (tskit.closed_loop: its sequence numbers go out in order), with the URL and token of
+    tskit.client, and the one summary (tskit.load.summary)."""
     url = client.prediction_url(model)
-    lock = threading.Lock()
-    position = iter(range(len(stream.order)))
-    latencies: List[float] = []
-    failures: List[str] = []
-    counts = {"checked": 0, "wrong": 0}
-    headers = dict(client.auth_headers("inference"), **{"Content-Type": content_type})
 
-    def client() -> None:
-        session = requests.Session()
-        while True:
-            with lock:
-                i = next(position, None)
-            if i is None:
-                return
-            started = time.perf_counter()
-            try:
-                response = session.post(url, data=stream.bodies[stream.order[i]], headers=headers, timeout=120)
-                ok, why = response.status_code == 200, f"status {response.status_code}: {response.text[:200]}"
-                right = ok and check.verify(response.content)
-            except Exception as err:  # a socket error, a timeout: a failed request
-                ok, right, why = False, False, f"{type(err).__name__}: {err}"[:200]
-            elapsed = (time.perf_counter() - started) * 1000
-            with lock:
-                counts["checked"] += ok
-                if ok and not right:
-                    counts["wrong"] += 1
-                    why = f"wrong answer: {response.text[:200]}"
-                if right:
-                    latencies.append(elapsed)
-                else:
-                    failures.append(why)
+    def job(index: int) -> Job:
+        return Job(url, stream.bodies[stream.order[index]], content_type)
 
-    started = time.monotonic()
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall = time.monotonic() - started
-
-    def pct(q: float) -> float:
-        return percentile(latencies, q * 100)
-
-    return {"requests": len(stream.order), "errors": len(failures), "checked": counts["checked"],
-            "wrong": counts["wrong"], "first_error": failures[0] if failures else "",
-            "throughput": len(latencies) / wall, "seconds": wall,
-            "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99),
+    loop = Loop(job, concurrency, answer_judge(check), key=lambda: client.key("inference") or "", timeout=120,
+                count=len(stream.order))
+    result = summary(loop.run(), loop.seconds, concurrency)
+    return {"requests": len(stream.order), "errors": result.errors, "checked": result.checked,
+            "wrong": result.wrong, "first_error": result.first_error, "throughput": result.throughput,
+            "seconds": result.seconds, "p50_ms": result.p50_ms, "p90_ms": result.p90_ms, "p99_ms": result.p99_ms,
             "inputs": len(stream.bodies), "repeats": stream.repeats}
 
 

@@ -12,14 +12,12 @@ import glob
 import os
 import shutil
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import List
 
 from benchkit.agreement import Probe, headlines
 from tskit import declaration as declarations
-from tskit.client import ClientError
+from tskit.closed_loop import Job, Loop
 from tskit.kinds import family
 from tskit.respec import with_settings
 from tskit.server import private_server, running
@@ -53,24 +51,21 @@ def inputs(kind: str) -> List[Probe]:
 
 
 def drive(client, name: str, inputs, concurrency: int, until, timeout: float) -> None:
-    """Send the inputs in turn from `concurrency` threads until `until()` is true."""
-    done, deadline = threading.Event(), time.monotonic() + timeout
+    """Send the inputs in turn from the one closed loop (tskit.closed_loop) at `concurrency` until `until()`
+    is true; failed requests are reported, not raised: the profiles are what this load is for."""
+    url = client.prediction_url(name)
 
-    def sender(offset: int) -> None:
-        i = offset
-        while not done.is_set() and time.monotonic() < deadline:
-            probe = inputs[i % len(inputs)]
-            try:
-                client.predict(name, probe.body, probe.content_type)
-            except ClientError as err:
-                print(f"profile load: {err}", file=sys.stderr)
-            i += concurrency
+    def job(index: int) -> Job:
+        probe = inputs[index % len(inputs)]
+        return Job(url, probe.body, probe.content_type)
 
-    with ThreadPoolExecutor(concurrency) as pool:
-        for offset in range(concurrency):
-            pool.submit(sender, offset)
+    deadline = time.monotonic() + timeout
+    with Loop(job, concurrency, key=lambda: client.key("inference") or "", timeout=client.timeout) as load:
         while not until() and time.monotonic() < deadline:
             time.sleep(0.5)
-        done.set()
+    failed = [o.error for o in load.outcomes if o.error]
+    if failed:
+        print(f"profile load: {len(failed)} of {len(load.outcomes)} requests failed, the first: {failed[0]}",
+              file=sys.stderr)
     if not until():
         raise TimeoutError(f"no complete profile from every worker of {name} within {timeout:g} s")

@@ -1,14 +1,15 @@
 """make soak's run (scripts/soak.py is its command): a bounded load and soak run over the three models, with
 every answer checked.
 
-N requests (5,000 for `make soak`; CI runs a short form through tests/integration/test_soak.py) at
-a fixed concurrency from a threaded client, spread round-robin over mobilenet_v2 (real photos,
-JPEG and PNG), minilm_topics and minilm_embedding (texts of three lengths). Before the measured run
-each distinct request is answered once alone (its reference answer) and a warm-up pass runs at the
-same concurrency; then the RSS of every worker process (pids from the describe API) is taken as
-the baseline. The run fails on any error: a non-200 answer, a socket error or timeout, an answer
-that differs from its reference (top-1 label, probability within 1e-3, embedding cosine >= 0.9999),
-a worker restart (a pid that changed), or worker memory growth over --max-growth (10%).
+N requests (5,000 for `make soak`; CI runs a short form through tests/integration/test_soak.py) at a
+fixed concurrency from the one closed loop (tskit.checked_load over tskit.closed_loop), spread
+round-robin over mobilenet_v2 (real photos, JPEG and PNG), minilm_topics and minilm_embedding (texts of
+three lengths). Before the measured run each distinct request is answered once alone (its reference
+answer) and a warm-up pass runs at the same concurrency; then the RSS of every worker process (pids from
+the describe API) is taken as the baseline. The run fails on any error: a non-200 answer, a socket error
+or timeout, an answer that differs from its reference (top-1 label, probability within 1e-3, embedding
+cosine >= 0.9999), a worker restart (a pid that changed), or worker memory growth over --max-growth
+(10%).
 """
 
 import tempfile
@@ -19,7 +20,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 import psutil
 
-from tskit.load import percentile
+from tskit.load import summary
 from tskit.server import private_server
 from tskit.checked_load import MODELS, LoadClient, check, default_specs
 from tskit.client import TorchServeClient
@@ -49,7 +50,7 @@ class SoakReport:
     errors: int
     error_examples: List[str]
     seconds: float
-    throughput: float
+    throughput: float  # right answers per second; this and p50/p99: tskit.load.summary, like every load report
     p50_ms: float
     p99_ms: float
     per_model: Dict[str, int]
@@ -146,12 +147,12 @@ def summarise(models: List[str], outcomes: List, warm: List, heavy: List, heavy_
     errors = [o for o in outcomes + warm if o.error]
     heavy_errors = [o for o in heavy if o.error]
     growth = {name: (end[name] - baseline[name]) / baseline[name] for name in baseline if baseline[name]}
-    latencies = sorted(o.ended - o.started for o in outcomes)
+    measured, heavy_run = summary(outcomes, seconds, concurrency), summary(heavy, 0.0, heavy_concurrency)
     report = SoakReport(
         requests=len(outcomes), concurrency=concurrency, errors=len(errors),
         error_examples=[f"{o.model} {o.spec}: {o.error}" for o in errors[:10]],
-        seconds=round(seconds, 1), throughput=round(len(outcomes) / seconds, 1),
-        p50_ms=round(percentile(latencies, 50) * 1e3, 1), p99_ms=round(percentile(latencies, 99) * 1e3, 1),
+        seconds=round(seconds, 1), throughput=round(measured.throughput, 1),
+        p50_ms=round(measured.p50_ms, 1), p99_ms=round(measured.p99_ms, 1),
         per_model={m: sum(1 for o in outcomes if o.model == m) for m in models},
         restarted_workers=[],
         rss_baseline_mb={k: round(v / 2**20, 1) for k, v in baseline.items()},
@@ -161,7 +162,7 @@ def summarise(models: List[str], outcomes: List, warm: List, heavy: List, heavy_
         max_memory_growth=round(max(growth.values(), default=0.0), 4),
         max_growth_allowed=max_growth, warmup_requests=len(warm),
         overload_concurrency=heavy_concurrency if heavy else 0, overload_requests=len(heavy),
-        overload_errors=len(heavy_errors), overload_p99_ms=round(percentile([o.ended - o.started for o in heavy], 99) * 1e3, 1) if heavy else 0.0)
+        overload_errors=len(heavy_errors), overload_p99_ms=round(heavy_run.p99_ms, 1) if heavy else 0.0)
     report.error_examples += [f"4x phase: {o.model} {o.spec}: {o.error}" for o in heavy_errors[:5]]
     report.passed = (report.errors == 0 and report.overload_errors == 0 and len(growth) == len(baseline)
                      and report.max_memory_growth < max_growth)

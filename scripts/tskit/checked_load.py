@@ -1,5 +1,5 @@
-"""A checked load over the served models: distinct requests with their reference answers, and a
-threaded client that checks every answer (make soak, and the fault and rollout tests).
+"""A checked load over the served models: distinct requests with their reference answers, and the closed
+loop (tskit.closed_loop) with every answer checked (make soak, and the fault and rollout tests).
 
 Each `Spec` is one distinct request (real photos as JPEG and PNG for image models, texts of three
 lengths for text models); `check` compares an answer with the spec's reference. `LoadClient.run` sends
@@ -9,19 +9,17 @@ Outcome with its error, never raised.
 """
 
 import io
-import itertools
 import json
 import math
 import random
 import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, List, Optional
 
 import requests
 
 from tskit.client import TorchServeClient
+from tskit.closed_loop import Job, Loop, Outcome, exchange
 from tskit.declaration import served
 from tskit.kinds import family
 
@@ -113,20 +111,14 @@ def _check(spec: Spec, status: int, body: bytes) -> Optional[str]:
 
 
 # ---- the client ------------------------------------------------------------------------------
-@dataclass
-class Outcome:
-    spec: str
-    model: str
-    started: float  # time.monotonic()
-    ended: float
-    status: int  # -1: no HTTP answer (socket error, timeout)
-    error: Optional[str]
+def judge(job: Job, status: int, body: bytes) -> Optional[str]:
+    """Every answer checked against its spec's reference (the closed loop's judge)."""
+    return check(job.spec, status, body)
 
 
 class LoadClient:
-    """Threaded closed-loop client: `concurrency` threads, one keep-alive session each (a raw
-    requests.Session per thread: the load loop stays cheap); the token comes from `key()` on every
-    request, e.g. from tskit.client (LoadClient.of), so a key the server renews is picked up."""
+    """The closed loop (tskit.closed_loop) over specs, every answer checked; the token comes from `key()` on
+    every request, e.g. from tskit.client (LoadClient.of), so a key the server renews is picked up."""
 
     def __init__(self, inference_url: str, key: Callable[[], str], timeout: float = 120):
         self.inference_url = inference_url.rstrip("/")
@@ -139,80 +131,32 @@ class LoadClient:
         """Load on the server `client` talks to, with its inference key."""
         return cls(client.inference_url, lambda: client.key("inference") or "", timeout)
 
+    def job(self, spec: Spec, path: Optional[str] = None) -> Job:
+        return Job(f"{self.inference_url}{path or '/predictions/' + spec.model}", spec.body, spec.content_type,
+                   spec.name, spec.model, spec=spec)
+
     def send(self, spec: Spec, path: Optional[str] = None) -> Outcome:
-        """One request and its check. Any exception (socket, timeout, key file, a check that raises) is a
-        failed request with status -1 (or the status that came back), never a dead load thread."""
-        started = time.monotonic()
-        status = -1
-        try:
-            session = getattr(self._local, "session", None)
-            if session is None:
-                session = self._local.session = requests.Session()
-            key = self.key()
-            response = session.post(f"{self.inference_url}{path or '/predictions/' + spec.model}", data=spec.body,
-                                    headers={"Content-Type": spec.content_type,
-                                             **({"Authorization": f"Bearer {key}"} if key else {})},
-                                    timeout=self.timeout)
-            status = response.status_code
-            error = check(spec, response.status_code, response.content)
-        except Exception as err:  # anything at all: counted, so the tests see it
-            error = f"{type(err).__name__}: {err}"[:300]
-        return Outcome(spec.name, spec.model, started, time.monotonic(), status, error)
+        """One request and its check, on this thread's session. Any exception (socket, timeout, key file, a
+        check that raises) is a failed request with status -1 (or the status that came back), never raised."""
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        return exchange(session, lambda: self.job(spec, path), judge, self.key, self.timeout)
+
+    def loop(self, jobs: Callable[[int], Job], concurrency: int, count: Optional[int] = None) -> Loop:
+        return Loop(jobs, concurrency, judge, self.key, self.timeout, count=count)
 
     def run(self, specs: List[Spec], count: int, concurrency: int, seed: int = 0) -> List[Outcome]:
         """`count` requests, cycling over `specs` in a shuffled order, at `concurrency`."""
         order = list(specs) * max(1, math.ceil(count / len(specs)))
         random.Random(seed).shuffle(order)
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            return list(pool.map(self.send, order[:count]))
+        return self.loop(lambda i: self.job(order[i]), concurrency, count).run()
 
-    def background(self, specs: List[Spec], concurrency: int, path: Optional[Callable[[Spec], str]] = None
-                   ) -> "BackgroundLoad":
-        return BackgroundLoad(self, specs, concurrency, path)
+    def background(self, specs: List[Spec], concurrency: int, path: Optional[Callable[[Spec], str]] = None) -> Loop:
+        """Load that runs until its block ends: `with client.background(specs, 8) as load: ...; load.outcomes`
+        (`load.snapshot()`, `load.wait_for(n)` meanwhile), the specs in turn."""
+        def job(index: int) -> Job:
+            spec = specs[index % len(specs)]
+            return self.job(spec, path(spec) if path else None)
 
-
-class BackgroundLoad:
-    """Load that runs until stopped: `with client.background(specs, 8) as load: ...; load.outcomes`."""
-
-    def __init__(self, client: LoadClient, specs: List[Spec], concurrency: int,
-                 path: Optional[Callable[[Spec], str]] = None):
-        self.client, self.specs, self.concurrency, self.path = client, specs, concurrency, path
-        self.outcomes: List[Outcome] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(concurrency)]
-
-    def _loop(self, index: int) -> None:
-        for spec in itertools.islice(itertools.cycle(self.specs), index, None):
-            if self._stop.is_set():
-                return
-            started = time.monotonic()
-            try:
-                outcome = self.client.send(spec, self.path(spec) if self.path else None)
-            except Exception as err:  # e.g. the path function: still one counted failed request
-                outcome = Outcome(spec.name, spec.model, started, time.monotonic(), -1,
-                                  f"{type(err).__name__}: {err}"[:300])
-            with self._lock:
-                self.outcomes.append(outcome)
-
-    def snapshot(self) -> List[Outcome]:
-        with self._lock:
-            return list(self.outcomes)
-
-    def wait_for(self, count: int, timeout: float = 120, model: Optional[str] = None) -> None:
-        """Until `count` answers (of `model`) have come back, however they went."""
-        deadline = time.monotonic() + timeout
-        while sum(1 for o in self.snapshot() if model in (None, o.model)) < count:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"fewer than {count} answers within {timeout:g} s")
-            time.sleep(0.05)
-
-    def __enter__(self) -> "BackgroundLoad":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=self.client.timeout + 10)
+        return self.loop(job, concurrency)

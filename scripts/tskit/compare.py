@@ -7,22 +7,22 @@ Every input (an image file, or a .txt file holding one text) goes to both sides;
 - agreement: classifiers, top-1 agreement and the largest and mean change of a label's probability
   (over the labels both answers list); embeddings, the cosine of the two vectors;
 - the inputs where they disagree (another top-1, or a cosine under DISAGREE_COSINE);
-- speed: each side's p50/p99 latency and throughput at the stated concurrency, the two sides measured
-  in alternating rounds (A, B, A, B) so that drift of this machine's load hits both alike.
+- speed: each side's p50/p99 latency and throughput at the stated concurrency (the one closed loop,
+  tskit.closed_loop, and the one summary, tskit.load.summary), the two sides measured in alternating
+  rounds (A, B, A, B) so that drift of this machine's load hits both alike.
 The report is printed (markdown) and written with a PNG into --out.
 """
 
-import concurrent.futures
 import json
 import math
 import os
 import statistics
-import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from tskit.load import percentile
 from tskit.client import IMAGE_SUFFIXES, ClientError, TorchServeClient, file_body
+from tskit.closed_loop import Job, Loop, Outcome
+from tskit.load import summary
 
 DISAGREE_COSINE = 0.99
 ROUNDS = 2  # per side, alternating
@@ -30,20 +30,23 @@ ROUNDS = 2  # per side, alternating
 
 @dataclass
 class Side:
-    """`model` or `model/version` on the server."""
+    """`model` or `model/version` on the server, and what its speed rounds sent (the closed loop's outcomes)."""
     spec: str
     model: str = ""
     version: Optional[str] = None
-    latencies_ms: List[float] = field(default_factory=list)
+    outcomes: List[Outcome] = field(default_factory=list)
     seconds: float = 0.0
-    failures: int = 0
 
     def __post_init__(self):
         self.model, _, version = self.spec.partition("/")
         self.version = version or None
 
-    def throughput(self) -> float:
-        return len(self.latencies_ms) / self.seconds if self.seconds else 0.0
+    def speed(self, concurrency: int) -> dict:
+        """The report's speed row: tskit.load.summary of every round, and the right answers' latencies."""
+        result = summary(self.outcomes, self.seconds, concurrency)
+        return {"p50_ms": result.p50_ms, "p99_ms": result.p99_ms, "throughput_rps": result.throughput,
+                "requests": result.requests, "failed": result.errors,
+                "latencies_ms": [o.seconds * 1e3 for o in self.outcomes if o.error is None]}
 
 
 def read_inputs(folder: str) -> Dict[str, Tuple[bytes, str]]:
@@ -61,24 +64,17 @@ def answers_of(client: TorchServeClient, side: Side, inputs: Dict[str, Tuple[byt
 
 def measure(client: TorchServeClient, side: Side, inputs: Dict[str, Tuple[bytes, str]], concurrency: int,
             requests: int) -> None:
-    """`requests` calls (the inputs in turn) from `concurrency` threads; latencies and wall time added to side."""
-    bodies = list(inputs.values())
+    """`requests` calls (the inputs in turn) from the closed loop at `concurrency`, with the client's key and
+    timeout; outcomes and wall time added to side."""
+    bodies, url = list(inputs.values()), client.prediction_url(side.model, side.version)
 
-    def one(i: int) -> Optional[float]:
-        body, kind = bodies[i % len(bodies)]
-        started = time.perf_counter()
-        try:
-            response = client.infer(side.model, body, kind, side.version)
-        except ClientError:
-            return None
-        return (time.perf_counter() - started) * 1e3 if response.status_code == 200 else None
+    def job(index: int) -> Job:
+        body, content_type = bodies[index % len(bodies)]
+        return Job(url, body, content_type, model=side.spec)
 
-    started = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-        results = list(pool.map(one, range(requests)))
-    side.seconds += time.perf_counter() - started
-    side.latencies_ms += [r for r in results if r is not None]
-    side.failures += sum(r is None for r in results)
+    loop = Loop(job, concurrency, key=lambda: client.key("inference") or "", timeout=client.timeout, count=requests)
+    side.outcomes += loop.run()
+    side.seconds += loop.seconds
 
 
 def agreement(a: Dict[str, dict], b: Dict[str, dict]) -> dict:
@@ -124,9 +120,7 @@ def compare(client: TorchServeClient, spec_a: str, spec_b: str, folder: str, con
     for _ in range(ROUNDS):
         for side in (a, b):
             measure(client, side, inputs, concurrency, per_round)
-    speed = {s.spec: {"p50_ms": percentile(s.latencies_ms, 50), "p99_ms": percentile(s.latencies_ms, 99),
-                      "throughput_rps": s.throughput(), "requests": len(s.latencies_ms) + s.failures,
-                      "failed": s.failures, "latencies_ms": s.latencies_ms} for s in (a, b)}
+    speed = {s.spec: s.speed(concurrency) for s in (a, b)}
     return {"a": spec_a, "b": spec_b, "inputs": len(inputs), "concurrency": concurrency, "agreement": agree,
             "speed": speed}
 

@@ -1,4 +1,6 @@
-"""Closed-loop HTTP load at a fixed concurrency: wrk (compiled, preferred) or a Python fallback.
+"""Closed-loop HTTP load at a fixed concurrency: wrk (compiled, preferred) or a Python fallback (the one
+closed loop, tskit.closed_loop, with one body), and the one latency summary of every load (`summary`,
+`percentile`).
 
 Both return a LoadResult with throughput, latency percentiles, errors and the client's own CPU
 time, so a report can show that the load generator was not what limited the numbers. Both check
@@ -16,12 +18,13 @@ import resource
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Tuple
 
 import requests
+
+from tskit.closed_loop import Job, Judge, Loop, Outcome, status_only
 
 WRK_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wrk_checked.lua")
 
@@ -172,16 +175,6 @@ def drain(url: str, body_path: str, content_type: str, token: Optional[str], tim
         time.sleep(0.2)  # the queue is still full: it drains at the server's pace
 
 
-def contract_error(body: bytes, status: int) -> bool:
-    """The contract's JSON error body: {"code": status, "type": ..., "message": ...}."""
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return False
-    return isinstance(document, dict) and document.get("code") == status and \
-        isinstance(document.get("type"), str) and isinstance(document.get("message"), str)
-
-
 def percentile(values: List[float], q: float) -> float:
     """The q-th percentile by nearest rank: the smallest value with at least q% of the values at or
     below it (NaN for none). The one definition behind every p50/p90/p99 in bench, tune, soak, compare
@@ -192,62 +185,43 @@ def percentile(values: List[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
+def summary(outcomes: List[Outcome], seconds: float, concurrency: int, client_cpu_s: float = 0.0,
+            generator: str = "python") -> LoadResult:
+    """THE latency summary of a run of the closed loop (tskit.closed_loop): bench, tune, soak, compare and the
+    cache bench report these numbers. Latency percentiles and throughput are over right answers only: a
+    failure that came back fast must not flatter the numbers."""
+    right = [o.seconds for o in outcomes if o.error is None]
+    refused = [o for o in outcomes if o.status == 503]
+    errors = len(outcomes) - len(right)
+    return LoadResult(generator, concurrency, seconds, len(outcomes), errors, len(right) / seconds if seconds else 0.0,
+                      percentile(right, 50) * 1e3, percentile(right, 90) * 1e3, percentile(right, 99) * 1e3,
+                      client_cpu_s, sum(o.checked for o in outcomes),
+                      sum(o.checked and o.error is not None for o in outcomes),
+                      next((o.error for o in outcomes if o.error), ""), len(refused),
+                      sum(not o.contract for o in refused))
+
+
+def answer_judge(check: AnswerCheck) -> Judge:
+    """Status 200, and for a job marked `check`, the AnswerCheck on its body."""
+    def judge(job: Job, status: int, body: bytes) -> Optional[str]:
+        problem = status_only(job, status, body)
+        if problem is None and job.check and not check.verify(body):
+            return f"wrong answer: {body[:160].decode('utf-8', errors='replace')}"
+        return problem
+    return judge
+
+
 def run_python(url: str, body: bytes, content_type: str, token: Optional[str], concurrency: int,
                seconds: float, check: Optional[AnswerCheck] = None) -> LoadResult:
-    """A threaded requests client: costs far more CPU per request than wrk (reported)."""
+    """The closed loop with one body for `seconds`, every `check.every`-th answer's body checked: a
+    requests client, which costs far more CPU per request than wrk (reported)."""
     check = check or AnswerCheck()
-    headers = {"Content-Type": content_type, **({"Authorization": f"Bearer {token}"} if token else {})}
-    latencies: List[float] = []
-    counts = {"errors": 0, "checked": 0, "wrong": 0, "refused": 0, "refused_bad": 0}
-    first_error: List[str] = []
-    lock = threading.Lock()
-    deadline = time.monotonic() + seconds
+    every = max(1, check.every)
 
-    def worker():
-        session = requests.Session()
-        seen = 0
-        while time.monotonic() < deadline:
-            started = time.perf_counter()
-            checked = wrong = refused = refused_bad = False
-            problem = ""
-            try:
-                response = session.post(url, data=body, headers=headers, timeout=60)
-                ok = response.status_code == 200
-                if not ok:
-                    problem = f"status {response.status_code}: {response.text[:160]}"
-                    refused = response.status_code == 503
-                    refused_bad = refused and not contract_error(response.content, 503)
-                elif check.kind and seen % max(1, check.every) == 0:
-                    checked, wrong = True, not check.verify(response.content)
-                    ok = not wrong
-                    problem = f"wrong answer: {response.text[:160]}" if wrong else ""
-                seen += 1
-            except Exception as err:  # any failure of a request is a failed request, never a crash
-                ok, problem = False, f"{type(err).__name__}: {err}"[:200]
-            elapsed = time.perf_counter() - started
-            with lock:
-                counts["checked"] += checked
-                counts["wrong"] += wrong
-                counts["refused"] += refused
-                counts["refused_bad"] += refused_bad
-                if ok:
-                    latencies.append(elapsed)
-                else:
-                    counts["errors"] += 1
-                    if problem and not first_error:
-                        first_error.append(problem)
+    def job(index: int) -> Job:
+        return Job(url, body, content_type, check=bool(check.kind) and index % every == 0)
 
     cpu_before = time.process_time()
-    started = time.monotonic()
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.monotonic() - started
-    cpu = time.process_time() - cpu_before
-    values = sorted(latencies)
-    return LoadResult("python", concurrency, wall, len(values) + counts["errors"], counts["errors"], len(values) / wall,
-                      percentile(values, 50) * 1e3, percentile(values, 90) * 1e3,
-                      percentile(values, 99) * 1e3, cpu, counts["checked"], counts["wrong"],
-                      first_error[0] if first_error else "", counts["refused"], counts["refused_bad"])
+    loop = Loop(job, concurrency, answer_judge(check), key=lambda: token or "", timeout=60, seconds=seconds)
+    outcomes = loop.run()
+    return summary(outcomes, loop.seconds, concurrency, time.process_time() - cpu_before)

@@ -86,11 +86,8 @@ def text_answer(answer: dict) -> None:
     assert len(answer.get("embedding") or answer.get("predictions")) in (384, 4)
 
 
-def vision_cases(limit: int) -> List[Case]:
-    upright = cat()
-    jpeg, png = encode(upright), encode(upright, "PNG")
-    coffee = Image.fromarray(photo("coffee")).resize(upright.size)
-    gif = encode(upright.convert("P"), "GIF", save_all=True, append_images=[coffee.convert("P")] * 2)
+def damaged_image_cases(upright: Image.Image, jpeg: bytes, png: bytes) -> List[Case]:
+    """Images whose bytes are damaged (cut, zeroed, bad CRC or filter): the contract's CorruptImage."""
     m = VISION
     return [
         Case("truncated JPEG", m, jpeg[: len(jpeg) // 2], "image/jpeg", 400, "CorruptImage", "truncated"),
@@ -114,6 +111,16 @@ def vision_cases(limit: int) -> List[Case]:
              "cannot be decoded"),
         Case("JPEG marker then noise", m, b"\xff\xd8\xff\xe0" + bytes(random.Random(0).randbytes(4000)),
              "image/jpeg", 400, "CorruptImage", "cannot be read"),
+    ]
+
+
+def vision_cases(limit: int) -> List[Case]:
+    upright = cat()
+    jpeg, png = encode(upright), encode(upright, "PNG")
+    coffee = Image.fromarray(photo("coffee")).resize(upright.size)
+    gif = encode(upright.convert("P"), "GIF", save_all=True, append_images=[coffee.convert("P")] * 2)
+    m = VISION
+    return damaged_image_cases(upright, jpeg, png) + [
         Case("zero-byte body", m, b"", "image/jpeg", 400, "EmptyBody", "send the image bytes"),
         Case("text sent to the vision model", m, STRIKER.encode(), "text/plain", 415, "UnsupportedMediaType",
              "send the image bytes"),

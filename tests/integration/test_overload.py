@@ -8,15 +8,14 @@ answered and the frontend alive.
 
 import json
 import os
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, List, Optional
 
 import pytest
-import requests
 
 from own_server import own_server, worker_pids
 from support import CAT_LABELS, encode, photo
+from tskit.closed_loop import Job, Judge, Loop, Outcome
 from tskit.declaration import served
 
 pytestmark = pytest.mark.heavy(seconds=30)  # seconds in a one-process run on 2 cores; tests/suite_order.py
@@ -24,36 +23,46 @@ pytestmark = pytest.mark.heavy(seconds=30)  # seconds in a one-process run on 2 
 TUNED_CONCURRENCY = 16  # `make tune CONCURRENCY=16`: what the served models' batching was tuned at
 
 
-def post(session: requests.Session, url: str, token: str, body: bytes, content_type: str, timeout: float = 120):
-    return session.post(url, data=body, headers={"Content-Type": content_type, "Authorization": f"Bearer {token}"},
-                        timeout=timeout)
+def hammer(url: str, token: str, body: bytes, content_type: str, connections: int, per_connection: int,
+           judge: Judge) -> List[Outcome]:
+    """`connections` clients of the one closed loop (tskit.closed_loop), each with its own keep-alive
+    connection, `per_connection` requests each on average: every answer an Outcome judged by `judge`."""
+    return Loop(lambda i: Job(url, body, content_type), connections, judge, key=lambda: token, timeout=120,
+                count=connections * per_connection).run()
 
 
-def hammer(url: str, token: str, body: bytes, content_type: str, connections: int, per_connection: int):
-    """`connections` clients, each with its own keep-alive connection, sending `per_connection` requests
-    back to back: (status, body) of every answer."""
-    def client(_):
-        with requests.Session() as session:
-            return [(r.status_code, r.content) for r in
-                    (post(session, url, token, body, content_type) for _ in range(per_connection))]
+def answered(right: Callable[[dict], bool]) -> Judge:
+    """A 200 whose JSON answer is `right`."""
+    def judge(job: Job, status: int, body: bytes) -> Optional[str]:
+        return None if status == 200 and right(json.loads(body)) else f"status {status}: {body[:200]!r}"
+    return judge
 
-    with ThreadPoolExecutor(max_workers=connections) as pool:
-        return [answer for answers in pool.map(client, range(connections)) for answer in answers]
+
+def refused_per_contract(allowed: Callable[[int], bool]) -> Judge:
+    """A status that `allowed` accepts, with the contract's error fields in its body."""
+    def judge(job: Job, status: int, body: bytes) -> Optional[str]:
+        fine = allowed(status) and b'"type"' in body and b'"message"' in body
+        return None if fine else f"status {status}: {body[:40]!r}"
+    return judge
+
+
+def is_cat(answer: dict) -> bool:
+    return answer["predictions"][0]["label"] in CAT_LABELS
 
 
 @pytest.mark.parametrize("model, body, content_type, right", [
-    ("mobilenet_v2", encode(photo("chelsea")), "image/jpeg",
-     lambda answer: answer["predictions"][0]["label"] in CAT_LABELS),
+    ("mobilenet_v2", encode(photo("chelsea")), "image/jpeg", is_cat),
 ])  # the text models at 4x: the soak's 4x phase (test_soak.py), over all three models at once
 def test_4x_the_tuned_concurrency_is_all_answered_right_without_a_restart(client, server, model, body, content_type,
                                                                           right):
     pids = worker_pids(client, [model])
     connections = 4 * TUNED_CONCURRENCY
     answers = hammer(f"{server.inference_url}/predictions/{model}", server.keys()["inference"], body, content_type,
-                     connections, per_connection=3)
-    statuses = [status for status, _ in answers]
+                     connections, per_connection=3, judge=answered(right))
+    statuses = [o.status for o in answers]
+    assert len(answers) == 3 * connections
     assert statuses == [200] * len(answers), {s: statuses.count(s) for s in set(statuses)}
-    assert all(right(json.loads(content)) for _, content in answers)
+    assert not [o for o in answers if o.error], [o.error for o in answers if o.error][:5]
     assert worker_pids(client, [model]) == pids
 
 
@@ -70,32 +79,24 @@ def test_a_flood_of_maximum_size_bodies_leaves_good_requests_answered_and_the_fr
         url = f"{server.inference_url}/predictions/{model}"
         pids = {model: sorted(w["pid"] for w in api.describe(model)[0]["workers"])}
         at_limit, over_limit = flood_body(limit - 1024), flood_body(limit + 1)
-        good, good_answers, stop = encode(photo("chelsea")), [], threading.Event()
-
-        def good_client():
-            with requests.Session() as session:
-                while not stop.is_set():
-                    response = post(session, url, token, good, "image/jpeg")
-                    good_answers.append((response.status_code, response.json()))
-
-        watcher = threading.Thread(target=good_client)
-        watcher.start()
+        good = encode(photo("chelsea"))
         started = time.monotonic()
-        try:
-            flood = hammer(url, token, at_limit, "image/jpeg", connections=32, per_connection=2)
-            over = hammer(url, token, over_limit, "image/jpeg", connections=8, per_connection=1)
-        finally:
-            stop.set()
-            watcher.join(timeout=120)
+        # small good requests all along, from a client of their own
+        with Loop(lambda i: Job(url, good, "image/jpeg"), 1, answered(is_cat), key=lambda: token,
+                  timeout=120) as good_load:
+            flood = hammer(url, token, at_limit, "image/jpeg", connections=32, per_connection=2,
+                           judge=refused_per_contract(lambda status: 400 <= status < 500 or status == 503))
+            over = hammer(url, token, over_limit, "image/jpeg", connections=8, per_connection=1,
+                          judge=refused_per_contract(lambda status: status == 413))
         took = time.monotonic() - started
         # every flood body: the contract's 4xx for that request (or 503 with its JSON body if the queue was full)
-        kinds = {(status, body[:40]) for status, body in flood if not 400 <= status < 500}
-        assert all(400 <= status < 500 or status == 503 for status, _ in flood), kinds
-        assert all(b'"type"' in body and b'"message"' in body for _, body in flood)
-        assert [status for status, _ in over] == [413] * len(over)
+        assert not [o for o in flood if o.error], {o.error for o in flood if o.error}
+        assert [o.status for o in over] == [413] * len(over), {o.error for o in over if o.error}
+        assert not [o for o in over if o.error], {o.error for o in over if o.error}
         # small good requests were answered, right, all along
-        assert len(good_answers) >= 3 and all(status == 200 for status, _ in good_answers), good_answers[:3]
-        assert all(answer["predictions"][0]["label"] in CAT_LABELS for _, answer in good_answers)
+        good_answers = good_load.outcomes
+        assert len(good_answers) >= 3 and not [o for o in good_answers if o.error], \
+            [o.error for o in good_answers if o.error][:3]
         # the frontend is alive, the workers are the same, and the JVM never ran out of memory
         assert api.request("inference", "GET", "/ping").status_code == 200
         assert {model: sorted(w["pid"] for w in api.describe(model)[0]["workers"])} == pids
