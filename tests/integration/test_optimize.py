@@ -34,7 +34,7 @@ def test_quick_dry_run_reports_and_leaves_the_declarations(tmp_path, tmp_path_fa
     before = declarations_digest()
     result = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "optimize.py"), "--model", MODEL,
                              "--quick", "--dry-run", "--out", str(out), "--build-root", str(tmp_path / "build"),
-                             "--seconds", "1.5", "--warmup", "0.5"],  # the choice is tested in the unit tests
+                             "--seconds", "1", "--warmup", "0.3"],  # the choice is tested in the unit tests
                             capture_output=True, text=True, timeout=900, env={**os.environ, "TMPDIR": str(scratch)})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert declarations_digest() == before, "--dry-run changed models/"

@@ -1,4 +1,4 @@
-"""`make tune QUICK=1`: the sweep runs, and the config it writes loads in TorchServe with the settings it
+"""`make tune` on its smallest grid: the sweep runs, and the config it writes loads in TorchServe with the settings it
 recorded and serves right answers under load on a fresh server. The fresh run's throughput is printed
 beside the tuned one, not asserted: on this shared machine a setting measured twice differs by up to
 ~1.5x, so a bound loose enough to pass says nothing and a tight one fails on noise."""
@@ -26,7 +26,10 @@ def test_quick_tune_writes_a_config_that_loads_and_reproduces(tmp_path, tmp_path
     # kept short: a Unix socket path has at most 107 bytes
     scratch = tmp_path_factory.mktemp("scratch")
     result = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "tune.py"), "--model", MODEL,
-                             "--p99-ms", "5000", "--quick", "--out", str(out)],
+                             "--p99-ms", "5000", "--out", str(out),
+                             # the smallest grid that still chooses: 2 worker counts x 3 batch sizes, 1.5 s each
+                             "--workers", "1", "2", "--threads", "1", "--batch-sizes", "1", "4", "8", "--delays", "5",
+                             "--seconds", "1.5", "--warmup", "0.5", "--repeats", "1"],
                             capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(scratch)})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((out / "results.json").read_text())
