@@ -96,6 +96,18 @@ def v2_input(kind: str, binary: bool):
     return STRIKER.encode(), (STRIKER.encode(), "text/plain; charset=utf-8")
 
 
+def v2_case(client, model: str, kind: str, binary: bool):
+    """Where a v2 client test starts (tritonclient, KServe's SDK): (the model's workers, the v2 element, the
+    plain API's answer to the same input, the outputs to ask for: an embedding's, or a classifier's labels and
+    probabilities)."""
+    before = worker_ids(client, model)
+    element, (body, content_type) = v2_input(kind, binary)
+    reference = client.predict(model, body, content_type)
+    assert reference.status_code == 200, reference.text
+    names = ["embedding", "truncated"] if kind == "text-embedding" else ["labels", "probabilities"]
+    return before, element, reference.json(), names
+
+
 def load_handler(cls, mar: str, dest: str, **handler_settings):
     """A handler initialised from a built archive as its worker would be, with `handler_settings` over the
     archive's own; (handler, (model_dir, manifest, model-config))."""

@@ -153,7 +153,8 @@ def references(server: TorchServe, args, variant: variants.Variant, workload_nam
     if not args.no_inprocess:
         log(f"  (J) {variant.name}: the whole job in process")
         try:
-            best = inprocess.best_rate("J", variant.archive, body, max(2.0, args.seconds / 2))
+            best = inprocess.best_rate("J", variant.archive, body, max(2.0, args.seconds / 2),
+                                      one_layout=args.quick)
             row = {"setup": "J", "model": variant.name, "workload": workload_name, "concurrency": None,
                    "batch": unpack_batch(variant.archive), **best}
         except Exception as err:

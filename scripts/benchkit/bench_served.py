@@ -53,7 +53,8 @@ def served_section(server: TorchServe, args, groups, inputs: Dict[str, dict], ki
             with open(workload["path"], "rb") as f:
                 body = f.read()
             model = group.base
-            raw = inprocess.best_rate("C", os.path.join(STORE, f"{model}.mar"), body, max(2.0, args.seconds / 2))
+            raw = inprocess.best_rate("C", os.path.join(STORE, f"{model}.mar"), body, max(2.0, args.seconds / 2),
+                                     one_layout=args.quick)
             rows.append(dict(raw, setup="C", model=model, workload=group.workload, concurrency=None,
                              batch=int(decls[model].torchserve.get("batchSize", 1)) if model in decls else None,
                              input="tensor_224" if family(kinds[model]) == "image" else group.workload))

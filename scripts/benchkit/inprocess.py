@@ -96,12 +96,13 @@ def layouts() -> List[Tuple[int, int]]:
     return [(1, cores)] + ([(cores, 1)] if cores > 1 else [])
 
 
-def best_rate(what: str, mar: str, body: bytes, seconds: float) -> dict:
-    """Items/s of (C) or (J) for the archive `mar`: the best layout, with every layout's figure."""
+def best_rate(what: str, mar: str, body: bytes, seconds: float, one_layout: bool = False) -> dict:
+    """Items/s of (C) or (J) for the archive `mar`: the best layout, with every layout's figure
+    (`one_layout`: the first only, for bench --quick, where each layout costs its processes' start)."""
     context = multiprocessing.get_context("spawn")
     tried = {}
     best = None
-    for processes, threads in layouts():
+    for processes, threads in layouts()[:1] if one_layout else layouts():
         ready, start, out = context.Queue(), context.Event(), context.Queue()
         workers = [context.Process(target=_rate, args=(what, mar, body, threads, seconds, ready, start, out))
                    for _ in range(processes)]

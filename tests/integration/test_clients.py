@@ -12,7 +12,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from support import CAT_LABELS, v2_input, worker_ids
+from support import CAT_LABELS, v2_case, v2_input, worker_ids
 from tskit.declaration import served
 
 KIND_OF = {d.name: d.kind for d in served()}
@@ -33,12 +33,7 @@ def infer(server, model, element, binary, outputs=None, parameters=None):
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 @pytest.mark.parametrize("model", sorted(KIND_OF))
 def test_tritonclient_gets_the_plain_answer(client, server, model, binary):
-    before = worker_ids(client, model)
-    element, (body, content_type) = v2_input(KIND_OF[model], binary)
-    reference = client.predict(model, body, content_type)
-    assert reference.status_code == 200, reference.text
-    reference = reference.json()
-    names = ["embedding", "truncated"] if KIND_OF[model] == "text-embedding" else ["labels", "probabilities"]
+    before, element, reference, names = v2_case(client, model, KIND_OF[model], binary)
     result = infer(server, model, element, binary, outputs=names)
     if "embedding" in reference:
         vector = result.as_numpy("embedding")

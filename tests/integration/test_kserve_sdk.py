@@ -16,7 +16,7 @@ import pytest
 from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 from kserve.protocol.infer_type import RequestedOutput
 
-from support import CAT_LABELS, v2_input, worker_ids
+from support import CAT_LABELS, v2_case, v2_input, worker_ids
 from tskit.declaration import served
 
 KIND_OF = {d.name: d.kind for d in served()}
@@ -51,12 +51,7 @@ def text(values):
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 @pytest.mark.parametrize("model", sorted(KIND_OF))
 def test_kserve_sdk_gets_the_plain_answer(client, server, model, binary):
-    before = worker_ids(client, model)
-    element, (body, content_type) = v2_input(KIND_OF[model], binary)
-    reference = client.predict(model, body, content_type)
-    assert reference.status_code == 200, reference.text
-    reference = reference.json()
-    names = ["embedding", "truncated"] if KIND_OF[model] == "text-embedding" else ["labels", "probabilities"]
+    before, element, reference, names = v2_case(client, model, KIND_OF[model], binary)
     result, answer_headers = infer(server, model, element, binary, outputs=names)
     assert (BINARY_HEADER in answer_headers) == binary  # outputs came back in the form asked for
     assert result.model_name == model

@@ -84,7 +84,7 @@ def test_a_flood_of_maximum_size_bodies_leaves_good_requests_answered_and_the_fr
     # small good requests all along, from a client of their own
     with Loop(lambda i: Job(url, good, "image/jpeg"), 1, answered(is_cat), key=lambda: token,
               timeout=120) as good_load:
-        flood = hammer(url, token, at_limit, "image/jpeg", connections=32, per_connection=2,
+        flood = hammer(url, token, at_limit, "image/jpeg", connections=32, per_connection=1,
                        judge=refused_per_contract(lambda status: 400 <= status < 500 or status == 503))
         # the frontend's own 413 (Netty, before any handler): TorchServe 0.12 sends it with an empty body
         over = hammer(url, token, over_limit, "image/jpeg", connections=8, per_connection=1,
