@@ -18,6 +18,7 @@ import os
 import sys
 
 from benchkit import soak
+from tskit import addresses
 from tskit.checked_load import MODELS
 from tskit.server import REPO
 
@@ -32,7 +33,7 @@ def main(argv=None) -> int:
     parser.add_argument("--overload-factor", type=int, default=4,
                         help="a last phase at this many times the concurrency (0: none)")
     parser.add_argument("--inference-url")
-    parser.add_argument("--management-url", default="http://127.0.0.1:8081")
+    parser.add_argument("--management-url", default=addresses.served().management)
     parser.add_argument("--key-file", default=os.path.join(REPO, "key_file.json"))
     parser.add_argument("--json", help="also write the report here")
     args = parser.parse_args(argv)

@@ -38,13 +38,14 @@ import os
 import sys
 from typing import Tuple
 
+from tskit import addresses
 from tskit.client import ClientError, TorchServeClient, file_body
 from tskit.rollout import rollout
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_KEY_FILE = os.environ.get("TS_KEY_FILE", os.path.join(REPO, "key_file.json"))
-DEFAULT_INFERENCE = os.environ.get("TS_INFERENCE_URL", "http://127.0.0.1:8080")
-DEFAULT_MANAGEMENT = os.environ.get("TS_MANAGEMENT_URL", "http://127.0.0.1:8081")
+DEFAULT_INFERENCE = os.environ.get("TS_INFERENCE_URL", addresses.served().inference)
+DEFAULT_MANAGEMENT = os.environ.get("TS_MANAGEMENT_URL", addresses.served().management)
 
 
 CliError = ClientError  # what `main` prints without a traceback
@@ -67,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=60)
     parser.add_argument("--grpc", action="store_true",
                         help="use TorchServe's gRPC APIs (predict, ping, list, describe, scale)")
-    parser.add_argument("--grpc-inference", default=os.environ.get("TS_GRPC_INFERENCE", "127.0.0.1:7070"))
-    parser.add_argument("--grpc-management", default=os.environ.get("TS_GRPC_MANAGEMENT", "127.0.0.1:7071"))
+    parser.add_argument("--grpc-inference", default=os.environ.get("TS_GRPC_INFERENCE", addresses.served().grpc_inference))
+    parser.add_argument("--grpc-management",
+                        default=os.environ.get("TS_GRPC_MANAGEMENT", addresses.served().grpc_management))
     sub = parser.add_subparsers(dest="command", required=True)
     add_api_commands(sub)
     add_tool_commands(sub)

@@ -30,6 +30,8 @@ from typing import Dict, Optional, Tuple
 
 import requests
 
+from tskit import addresses
+
 log = logging.getLogger("tskit.client")
 
 KINDS = ("inference", "management")
@@ -136,11 +138,12 @@ def json_or_raise(response: requests.Response):
 class TorchServeClient:
     """HTTP calls with the right token; `key_file=None` for a server without token auth."""
 
-    def __init__(self, inference_url: str = "http://127.0.0.1:8080", management_url: str = "http://127.0.0.1:8081",
+    def __init__(self, inference_url: Optional[str] = None, management_url: Optional[str] = None,
                  key_file: Optional[str] = None, timeout: float = 60, session: Optional[requests.Session] = None,
                  metrics_url: Optional[str] = None):
-        self.inference_url = inference_url.rstrip("/")
-        self.management_url = management_url.rstrip("/")
+        # default: the repo's config.properties (tskit.addresses), the server `make serve` starts
+        self.inference_url = (inference_url or addresses.served().inference).rstrip("/")
+        self.management_url = (management_url or addresses.served().management).rstrip("/")
         self.metrics_url = metrics_url.rstrip("/") if metrics_url else None
         self.keys = KeyFile(key_file) if key_file else None
         self.timeout = timeout
@@ -309,11 +312,13 @@ class TorchServeClient:
         return response.text
 
     # -- gRPC ---------------------------------------------------------------------------------
-    def grpc(self, inference_address: str = "127.0.0.1:7070", management_address: str = "127.0.0.1:7071"):
-        """The same server over TorchServe's gRPC APIs, with this client's keys (as metadata)."""
+    def grpc(self, inference_address: Optional[str] = None, management_address: Optional[str] = None):
+        """The same server over TorchServe's gRPC APIs, with this client's keys (as metadata); default
+        addresses: the repo's config.properties."""
         from tskit.grpc_client import GrpcClient
 
-        return GrpcClient(self, inference_address, management_address, self.timeout)
+        return GrpcClient(self, inference_address or addresses.served().grpc_inference,
+                          management_address or addresses.served().grpc_management, self.timeout)
 
 
 def prediction_path(model: str, version: Optional[str] = None) -> str:

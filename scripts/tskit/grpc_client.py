@@ -60,8 +60,7 @@ class GrpcError(Exception):
 class GrpcClient:
     """The CLI's gRPC side: ping, predict, stream, list, describe, scale (answers parsed like HTTP's)."""
 
-    def __init__(self, client, inference_address: str = "127.0.0.1:7070", management_address: str = "127.0.0.1:7071",
-                 timeout: float = 60):
+    def __init__(self, client, inference_address: str, management_address: str, timeout: float = 60):
         import grpc
 
         try:

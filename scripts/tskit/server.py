@@ -20,6 +20,7 @@ from typing import Dict, Iterator, List, Optional
 
 import psutil
 
+from tskit import addresses
 from tskit.client import ClientError, KeyFile, TorchServeClient
 from tskit.properties import read_properties, write_properties
 
@@ -121,16 +122,21 @@ class TorchServe:
 
     # -- addresses and keys -------------------------------------------------------------------
     @property
+    def listening(self) -> addresses.Addresses:
+        """Where this server's config says it listens (HTTP URLs, gRPC host:port)."""
+        return addresses.of(self.props)
+
+    @property
     def inference_url(self) -> str:
-        return self.props.get("inference_address", "http://127.0.0.1:8080")
+        return self.listening.inference
 
     @property
     def management_url(self) -> str:
-        return self.props.get("management_address", "http://127.0.0.1:8081")
+        return self.listening.management
 
     @property
     def metrics_url(self) -> str:
-        return self.props.get("metrics_address", "http://127.0.0.1:8082")
+        return self.listening.metrics
 
     @property
     def key_file(self) -> str:

@@ -30,15 +30,14 @@ def grpc_client(server):
         generate_stubs()  # what `make test` did already; here so the module runs alone (never rewritten under
         # a parallel run: another test process may be importing them)
 
-    return server.client().grpc(f"127.0.0.1:{server.props['grpc_inference_port']}",
-                                f"127.0.0.1:{server.props['grpc_management_port']}")
+    return server.client().grpc(server.listening.grpc_inference, server.listening.grpc_management)
 
 
 def tsctl(server, *args):
     cmd = [sys.executable, os.path.join(REPO, "scripts", "tsctl.py"), "--inference-url", server.inference_url,
            "--management-url", server.management_url, "--key-file", server.key_file,
-           "--grpc-inference", f"127.0.0.1:{server.props['grpc_inference_port']}",
-           "--grpc-management", f"127.0.0.1:{server.props['grpc_management_port']}", *args]
+           "--grpc-inference", server.listening.grpc_inference, "--grpc-management", server.listening.grpc_management,
+           *args]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -98,7 +97,7 @@ def test_the_open_inference_grpc_service_is_not_served(server):
     from ts_grpc import open_inference_grpc_pb2 as oip, open_inference_grpc_pb2_grpc as oip_grpc
 
     assert server.props.get("ts_open_inference_protocol", "false") != "true"
-    stub = oip_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(f"127.0.0.1:{server.props['grpc_inference_port']}"))
+    stub = oip_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.listening.grpc_inference))
     with pytest.raises(grpc.RpcError) as raised:
         stub.ServerLive(oip.ServerLiveRequest(), metadata=[("authorization", f"Bearer {server.keys()['inference']}")],
                         timeout=30)

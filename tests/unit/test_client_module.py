@@ -3,6 +3,7 @@
 import datetime
 import http.server
 import json
+import os
 import threading
 
 import pytest
@@ -166,3 +167,22 @@ def test_infer_returns_any_status_with_the_token_and_the_tools_read_urls_and_met
         ("POST", "/predictions/m/2.0", "Bearer i"), ("GET", "/metrics", None)]
     with pytest.raises(ClientError, match="no metrics address"):
         TorchServeClient(scripted_server, scripted_server).metrics()
+
+
+def test_ports_are_read_from_the_config_with_torchserves_defaults(tmp_path):
+    """tskit.addresses: one reader of where a server listens; the CLI's and the client's defaults are the
+    repo's config.properties, whatever ports it names."""
+    from tskit import addresses
+    from tskit.cli import DEFAULT_INFERENCE, DEFAULT_MANAGEMENT
+    from tskit.properties import read_properties
+
+    props = read_properties(addresses.CONFIG)
+    served = addresses.served()
+    assert served.inference == props["inference_address"] and served.management == props["management_address"]
+    assert served.grpc_inference == f"{props['grpc_inference_address']}:{props['grpc_inference_port']}"
+    assert TorchServeClient().inference_url == served.inference
+    if "TS_INFERENCE_URL" not in os.environ and "TS_MANAGEMENT_URL" not in os.environ:
+        assert (DEFAULT_INFERENCE, DEFAULT_MANAGEMENT) == (served.inference, served.management)
+    other = addresses.of({"inference_address": "http://127.0.0.1:9080/", "grpc_inference_port": "9070"})
+    assert (other.inference, other.management, other.grpc_inference) == \
+        ("http://127.0.0.1:9080", "http://127.0.0.1:8081", "127.0.0.1:9070")
