@@ -11,7 +11,7 @@ import pytest
 
 from support import REPO
 
-pytestmark = pytest.mark.heavy(seconds=120)  # seconds in a one-process run on 2 cores; tests/suite_order.py
+pytestmark = pytest.mark.heavy(seconds=120)  # seconds in a one-process run on 2 cores (tests/suite_order.py)
 
 
 def test_bench_quick_mode_writes_a_report(tmp_path, tmp_path_factory):

@@ -29,7 +29,7 @@ from conftest import Client
 from own_server import ALL_MODELS, build_broken_archive, kill_worker, own_server, wait_until
 from tskit.checked_load import LoadClient, default_specs
 
-pytestmark = pytest.mark.heavy(seconds=90)  # seconds in a one-process run on 2 cores; tests/suite_order.py
+pytestmark = pytest.mark.heavy(seconds=90)  # seconds in a one-process run on 2 cores (tests/suite_order.py)
 
 # Measured on the 2-core dev machine (TorchServe 0.12, CPU, load of 12 clients on): the killed worker
 # is READY again after 4-9 s (minilm_*) to 12-24 s (mobilenet_v2, whose other worker keeps the cores

@@ -28,7 +28,7 @@ import http_fuzz as hm
 from support import encode, photo
 from test_http_fuzz import Sender, check_good, contract_error, references, settled_workers
 
-pytestmark = pytest.mark.heavy(seconds=40)  # seconds in a one-process run on 2 cores; tests/suite_order.py
+pytestmark = pytest.mark.heavy(seconds=40)  # seconds in a one-process run on 2 cores (tests/suite_order.py)
 
 STRIKER = "The striker scored twice in the final"
 JPEG = encode(photo("chelsea"))

@@ -29,7 +29,7 @@ from own_server import own_server
 from support import REPO, encode, photo
 from tskit.formats import DETECTOR_IMAGE_SIZES
 
-pytestmark = pytest.mark.heavy(seconds=60)  # seconds in a one-process run on 2 cores; tests/suite_order.py
+pytestmark = pytest.mark.heavy(seconds=60)  # seconds in a one-process run on 2 cores (tests/suite_order.py)
 
 BOX_TOLERANCE = 1e-3    # of the image's longest side, in pixels
 SCORE_TOLERANCE = 1e-4

@@ -15,7 +15,7 @@ import pytest
 from benchkit.optimize_choice import tie
 from support import REPO
 
-pytestmark = pytest.mark.heavy(seconds=65)  # seconds in a one-process run on 2 cores; tests/suite_order.py
+pytestmark = pytest.mark.heavy(seconds=65)  # seconds in a one-process run on 2 cores (tests/suite_order.py)
 
 MODEL = "minilm_topics"
 

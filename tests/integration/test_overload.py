@@ -18,7 +18,7 @@ from support import CAT_LABELS, encode, photo
 from tskit.closed_loop import Job, Judge, Loop, Outcome
 from tskit.declaration import served
 
-pytestmark = pytest.mark.heavy(seconds=30)  # seconds in a one-process run on 2 cores; tests/suite_order.py
+pytestmark = pytest.mark.heavy(seconds=30)  # seconds in a one-process run on 2 cores (tests/suite_order.py)
 
 TUNED_CONCURRENCY = 16  # `make tune CONCURRENCY=16`: what the served models' batching was tuned at
 

@@ -30,7 +30,7 @@ from own_server import own_server
 from support import REPO, photo
 from tskit.real_images import _matplotlib_grace_hopper, to_jpeg
 
-pytestmark = pytest.mark.heavy(seconds=150)  # seconds in a one-process run on 2 cores; tests/suite_order.py
+pytestmark = pytest.mark.heavy(seconds=150)  # seconds in a one-process run on 2 cores (tests/suite_order.py)
 
 PROBABILITY_TOLERANCE = 1e-3  # fp32: largest |served - reference| of any class probability
 EMBEDDING_MIN_COSINE = 0.9999

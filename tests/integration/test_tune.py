@@ -15,7 +15,7 @@ from support import REPO
 from tskit.server import private_server, running
 from tskit.properties import read_properties
 
-pytestmark = pytest.mark.heavy(seconds=75)  # seconds in a one-process run on 2 cores; tests/suite_order.py
+pytestmark = pytest.mark.heavy(seconds=75)  # seconds in a one-process run on 2 cores (tests/suite_order.py)
 
 MODEL = "mobilenet_v2"
 
