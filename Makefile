@@ -102,7 +102,7 @@ test-unit: archives
 	$(BIN)/pytest tests/unit
 
 test-integration: check-java archives $(GRPC_STUBS)
-	$(BIN)/pytest tests/integration
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile tests/integration
 
 # ---- load and soak: make soak [SOAK_REQUESTS=5000] ------------------------------------------------
 # The three models at concurrency 16 on a server of its own, then a phase at 4x that concurrency (64),
