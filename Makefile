@@ -95,14 +95,17 @@ stop: $(VENV)/.installed
 # one process 15 min 2 s, two 8 min 14 s, three 7 min 31 s: the cores stay busy while one process waits
 # (a server starting, a timed load point, a read timeout). TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 3
+# --no-loadscope-reorder: xdist would otherwise start the modules with the most tests first, and a heavy
+# module of one test (bench smoke, tune) would start last and run alone at the end.
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: check-java archives $(GRPC_STUBS)
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile tests
+	$(BIN)/pytest $(XDIST) tests
 
 test-unit: archives
 	$(BIN)/pytest tests/unit
 
 test-integration: check-java archives $(GRPC_STUBS)
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile tests/integration
+	$(BIN)/pytest $(XDIST) tests/integration
 
 # ---- load and soak: make soak [SOAK_REQUESTS=5000] ------------------------------------------------
 # The three models at concurrency 16 on a server of its own, then a phase at 4x that concurrency (64),

@@ -1,7 +1,8 @@
 """A pytest plugin (pytest.ini loads it): modules marked `heavy` run first, the heaviest first.
 
 `make test` runs the suite in several processes (pytest-xdist, `--dist loadfile`: a module and its shared server
-stay in one process), which take modules in collection order. A heavy module that starts last runs alone
+stay in one process), which take modules in collection order (the Makefile passes --no-loadscope-reorder:
+xdist would otherwise order them by their number of tests). A heavy module that starts last runs alone
 while the others idle, so each such module states its measured cost, `pytest.mark.heavy(seconds=N)`,
 and starts before everything else. Without xdist the order changes nothing but the order.
 """
