@@ -1,2 +1,3 @@
-"""Pieces of `make bench` (scripts/bench.py): variant archives per format, agreement with fp32 from
-served answers, the whole job in process (J) and the raw model (C), and a LitServe peer (L)."""
+"""The measurements, over tskit: `make bench` (its sections, variant archives per format, agreement with fp32
+from served answers, the whole job in process, a LitServe peer), `make tune`, `make soak`, `make optimize`
+and `make profile`."""
