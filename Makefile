@@ -15,10 +15,10 @@ MODELS_DIR := models
 # The model tool (scripts/tskit): declarations -> archives, config.properties' models block.
 TSKIT := $(PY) -m tskit
 
-.PHONY: help venv check-java archives config model archive-version serve stop test test-unit test-integration bench tune kserve profile clean
+.PHONY: help venv check-java archives config model archive-version serve stop test test-unit test-integration bench tune kserve profile account clean
 
 help:
-	@echo "make serve | stop | test | test-unit | test-integration | archives | config | model | archive-version | bench | tune | optimize | soak | kserve | profile | clean"
+	@echo "make serve | stop | test | test-unit | test-integration | archives | config | model | archive-version | bench | tune | optimize | soak | kserve | profile | account | clean"
 	@echo "make model NAME=<name> KIND=image-classifier|text-classifier|text-embedding|object-detector SOURCE=<path> [LABELS=<file>] [FORMAT=torchscript|aoti|onnx]"
 
 # ---- environment -----------------------------------------------------------------------------
@@ -123,6 +123,13 @@ BATCHES ?= 20
 profile: archives
 	@test -n "$(MODEL)" || { echo "usage: make profile MODEL=<name> [BATCHES=20]"; exit 2; }
 	$(PY) scripts/profile_model.py $(MODEL) --batches $(BATCHES) --work $(BUILD)/profile/$(MODEL) --store $(STORE)
+
+# ---- Accounting: where a request's CPU goes, frontend and workers by category (scripts/account.py) ---------------
+#   make account MODEL=mobilenet_v2 [SECONDS=15]  ->  table printed; report in build/account/<model>/account.json
+SECONDS ?= 15
+account: archives
+	@test -n "$(MODEL)" || { echo "usage: make account MODEL=<name> [SECONDS=15]"; exit 2; }
+	$(PY) scripts/account.py $(MODEL) --seconds $(SECONDS) --work $(BUILD)/account/$(MODEL) --out $(BUILD)/account/$(MODEL)/account.json
 
 # ---- KServe: the storage layout its TorchServe runtime mounts (deploy/ has the manifests) --------
 kserve: archives

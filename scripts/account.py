@@ -1,0 +1,37 @@
+"""make account MODEL=<name>: where a request's CPU goes, in the Java frontend and in the workers by category.
+
+A door over benchkit.account (a private server with the one model, the package's load generator with the
+kind's bench input, process CPU and py-spy over a window inside the load):
+
+    .venv/bin/python scripts/account.py mobilenet_v2 [--seconds 15] [--concurrency 16] [--out report.json]
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from benchkit.account import account, table
+from tskit.declaration import REPO
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--seconds", type=int, default=15, help="the measured window (default 15)")
+    parser.add_argument("--concurrency", type=int, default=16, help="connections of the load (default 16)")
+    parser.add_argument("--work", help="server, inputs and py-spy's stacks (default: build/account/<model>)")
+    parser.add_argument("--out", help="the report as JSON")
+    args = parser.parse_args(argv)
+    work = args.work or os.path.join(REPO, "build", "account", args.model)
+    result = account(args.model, args.seconds, args.concurrency, work)
+    print(table(result))
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
