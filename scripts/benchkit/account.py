@@ -105,11 +105,6 @@ def spy(pid: int, seconds: int, out: str) -> subprocess.Popen:
                              "-o", out, "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def batches(model_log: str) -> List[int]:
-    with open(model_log, encoding="utf-8", errors="replace") as f:
-        return [int(n) for n in re.findall(r"handled batch size=(\d+)", f.read())]
-
-
 def window(server, seconds: int, work: str) -> dict:
     """CPU seconds of the frontend, the workers and wrk over `seconds`, py-spy's raw stacks of the workers,
     and the batch sizes the model log reported meanwhile."""
@@ -117,7 +112,7 @@ def window(server, seconds: int, work: str) -> dict:
     wrk = load_generators()
     everyone = [java] + workers + wrk
     before = {p.pid: cpu_s(p) for p in everyone}
-    logged = len(batches(server.model_log))
+    logged = len(server.batch_sizes())
     outs = [os.path.join(work, f"worker-{i}.raw.txt") for i in range(len(workers))]
     spies = [spy(w.pid, seconds, out) for w, out in zip(workers, outs)]
     start = time.monotonic()
@@ -130,7 +125,7 @@ def window(server, seconds: int, work: str) -> dict:
         if os.path.exists(out):
             with open(out, encoding="utf-8", errors="replace") as f:
                 raw.extend(f.read().splitlines())
-    sizes = batches(server.model_log)[logged:]
+    sizes = server.batch_sizes()[logged:]
     return {"seconds": elapsed, "java_s": used[java.pid], "workers_s": sum(used[w.pid] for w in workers),
             "wrk_s": sum(used[p.pid] for p in wrk), "workers": len(workers), "wrk": bool(wrk),
             "raw": raw, "batches": sizes}

@@ -10,6 +10,7 @@ Servers are stopped with `torchserve --stop` (which signals the pid in that pid 
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -153,6 +154,13 @@ class TorchServe:
     @property
     def model_log(self) -> str:
         return os.path.join(self.log_dir, "model_log.log")
+
+    def batch_sizes(self, model: Optional[str] = None) -> List[int]:
+        """Sizes of the batches the handlers reported (`handled batch size=N`, one model log line per batch),
+        in order; only `model`'s workers' when named (the frontend prefixes each line with its worker)."""
+        worker = rf"-{re.escape(model)}_[0-9.]+-stdout MODEL_LOG - " if model else ""
+        with open(self.model_log, encoding="utf-8", errors="replace") as f:
+            return [int(n) for n in re.findall(worker + r"handled batch size=(\d+)", f.read())]
 
     @property
     def console_log(self) -> str:

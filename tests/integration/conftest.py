@@ -4,7 +4,6 @@ It serves the archives `make archives` built into model_store/, with the repo's 
 except for the addresses, so it can run beside a `make serve` server. It is always stopped.
 """
 
-import re
 import time
 
 import pytest
@@ -37,10 +36,7 @@ class Client:
 
     def batch_sizes(self, model):
         """Sizes of the batches the model's handler reported (`handled batch size=N`), in order."""
-        with open(self.server.model_log, encoding="utf-8", errors="replace") as f:
-            log = f.read()
-        pattern = rf"-{re.escape(model)}_[0-9.]+-stdout MODEL_LOG - handled batch size=(\d+)"
-        return [int(n) for n in re.findall(pattern, log)]
+        return self.server.batch_sizes(model)
 
     def batches_since(self, model, before, total, timeout=15):
         """Batch sizes logged after the first `before`, once they add up to `total` requests.
