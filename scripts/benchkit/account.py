@@ -10,13 +10,14 @@ little CPU of its own on the same cores.
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from typing import Dict, Iterable, Iterator, List, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import psutil
 
@@ -37,6 +38,17 @@ CATEGORIES: List[Tuple[str, str]] = [
     ("TorchServe worker loop and protocol", r"ts/model_service_worker\.py|ts/protocol/|ts/service\.py"),
 ]
 OTHER = "other"
+# The frontend's threads by name (jcmd Thread.print), first match wins: where the Java side's CPU goes.
+FRONTEND_THREADS: List[Tuple[str, str]] = [
+    ("worker log readers (stdout/stderr)", r"-std(out|err)$"),
+    ("batching and worker IPC (W- threads)", r"^W-\d+-"),
+    ("netty event loops (HTTP and worker sockets)", r"EventLoopGroup|^epoll|^nioEventLoop"),
+    ("garbage collection", r"^G1 |^GC Thread|^VM Periodic|^VM Thread"),
+    ("JIT compiler", r"CompilerThread|^C[12] Compiler"),
+]
+FRONTEND_OTHER = "other threads"
+FRONTEND_NAMES = [name for name, _ in FRONTEND_THREADS] + [FRONTEND_OTHER]
+_THREAD = re.compile(r'^"(?P<name>[^"]+)".*\bnid=(?P<nid>0x[0-9a-f]+)')
 NAMES = [name for name, _ in CATEGORIES] + [OTHER]
 _COMPILED = [(name, re.compile(pattern)) for name, pattern in CATEGORIES]
 _FILE = re.compile(r"\(([^():]+)(?::\d+)?\)\s*$")  # "function (path/file.py:line)" -> the file
@@ -71,6 +83,51 @@ def categorize(raw_lines: Iterable[str]) -> Dict[str, float]:
         counts[category(frames)] += count
     total = sum(counts.values())
     return {name: (counts[name] / total if total else 0.0) for name in NAMES}
+
+
+def thread_category(name: str) -> str:
+    return next((label for label, pattern in FRONTEND_THREADS if re.search(pattern, name)), FRONTEND_OTHER)
+
+
+def thread_names(thread_dump: str) -> Dict[int, str]:
+    """`jcmd <pid> Thread.print` -> {native thread id: Java thread name}."""
+    out = {}
+    for line in thread_dump.splitlines():
+        found = _THREAD.match(line)
+        if found:
+            out[int(found.group("nid"), 16)] = found.group("name")
+    return out
+
+
+def frontend_threads(pid: int) -> Dict[int, str]:
+    """The frontend's threads by native id; {} where jcmd is missing or fails (the split is then not made)."""
+    jcmd = os.path.join(os.path.dirname(os.path.realpath(shutil.which("java") or "java")), "jcmd")
+    try:
+        dump = subprocess.run([jcmd, str(pid), "Thread.print"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return thread_names(dump)
+
+
+def thread_cpu_s(pid: int) -> Dict[int, float]:
+    """CPU seconds of each thread of `pid` (/proc/<pid>/task/<tid>/stat: utime + stime)."""
+    out, tick = {}, os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", encoding="utf-8") as f:
+                fields = f.read().rpartition(")")[2].split()
+            out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return out
+
+
+def frontend_split(names: Dict[int, str], before: Dict[int, float], after: Dict[int, float]) -> Dict[str, float]:
+    """CPU seconds per frontend category between two thread_cpu_s readings (threads born meanwhile count whole)."""
+    out = {name: 0.0 for name in FRONTEND_NAMES}
+    for tid, used in after.items():
+        out[thread_category(names.get(tid, ""))] += used - before.get(tid, 0.0)
+    return out
 
 
 def workload_of(model: str, work: str) -> dict:
@@ -113,6 +170,7 @@ def window(server, seconds: int, work: str) -> dict:
     everyone = [java] + workers + wrk
     before = {p.pid: cpu_s(p) for p in everyone}
     logged = len(server.batch_sizes())
+    names, threads_before = frontend_threads(java.pid), thread_cpu_s(java.pid)
     outs = [os.path.join(work, f"worker-{i}.raw.txt") for i in range(len(workers))]
     spies = [spy(w.pid, seconds, out) for w, out in zip(workers, outs)]
     start = time.monotonic()
@@ -120,6 +178,7 @@ def window(server, seconds: int, work: str) -> dict:
         s.wait()
     elapsed = time.monotonic() - start
     used = {p.pid: cpu_s(p) - before[p.pid] for p in everyone}
+    frontend = frontend_split(names, threads_before, thread_cpu_s(java.pid)) if names else {}
     raw: List[str] = []
     for out in outs:
         if os.path.exists(out):
@@ -128,7 +187,7 @@ def window(server, seconds: int, work: str) -> dict:
     sizes = server.batch_sizes()[logged:]
     return {"seconds": elapsed, "java_s": used[java.pid], "workers_s": sum(used[w.pid] for w in workers),
             "wrk_s": sum(used[p.pid] for p in wrk), "workers": len(workers), "wrk": bool(wrk),
-            "raw": raw, "batches": sizes}
+            "raw": raw, "batches": sizes, "frontend": frontend}
 
 
 def measure(server, model: str, workload: dict, seconds: int, concurrency: int, work: str) -> Tuple[dict, object]:
@@ -161,18 +220,21 @@ def report(model: str, workload: dict, concurrency: int, measured: dict, load) -
             "frontend_ms": per_request(measured["java_s"]), "workers_ms": workers_ms,
             "load_generator_ms": client_ms, "samples": sum(c for _, c in parse_raw(measured["raw"])),
             "shares": {k: round(v, 4) for k, v in shares.items()},
-            "workers_ms_by_category": {k: round(v * workers_ms, 3) for k, v in shares.items()}}
+            "workers_ms_by_category": {k: round(v * workers_ms, 3) for k, v in shares.items()},
+            "frontend_ms_by_thread": {k: per_request(v) for k, v in measured["frontend"].items()}}
 
 
-def account(model: str, seconds: int = 15, concurrency: int = 16, work: str = "") -> dict:
-    """The whole measurement on a private server of the repo's config with `model` alone."""
+def account(model: str, seconds: int = 15, concurrency: int = 16, work: str = "",
+            settings: Optional[Dict[str, str]] = None) -> dict:
+    """The whole measurement on a private server of the repo's config with `model` alone; `settings`: config.properties
+    keys that replace the repo's (e.g. number_of_netty_threads), to measure what a frontend setting buys."""
     work = work or tempfile.mkdtemp(prefix=f"account-{model}-")
     os.makedirs(work, exist_ok=True)
     workload = workload_of(model, work)
-    server = private_server(os.path.join(work, "server"), load_models=f"{model}.mar")
+    server = private_server(os.path.join(work, "server"), load_models=f"{model}.mar", **(settings or {}))
     with running(server, [model]):
         measured, load = measure(server, model, workload, seconds, concurrency, work)
-    return report(model, workload, concurrency, measured, load)
+    return {**report(model, workload, concurrency, measured, load), "settings": dict(settings or {})}
 
 
 def table(result: dict) -> str:
@@ -180,10 +242,12 @@ def table(result: dict) -> str:
     lines = [f"{result['model']}: {result['requests_per_s']} req/s at concurrency {result['concurrency']} "
              f"({result['input']}, {result['generator']}, {result['errors']} errors), "
              f"{result['workers']} worker(s), mean batch {result['mean_batch']}, "
-             f"window {result['window_s']} s, {result['samples']} py-spy samples",
+             f"window {result['window_s']} s, {result['samples']} py-spy samples"
+             + "".join(f", {k}={v}" for k, v in result.get("settings", {}).items()),
              "", "| where | CPU ms per request | share of the workers |", "|---|---:|---:|",
-             f"| Java frontend | {result['frontend_ms']:.2f} | |",
-             f"| Python workers, all | {result['workers_ms']:.2f} | 100% |"]
+             f"| Java frontend | {result['frontend_ms']:.2f} | |"]
+    lines += [f"| frontend: {name} | {ms:.2f} | |" for name, ms in result.get("frontend_ms_by_thread", {}).items()]
+    lines.append(f"| Python workers, all | {result['workers_ms']:.2f} | 100% |")
     for name in NAMES:
         lines.append(f"| workers: {name} | {result['workers_ms_by_category'][name]:.2f} "
                      f"| {result['shares'][name]:.0%} |")

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from benchkit.account import NAMES, OTHER, categorize
+from benchkit.account import FRONTEND_NAMES, NAMES, OTHER, categorize, frontend_split, thread_names, thread_category
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ROOT = ("<module> (ts/model_service_worker.py:301);TorchModelServiceWorker.run_server (ts/model_service_worker.py:268);"
@@ -52,3 +52,36 @@ def test_door_help():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "--seconds" in out.stdout and "--concurrency" in out.stdout and "--out" in out.stdout
+    assert "--set" in out.stdout
+
+
+# a JDK 17 `jcmd <pid> Thread.print`, trimmed: Java threads carry "#N", the VM's own threads do not
+DUMP = """
+"epollEventLoopGroup-3-1" #20 prio=10 os_prio=0 cpu=812.10ms elapsed=40.00s tid=0x00007f0 nid=0x3e9 runnable  [0x1]
+"W-9000-mobilenet_v2_1.0" #31 prio=5 os_prio=0 cpu=400.00ms elapsed=39.00s tid=0x00007f1 nid=0x3ea waiting on condition
+"W-9000-mobilenet_v2_1.0-stdout" #33 prio=5 os_prio=0 cpu=90.00ms elapsed=39.00s tid=0x00007f2 nid=0x3eb runnable
+"GC Thread#0" os_prio=0 cpu=120.00ms elapsed=41.00s tid=0x00007f3 nid=0x3ec runnable
+"C2 CompilerThread0" #14 daemon prio=9 os_prio=0 cpu=3000.00ms elapsed=41.00s tid=0x00007f4 nid=0x3ed waiting on condition
+"pool-2-thread-1" #40 prio=5 os_prio=0 cpu=5.00ms elapsed=30.00s tid=0x00007f5 nid=0x3ee waiting on condition
+"""
+
+
+def test_frontend_threads_by_name():
+    names = thread_names(DUMP)
+    assert names == {0x3e9: "epollEventLoopGroup-3-1", 0x3ea: "W-9000-mobilenet_v2_1.0",
+                     0x3eb: "W-9000-mobilenet_v2_1.0-stdout", 0x3ec: "GC Thread#0", 0x3ed: "C2 CompilerThread0",
+                     0x3ee: "pool-2-thread-1"}
+    assert [thread_category(names[t]) for t in sorted(names)] == [
+        "netty event loops (HTTP and worker sockets)", "batching and worker IPC (W- threads)",
+        "worker log readers (stdout/stderr)", "garbage collection", "JIT compiler", "other threads"]
+
+
+def test_frontend_split_counts_what_each_thread_used_in_the_window():
+    names = thread_names(DUMP)
+    before = {0x3e9: 1.0, 0x3ea: 0.5, 0x3ec: 0.2}
+    after = {0x3e9: 3.5, 0x3ea: 1.5, 0x3ec: 0.2, 0x3ef: 0.25}  # 0x3ef: born in the window, unnamed
+    split = frontend_split(names, before, after)
+    assert set(split) == set(FRONTEND_NAMES)
+    assert split["netty event loops (HTTP and worker sockets)"] == pytest.approx(2.5)
+    assert split["batching and worker IPC (W- threads)"] == pytest.approx(1.0)
+    assert split["garbage collection"] == 0 and split["other threads"] == pytest.approx(0.25)
