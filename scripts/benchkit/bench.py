@@ -24,8 +24,10 @@ Every model comes from its declaration (models/<name>/model.yaml); its kind pick
       largest probability change on >= 100 real photos (image classifiers) or the 48 labelled headlines
       (text classifier), smallest cosine for embeddings. The variant to serve: the fastest that keeps
       top-1 agreement (embeddings: cosine) >= 99%;
-  (J) the whole job in process for that variant: decode + preprocess + model (+ top-k) at the same batch
-      size, best of 1 process x 2 threads and 2 processes x 1 thread;
+  (J) the whole job in process for the variant served (the declaration's format and precision; the chosen
+      one when that is not in the run): decode + preprocess + model (+ top-k) at the same batch size, best
+      of 1 process x 2 threads and 2 processes x 1 thread; on the main input, and for a text model on every
+      text length (B) measured (the per-length targets);
   (L) a peer: LitServe serving the same file with the same batch size, batch timeout and workers,
       decoding with the same handler modules (JSON bodies: LitServe's way), beside the same variant on
       TorchServe with the same JSON bodies.
@@ -38,6 +40,8 @@ a failed request, and the answer-check table reports each row's checked, wrong a
       (a tskit.respec copy with handler.cacheEntries) on a stream with ~30% repeated inputs and on an
       all-unique one, interleaved (off, on, on, off), every answer checked, hit ratio from the server's
       CacheHits / CacheMisses metrics (benchkit.cache_bench).
+The report opens with the host (CPU model, cores, the CPU flags of interest: optimize_choice.host_cpu)
+and has a Targets section (benchkit.targets): each target met, MISSED or not judged, with its reason.
 Writes results/bench/<time>/ {results.json, table.md, bench.png}; prints the tables.
 """
 
@@ -51,7 +55,8 @@ from typing import Dict, List
 
 from tqdm import tqdm
 
-from benchkit import cache_bench, overload
+from benchkit import cache_bench, overload, targets
+from benchkit.optimize_choice import host_cpu
 from benchkit.workloads import MAIN_WORKLOAD, WORKLOAD_KIND, load_url, make_inputs
 from benchkit.checks import check_table, failed_rows
 from benchkit.plan import interleaved
@@ -148,9 +153,17 @@ def settle(args, decls: Dict[str, object], served: List[str]) -> argparse.Namesp
     return args
 
 
-def write_reports(args, rows: List[dict], summaries: List[dict], overload_rows: List[dict], elapsed: float) -> None:
-    """results.json, table.md and bench.png in args.out; the tables printed."""
+def target_models(decls: Dict[str, object]) -> Dict[str, str]:
+    """The models the targets cover: every served image and text model (model -> kind), in this run or not."""
+    return {n: d.kind for n, d in decls.items() if d.serve and family(d.kind) in ("image", "text")}
+
+
+def write_reports(args, rows: List[dict], summaries: List[dict], overload_rows: List[dict], elapsed: float,
+                  host: dict, covered: Dict[str, str]) -> None:
+    """results.json, table.md and bench.png in args.out; the host, the tables and the targets printed."""
     report = table(rows)
+    judged = targets.judge(rows, summaries, host, max(args.concurrency), covered)
+    targets_report = "\n".join(f"- {targets.line(t)}" for t in judged)
     checks_report = check_table(rows)
     formats_report = formats_table(summaries) if summaries else ""
     summary = ratios(rows, max(args.concurrency), summaries)
@@ -160,15 +173,18 @@ def write_reports(args, rows: List[dict], summaries: List[dict], overload_rows: 
     overload_report = (overload.table(overload_rows) + "\n\n" + "\n".join(f"- {line}" for line in overload.verdicts(overload_rows))
                        if overload_rows else "")
     with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump({"rows": rows, "overload": overload_rows, "formats": summaries, "ratios": summary, "generator": args.generator,
+        json.dump({"host": host, "targets": judged, "rows": rows, "overload": overload_rows, "formats": summaries,
+                   "ratios": summary, "generator": args.generator,
                    "elapsed_s": round(elapsed, 1), "args": vars(args)}, f, indent=1, default=str)
     with open(os.path.join(args.out, "table.md"), "w", encoding="utf-8") as f:
-        f.write(report + "\n\n" + (formats_report + "\n\n" if formats_report else "")
+        f.write(targets.host_line(host) + "\n\n" + report + "\n\n" + (formats_report + "\n\n" if formats_report else "")
                 + ("## Response cache\n\n" + cache_report + "\n\n" if cache_report else "")
                 + ("## Overload\n\n" + overload_report + "\n\n" if overload_report else "")
                 + "## Answer checks\n\n" + checks_report + "\n\n"
-                + "\n".join(f"- {line}" for line in summary) + f"\n\nbench took {elapsed:.0f} s\n")
+                + "\n".join(f"- {line}" for line in summary) + "\n\n## Targets\n\n" + targets_report
+                + f"\n\nbench took {elapsed:.0f} s\n")
     plot(rows, os.path.join(args.out, "bench.png"), summaries)
+    print(targets.host_line(host))
     if rows:
         print(report)
     if formats_report:
@@ -180,6 +196,7 @@ def write_reports(args, rows: List[dict], summaries: List[dict], overload_rows: 
     print("\n".join(summary))
     if rows:
         print("\n" + checks_report)
+    print("\n## Targets\n" + targets_report)
     print(f"bench took {elapsed:.0f} s; written: {args.out}/table.md, bench.png, results.json")
 
 
@@ -189,10 +206,12 @@ def run(args) -> int:
     decls = declared()
     os.makedirs(args.out, exist_ok=True)
     started = time.monotonic()
+    host = host_cpu()
 
     def log(message: str) -> None:
         tqdm.write(f"[{time.monotonic() - started:6.0f} s] {message}")
 
+    log(targets.host_line(host))
     workloads = make_inputs(os.path.join(args.out, "inputs"))
     chosen_inputs = {k: v for k, v in workloads.items() if not v.get("json")}
     if args.workloads:
@@ -216,7 +235,7 @@ def run(args) -> int:
         main_sections(args, groups, chosen_inputs, kinds, workloads, (stock_for, pipeline_for), rows, summaries, log)
     overload_rows = [] if args.no_overload else overload_section(args, workloads, log)
 
-    write_reports(args, rows, summaries, overload_rows, time.monotonic() - started)
+    write_reports(args, rows, summaries, overload_rows, time.monotonic() - started, host, target_models(decls))
     # a variant that does not build (e.g. AOTInductor on some model) is reported, not a failure of the bench
     broken = [r for r in overload_rows if r["server"] == "ours" and (r["restarts"] or r["other_errors"] or r["refused_bad"])]
     return 1 if failed_rows(rows, stock_stalls=False) or broken else 0

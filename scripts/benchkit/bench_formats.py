@@ -4,7 +4,7 @@ served answers, the whole job in process and the LitServe peer for the variant t
 import os
 import shutil
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 
 from benchkit import agreement, inprocess, variants
@@ -107,10 +107,31 @@ def model_formats(server: TorchServe, args, decl, plan, workloads: Dict[str, dic
     table_rows = [variant_entry(decl.name, v, points.get(v.name, []), results.get(v.name, {}), workload_name, top)
                   for v in plan]
     summary = choose_variant(decl.name, kind, table_rows, reference, args.min_agreement)
+    served = served_variant(decl, plan, serving)
+    summary["served_variant"] = served.name if served else None
+    if not served:
+        summary["served_missing"] = (f"the served variant ({decl.format} {decl.precision}) is not among this run's "
+                                     f"served formats")
     if summary["chosen"]:
         variant = next(v for v in plan if v.name == summary["chosen"])
-        summary.update(references(server, args, variant, workload_name, workloads, rows, checks, log))
+        summary.update(references(server, args, variant, served, workload_name, workloads, rows, checks, log))
     return summary
+
+
+def served_variant(decl, plan, serving) -> Optional[variants.Variant]:
+    """The variant in the declaration's format and precision (model_store's archive, renamed) when it serves here."""
+    names = {v.name for v in serving}
+    return next((v for v in plan if v.name in names and (v.format, v.precision) == (decl.format, decl.precision)), None)
+
+
+def job_workloads(args, base: str, kind: str, workload_name: str, rows: List[dict]) -> List[str]:
+    """The inputs (J) runs on: the model's main one; for a text model also every other text input (B) measured
+    it on in this run (the per-length targets), except in --quick, which measures the main one only."""
+    names = [workload_name]
+    if not args.quick and kinds.kind(kind).workload_family == "text":
+        names += sorted({r["workload"] for r in rows if r["setup"] == "B" and r["model"] == base
+                         and r["workload"].startswith("text_") and r["workload"] != workload_name})
+    return names
 
 
 def variant_entry(base: str, variant, mine: List[dict], agreement_result: dict, workload_name: str, top: int) -> dict:
@@ -141,27 +162,21 @@ def choose_variant(base: str, kind: str, table_rows: List[dict], reference, min_
             "speedup": chosen["speedup"] if chosen else None}
 
 
-def references(server: TorchServe, args, variant: variants.Variant, workload_name: str, workloads: Dict[str, dict],
-               rows: List[dict], checks: Dict[str, AnswerCheck], log) -> dict:
-    """(J) and (L) for the chosen variant, with the same variant on TorchServe with LitServe's JSON body."""
+def references(server: TorchServe, args, variant: variants.Variant, served: Optional[variants.Variant],
+               workload_name: str, workloads: Dict[str, dict], rows: List[dict], checks: Dict[str, AnswerCheck],
+               log) -> dict:
+    """(J) for the served variant (the chosen one when the served one is not in this run), on the main input
+    and, for a text model, every text length (B) measured; (L) for the chosen variant, with the same variant
+    on TorchServe with LitServe's JSON body."""
     out = {}
     top = max(args.concurrency)
-    workload = workloads[workload_name]
     json_name = f"json_{workload_name}"
-    with open(workload["path"], "rb") as f:
-        body = f.read()
     if not args.no_inprocess:
-        log(f"  (J) {variant.name}: the whole job in process")
-        try:
-            best = inprocess.best_rate("J", variant.archive, body, max(2.0, args.seconds / 2),
-                                      one_layout=args.quick)
-            row = {"setup": "J", "model": variant.name, "workload": workload_name, "concurrency": None,
-                   "batch": unpack_batch(variant.archive), **best}
-        except Exception as err:
-            row = {"setup": "J", "model": variant.name, "workload": workload_name, "throughput": 0.0, "errors": 1,
-                   "first_error": f"{type(err).__name__}: {err}"[:300]}
-        rows.append(row)
-        out["J"] = row
+        job_variant = served or variant
+        for name in job_workloads(args, variant.base, variant.declaration.kind, workload_name, rows):
+            row = job_row(args, job_variant, name, workloads[name], log)
+            rows.append(row)
+            out.setdefault("J", row)  # the main input's: the report's ratio line
     if not args.no_peer:
         json_workload = workloads[json_name]
         kind = variant.declaration.kind
@@ -187,6 +202,20 @@ def references(server: TorchServe, args, variant: variants.Variant, workload_nam
         finally:
             peer.stop()
     return out
+
+
+def job_row(args, variant: variants.Variant, workload_name: str, workload: dict, log) -> dict:
+    """(J): the whole job in process for `variant` on one input, at its batch size, best of the layouts."""
+    log(f"  (J) {variant.name} on {workload_name}: the whole job in process")
+    with open(workload["path"], "rb") as f:
+        body = f.read()
+    try:
+        best = inprocess.best_rate("J", variant.archive, body, max(2.0, args.seconds / 2), one_layout=args.quick)
+        return {"setup": "J", "model": variant.name, "workload": workload_name, "concurrency": None,
+                "batch": unpack_batch(variant.archive), **best}
+    except Exception as err:
+        return {"setup": "J", "model": variant.name, "workload": workload_name, "throughput": 0.0, "errors": 1,
+                "first_error": f"{type(err).__name__}: {err}"[:300]}
 
 
 def unpack_batch(mar: str) -> int:

@@ -50,15 +50,11 @@ def formats_table(summaries: List[dict]) -> str:
 
 def ratios(rows: List[dict], top_concurrency: int, summaries: Optional[List[dict]] = None) -> List[str]:
     def find(setup, model, workload, concurrency=None):
-        for r in rows:
-            if r["setup"] == setup and r["model"] == model and r["workload"] == workload and \
-                    (concurrency is None or r.get("concurrency") == concurrency):
-                return r
-        return None
+        return next((r for r in rows if r["setup"] == setup and r["model"] == model and r["workload"] == workload
+                     and (concurrency is None or r.get("concurrency") == concurrency)), None)
 
     out = []
-    models = sorted({r["model"] for r in rows if r["setup"] == "B"})
-    for model in models:
+    for model in sorted({r["model"] for r in rows if r["setup"] == "B"}):
         for workload in sorted({r["workload"] for r in rows if r["setup"] == "B" and r["model"] == model}):
             b = find("B", model, workload, top_concurrency)
             c = find("C", model, workload)
@@ -98,10 +94,11 @@ def ratios(rows: List[dict], top_concurrency: int, summaries: Optional[List[dict
         a = find("A", STOCK_PREFIX + s["model"], chosen["workload"], top_concurrency)
         if a and a["throughput"] > 0:
             out.append(f"{s['model']}: chosen variant / A (stock) {chosen['throughput'] / a['throughput']:.2f}x")
-        j = s.get("J")
-        if j and j.get("throughput"):
-            out.append(f"{s['model']}: chosen variant served / whole job in process (J, {j.get('layout')}, "
-                       f"{j['throughput']:.1f}/s) = {chosen['throughput'] / j['throughput']:.0%}")
+        j = s.get("J") or {}  # (J) is of the served variant: against its own (F) rounds
+        j_entry = next((e for e in s["variants"] if e["variant"] == j.get("model") and e.get("throughput")), None)
+        if j.get("throughput") and j_entry:
+            out.append(f"{s['model']}: {j_entry['variant']} served (F) / whole job in process (J, {j.get('layout')}, "
+                       f"{j['throughput']:.1f}/s) = {j_entry['throughput'] / j['throughput']:.0%}")
         f_json, peer = s.get("F_json"), s.get("L")
         if f_json and peer and peer.get("throughput"):
             out.append(f"{s['model']}: JSON bodies, TorchServe {f_json['throughput']:.1f} req/s (p99 "

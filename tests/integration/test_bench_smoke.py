@@ -46,6 +46,18 @@ def test_bench_quick_mode_writes_a_report(tmp_path, tmp_path_factory):
     assert job["throughput"] > 0 and job["layout"] in ("1x2", "2x1")
     table = (out / "table.md").read_text()
     assert "| B | mobilenet_v2 | jpeg_640x480 |" in table and "| serve |" in table
+    # the host first (CPU, cores, flags: optimize_choice.host_cpu), and the targets: every one met, MISSED or
+    # not judged with its reason; the image model's served / (J) is judged (B at c=4 vs J of the served variant),
+    # the peer target only on an AVX-512 host, the text models' (not in --quick) not judged
+    assert table.startswith("host: ") and "CPU flags: " in table.splitlines()[0] and "host: " in result.stdout
+    assert "## Targets" in table and "## Targets" in result.stdout
+    judged = {(t["target"], t["model"], t["workload"]): t for t in report["targets"]}
+    assert all(t["status"] in ("met", "MISSED") or (t["status"] == "not judged" and t["reason"]) for t in judged.values())
+    assert judged[("a", "mobilenet_v2", "jpeg_640x480")]["status"] in ("met", "MISSED"), judged
+    (peer,) = [t for t in judged.values() if t["target"] == "b"]
+    assert (peer["status"] == "not judged") == ("avx512f" not in report["host"]["flags"]), peer
+    assert all(t["status"] == "not judged" for t in judged.values() if t["model"].startswith("minilm"))
+    assert all(f"({t['target']}) {t['model']}" in table for t in judged.values())
     # the answer-check table, and no served row with a wrong answer (every answer of (K), a sample elsewhere)
     assert "## Answer checks" in table
     checked_rows = [r for r in rows if r["setup"] not in ("C", "J")]
