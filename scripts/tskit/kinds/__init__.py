@@ -40,7 +40,8 @@ class Kind:
     template: str                    # `make model`'s `handler:` section, every setting spelt out to edit
     max_batch_delay: int             # `make model`'s torchserve.maxBatchDelay (ms to wait for a batch)
     v2_outputs: Tuple[str, ...]      # the v2 output tensors of an answer, in order (the handler's `outputs`)
-    int8_format: Optional[str] = None      # the format `precision: int8` is served as; None: fp32 only
+    int8_format: Optional[str] = None      # the format `precision: int8` is served as; None: no int8 form
+    bf16_format: Optional[str] = None      # the format `precision: bf16` is served as; None: no bf16 form
     bench_workload: Optional[str] = None   # benchkit.workloads' input the bench, tune and optimize send;
                                            # None: they have no inputs or answer checks for the kind
     agreement_metric: Optional[str] = None  # benchkit.agreement's measure of a variant against fp32;
@@ -52,6 +53,10 @@ class Kind:
 
     def parse_settings(self, section: Optional[dict]) -> CommonSettings:
         return read_settings(self.settings, section, self.name)
+
+    def precision_format(self, precision: str) -> Optional[str]:
+        """The one format a reduced precision is served as (None: the kind has no such form); fp32: None, any."""
+        return {"int8": self.int8_format, "bf16": self.bf16_format}.get(precision)
 
     @property
     def workload_family(self) -> str:
