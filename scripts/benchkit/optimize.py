@@ -195,7 +195,7 @@ def optimize(args, log) -> dict:
                          f"(kinds: {', '.join(KINDS)}); nothing is changed")
     host = host_cpu()
     log(f"host: {host['model']}, {host['cores']} cores, flags {', '.join(host['flags'])}")
-    plan = candidates(decl, args.quick, args.formats)
+    plan = candidates(decl, args.quick, args.formats, host=host)
     entries = {v.name: entry(v.name, v.format, v.precision) for v in plan}
     for variant in plan:
         started = time.monotonic()
@@ -211,7 +211,8 @@ def optimize(args, log) -> dict:
                                                      f"({time.monotonic() - started:.0f} s here, "
                                                      f"build {e['build_s']} s)"))
     run = measure(decl, plan, entries, args, log) if any(v.archive for v in plan) else {}
-    rows = [entries[v.name] for v in plan] + [bf16_entry(decl, host)]
+    # bf16 not planned (a CPU without its instructions) is still a row, saying why
+    rows = [entries[v.name] for v in plan] + [e for e in (bf16_entry(decl, host),) if e]
     reference = next((e for e in rows if e.get("reference") and e.get("throughput")), None)
     for e in rows:
         if reference and e.get("throughput"):
