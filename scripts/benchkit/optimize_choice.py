@@ -74,27 +74,36 @@ def candidates(decl: Declaration, quick: bool = False, formats: Optional[List[st
     plan = variants.plan(decl, formats=formats, int8=True,
                          all_declared=all_declared if all_declared is not None else declared())
     kind = kinds.kind(decl.kind)
-    # int8 and bf16 are each made in one format per kind (tskit.kinds), whatever `formats` lists, as the bench does
-    wanted = [("int8", kind.int8_format)] + ([("bf16", kind.bf16_format)] if plans_bf16(decl, host) else [])
+    # int8 is made in one format per kind, whatever `formats` lists, as the bench does
+    wanted = [("int8", kind.int8_format)] if kind.int8_format and not any(v.precision == "int8" for v in plan) else []
+    wanted += [("bf16", fmt) for fmt in bf16_formats(decl, formats, host)]
     for precision, fmt in wanted:
-        if fmt and not any(v.precision == precision for v in plan):
-            name = f"{decl.name}_{fmt}_{precision}"
-            plan.append(variants.Variant(name, decl.name, dataclasses.replace(
-                decl, name=name, format=fmt, precision=precision, serve=False)))
+        name = f"{decl.name}_{fmt}_{precision}"
+        plan.append(variants.Variant(name, decl.name, dataclasses.replace(
+            decl, name=name, format=fmt, precision=precision, serve=False)))
     return plan
+
+
+def bf16_formats(decl: Declaration, formats: List[str], host: Optional[dict] = None) -> List[str]:
+    """The kind's bf16 formats this run measures (those among `formats`, else the kind's first: QUICK=1 leaves
+    AOTInductor out, yet an image classifier's bf16 is AOTInductor only), where plans_bf16."""
+    if not plans_bf16(decl, host):
+        return []
+    kind_formats = kinds.kind(decl.kind).bf16_formats
+    return [f for f in kind_formats if f in formats] or list(kind_formats[:1])
 
 
 def plans_bf16(decl: Declaration, host: Optional[dict] = None) -> bool:
     """bf16 is a candidate where the CPU runs it natively (AVX512_BF16 or AMX) and the kind has a bf16 form;
     elsewhere it is emulated, slower than fp32, and not worth a build."""
-    return bool((host or host_cpu())["bf16"] and kinds.kind(decl.kind).bf16_format)
+    return bool((host or host_cpu())["bf16"] and kinds.kind(decl.kind).bf16_formats)
 
 
 def bf16_entry(decl: Declaration, host: dict) -> Optional[dict]:
     """The report's row for bf16 where it is not a candidate (None where it is: it is measured like the others)."""
     if plans_bf16(decl, host):
         return None
-    fmt = kinds.kind(decl.kind).bf16_format
+    fmt = next(iter(kinds.kind(decl.kind).bf16_formats), None)
     if not fmt:
         reason = f"tskit.precision makes no bf16 form of a {decl.kind}"
     else:

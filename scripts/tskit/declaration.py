@@ -6,8 +6,8 @@
     format: torchscript               # how it is served: torchscript | aoti | onnx
     precision: fp32                   # or int8: static for image models (ONNX Runtime, calibrated on
                                       # real photos), dynamic Linear layers for text (TorchScript);
-                                      # or bf16: the module in bfloat16 behind a float32 face (AOTInductor
-                                      # for images, TorchScript for text), fast only with AVX512_BF16/AMX
+                                      # or bf16: the module in bfloat16 behind a float32 face (aoti for
+                                      # images, torchscript or aoti for text), fast only with AVX512_BF16/AMX
     labels: labels.json               # optional: a JSON list or an index_to_name.json map, beside this file
     version: "1.0"
     serve: true                       # `make serve` loads it

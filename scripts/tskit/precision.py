@@ -7,9 +7,9 @@ int8:
                  served as torchscript
 bf16: the PyTorch module's weights and arithmetic in bfloat16, wrapped so that it takes and gives what the
     handlers send and expect (float32 images or int64 token ids in, float32 logits or embeddings out): the
-    handlers need no bf16 path. Served as the kind's `bf16_format` (tskit.kinds): AOTInductor for images,
-    TorchScript for text. Fast only where the CPU has AVX512_BF16 or AMX (elsewhere it is emulated, slower
-    than fp32), which is why make optimize builds it only on such a host.
+    handlers need no bf16 path. Served in one of the kind's `bf16_formats` (tskit.kinds): AOTInductor for
+    images, TorchScript or AOTInductor for text. Fast only where the CPU has AVX512_BF16 or AMX (elsewhere it
+    is emulated, slower than fp32), which is why make optimize builds it only on such a host.
 The parity check of an int8 or bf16 model reports its difference without failing; agreement with fp32 on
 real photos and headlines is measured by `make bench`, `make optimize` and the tests.
 """
@@ -31,12 +31,12 @@ def to_precision(loaded: LoadedSource, declaration, settings, work: str) -> Load
         return loaded
     kind = kinds.kind(declaration.kind)
     precision = declaration.precision
-    wanted = kind.precision_format(precision)
+    wanted = kind.precision_formats(precision)
     if not wanted:
         raise SourceError(f"{declaration.path}: precision {precision} is not made for an {declaration.kind} "
                           f"(fp32 only)")
-    if declaration.format != wanted:
-        raise SourceError(f"{declaration.path}: precision {precision} is served as {wanted} for a "
+    if declaration.format not in wanted:
+        raise SourceError(f"{declaration.path}: precision {precision} is served as {' or '.join(wanted)} for a "
                           f"{declaration.kind} (format: {declaration.format})")
     if loaded.module is None or loaded.onnx_file:
         raise SourceError(f"{loaded.description}: {precision} is made from a PyTorch source (.pt, .pt2, checkpoint)")

@@ -136,23 +136,31 @@ BF16_HOST = {"model": "Bf16 CPU", "flags": ["avx2", "avx512f", "avx512_bf16", "a
 AVX2_HOST = {"model": "AVX2 CPU", "flags": ["avx2", "fma"], "bf16": False}
 
 
-@pytest.mark.parametrize("model, bf16_format", [("mobilenet_v2", "aoti"), ("minilm_topics", "torchscript"),
-                                                ("minilm_embedding", "torchscript")])
-def test_bf16_is_a_candidate_only_where_the_cpu_has_it(model, bf16_format):
+# the bf16 formats planned in the quick and the full form: images AOTInductor only (TorchScript bf16 is slower than
+# fp32), even in the quick form that leaves fp32 AOTInductor out; text TorchScript, and AOTInductor in the full form
+@pytest.mark.parametrize("model, quick_formats, full_formats", [
+    ("mobilenet_v2", ["aoti"], ["aoti"]),
+    ("minilm_topics", ["torchscript"], ["torchscript", "aoti"]),
+    ("minilm_embedding", ["torchscript"], ["torchscript", "aoti"]),
+])
+def test_bf16_is_a_candidate_only_where_the_cpu_has_it(model, quick_formats, full_formats):
     from tskit.declaration import load
 
     decl = load(model)
-    for quick in (True, False):
+    for quick, bf16_formats in ((True, quick_formats), (False, full_formats)):
         plan = optimize_choice.candidates(decl, quick=quick, all_declared=[], host=BF16_HOST)
         bf16 = [v for v in plan if v.precision == "bf16"]
-        assert [(v.name, v.format) for v in bf16] == [(f"{model}_{bf16_format}_bf16", bf16_format)]
-        assert not bf16[0].declaration.serve and bf16[0].declaration.torchserve == decl.torchserve
+        assert [(v.name, v.format) for v in bf16] == [(f"{model}_{f}_bf16", f) for f in bf16_formats]
+        assert all(not v.declaration.serve and v.declaration.torchserve == decl.torchserve for v in bf16)
         assert plan[0].is_reference and any(v.precision == "int8" for v in plan)
         assert optimize_choice.bf16_entry(decl, BF16_HOST) is None  # measured like the others, no extra row
         without = optimize_choice.candidates(decl, quick=quick, all_declared=[], host=AVX2_HOST)
         assert [v.name for v in without] == [v.name for v in plan if v.precision != "bf16"]
+    # --formats onnx: no bf16 format of the kind is listed, so its first one is measured
+    only_onnx = optimize_choice.candidates(decl, formats=["onnx"], all_declared=[], host=BF16_HOST)
+    assert [v.format for v in only_onnx if v.precision == "bf16"] == quick_formats[:1]
     row = optimize_choice.bf16_entry(decl, AVX2_HOST)
-    assert (row["status"], row["format"], row["precision"]) == (NOT_AVAILABLE, bf16_format, "bf16")
+    assert (row["status"], row["format"], row["precision"]) == (NOT_AVAILABLE, full_formats[0], "bf16")
     assert "neither avx512_bf16 nor AMX" in row["reason"] and "emulated, slower" in row["reason"]
     # an unmeasured row is reported, never chosen and never a failure of the choice
     winner, _ = choose([measured("torchscript", "fp32", 100, top1=1.0, cosine=1.0), row], decl.kind,

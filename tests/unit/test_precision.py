@@ -85,7 +85,7 @@ def declaration(kind: str, fmt: str, precision: str) -> Declaration:
 
 @pytest.mark.parametrize("kind, fmt, message", [
     ("image-classifier", "onnx", "precision bf16 is served as aoti for a image-classifier"),
-    ("text-classifier", "aoti", "precision bf16 is served as torchscript for a text-classifier"),
+    ("text-classifier", "onnx", "precision bf16 is served as torchscript or aoti for a text-classifier"),
     ("object-detector", "torchscript", "precision bf16 is not made for an object-detector"),
 ])
 def test_bf16_in_a_form_the_kind_does_not_make_is_refused(kind, fmt, message):
