@@ -62,14 +62,14 @@ archives: $(DECLARED:%=$(STORE)/%.mar) config
 # Your own model, declared and built in one step (api-contract "Your own model"):
 #   make model NAME=resnet KIND=image-classifier SOURCE=resnet.pt2 LABELS=labels.json FORMAT=aoti
 model: $(VENV)/.installed
-	@test -n "$(NAME)" -a -n "$(KIND)" -a -n "$(SOURCE)" || { echo "usage: make model NAME=<name> KIND=<kind> SOURCE=<path> [LABELS=<file>] [FORMAT=<format>] [PRECISION=fp32|int8] [FORCE=1]"; exit 2; }
+	@test -n "$(NAME)" -a -n "$(KIND)" -a -n "$(SOURCE)" || { echo "usage: make model NAME=<name> KIND=<kind> SOURCE=<path> [LABELS=<file>] [FORMAT=<format>] [PRECISION=fp32|int8|bf16] [FORCE=1]"; exit 2; }
 	$(TSKIT) model --name "$(NAME)" --kind "$(KIND)" --source "$(SOURCE)" $(if $(LABELS),--labels "$(LABELS)") \
 		$(if $(FORMAT),--format "$(FORMAT)") $(if $(PRECISION),--precision "$(PRECISION)") $(if $(FORCE),--force) \
 		--models-dir "$(MODELS_DIR)" --store "$(STORE)" --build-root "$(BUILD)"
 
 # A new version of a model beside the current one, for a rollout (tsctl.py rollout):
 #   make archive-version [MODEL=mobilenet_v2] VERSION=2.0  ->  model_store/mobilenet_v2_v2.0.mar
-#   [FORMAT=torchscript|aoti|onnx] [PRECISION=int8]: a candidate in another form, for `tsctl.py compare`
+#   [FORMAT=torchscript|aoti|onnx] [PRECISION=int8|bf16]: a candidate in another form, for `tsctl.py compare`
 # MOBILENET_VERSION=2.0 is the older spelling of MODEL=mobilenet_v2 VERSION=2.0.
 MOBILENET_VERSION ?= 2.0
 VERSION ?= $(MOBILENET_VERSION)

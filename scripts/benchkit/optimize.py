@@ -4,9 +4,10 @@
    avx512_vnni, avx512_bf16, amx_*).
 2. The candidates: the declaration's formats x precisions (benchkit.variants.plan: torchscript, onnx, aoti in
    fp32, and the int8 form tskit.precision makes for the kind: static int8 through ONNX Runtime for image
-   classifiers, dynamic int8 Linear layers in TorchScript for text models). bf16 is listed too: on a CPU with
-   avx512_bf16 or AMX it is reported "not available here" while the package has no bf16 build (tskit.precision
-   makes fp32 and int8 only, and a declaration's precision is one of those), never a failure.
+   classifiers, dynamic int8 Linear layers in TorchScript for text models), and on a CPU with avx512_bf16 or
+   AMX the bf16 form (tskit.precision.to_bf16) in the kind's bf16 formats that the run measures (images:
+   AOTInductor; text: TorchScript, and AOTInductor unless quick). Without those flags bf16 would be emulated,
+   slower than fp32: it is reported "not available here" with that reason, not built, never a failure.
    Each is built with tskit into build/optimize/ (reused while unchanged), its build time recorded.
 3. Served: one private TorchServe (tskit.server.private_server), every built variant registered with the
    declaration's workers and batching; a variant that does not build, does not register or answers wrong even
@@ -195,7 +196,7 @@ def optimize(args, log) -> dict:
                          f"(kinds: {', '.join(KINDS)}); nothing is changed")
     host = host_cpu()
     log(f"host: {host['model']}, {host['cores']} cores, flags {', '.join(host['flags'])}")
-    plan = candidates(decl, args.quick, args.formats)
+    plan = candidates(decl, args.quick, args.formats, host=host)
     entries = {v.name: entry(v.name, v.format, v.precision) for v in plan}
     for variant in plan:
         started = time.monotonic()
@@ -211,7 +212,8 @@ def optimize(args, log) -> dict:
                                                      f"({time.monotonic() - started:.0f} s here, "
                                                      f"build {e['build_s']} s)"))
     run = measure(decl, plan, entries, args, log) if any(v.archive for v in plan) else {}
-    rows = [entries[v.name] for v in plan] + [bf16_entry(decl, host)]
+    # bf16 not planned (a CPU without its instructions) is still a row, saying why
+    rows = [entries[v.name] for v in plan] + [e for e in (bf16_entry(decl, host),) if e]
     reference = next((e for e in rows if e.get("reference") and e.get("throughput")), None)
     for e in rows:
         if reference and e.get("throughput"):

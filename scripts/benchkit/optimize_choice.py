@@ -66,29 +66,49 @@ def runtime_versions() -> Dict[str, str]:
 
 # ---- the candidates ------------------------------------------------------------------------------------------
 def candidates(decl: Declaration, quick: bool = False, formats: Optional[List[str]] = None,
-               all_declared: Optional[List[Declaration]] = None) -> List[variants.Variant]:
+               all_declared: Optional[List[Declaration]] = None, host: Optional[dict] = None) -> List[variants.Variant]:
     """benchkit.variants' plan for the model (fp32 TorchScript first), with the int8 form of an embedding
-    (tskit.precision makes it; the bench's plan leaves it out, as it judges classifiers' int8 only)."""
+    (tskit.precision makes it; the bench's plan leaves it out, as it judges classifiers' int8 only), and the
+    bf16 form where `host` (default: this machine's host_cpu()) has the bf16 instructions (plans_bf16)."""
     formats = list(formats or (QUICK_FORMATS if quick else variants.FORMAT_ORDER))
     plan = variants.plan(decl, formats=formats, int8=True,
                          all_declared=all_declared if all_declared is not None else declared())
-    fmt = kinds.kind(decl.kind).int8_format
-    if fmt and not any(v.precision == "int8" for v in plan):
-        name = f"{decl.name}_{fmt}_int8"
+    kind = kinds.kind(decl.kind)
+    # int8 is made in one format per kind, whatever `formats` lists, as the bench does
+    wanted = [("int8", kind.int8_format)] if kind.int8_format and not any(v.precision == "int8" for v in plan) else []
+    wanted += [("bf16", fmt) for fmt in bf16_formats(decl, formats, host)]
+    for precision, fmt in wanted:
+        name = f"{decl.name}_{fmt}_{precision}"
         plan.append(variants.Variant(name, decl.name, dataclasses.replace(
-            decl, name=name, format=fmt, precision="int8", serve=False)))
+            decl, name=name, format=fmt, precision=precision, serve=False)))
     return plan
 
 
-def bf16_entry(decl: Declaration, host: dict) -> dict:
-    """bf16 is reported, never built: the package has no bf16 precision to build or serve."""
-    if host["bf16"]:
-        flags = ", ".join(f for f in host["flags"] if f in BF16_FLAGS + ("amx_tile",))
-        reason = (f"the CPU has {flags}, but this package has no bf16 build: tskit.precision makes fp32 and int8 "
-                  "only, and a declaration's precision is one of those")
+def bf16_formats(decl: Declaration, formats: List[str], host: Optional[dict] = None) -> List[str]:
+    """The kind's bf16 formats this run measures (those among `formats`, else the kind's first: QUICK=1 leaves
+    AOTInductor out, yet an image classifier's bf16 is AOTInductor only), where plans_bf16."""
+    if not plans_bf16(decl, host):
+        return []
+    kind_formats = kinds.kind(decl.kind).bf16_formats
+    return [f for f in kind_formats if f in formats] or list(kind_formats[:1])
+
+
+def plans_bf16(decl: Declaration, host: Optional[dict] = None) -> bool:
+    """bf16 is a candidate where the CPU runs it natively (AVX512_BF16 or AMX) and the kind has a bf16 form;
+    elsewhere it is emulated, slower than fp32, and not worth a build."""
+    return bool((host or host_cpu())["bf16"] and kinds.kind(decl.kind).bf16_formats)
+
+
+def bf16_entry(decl: Declaration, host: dict) -> Optional[dict]:
+    """The report's row for bf16 where it is not a candidate (None where it is: it is measured like the others)."""
+    if plans_bf16(decl, host):
+        return None
+    fmt = next(iter(kinds.kind(decl.kind).bf16_formats), None)
+    if not fmt:
+        reason = f"tskit.precision makes no bf16 form of a {decl.kind}"
     else:
-        reason = "this CPU has neither avx512_bf16 nor AMX (bf16 would be emulated, slower than fp32)"
-    return entry(f"{decl.name}_bf16", "any", "bf16", status=NOT_AVAILABLE, reason=reason)
+        reason = "this CPU has neither avx512_bf16 nor AMX (bf16 would be emulated, slower than fp32): not built"
+    return entry(f"{decl.name}_{fmt or 'any'}_bf16", fmt or "any", "bf16", status=NOT_AVAILABLE, reason=reason)
 
 
 def entry(name: str, fmt: str, precision: str, **values) -> dict:
@@ -171,8 +191,8 @@ def choose(entries: List[dict], kind: str, declared_now: Tuple[str, str], tie_ma
            + f", {metric.replace('_', ' ')} {fmt_agreement(winner['agreement'].get(metric), kind)}"]
     if len(tied) > 1:
         others = ", ".join(f"{e['format']} {e['precision']} {e['throughput']:.1f}" for e in tied if e is not winner)
-        rule = ("the variant declared now" if winner["declared"] else
-                "fp32 before int8" if any(e["precision"] != "fp32" for e in tied) and winner["precision"] == "fp32"
+        reduced_tied = winner["precision"] == "fp32" and any(e["precision"] != "fp32" for e in tied)
+        rule = ("the variant declared now" if winner["declared"] else "fp32 before int8 or bf16" if reduced_tied
                 else "the higher agreement, then torchscript < onnx < aoti")
         why.append(f"a tie with {others} req/s (within {tie_margin:.0%} of the fastest, or rounds overlapping it), "
                    f"settled by {rule}")

@@ -5,7 +5,9 @@
                                       # checkpoint folder, or python:<module>:<function> (returns a module)
     format: torchscript               # how it is served: torchscript | aoti | onnx
     precision: fp32                   # or int8: static for image models (ONNX Runtime, calibrated on
-                                      # real photos), dynamic Linear layers for text (TorchScript)
+                                      # real photos), dynamic Linear layers for text (TorchScript);
+                                      # or bf16: the module in bfloat16 behind a float32 face (aoti for
+                                      # images, torchscript or aoti for text), fast only with AVX512_BF16/AMX
     labels: labels.json               # optional: a JSON list or an index_to_name.json map, beside this file
     version: "1.0"
     serve: true                       # `make serve` loads it
@@ -40,7 +42,7 @@ TORCHSERVE_KEYS = {
 # where both set a key, so both carry the same values).
 REGISTRATION_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout")
 TOP_KEYS = {"kind", "source", "format", "precision", "labels", "version", "serve", "torchserve", "handler"}
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "bf16")  # tskit.precision makes int8 and bf16
 
 
 class DeclarationError(ValueError):

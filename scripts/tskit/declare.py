@@ -17,7 +17,8 @@ DECLARATION_TEMPLATE = """\
 kind: {kind}
 source: {source}
 format: {format}{format_note}
-precision: fp32             # or int8 (image: static, ONNX Runtime, format onnx; text: dynamic, torchscript)
+precision: fp32             # or int8 (image: static, ONNX Runtime, format onnx; text: dynamic, torchscript),
+                            # or bf16 (image: format aoti; text: torchscript or aoti; fast with AVX512_BF16/AMX)
 {labels_line}version: "1.0"
 serve: true                 # `make serve` loads it
 

@@ -140,9 +140,10 @@ def to_aoti(loaded: LoadedSource, kind: str, example, settings, path: str) -> No
 
 
 def parity(loaded: LoadedSource, kind: str, model_format: str, settings, path: str,
-           strict: bool = True) -> Tuple[float, int]:
+           strict: bool = True, reference_module=None) -> Tuple[float, int]:
     """Largest |served - source| over several batch sizes (and text lengths), loaded as a worker loads it,
-    and the served model's output width (the number of classes, or the embedding size)."""
+    and the served model's output width (the number of classes, or the embedding size). The source is
+    `reference_module` where given (the fp32 module of an int8 or bf16 build), else loaded.module."""
     family = kinds.kind(kind).family
     if family == "detector":
         return detector_parity(loaded, settings, path, strict)
@@ -153,7 +154,7 @@ def parity(loaded: LoadedSource, kind: str, model_format: str, settings, path: s
     with torch.inference_mode():
         for seed, (batch, length) in enumerate(shapes):
             inputs = example_inputs(kind, settings, batch, length, seed=seed + 1)
-            reference, answer = loaded.module(*inputs), served(*inputs)
+            reference, answer = (reference_module or loaded.module)(*inputs), served(*inputs)
             worst = max(worst, (answer.float() - reference.float()).abs().max().item())
             scale = max(scale, reference.float().abs().max().item())
     if strict and worst > PARITY_TOLERANCE * scale:
@@ -188,12 +189,13 @@ def detector_parity(loaded: LoadedSource, settings, path: str, strict: bool = Tr
 
 
 def build_model_file(loaded: LoadedSource, kind: str, model_format: str, settings, out_dir: str,
-                     strict: bool = True) -> dict:
+                     strict: bool = True, reference_module=None) -> dict:
     """Export, then check; a report of the file, its build time and its parity with the source.
-    `strict=False` (int8) reports the difference without failing: agreement is measured on real data."""
+    `strict=False` (int8, bf16) reports the difference from `reference_module` (their fp32 source) without
+    failing: agreement is measured on real data."""
     started = time.perf_counter()
     path = export(loaded, kind, model_format, settings, out_dir)
     built = time.perf_counter()
-    worst, width = parity(loaded, kind, model_format, settings, path, strict)
+    worst, width = parity(loaded, kind, model_format, settings, path, strict, reference_module)
     return {"file": path, "format": model_format, "build_s": round(built - started, 1),
             "max_abs_diff": worst, "outputs": width, "bytes": os.path.getsize(path)}

@@ -1,13 +1,20 @@
-"""`precision: int8` in a declaration: the source turned into its int8 form before it is served.
+"""`precision: int8` or `bf16` in a declaration: the source turned into that form before it is served.
 
+int8:
     image kinds  static int8 with ONNX Runtime (QDQ, per channel), calibrated on real photos that are
                  not the ones agreement is measured on (tskit.real_images); served as onnx
     text kinds   dynamic int8 of the Linear layers (int8 weights, activations quantised per call);
                  served as torchscript
-The parity check of an int8 model reports its difference without failing; top-1 agreement with fp32
-on real photos and headlines is measured by `make bench` and the tests.
+bf16: the PyTorch module's weights and arithmetic in bfloat16, wrapped so that it takes and gives what the
+    handlers send and expect (float32 images or int64 token ids in, float32 logits or embeddings out): the
+    handlers need no bf16 path. Served in one of the kind's `bf16_formats` (tskit.kinds): AOTInductor for
+    images, TorchScript or AOTInductor for text. Fast only where the CPU has AVX512_BF16 or AMX (elsewhere it
+    is emulated, slower than fp32), which is why make optimize builds it only on such a host.
+The parity check of an int8 or bf16 model reports its difference without failing; agreement with fp32 on
+real photos and headlines is measured by `make bench`, `make optimize` and the tests.
 """
 
+import copy
 import dataclasses
 import os
 
@@ -17,14 +24,28 @@ from tskit import kinds
 from tskit.sources import LoadedSource, SourceError
 
 
-def to_int8(loaded: LoadedSource, declaration, settings, work: str) -> LoadedSource:
+def to_precision(loaded: LoadedSource, declaration, settings, work: str) -> LoadedSource:
+    """The source in the declaration's precision (fp32: as it is); refused where the kind has no such form,
+    the declaration's format is not the one it is served as, or the source is not a PyTorch module."""
+    if declaration.precision == "fp32":
+        return loaded
     kind = kinds.kind(declaration.kind)
-    wanted = kind.int8_format
-    if declaration.format != wanted:
-        raise SourceError(f"{declaration.path}: precision int8 is served as {wanted} for a {declaration.kind} "
-                          f"(format: {declaration.format})")
-    if loaded.module is None or (kind.family == "image" and loaded.onnx_file):
-        raise SourceError(f"{loaded.description}: int8 is made from a PyTorch source (.pt, .pt2, checkpoint)")
+    precision = declaration.precision
+    wanted = kind.precision_formats(precision)
+    if not wanted:
+        raise SourceError(f"{declaration.path}: precision {precision} is not made for an {declaration.kind} "
+                          f"(fp32 only)")
+    if declaration.format not in wanted:
+        raise SourceError(f"{declaration.path}: precision {precision} is served as {' or '.join(wanted)} for a "
+                          f"{declaration.kind} (format: {declaration.format})")
+    if loaded.module is None or loaded.onnx_file:
+        raise SourceError(f"{loaded.description}: {precision} is made from a PyTorch source (.pt, .pt2, checkpoint)")
+    if precision == "bf16":
+        return to_bf16(loaded, kind.family)
+    return to_int8(loaded, kind, settings, work)
+
+
+def to_int8(loaded: LoadedSource, kind, settings, work: str) -> LoadedSource:
     if kind.family == "image":
         return _static_onnx_int8(loaded, kind.name, settings, work)
     return _dynamic_linear_int8(loaded)
@@ -49,3 +70,36 @@ def _dynamic_linear_int8(loaded: LoadedSource) -> LoadedSource:
     module = torch.ao.quantization.quantize_dynamic(loaded.module, {torch.nn.Linear}, dtype=torch.qint8)
     return dataclasses.replace(loaded, description=f"{loaded.description}, dynamic int8 Linear layers",
                                formats=("torchscript",), module=module)
+
+
+class Bf16Images(torch.nn.Module):
+    """A bfloat16 image model behind a float32 face: images cast to bf16 in, logits cast to float32 out."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.module(images.to(torch.bfloat16)).float()
+
+
+class Bf16Text(torch.nn.Module):
+    """A bfloat16 text model behind a float32 face: token ids and mask stay int64 (the model embeds them in
+    bf16), logits or embeddings cast to float32 out."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.module(input_ids, attention_mask).float()
+
+
+def to_bf16(loaded: LoadedSource, family: str) -> LoadedSource:
+    """The module cast to bfloat16 (a copy: the caller's fp32 module stays as it is) behind a float32 face.
+    Only the PyTorch formats can give it: ONNX Runtime's CPU has no bf16 Conv or MatMul."""
+    module = copy.deepcopy(loaded.module).eval().to(torch.bfloat16)
+    wrapped = (Bf16Images if family == "image" else Bf16Text)(module).eval()
+    formats = tuple(f for f in loaded.formats if f != "onnx")
+    return dataclasses.replace(loaded, description=f"{loaded.description}, bf16", formats=formats, module=wrapped,
+                               exported=None)

@@ -104,7 +104,7 @@ def test_no_models_folder_means_no_declarations(tmp_path):
     (("  topk: 3", "  topk: 0"), r"handler\.topk: must be >= 1"),
     (("kind: image-classifier", "kind: speech-recognizer"), r"kind 'speech-recognizer' is not one of"),
     (("format: aoti", "format: tensorrt"), r"format 'tensorrt' is not one of torchscript, aoti, onnx"),
-    (("precision: fp32", "precision: fp16"), r"precision 'fp16' is not one of fp32, int8"),
+    (("precision: fp32", "precision: fp16"), r"precision 'fp16' is not one of fp32, int8, bf16$"),
     (("source: model.pt2\n", ""), r"`source` is missing"),
 ])
 def test_a_mistake_fails_naming_the_file_and_the_key(tmp_path, edit, message):
@@ -114,6 +114,12 @@ def test_a_mistake_fails_naming_the_file_and_the_key(tmp_path, edit, message):
     with pytest.raises(DeclarationError, match=message) as err:
         load("mine", str(tmp_path))
     assert str(err.value).startswith(path)
+
+
+def test_every_precision_tskit_makes_validates(tmp_path):
+    for precision in ("fp32", "int8", "bf16"):
+        write(tmp_path, "mine", VALID.replace("precision: fp32", f"precision: {precision}"))
+        assert load("mine", str(tmp_path)).precision == precision
 
 
 def test_a_declaration_that_is_not_a_mapping_fails(tmp_path):

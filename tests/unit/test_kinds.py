@@ -75,6 +75,10 @@ def test_the_bench_inputs_and_measures_exist(tmp_path):
     inputs = make_inputs(str(tmp_path))
     for k in KINDS.values():
         assert k.int8_format is None or k.int8_format in FORMATS, k.name
+        # bf16 is made by PyTorch: ONNX Runtime's CPU has no bf16 kernels to serve it with
+        assert set(k.bf16_formats) <= {"torchscript", "aoti"}, k.name
+        assert k.precision_formats("fp32") == () and k.precision_formats("bf16") == k.bf16_formats, k.name
+        assert k.precision_formats("int8") == ((k.int8_format,) if k.int8_format else ()), k.name
         if k.bench_workload:
             assert inputs[k.bench_workload]["kind"] == k.workload_family, k.name
         if k.agreement_metric:

@@ -62,7 +62,7 @@ def test_a_failed_agreement_probe_is_below_the_bar():
 def test_unsupported_and_failed_variants_are_reported_not_chosen():
     failed_build = entry("m_aoti", "aoti", "fp32", status=BUILD_FAILED, reason="build failed (exit 1): no compiler")
     no_cpu = entry("m_onnx_int8", "onnx", "int8", status=CANNOT_SERVE, reason="illegal instruction (VNNI)")
-    bf16 = entry("m_bf16", "any", "bf16", status=NOT_AVAILABLE, reason="no bf16 build")
+    bf16 = entry("m_torchscript_bf16", "torchscript", "bf16", status=NOT_AVAILABLE, reason="emulated here")
     under_load = measured("onnx", "fp32", 500, top1=1.0, errors=3, reason="3 failed request(s): status 500")
     entries = [measured("torchscript", "fp32", 100, top1=1.0), failed_build, no_cpu, bf16, under_load]
     winner, _ = choose(entries, IMAGE, ("onnx", "fp32"))
@@ -131,6 +131,66 @@ def test_embeddings_are_judged_by_their_smallest_cosine():
     assert choose([odd], EMBEDDING, ("onnx", "fp32"))[0] is None and odd["status"] != KEPT
 
 
+# ---- bf16 -------------------------------------------------------------------------------------------------
+BF16_HOST = {"model": "Bf16 CPU", "flags": ["avx2", "avx512f", "avx512_bf16", "amx_bf16"], "bf16": True}
+AVX2_HOST = {"model": "AVX2 CPU", "flags": ["avx2", "fma"], "bf16": False}
+
+
+# the bf16 formats planned in the quick and the full form: images AOTInductor only (TorchScript bf16 is slower than
+# fp32), even in the quick form that leaves fp32 AOTInductor out; text TorchScript, and AOTInductor in the full form
+@pytest.mark.parametrize("model, quick_formats, full_formats", [
+    ("mobilenet_v2", ["aoti"], ["aoti"]),
+    ("minilm_topics", ["torchscript"], ["torchscript", "aoti"]),
+    ("minilm_embedding", ["torchscript"], ["torchscript", "aoti"]),
+])
+def test_bf16_is_a_candidate_only_where_the_cpu_has_it(model, quick_formats, full_formats):
+    from tskit.declaration import load
+
+    decl = load(model)
+    for quick, bf16_formats in ((True, quick_formats), (False, full_formats)):
+        plan = optimize_choice.candidates(decl, quick=quick, all_declared=[], host=BF16_HOST)
+        bf16 = [v for v in plan if v.precision == "bf16"]
+        assert [(v.name, v.format) for v in bf16] == [(f"{model}_{f}_bf16", f) for f in bf16_formats]
+        assert all(not v.declaration.serve and v.declaration.torchserve == decl.torchserve for v in bf16)
+        assert plan[0].is_reference and any(v.precision == "int8" for v in plan)
+        assert optimize_choice.bf16_entry(decl, BF16_HOST) is None  # measured like the others, no extra row
+        without = optimize_choice.candidates(decl, quick=quick, all_declared=[], host=AVX2_HOST)
+        assert [v.name for v in without] == [v.name for v in plan if v.precision != "bf16"]
+    # --formats onnx: no bf16 format of the kind is listed, so its first one is measured
+    only_onnx = optimize_choice.candidates(decl, formats=["onnx"], all_declared=[], host=BF16_HOST)
+    assert [v.format for v in only_onnx if v.precision == "bf16"] == quick_formats[:1]
+    row = optimize_choice.bf16_entry(decl, AVX2_HOST)
+    assert (row["status"], row["format"], row["precision"]) == (NOT_AVAILABLE, full_formats[0], "bf16")
+    assert "neither avx512_bf16 nor AMX" in row["reason"] and "emulated, slower" in row["reason"]
+    # an unmeasured row is reported, never chosen and never a failure of the choice
+    winner, _ = choose([measured("torchscript", "fp32", 100, top1=1.0, cosine=1.0), row], decl.kind,
+                       ("torchscript", "fp32"))
+    assert winner["precision"] == "fp32" and row["status"] == NOT_AVAILABLE
+
+
+def test_the_bench_plan_has_no_bf16():
+    from benchkit import variants
+    from tskit.declaration import load
+
+    assert all(v.precision != "bf16" for v in variants.plan(load("mobilenet_v2"), all_declared=[]))
+
+
+def test_bf16_below_the_bar_is_never_chosen_even_when_fastest():
+    entries = [measured("torchscript", "fp32", 100, top1=1.0), measured("aoti", "bf16", 250, top1=0.985)]
+    winner, why = choose(entries, IMAGE, ("torchscript", "fp32"))
+    assert winner["precision"] == "fp32" and entries[1]["status"] == BELOW_BAR
+    assert "98.5% < 99.0%" in entries[1]["reason"] and "faster but not kept: aoti bf16" in why
+    entries = [measured("torchscript", "fp32", 100, cosine=1.0), measured("torchscript", "bf16", 270, cosine=0.9987)]
+    winner, _ = choose(entries, EMBEDDING, ("torchscript", "fp32"))
+    assert winner["precision"] == "fp32" and "0.99870 < 0.99900" in entries[1]["reason"]
+    # at the bar and faster beyond the tie margin, bf16 wins; within the margin fp32 does
+    entries = [measured("torchscript", "fp32", 100, cosine=1.0), measured("torchscript", "bf16", 270, cosine=0.9995)]
+    assert choose(entries, EMBEDDING, ("torchscript", "fp32"))[0]["precision"] == "bf16"
+    entries = [measured("onnx", "fp32", 100, top1=1.0), measured("torchscript", "bf16", 102, top1=1.0)]
+    winner, why = choose(entries, TEXT, ("aoti", "fp32"))
+    assert winner["precision"] == "fp32" and "fp32 before int8 or bf16" in why
+
+
 DECLARATION = """\
 # m: the one declaration of this model.
 kind: image-classifier
@@ -183,12 +243,24 @@ def test_write_choice_rewrites_a_real_declaration_that_still_loads(tmp_path):
     assert all(c in after for c in kept_comments)
 
 
+def test_write_choice_writes_a_bf16_winner(tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(os.path.join(REPO, "models", "mobilenet_v2"), models / "mobilenet_v2")
+    changed = optimize_choice.write_choice("mobilenet_v2", "aoti", "bf16", "make optimize: bf16 2x", str(models))
+    assert set(changed) == {"format", "precision"}
+    from tskit.declaration import load
+
+    loaded = load("mobilenet_v2", str(models))
+    assert (loaded.format, loaded.precision) == ("aoti", "bf16")
+    assert "precision: bf16" in (models / "mobilenet_v2" / "model.yaml").read_text()
+
+
 def test_write_choice_restores_a_declaration_that_would_not_load(tmp_path):
     models = tmp_path / "models"
     shutil.copytree(os.path.join(REPO, "models", "minilm_topics"), models / "minilm_topics")
     before = (models / "minilm_topics" / "model.yaml").read_text()
     with pytest.raises(Exception):
-        optimize_choice.write_choice("minilm_topics", "torchscript", "bf16", "n", str(models))
+        optimize_choice.write_choice("minilm_topics", "torchscript", "fp8", "n", str(models))
     assert (models / "minilm_topics" / "model.yaml").read_text() == before
 
 
@@ -200,17 +272,15 @@ def test_cpu_flags_from_cpuinfo(tmp_path):
     assert host["model"] == "Test CPU"
     assert host["flags"] == ["avx2", "fma", "avx512f", "avx512_vnni"] and not host["bf16"]
     assert "avx512_bf16" in host["missing"]
-    reason = optimize_choice.bf16_entry(type("D", (), {"name": "m"})(), host)
-    assert reason["status"] == NOT_AVAILABLE and "neither avx512_bf16 nor AMX" in reason["reason"]
     cpuinfo.write_text("model name\t: Bf16 CPU\nflags\t\t: avx2 avx512f avx512_bf16 amx_tile amx_bf16\n")
     host = host_cpu(str(cpuinfo))
-    assert host["bf16"] and "no bf16 build" in optimize_choice.bf16_entry(type("D", (), {"name": "m"})(), host)["reason"]
+    assert host["bf16"] and host["flags"] == ["avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]
 
 
 def test_the_report_names_flags_speed_and_agreement(tmp_path):
     entries = [measured("torchscript", "fp32", 150, top1=1.0, reference=True, build_s=3.2),
                measured("onnx", "int8", 400, top1=0.77, build_s=20.0, build_cached=True),
-               entry("m_bf16", "any", "bf16", status=NOT_AVAILABLE, reason="no bf16 build")]
+               entry("m_aoti_bf16", "aoti", "bf16", status=NOT_AVAILABLE, reason="emulated here")]
     winner, why = choose(entries, IMAGE, ("torchscript", "fp32"))
     host = host_cpu()
     report = {"model": "m", "kind": IMAGE, "host": host, "runtimes": {"torch": "x"}, "quick": True,

@@ -40,7 +40,9 @@ class Kind:
     template: str                    # `make model`'s `handler:` section, every setting spelt out to edit
     max_batch_delay: int             # `make model`'s torchserve.maxBatchDelay (ms to wait for a batch)
     v2_outputs: Tuple[str, ...]      # the v2 output tensors of an answer, in order (the handler's `outputs`)
-    int8_format: Optional[str] = None      # the format `precision: int8` is served as; None: fp32 only
+    int8_format: Optional[str] = None      # the format `precision: int8` is served as; None: no int8 form
+    # the formats `precision: bf16` can be served as, the fastest measured first; (): no bf16 form
+    bf16_formats: Tuple[str, ...] = ()
     bench_workload: Optional[str] = None   # benchkit.workloads' input the bench, tune and optimize send;
                                            # None: they have no inputs or answer checks for the kind
     agreement_metric: Optional[str] = None  # benchkit.agreement's measure of a variant against fp32;
@@ -52,6 +54,12 @@ class Kind:
 
     def parse_settings(self, section: Optional[dict]) -> CommonSettings:
         return read_settings(self.settings, section, self.name)
+
+    def precision_formats(self, precision: str) -> Tuple[str, ...]:
+        """The formats a reduced precision (int8, bf16) can be served as, the preferred first; (): no such form."""
+        if precision == "int8":
+            return (self.int8_format,) if self.int8_format else ()
+        return self.bf16_formats if precision == "bf16" else ()
 
     @property
     def workload_family(self) -> str:

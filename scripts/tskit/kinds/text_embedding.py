@@ -14,6 +14,7 @@ KIND = Kind(
     max_batch_delay=5,  # as the text classifier (tuned on the same MiniLM)
     v2_outputs=("embedding", "truncated"),
     int8_format="torchscript",
+    bf16_formats=("torchscript", "aoti"),  # as the text classifier (the same encoder)
     bench_workload="text_medium",
     agreement_metric="min_cosine",  # no label to agree on: the worst cosine between the two embeddings
 )
