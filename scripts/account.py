@@ -20,6 +20,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
     parser.add_argument("--seconds", type=int, default=15, help="the measured window (default 15)")
+    parser.add_argument("--warmup", type=float, default=30, help="seconds of load before the window (default 30)")
     parser.add_argument("--concurrency", type=int, default=16, help="connections of the load (default 16)")
     parser.add_argument("--work", help="server, inputs and py-spy's stacks (default: build/account/<model>)")
     parser.add_argument("--out", help="the report as JSON")
@@ -31,7 +32,7 @@ def main(argv=None) -> int:
         parser.error(f"--set takes KEY=VALUE, not {bad[0]!r}")
     settings = dict(s.split("=", 1) for s in args.set)
     work = args.work or os.path.join(REPO, "build", "account", args.model)
-    result = account(args.model, args.seconds, args.concurrency, work, settings)
+    result = account(args.model, args.seconds, args.concurrency, work, settings, args.warmup)
     print(table(result))
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -190,11 +190,14 @@ def window(server, seconds: int, work: str) -> dict:
             "raw": raw, "batches": sizes, "frontend": frontend}
 
 
-def measure(server, model: str, workload: dict, seconds: int, concurrency: int, work: str) -> Tuple[dict, object]:
+def measure(server, model: str, workload: dict, seconds: int, concurrency: int, work: str,
+            warmup: float = 30) -> Tuple[dict, object]:
     """Warm-up, then the load in a thread with the window measured inside it (2 s after its start)."""
     client = server.client()
     url, token = client.prediction_url(model), client.key("inference")
-    load_url(url, token, workload, concurrency, 5)  # warm-up
+    # warm-up: the frontend's JIT compiles for the first ~30 s of load (measured: at 5 s, C2 still took half of the
+    # frontend's CPU), and the steady state is what a server spends per request
+    load_url(url, token, workload, concurrency, warmup)
     result = {}
     thread = threading.Thread(target=lambda: result.update(
         load=load_url(url, token, workload, concurrency, seconds + 6)), daemon=True)
@@ -225,7 +228,7 @@ def report(model: str, workload: dict, concurrency: int, measured: dict, load) -
 
 
 def account(model: str, seconds: int = 15, concurrency: int = 16, work: str = "",
-            settings: Optional[Dict[str, str]] = None) -> dict:
+            settings: Optional[Dict[str, str]] = None, warmup: float = 30) -> dict:
     """The whole measurement on a private server of the repo's config with `model` alone; `settings`: config.properties
     keys that replace the repo's (e.g. number_of_netty_threads), to measure what a frontend setting buys."""
     work = work or tempfile.mkdtemp(prefix=f"account-{model}-")
@@ -233,7 +236,7 @@ def account(model: str, seconds: int = 15, concurrency: int = 16, work: str = ""
     workload = workload_of(model, work)
     server = private_server(os.path.join(work, "server"), load_models=f"{model}.mar", **(settings or {}))
     with running(server, [model]):
-        measured, load = measure(server, model, workload, seconds, concurrency, work)
+        measured, load = measure(server, model, workload, seconds, concurrency, work, warmup)
     return {**report(model, workload, concurrency, measured, load), "settings": dict(settings or {})}
 
 
