@@ -29,9 +29,15 @@ logits and embeddings, so "equal to the reference" would prove little).
 import json
 import os
 import shutil
+import subprocess
+import time
 import warnings
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence, Tuple
+
+from filelock import FileLock
+
+from support import REPO
 
 import torch
 import torch.nn.functional as F
@@ -184,6 +190,72 @@ def make_detector(folder: str, detections_per_img: int = 100) -> DetectorFiles:
         scripted = torch.jit.script(model)
         scripted.save(path)
     return DetectorFiles(path, scripted)
+
+
+def detector_source(tmp_path_factory) -> DetectorFiles:
+    """make_detector's detector.pt, made once per test run (`once`) and loaded as saved."""
+    folder = once(tmp_path_factory, "detector_source", make_detector)
+    path = os.path.join(folder, "detector.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notes
+        return DetectorFiles(path, torch.jit.load(path))
+
+
+DETECTOR_NAME = "detector"
+
+
+def detector_archive(tmp_path_factory) -> Tuple[str, dict, float]:
+    """ONE `make model NAME=detector KIND=object-detector` of the detector per test run (`once`), shared by the
+    handler's unit tests and the served ones: (base with models/, model_store/, build/; build.json; seconds)."""
+    source = detector_source(tmp_path_factory)
+
+    def build(base: str) -> None:
+        result, seconds = make_model(base, DETECTOR_NAME, "object-detector", source.pt, timeout=900)
+        if result.returncode != 0:
+            raise RuntimeError("make model failed:\n" + result.stdout[-2000:] + result.stderr[-3000:])
+        with open(os.path.join(base, "make_model_s.txt"), "w", encoding="utf-8") as f:
+            f.write(f"{seconds:.1f}")
+
+    base = once(tmp_path_factory, "detector_model", build)
+    with open(os.path.join(base, "build", DETECTOR_NAME, "build.json"), encoding="utf-8") as f:
+        report = json.load(f)
+    with open(os.path.join(base, "make_model_s.txt"), encoding="utf-8") as f:
+        return base, report, float(f.read())
+
+
+# ---- building, once per test run ------------------------------------------------------------------
+def once(tmp_path_factory, name: str, make: Callable[[str], object]) -> str:
+    """The folder `make(folder)` fills, made once per test run and reused by every module that asks: under
+    pytest-xdist the run's processes share the parent of their temp dirs, the first to ask makes it and the
+    others wait on a file lock. A `make` that raises leaves nothing behind, so each asker fails alike."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = os.path.join(str(root), "once", name)
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    with FileLock(folder + ".lock"):
+        done = os.path.join(folder, ".done")
+        if not os.path.exists(done):
+            shutil.rmtree(folder, ignore_errors=True)
+            os.makedirs(folder)
+            make(folder)
+            open(done, "w").close()
+    return folder
+
+
+def make_env() -> Dict[str, str]:
+    """This environment without make's own variables (the tests may run under `make test`)."""
+    return {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+
+
+def make_model(base, name, kind, source, model_format=None, labels=None, timeout=600):
+    """One `make model ...` into base/models, base/model_store, base/build (never the repo's): (result, seconds)."""
+    args = ["make", "--no-print-directory", "model", f"NAME={name}", f"KIND={kind}", f"SOURCE={source}",
+            f"MODELS_DIR={base}/models", f"STORE={base}/model_store", f"BUILD={base}/build"]
+    args += [f"FORMAT={model_format}"] if model_format else []
+    args += [f"LABELS={labels}"] if labels else []
+    started = time.monotonic()
+    result = subprocess.run(args, cwd=REPO, env=make_env(), capture_output=True, text=True, timeout=timeout)
+    return result, time.monotonic() - started
 
 
 # ---- references ---------------------------------------------------------------------------------

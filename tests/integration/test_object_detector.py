@@ -13,7 +13,6 @@ among good ones gets its own 400.
 import base64
 import json
 import os
-import subprocess
 import threading
 import zipfile
 import time
@@ -33,19 +32,9 @@ pytestmark = pytest.mark.heavy(seconds=60)  # seconds in a one-process run on 2 
 
 BOX_TOLERANCE = 1e-3    # of the image's longest side, in pixels
 SCORE_TOLERANCE = 1e-4
-NAME = "detector"
+NAME = own_models.DETECTOR_NAME
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")  # 451x300, 600x400, 512x512, 427x640
 measured = {"worst_box_px": 0.0, "worst_box_relative": 0.0, "worst_score": 0.0}
-
-
-def make_model(base, name, kind, source):
-    """One `make model ...` into base/models, base/model_store, base/build (never the repo's)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # under make
-    args = ["make", "--no-print-directory", "model", f"NAME={name}", f"KIND={kind}", f"SOURCE={source}",
-            f"MODELS_DIR={base}/models", f"STORE={base}/model_store", f"BUILD={base}/build"]
-    started = time.monotonic()
-    result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    return result, time.monotonic() - started
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -58,19 +47,13 @@ def printed_figures():
 
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory):
-    started = time.monotonic()
-    made = own_models.make_detector(str(tmp_path_factory.mktemp("detector_source")))
-    measured["source_s"] = round(time.monotonic() - started, 1)
-    return made
+    return own_models.detector_source(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def built(detector, tmp_path_factory):
-    base = str(tmp_path_factory.mktemp("detector_model"))
-    result, seconds = make_model(base, NAME, "object-detector", detector.pt)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    with open(os.path.join(base, "build", NAME, "build.json"), encoding="utf-8") as f:
-        report = json.load(f)
+    """ONE `make model` of the detector per test run, shared with tests/unit/test_detection_handler.py."""
+    base, report, seconds = own_models.detector_archive(tmp_path_factory)
     measured["make_model_s"] = round(seconds, 1)
     measured["build_parity_box_px"] = report["max_abs_diff"]
     return base, report

@@ -68,21 +68,6 @@ def report():
     print("\n[own models] " + json.dumps(measured, indent=1))
 
 
-def make_env():
-    return {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # under make
-
-
-def make_model(base, name, kind, source, model_format=None, labels=None, timeout=600):
-    """One `make model ...` into base/models, base/model_store, base/build."""
-    args = ["make", "--no-print-directory", "model", f"NAME={name}", f"KIND={kind}", f"SOURCE={source}",
-            f"MODELS_DIR={base}/models", f"STORE={base}/model_store", f"BUILD={base}/build"]
-    args += [f"FORMAT={model_format}"] if model_format else []
-    args += [f"LABELS={labels}"] if labels else []
-    started = time.monotonic()
-    result = subprocess.run(args, cwd=REPO, env=make_env(), capture_output=True, text=True, timeout=timeout)
-    return result, time.monotonic() - started
-
-
 def photos():
     images = {name: to_jpeg(photo(name)) for name in PHOTOS if name != "grace_hopper"}
     images["grace_hopper"] = to_jpeg(_matplotlib_grace_hopper())
@@ -118,11 +103,11 @@ def built(sources, tmp_path_factory):
     def one(build):
         name, kind, source, model_format = build
         labels = sources["labels"] if kind == "image-classifier" else None
-        return make_model(base, name, kind, sources[source], model_format, labels)
+        return own_models.make_model(base, name, kind, sources[source], model_format, labels)
 
     # `make model` depends on the venv: bring it up to date once, so parallel builds never reinstall it at once
-    venv = subprocess.run(["make", "--no-print-directory", "venv"], cwd=REPO, env=make_env(), capture_output=True,
-                          text=True, timeout=1800)
+    venv = subprocess.run(["make", "--no-print-directory", "venv"], cwd=REPO, env=own_models.make_env(),
+                          capture_output=True, text=True, timeout=1800)
     assert venv.returncode == 0, venv.stdout + venv.stderr
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=PARALLEL_BUILDS) as pool:
@@ -318,7 +303,7 @@ def test_registration_by_file_name_with_tsctl(registered, client):
 
 # ---- make model's error paths ----------------------------------------------------------------------
 def failed_make(tmp_path, **kw):
-    result, _ = make_model(str(tmp_path), **kw)
+    result, _ = own_models.make_model(str(tmp_path), **kw)
     assert result.returncode != 0
     return result.stdout + result.stderr
 

@@ -1,5 +1,6 @@
-"""The object-detector handler without a server: an archive built in process by tskit (a random SSDlite
-made by tests/own_models.py), a real ts Context; answers compared with the scripted model run alone."""
+"""The object-detector handler without a server: the test run's detector archive (one `make model` of a random
+SSDlite made by tests/own_models.py, shared with the served tests), a real ts Context; answers compared with
+the scripted model run alone."""
 
 import base64
 import io
@@ -29,16 +30,16 @@ PHOTOS = ("chelsea", "coffee", "astronaut")  # 451x300, 600x400, 512x512
 
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory):
-    return own_models.make_detector(str(tmp_path_factory.mktemp("detector_source")))
+    return own_models.detector_source(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def archive(detector, tmp_path_factory):
-    base = tmp_path_factory.mktemp("detector_build")
-    declare("det", "object-detector", detector.pt, models_dir=str(base / "models"))
-    report = build(load("det", str(base / "models")), store=str(base / "store"), build_dir=str(base / "build"))
+    """The detector's archive of this test run (one `make model`, shared with the served tests), unpacked."""
+    base, report, _ = own_models.detector_archive(tmp_path_factory)
     assert report["outputs"] == 91 and report["max_abs_diff"] < 1  # the build's own parity check (pixels)
-    return extract_archive("det.mar", str(base / "unpacked"), store=str(base / "store"))
+    return extract_archive(f"{own_models.DETECTOR_NAME}.mar", str(tmp_path_factory.mktemp("detector_unpacked")),
+                           store=os.path.join(base, "model_store"))
 
 
 def handler_of(archive, **handler_settings):
