@@ -24,10 +24,17 @@
    (3%) of the fastest, or whose best round reaches the fastest's worst round (the drift is larger than the
    difference), ties with it; a tie is settled by: the variant the declaration serves now (no change for noise),
    then fp32, then the higher agreement, then torchscript < onnx < aoti.
-7. The winner's format and precision are written into models/<name>/model.yaml by editing those two lines
-   (comments and every other key kept; the changed line's own comment is replaced by the measurement), unless
-   --dry-run. Batching stays as declared (`make tune` decides it; its last result is quoted in the report).
-8. The report: results/optimize/<name>/{report.md, results.json, speed.png}, the markdown printed.
+7. The winner's batching, tuned through the served path (benchkit.optimize_tune): its own archive (the one built
+   under --build-root) swept by make tune's machinery (benchkit.tune.sweep: its own server, workers x intra-op
+   threads x batchSize x maxBatchDelay) on a small grid (batch sizes 1, 4, 8 x the declared delay and one other x
+   the layouts whose workers x threads <= cores), chosen with tune.choose at --p99-ms (500 ms) at --concurrency.
+   --no-tune skips it; --quick skips it unless --tune is given (then: the declared layout, batch 1 and the
+   declared one). No point meeting the target (or a failed sweep) leaves the batching as declared.
+8. The winner's format and precision, and the tuned minWorkers/maxWorkers, batchSize, maxBatchDelay (torchserve:)
+   and intraOpThreads (handler:), are written into models/<name>/model.yaml by editing those lines (comments and
+   every other key kept; a changed line's own comment is replaced by the measurement), unless --dry-run.
+9. The report: results/optimize/<name>/{report.md, results.json, speed.png}, the markdown printed, with the
+   tuning's table of points and its choice.
 """
 
 import argparse
