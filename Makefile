@@ -147,13 +147,14 @@ CONCURRENCY ?= 16
 tune: check-java archives
 	$(PY) scripts/tune.py --model $(MODEL) --p99-ms $(P99_MS) --concurrency $(CONCURRENCY) $(if $(QUICK),--quick,)
 
-# make optimize MODEL=mobilenet_v2 [QUICK=1] [DRY_RUN=1] [CONCURRENCY=16]: the model's variants (formats x
-# precisions) measured on this host through the served path, those keeping >= 99% top-1 agreement with fp32
-# (cosine >= 0.999 for embeddings) kept, the fastest written into models/<name>/model.yaml (not with DRY_RUN=1);
-# report in results/optimize/<name>/ (docs/optimize.md)
+# make optimize MODEL=mobilenet_v2 [QUICK=1] [DRY_RUN=1] [NO_TUNE=1] [P99_MS=500] [CONCURRENCY=16]: the model's
+# variants (formats x precisions) measured on this host through the served path, those keeping >= 99% top-1
+# agreement with fp32 (cosine >= 0.999 for embeddings) kept, the fastest tuned (workers x threads x batch x delay
+# at a p99 target: 500 ms unless P99_MS is given; not with QUICK=1 or NO_TUNE=1) and written with its batching
+# into models/<name>/model.yaml (not with DRY_RUN=1); report in results/optimize/<name>/ (docs/optimize.md)
 .PHONY: optimize
 optimize: check-java archives
-	$(PY) scripts/optimize.py --model $(MODEL) --concurrency $(CONCURRENCY) $(if $(QUICK),--quick,) $(if $(DRY_RUN),--dry-run,)
+	$(PY) scripts/optimize.py --model $(MODEL) --concurrency $(CONCURRENCY) $(if $(QUICK),--quick,) $(if $(DRY_RUN),--dry-run,) $(if $(NO_TUNE),--no-tune,) $(if $(filter command line,$(origin P99_MS)),--p99-ms $(P99_MS),)
 
 clean:
 	-$(PY) scripts/ts_server.py stop

@@ -24,10 +24,17 @@
    (3%) of the fastest, or whose best round reaches the fastest's worst round (the drift is larger than the
    difference), ties with it; a tie is settled by: the variant the declaration serves now (no change for noise),
    then fp32, then the higher agreement, then torchscript < onnx < aoti.
-7. The winner's format and precision are written into models/<name>/model.yaml by editing those two lines
-   (comments and every other key kept; the changed line's own comment is replaced by the measurement), unless
-   --dry-run. Batching stays as declared (`make tune` decides it; its last result is quoted in the report).
-8. The report: results/optimize/<name>/{report.md, results.json, speed.png}, the markdown printed.
+7. The winner's batching, tuned through the served path (benchkit.optimize_tune): its own archive (the one built
+   under --build-root) swept by make tune's machinery (benchkit.tune.sweep: its own server, workers x intra-op
+   threads x batchSize x maxBatchDelay) on a small grid (batch sizes 1, 4, 8 x the declared delay and one other x
+   the layouts whose workers x threads <= cores), chosen with tune.choose at --p99-ms (500 ms) at --concurrency.
+   --no-tune skips it; --quick skips it unless --tune is given (then: the declared layout, batch 1 and the
+   declared one). No point meeting the target (or a failed sweep) leaves the batching as declared.
+8. The winner's format and precision, and the tuned minWorkers/maxWorkers, batchSize, maxBatchDelay (torchserve:)
+   and intraOpThreads (handler:), are written into models/<name>/model.yaml by editing those lines (comments and
+   every other key kept; a changed line's own comment is replaced by the measurement), unless --dry-run.
+9. The report: results/optimize/<name>/{report.md, results.json, speed.png}, the markdown printed, with the
+   tuning's table of points and its choice.
 """
 
 import argparse
@@ -41,7 +48,7 @@ import tempfile
 import time
 from typing import Dict, List, Optional
 
-from benchkit import agreement, variants, workloads
+from benchkit import agreement, optimize_tune, variants, workloads
 from benchkit.optimize_choice import (BUILD_FAILED, CANNOT_SERVE, KINDS, TIE_MARGIN, bar, bf16_entry, candidates, choose,
                                       entry, fmt_agreement, host_cpu, runtime_versions, write_choice)
 from benchkit.optimize_report import markdown, tune_note, write_report
@@ -189,15 +196,8 @@ def _median(values) -> Optional[float]:
 
 
 # ---- the command ---------------------------------------------------------------------------------------------
-def optimize(args, log) -> dict:
-    decl = load_declaration(args.model)
-    if decl.kind not in KINDS:
-        raise SystemExit(f"make optimize: a {decl.kind} has no agreement measure here "
-                         f"(kinds: {', '.join(KINDS)}); nothing is changed")
-    host = host_cpu()
-    log(f"host: {host['model']}, {host['cores']} cores, flags {', '.join(host['flags'])}")
-    plan = candidates(decl, args.quick, args.formats, host=host)
-    entries = {v.name: entry(v.name, v.format, v.precision) for v in plan}
+def build_all(plan: List[variants.Variant], entries: Dict[str, dict], args, log) -> None:
+    """Build (or reuse) every candidate under the build root; its build time and failure into its entry."""
     for variant in plan:
         started = time.monotonic()
         variants.build(variant, args.build_root, timeout_s=args.build_timeout, reuse=not args.rebuild, log=log)
@@ -211,6 +211,63 @@ def optimize(args, log) -> dict:
         log(f"{variant.label}: " + (variant.error or f"{'cached' if variant.cached else 'built'} "
                                                      f"({time.monotonic() - started:.0f} s here, "
                                                      f"build {e['build_s']} s)"))
+
+
+def tuning(decl: Declaration, plan: List[variants.Variant], winner: Optional[dict], host: dict, args, log) -> dict:
+    """The winner's archive swept by make tune's machinery (benchkit.optimize_tune), or why it was not."""
+    if not args.tune:
+        why = ("--no-tune" if not args.quick else "--quick (pass --tune for the quick grid)")
+        return optimize_tune.skipped(f"{why}: the batching is left as declared", args.p99_ms, args.concurrency)
+    archive = next((v.archive for v in plan if winner and v.name == winner["variant"]), None)
+    if not archive:
+        return optimize_tune.skipped("no winner to tune: the batching is left as declared", args.p99_ms,
+                                     args.concurrency)
+    return optimize_tune.tune_winner(decl, archive, host["cores"], args, log)
+
+
+def declare(decl: Declaration, winner: Optional[dict], report: dict, args) -> str:
+    """Write the winner's format and precision and its tuned batching into the declaration (not with --dry-run);
+    what was written, or would be, in words."""
+    tuned = report["tuning"].get("values") or {}
+    current = {"torchserve": decl.torchserve, "handler": decl.handler}
+    batching = {f"{k} {v}" for section, values in tuned.items() for k, v in values.items()
+                if current[section].get(k) != v}
+    relpath = os.path.relpath(decl.path, REPO)
+    if winner is None:
+        return f"unchanged ({decl.format} {decl.precision})"
+    variant_same = (winner["format"], winner["precision"]) == (decl.format, decl.precision)
+    if variant_same and not batching:
+        return (f"unchanged: {decl.format} {decl.precision} is already the winner"
+                + (", and its tuned batching is the declared one" if tuned else ""))
+    wanted = ([] if variant_same else [f"format {winner['format']}", f"precision {winner['precision']}"]) + \
+        sorted(batching)
+    if args.dry_run:
+        return f"--dry-run: would write {', '.join(wanted)} into {relpath} (declared now: {decl.format} {decl.precision})"
+    host = report["host"]
+    metric, _ = bar(decl.kind)
+    when = f"make optimize {report['when'][:10]} on {host['model']} ({', '.join(host['flags'][-3:])})"
+    note = (f"{when}: {winner['throughput']:.0f} req/s"
+            + (f", {winner['speedup']:.2f}x the fp32 reference" if winner.get("speedup") else "")
+            + f", {metric.replace('_', ' ')} {fmt_agreement(winner['agreement'].get(metric), decl.kind)}; "
+            "results/optimize/")
+    batching_note = optimize_tune.note(report["tuning"], report["when"][:10]) if tuned else ""
+    changed = write_choice(decl.name, winner["format"], winner["precision"], note, os.path.dirname(decl.folder),
+                           batching=tuned, batching_note=batching_note)
+    return (f"written: {', '.join(changed)} in {relpath} ({decl.format} {decl.precision} -> {winner['format']} "
+            f"{winner['precision']})" + ("" if tuned else "; the batching left as declared (not tuned)")
+            + "; `make archives` rebuilds its archive")
+
+
+def optimize(args, log) -> dict:
+    decl = load_declaration(args.model)
+    if decl.kind not in KINDS:
+        raise SystemExit(f"make optimize: a {decl.kind} has no agreement measure here "
+                         f"(kinds: {', '.join(KINDS)}); nothing is changed")
+    host = host_cpu()
+    log(f"host: {host['model']}, {host['cores']} cores, flags {', '.join(host['flags'])}")
+    plan = candidates(decl, args.quick, args.formats, host=host)
+    entries = {v.name: entry(v.name, v.format, v.precision) for v in plan}
+    build_all(plan, entries, args, log)
     run = measure(decl, plan, entries, args, log) if any(v.archive for v in plan) else {}
     # bf16 not planned (a CPU without its instructions) is still a row, saying why
     rows = [entries[v.name] for v in plan] + [e for e in (bf16_entry(decl, host),) if e]
@@ -226,25 +283,8 @@ def optimize(args, log) -> dict:
               "run": run, "variants": rows, "declared_before": f"{decl.format} {decl.precision}",
               "winner": f"{winner['format']} {winner['precision']}" if winner else None,
               "winner_variant": winner["variant"] if winner else None, "why": why, "tune": tune_note(decl.name)}
-    if winner is None:
-        report["declaration"] = f"unchanged ({decl.format} {decl.precision})"
-    elif (winner["format"], winner["precision"]) == (decl.format, decl.precision):
-        report["declaration"] = f"unchanged: {decl.format} {decl.precision} is already the winner"
-    elif args.dry_run:
-        report["declaration"] = (f"--dry-run: would write format {winner['format']}, precision {winner['precision']} "
-                                 f"into {os.path.relpath(decl.path, REPO)} (declared now: {decl.format} {decl.precision})")
-    else:
-        metric, _ = bar(decl.kind)
-        note = (f"make optimize {report['when'][:10]} on {host['model']} ({', '.join(host['flags'][-3:])}): "
-                f"{winner['throughput']:.0f} req/s"
-                + (f", {winner['speedup']:.2f}x the fp32 reference" if winner.get("speedup") else "")
-                + f", {metric.replace('_', ' ')} {fmt_agreement(winner['agreement'].get(metric), decl.kind)}; "
-                "results/optimize/")
-        changed = write_choice(decl.name, winner["format"], winner["precision"], note,
-                               os.path.dirname(decl.folder))
-        report["declaration"] = (f"written: {', '.join(changed)} in {os.path.relpath(decl.path, REPO)} "
-                                 f"({decl.format} {decl.precision} -> {winner['format']} {winner['precision']}); "
-                                 "`make archives` rebuilds its archive")
+    report["tuning"] = tuning(decl, plan, winner, host, args, log)
+    report["declaration"] = declare(decl, winner, report, args)
     return report
 
 
@@ -266,6 +306,14 @@ def main(argv=None) -> int:
     parser.add_argument("--build-timeout", type=float, default=900)
     parser.add_argument("--rebuild", action="store_true", help="build every variant again")
     parser.add_argument("--out", help="default results/optimize/<model>")
+    parser.add_argument("--p99-ms", type=float, default=optimize_tune.P99_MS,
+                        help="tuning: the p99 a point must meet at --concurrency (default %(default)g ms)")
+    parser.add_argument("--no-tune", dest="tune", action="store_false", default=None,
+                        help="leave the batching as declared (default: tune the winner; not with --quick)")
+    parser.add_argument("--tune", dest="tune", action="store_true",
+                        help="tune the winner even with --quick (on the quick grid)")
+    parser.add_argument("--tune-seconds", type=float,
+                        help=f"timed seconds per tuning run (default {optimize_tune.SECONDS:g}; quick: --seconds)")
     args = parser.parse_args(argv)
     names = sorted(d.name for d in declared())
     if args.model not in names:
@@ -274,6 +322,7 @@ def main(argv=None) -> int:
     args.rounds = args.rounds or (2 if args.quick else 3)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
     args.agreement_images = args.agreement_images or (30 if args.quick else 100)
+    args.tune = (not args.quick) if args.tune is None else args.tune
     out = args.out or os.path.join(REPO, "results", "optimize", args.model)
 
     def log(message: str) -> None:

@@ -237,9 +237,62 @@ def edit_declaration(text: str, values: Dict[str, str], note: str) -> Tuple[str,
     return "".join(lines), changed
 
 
-def write_choice(name: str, fmt: str, precision: str, note: str, models_dir: Optional[str] = None) -> List[str]:
-    """Set format/precision in models/<name>/model.yaml (textually); the result must load as a declaration, else
-    the file is restored and the error raised. Returns the keys changed."""
+def edit_section(text: str, section: str, values: Dict[str, object], note: str) -> Tuple[str, List[str]]:
+    """The declaration's text with each `key: value` line of `values` set inside the top-level `section:` block
+    (its direct children: the first child's indentation), as edit_declaration does at the top: a changed line
+    gets `note` as its comment at its old comment's column (the indented comment lines continuing the old
+    comment go with it), unchanged lines stay byte for byte, a missing key is added after the block's last key
+    (a missing block at the end). Returns the text and the keys changed, as `section.key`."""
+    lines = text.splitlines(keepends=True)
+    header = re.compile(rf"^{re.escape(section)}:\s*(#.*)?$")
+    start = next((i for i, line in enumerate(lines) if header.match(line.rstrip("\r\n"))), None)
+    if start is None:
+        if lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+        lines.append(f"{section}:\n")
+        start = len(lines) - 1
+    end = next((i for i in range(start + 1, len(lines)) if re.match(r"^[^\s#]", lines[i])), len(lines))
+    indent = next((m.group(1) for m in (re.match(r"^(\s+)[^\s#]", lines[i]) for i in range(start + 1, end)) if m),
+                  "  ")
+    changed = []
+    for key, value in values.items():
+        value = str(value)
+        pattern = re.compile(rf"^{indent}{re.escape(key)}:(\s*)([^\s#]+)?(\s*)(#.*)?$")
+        index = next((i for i in range(start + 1, end) if pattern.match(lines[i].rstrip("\r\n"))), None)
+        head = f"{indent}{key}: {value}"
+        if index is not None:
+            match = pattern.match(lines[index].rstrip("\r\n"))
+            if (match.group(2) or "").strip("'\"") == value:
+                continue
+            column = match.start(4) if match.group(4) else 28
+            ending = lines[index][len(lines[index].rstrip("\r\n")):] or "\n"
+            lines[index] = f"{head}{' ' * max(1, column - len(head))}# {note}{ending}"
+            while index + 1 < end and _continues(lines[index + 1], indent):
+                del lines[index + 1]
+                end -= 1
+        else:
+            last = max((i for i in range(start + 1, end) if lines[i].startswith(indent) and
+                        re.match(r"^\s+[^\s#]", lines[i])), default=start)
+            while last + 1 < end and _continues(lines[last + 1], indent):
+                last += 1
+            lines.insert(last + 1, f"{head}{' ' * max(1, 28 - len(head))}# {note}\n")
+            end += 1
+        changed.append(f"{section}.{key}")
+    return "".join(lines), changed
+
+
+def _continues(line: str, indent: str) -> bool:
+    """A comment-only line indented deeper than the block's keys: the continuation of the comment above it."""
+    match = re.match(r"^(\s*)#", line)
+    return bool(match) and len(match.group(1)) > len(indent)
+
+
+def write_choice(name: str, fmt: str, precision: str, note: str, models_dir: Optional[str] = None,
+                 batching: Optional[Dict[str, Dict[str, int]]] = None, batching_note: str = "") -> List[str]:
+    """Set format/precision in models/<name>/model.yaml (textually), and the tuned `batching` values
+    ({"torchserve": {"batchSize": 4, ...}, "handler": {"intraOpThreads": 1}}, with `batching_note` as the changed
+    lines' comment) when given; the result must load as a declaration with those values, else the file is
+    restored and the error raised. Returns the keys changed (`section.key` for the batching ones)."""
     from tskit.declaration import MODELS_DIR
 
     models_dir = models_dir or MODELS_DIR
@@ -247,6 +300,9 @@ def write_choice(name: str, fmt: str, precision: str, note: str, models_dir: Opt
     with open(path, encoding="utf-8") as f:
         before = f.read()
     after, changed = edit_declaration(before, {"format": fmt, "precision": precision}, note)
+    for section, values in (batching or {}).items():
+        after, more = edit_section(after, section, values, batching_note or note)
+        changed += more
     if not changed:
         return []
     with open(path, "w", encoding="utf-8") as f:
@@ -254,6 +310,9 @@ def write_choice(name: str, fmt: str, precision: str, note: str, models_dir: Opt
     try:
         loaded = load_declaration(name, models_dir)
         assert (loaded.format, loaded.precision) == (fmt, precision), (loaded.format, loaded.precision)
+        for section, values in (batching or {}).items():
+            written = getattr(loaded, section)
+            assert all(written.get(k) == v for k, v in values.items()), (section, written, values)
     except Exception:
         with open(path, "w", encoding="utf-8") as f:
             f.write(before)

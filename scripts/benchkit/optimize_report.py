@@ -3,8 +3,11 @@
 import json
 import math
 import os
+from typing import List
 
 from benchkit.optimize_choice import BELOW_BAR, CHOSEN, KEPT, fmt_agreement, bar
+from benchkit.optimize_tune import NO_POINT, SKIPPED, TUNED
+from benchkit.tune import frontier_table
 from tskit.declaration import REPO
 
 
@@ -20,7 +23,7 @@ def tune_note(name: str) -> str:
         return f"`make tune`'s last run ({path}) met no target"
     return (f"`make tune`'s last result (results/tune/{name}/): {best['workers']} workers x {best['threads']} "
             f"thread(s), batchSize {best['batch']}, maxBatchDelay {best['delay']} ms, {best['throughput']:.1f} req/s "
-            "(not applied here: batching stays as declared)")
+            "(make tune's own run, on model_store's archive)")
 
 
 def markdown(report: dict) -> str:
@@ -63,8 +66,29 @@ def markdown(report: dict) -> str:
         lines.append(f"| {e['format']} {e['precision']} | **{e['status']}** | {speed} | {speedup} | {p99} | {agree} "
                      f"| {build} | {note} |")
     lines += ["", f"**Winner:** {report['winner'] or 'none'}. {report['why']}", "",
-              f"**Declaration:** {report['declaration']}", "", f"**Batching:** {report['tune']}", ""]
+              f"**Declaration:** {report['declaration']}", ""] + tuning_lines(report)
     return "\n".join(lines)
+
+
+def tuning_lines(report: dict) -> List[str]:
+    """The batching section: the winner's sweep (make tune's table of points) and the point chosen, or why none."""
+    tuning = report.get("tuning")
+    if not tuning:
+        return [f"**Batching:** {report.get('tune', 'as declared')}", ""]
+    lines = ["## Batching, tuned on the winner", ""]
+    if tuning["status"] == SKIPPED:
+        return lines + [f"Not tuned: {tuning['why']}. {report.get('tune', '')}".rstrip(), ""]
+    grid, points = tuning.get("grid") or {}, tuning.get("points") or {}
+    lines += [f"- archive: {os.path.basename(tuning.get('archive') or '-')} (the winner's, as built); layouts "
+              f"(workers x threads) {', '.join(f'{w}x{t}' for w, t in grid.get('layouts', []))}, batch sizes "
+              f"{grid.get('batch_sizes')}, maxBatchDelay {grid.get('delays')} ms",
+              f"- per point: {points.get('warmup_s', '-')} s warm-up + {points.get('repeats', '-')} run(s) of "
+              f"{points.get('seconds', '-')} s at concurrency {tuning['concurrency']} on {tuning.get('workload', '-')}; "
+              f"chosen: the fastest whose worst run's p99 <= {tuning['p99_ms']:g} ms with no failed request", ""]
+    if tuning.get("rows"):
+        lines += frontier_table(tuning["rows"]) + [""]
+    verdict = {TUNED: "**Chosen:**", NO_POINT: "**No point chosen:**"}.get(tuning["status"], "**Tuning failed:**")
+    return lines + [f"{verdict} {tuning['why']}", ""]
 
 
 def plot(report: dict, path: str) -> None:

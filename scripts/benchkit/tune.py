@@ -55,13 +55,17 @@ def default_workload(model: str) -> str:
 
 
 def variant_archive(model: str, threads: int, store: str, frontend: Optional[dict] = None,
-                    name: Optional[str] = None) -> str:
-    """A copy of the model's archive whose model-config.yaml sets `threads` intra-op threads.
+                    name: Optional[str] = None, source: Optional[str] = None) -> str:
+    """A copy of an archive whose model-config.yaml sets `threads` intra-op threads: `source` (a .mar path; make
+    optimize passes its winner's, built under its build root), by default the model's model_store/<model>.mar.
     Without `frontend`, workers and batching are left out of it, so the registration decides them
     (TorchServe lets the archive's model-config.yaml win over config.properties and the API);
     with `frontend` ({"minWorkers": ..., "batchSize": ...}) they are written in."""
     name = name or f"{model}_t{threads}"
-    with zipfile.ZipFile(os.path.join(REPO, "model_store", f"{model}.mar")) as mar:
+    source = source or os.path.join(REPO, "model_store", f"{model}.mar")
+    if not source.endswith(".mar"):
+        raise ValueError(f"not a model archive (.mar): {source}")
+    with zipfile.ZipFile(source) as mar:
         config_name = json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]["configFile"]
 
     def set_threads(data: bytes) -> bytes:
@@ -69,10 +73,11 @@ def variant_archive(model: str, threads: int, store: str, frontend: Optional[dic
         for key in FRONTEND_KEYS:
             config.pop(key, None)
         config.update(frontend or {})
-        config["handler"]["intraOpThreads"] = threads
+        config.setdefault("handler", {})["intraOpThreads"] = threads
         return yaml.safe_dump(config, sort_keys=False).encode()
 
-    copy_archive(model, store, name, {config_name: set_threads})
+    copy_archive(os.path.basename(source)[:-len(".mar")], store, name, {config_name: set_threads},
+                 source_store=os.path.dirname(os.path.abspath(source)))
     return name
 
 
@@ -84,8 +89,9 @@ class Sweep:
     """The sweep's server and its management calls, through tskit.client: its tokens, and its bounded,
     logged retries of transient failures (500 ConcurrentModificationException, 503)."""
 
-    def __init__(self, model: str, workdir: str):
+    def __init__(self, model: str, workdir: str, source: Optional[str] = None):
         self.model = model
+        self.source = source  # the archive swept (variant_archive's `source`): default model_store/<model>.mar
         self.kind = load_declaration(model).kind
         self.store = os.path.join(workdir, "model_store")
         os.makedirs(self.store, exist_ok=True)
@@ -94,6 +100,10 @@ class Sweep:
     @property
     def client(self) -> TorchServeClient:
         return self.server.client(timeout=600)
+
+    def archive(self, threads: int) -> str:
+        """The swept archive with `threads` intra-op threads, in the sweep's store: its model name."""
+        return variant_archive(self.model, threads, self.store, source=self.source)
 
     def register(self, name: str, batch: int, delay: int, workers: int) -> None:
         self.client.register(f"{name}.mar", model_name=name, initial_workers=workers, batch_size=batch,
@@ -265,11 +275,12 @@ def settle(args) -> None:
     args.workload = args.workload or default_workload(args.model)
 
 
-def sweep(args, workload: dict) -> List[dict]:
-    """Every point of the grid on one server of its own (always stopped), pruned as `prune` says."""
+def sweep(args, workload: dict, source: Optional[str] = None) -> List[dict]:
+    """Every point of the grid on one server of its own (always stopped), pruned as `prune` says; the archive
+    swept is `source` (a .mar path), by default model_store/<model>.mar."""
     cores = psutil.cpu_count(logical=True)
     workdir = tempfile.mkdtemp(prefix="tune-server-")
-    tuning = Sweep(args.model, workdir)
+    tuning = Sweep(args.model, workdir, source)
     rows: List[dict] = []
     total = sum(1 for t in args.threads for w in args.workers if w * t <= cores) * len(args.delays) * len(args.batch_sizes)
     progress = tqdm(total=total, desc=f"tune {args.model}", unit="point")
@@ -280,7 +291,7 @@ def sweep(args, workload: dict) -> List[dict]:
             workers_list = [w for w in args.workers if w * threads <= cores]
             if not workers_list:
                 continue
-            name = variant_archive(args.model, threads, tuning.store)
+            name = tuning.archive(threads)
             for delay in args.delays:
                 best_so_far: Dict[int, dict] = {}
                 stopped = set()

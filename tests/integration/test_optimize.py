@@ -63,6 +63,8 @@ def test_quick_dry_run_reports_and_leaves_the_declarations(tmp_path, tmp_path_fa
     fastest = max(kept, key=lambda r: r["throughput"])
     assert tie(chosen[0], fastest)  # the fastest kept variant, or one that cannot be told from it
     assert "dry-run" in report["declaration"] or "unchanged" in report["declaration"]
+    # --quick leaves tuning out (a second server and its points; the tuning is tested in tests/unit/)
+    assert report["tuning"]["status"] == "skipped" and "--quick" in report["tuning"]["why"]
 
     text = (out / "report.md").read_text()
     assert all(flag in text for flag in host["flags"]) and "**Winner:**" in text
