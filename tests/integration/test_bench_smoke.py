@@ -63,6 +63,12 @@ def test_bench_quick_mode_writes_a_report(tmp_path, tmp_path_factory):
     checked_rows = [r for r in rows if r["setup"] not in ("C", "J")]
     assert all(r.get("check") and r.get("wrong", 0) == 0 for r in checked_rows), \
         [(r["setup"], r["model"], r.get("wrong"), r.get("first_error")) for r in checked_rows]
+    assert (out / "bench.png").stat().st_size > 1000
+    check_cache_and_overload(report, rows, table)
+
+
+def check_cache_and_overload(report: dict, rows: list, table: str) -> None:
+    """(K) and (O) of the quick run: what the cache and the overload sections must show."""
     # (K): the response cache off and on, for the repeated and the all-unique stream; the server counted hits
     # on the repeated stream, none on the unique one
     cache = {(r["stream"], r["cache"]): r for r in rows if r["setup"] == "K"}
@@ -72,7 +78,6 @@ def test_bench_quick_mode_writes_a_report(tmp_path, tmp_path_factory):
     unique = cache[("unique", "on")]
     assert unique["hits"] == 0 and unique["misses"] == unique["requests"], unique
     assert "## Response cache" in table and any("cache repeat30" in line for line in report["ratios"])
-    assert (out / "bench.png").stat().st_size > 1000
     # (O): the image model at its tuned concurrency and at 4x, on a server of its own: every request answered
     # right (a sample checked), none refused, no worker restarted
     overload = {r["factor"]: r for r in report["overload"]}
