@@ -41,7 +41,7 @@ def to_precision(loaded: LoadedSource, declaration, settings, work: str) -> Load
     if loaded.module is None or loaded.onnx_file:
         raise SourceError(f"{loaded.description}: {precision} is made from a PyTorch source (.pt, .pt2, checkpoint)")
     if precision == "bf16":
-        return to_bf16(loaded, kind.family)
+        return to_bf16(loaded, kind.family, unit_length=kind.answer == "embedding")
     return to_int8(loaded, kind, settings, work)
 
 
@@ -85,21 +85,25 @@ class Bf16Images(torch.nn.Module):
 
 class Bf16Text(torch.nn.Module):
     """A bfloat16 text model behind a float32 face: token ids and mask stay int64 (the model embeds them in
-    bf16), logits or embeddings cast to float32 out."""
+    bf16), logits or embeddings cast to float32 out (embeddings made unit length again in float32)."""
 
-    def __init__(self, module: torch.nn.Module):
+    def __init__(self, module: torch.nn.Module, unit_length: bool = False):
         super().__init__()
         self.module = module
+        self.unit_length = unit_length
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.module(input_ids, attention_mask).float()
+        out = self.module(input_ids, attention_mask).float()
+        return torch.nn.functional.normalize(out, dim=-1) if self.unit_length else out
 
 
-def to_bf16(loaded: LoadedSource, family: str) -> LoadedSource:
+def to_bf16(loaded: LoadedSource, family: str, unit_length: bool = False) -> LoadedSource:
     """The module cast to bfloat16 (a copy: the caller's fp32 module stays as it is) behind a float32 face.
-    Only the PyTorch formats can give it: ONNX Runtime's CPU has no bf16 Conv or MatMul."""
+    Only the PyTorch formats can give it: ONNX Runtime's CPU has no bf16 Conv or MatMul. `unit_length`: the
+    kind answers unit vectors (embeddings), so the output is L2-normalised again in float32: normalised in bf16
+    its length is off by up to ~1e-3 (measured: served TorchScript bf16 embeddings failed the unit-length check)."""
     module = copy.deepcopy(loaded.module).eval().to(torch.bfloat16)
-    wrapped = (Bf16Images if family == "image" else Bf16Text)(module).eval()
+    wrapped = (Bf16Images(module) if family == "image" else Bf16Text(module, unit_length)).eval()
     formats = tuple(f for f in loaded.formats if f != "onnx")
     return dataclasses.replace(loaded, description=f"{loaded.description}, bf16", formats=formats, module=wrapped,
                                exported=None)
