@@ -53,11 +53,11 @@ def plan_grid(cores: int, torchserve: dict, handler: dict, quick: bool = False) 
     return grid
 
 
-def sweep_args(model: str, grid: dict, args) -> argparse.Namespace:
-    """The settled arguments tune.sweep reads, from the grid and optimize's options."""
+def sweep_args(model: str, grid: dict, args, workload: str) -> argparse.Namespace:
+    """The settled arguments tune.sweep reads, from the grid, optimize's options and the input's name."""
     quick = bool(args.quick)
     return argparse.Namespace(
-        model=model, workers=grid["workers"], threads=grid["threads"], batch_sizes=grid["batch_sizes"],
+        model=model, workload=workload, workers=grid["workers"], threads=grid["threads"], batch_sizes=grid["batch_sizes"],
         delays=grid["delays"], concurrency=args.concurrency, min_drop=0.03,
         seconds=args.tune_seconds or (args.seconds if quick else SECONDS),
         warmup=args.warmup if quick else WARMUP, repeats=1 if quick else REPEATS)
@@ -104,7 +104,8 @@ def tune_winner(decl, archive: str, host_cores: int, args, log) -> dict:
     from benchkit.workloads import make_inputs
 
     grid = plan_grid(host_cores, decl.torchserve, decl.handler, args.quick)
-    settled = sweep_args(decl.name, grid, args)
+    workload_name = kinds.kind(decl.kind).bench_workload
+    settled = sweep_args(decl.name, grid, args, workload_name)
     out = {"status": FAILED, "archive": archive, "p99_ms": args.p99_ms, "concurrency": args.concurrency,
            "grid": grid, "points": {"seconds": settled.seconds, "warmup_s": settled.warmup,
                                     "repeats": settled.repeats}, "rows": [], "best": None}
@@ -112,7 +113,6 @@ def tune_winner(decl, archive: str, host_cores: int, args, log) -> dict:
         f"delays {grid['delays']} ms, p99 target {args.p99_ms:g} ms")
     inputs = tempfile.mkdtemp(prefix="optimize-tune-")
     try:
-        workload_name = kinds.kind(decl.kind).bench_workload
         rows = tune.sweep(settled, make_inputs(inputs)[workload_name], source=archive)
     except Exception as err:
         out["why"] = f"the sweep failed ({type(err).__name__}: {err})"[:300] + ": the batching is left as declared"

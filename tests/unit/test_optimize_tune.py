@@ -49,11 +49,15 @@ def test_the_quick_grid_is_the_declared_layout_and_two_batches():
 def test_the_sweep_arguments_are_short_points_and_the_quick_ones_the_run_s():
     grid = optimize_tune.plan_grid(2, DECLARED, HANDLER)
     args = argparse.Namespace(quick=False, concurrency=16, seconds=8.0, warmup=2.0, tune_seconds=None)
-    settled = optimize_tune.sweep_args("m", grid, args)
+    settled = optimize_tune.sweep_args("m", grid, args, "jpeg_640x480")
     assert (settled.seconds, settled.warmup, settled.repeats) == (3.0, 1.0, 2)
     assert settled.batch_sizes == [1, 4, 8] and settled.workers == [1, 2] and settled.model == "m"
+    # every argument make tune's own command settles is there (tune.sweep reads them; a missing one failed a run)
+    assert settled.workload == "jpeg_640x480"
+    assert {"model", "workload", "workers", "threads", "batch_sizes", "delays", "concurrency", "seconds", "warmup",
+            "repeats", "min_drop"} <= set(vars(settled))
     quick = optimize_tune.sweep_args("m", grid, argparse.Namespace(quick=True, concurrency=16, seconds=1.0,
-                                                                   warmup=0.3, tune_seconds=None))
+                                                                   warmup=0.3, tune_seconds=None), "text_medium")
     assert (quick.seconds, quick.warmup, quick.repeats) == (1.0, 0.3, 1)
 
 
