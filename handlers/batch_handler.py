@@ -42,6 +42,7 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from batch_profiler import BatchProfiler
+from cpu_requirements import check_cpu, read_cpuinfo
 from handler_metrics import HandlerMetrics
 from model_formats import load_model
 from model_settings import CommonSettings, read_settings
@@ -108,6 +109,8 @@ class BatchHandler(BaseHandler):
         self.settings = read_settings(self.settings_class, (context.model_yaml_config or {}).get("handler"), self.kind)
         torch.set_num_threads(self.settings.intraOpThreads)
         self.device = select_device(properties.get("gpu_id"))
+        if self.device.type == "cpu":  # an aoti archive's kernels were compiled for its build host's CPU
+            check_cpu(self.settings.requiredCpuFlags, self.settings.builtForIsa, read_cpuinfo())
         model_file = os.path.join(self.model_dir, self.manifest["model"]["serializedFile"])
         self.model = load_model(model_file, self.settings.modelFormat, self.device,
                                 self.settings.intraOpThreads, self.settings.optimizeForInference)

@@ -37,6 +37,10 @@ class CommonSettings:
     # torch.profiler over the next N batches of each worker (make profile): off at 0
     profileBatches: int = 0
     profileDir: Optional[str] = None   # default: $LOG_LOCATION/profiles (logs/profiles)
+    # Written by the archive builder for aoti (cpu_requirements): the /proc/cpuinfo flags its compiled kernels
+    # use and the vector ISA they were built for; a CPU without them refuses to load instead of dying of SIGILL
+    requiredCpuFlags: List[str] = field(default_factory=list)
+    builtForIsa: Optional[str] = None
 
     def check(self) -> None:
         if self.modelFormat not in FORMATS:
@@ -156,6 +160,10 @@ def _typed(key: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, list) and all(_is_number(v) for v in value):
             return [float(v) for v in value]
         raise SettingsError(f"handler.{key}: expected a list of numbers, got {value!r}")
+    if "List[str]" in text:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise SettingsError(f"handler.{key}: expected a list of strings, got {value!r}")
     expected = {"int": int, "bool": bool, "str": str, "float": float}
     for name, python_type in expected.items():
         if text in (name, f"<class '{name}'>", f"typing.Optional[{name}]", f"Optional[{name}]"):

@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from classification import load_labels
+from cpu_requirements import build_host_requirement
 from model_settings import check_labels
 from tskit import kinds
 from tskit.declaration import REPO, Declaration, DeclarationError
@@ -56,7 +57,8 @@ def build(declaration: Declaration, store: str = STORE_DIR, build_dir: Optional[
     mar = archive(declaration, report["file"], extra, config_file, store, version or declaration.version,
                   archive_name, work)
     report.update(model=declaration.name, kind=declaration.kind, precision=declaration.precision,
-                  source=loaded.description, archive=mar, total_s=round(time.perf_counter() - started, 1))
+                  source=loaded.description, archive=mar, total_s=round(time.perf_counter() - started, 1),
+                  built_for_isa=settings.builtForIsa, required_cpu_flags=settings.requiredCpuFlags)
     with open(os.path.join(work, "build.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
     write_deps(declaration, loaded, mar, work)
@@ -102,9 +104,12 @@ def resolve_labels(declaration: Declaration, loaded: LoadedSource) -> List[str]:
 
 
 def served_handler(declaration: Declaration, loaded: LoadedSource) -> dict:
-    """The `handler:` section of model-config.yaml: the declaration's, with the model format and, for
-    text, the checkpoint's own limits unless the declaration says otherwise."""
+    """The `handler:` section of model-config.yaml: the declaration's, with the model format, for aoti the
+    CPU instruction sets its kernels need (handlers/cpu_requirements) and, for text, the checkpoint's own
+    limits unless the declaration says otherwise."""
     handler = dict(declaration.handler, modelFormat=declaration.format)
+    if declaration.format == "aoti":  # its kernels are compiled for this host's CPU: the worker checks its own
+        handler["builtForIsa"], handler["requiredCpuFlags"] = build_host_requirement()
     if kinds.kind(declaration.kind).family == "text":
         handler.setdefault("maxTokens", loaded.max_tokens or 512)
         handler.setdefault("padToken", loaded.pad_token or "[PAD]")
