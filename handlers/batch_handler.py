@@ -109,7 +109,7 @@ class BatchHandler(BaseHandler):
         self.settings = read_settings(self.settings_class, (context.model_yaml_config or {}).get("handler"), self.kind)
         torch.set_num_threads(self.settings.intraOpThreads)
         self.device = select_device(properties.get("gpu_id"))
-        if self.device.type == "cpu":  # an aoti archive's kernels were compiled for its build host's CPU
+        if self.device.type == "cpu" and self.settings.requiredCpuFlags:  # an aoti archive's kernels: its build CPU's
             check_cpu(self.settings.requiredCpuFlags, self.settings.builtForIsa, read_cpuinfo())
         model_file = os.path.join(self.model_dir, self.manifest["model"]["serializedFile"])
         self.model = load_model(model_file, self.settings.modelFormat, self.device,
