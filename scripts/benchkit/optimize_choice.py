@@ -207,6 +207,20 @@ def choose(entries: List[dict], kind: str, declared_now: Tuple[str, str], tie_ma
 
 
 # ---- the declaration -----------------------------------------------------------------------------------------
+def _replace_line(lines: List[str], index: int, head: str, note: str, column: int, continues) -> int:
+    """lines[index] becomes `head` with `note` as its comment at `column` (its line ending kept); the comment lines
+    right below it that `continues` (they went on with the old comment, which described the old value) go with
+    it. Returns how many lines were removed. A line that continues a comment is never a key line, so the search
+    stops at the next key whatever block it belongs to."""
+    ending = lines[index][len(lines[index].rstrip("\r\n")):] or "\n"
+    lines[index] = f"{head}{' ' * max(1, column - len(head))}# {note}{ending}"
+    removed = 0
+    while index + 1 < len(lines) and continues(lines[index + 1]):
+        del lines[index + 1]
+        removed += 1
+    return removed
+
+
 def edit_declaration(text: str, values: Dict[str, str], note: str) -> Tuple[str, List[str]]:
     """The declaration's text with each top-level `key: value` line of `values` set: a changed line gets `note`
     as its comment (its old comment, and the indented comment lines continuing it, described the old value);
@@ -220,12 +234,7 @@ def edit_declaration(text: str, values: Dict[str, str], note: str) -> Tuple[str,
             match = pattern.match(lines[index].rstrip("\r\n"))
             if (match.group(2) or "").strip("'\"") == value:
                 continue
-            ending = lines[index][len(lines[index].rstrip("\r\n")):] or "\n"
-            head = f"{key}: {value}"
-            lines[index] = f"{head}{' ' * max(1, 28 - len(head))}# {note}{ending}"
-            # the comment lines that continued the old one (indented, right below it) go with it
-            while index + 1 < len(lines) and re.match(r"^\s+#", lines[index + 1]):
-                del lines[index + 1]
+            _replace_line(lines, index, f"{key}: {value}", note, 28, lambda line: re.match(r"^\s+#", line))
         else:
             after = next((i for i, line in enumerate(lines) if line.startswith("format:")), len(lines) - 1)
             while after + 1 < len(lines) and re.match(r"^\s+#", lines[after + 1]):
@@ -265,11 +274,7 @@ def edit_section(text: str, section: str, values: Dict[str, object], note: str) 
             if (match.group(2) or "").strip("'\"") == value:
                 continue
             column = match.start(4) if match.group(4) else 28
-            ending = lines[index][len(lines[index].rstrip("\r\n")):] or "\n"
-            lines[index] = f"{head}{' ' * max(1, column - len(head))}# {note}{ending}"
-            while index + 1 < end and _continues(lines[index + 1], indent):
-                del lines[index + 1]
-                end -= 1
+            end -= _replace_line(lines, index, head, note, column, lambda line: _continues(line, indent))
         else:
             last = max((i for i in range(start + 1, end) if lines[i].startswith(indent) and
                         re.match(r"^\s+[^\s#]", lines[i])), default=start)
