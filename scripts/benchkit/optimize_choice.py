@@ -9,6 +9,7 @@ import re
 from typing import Dict, List, Optional, Tuple
 
 from benchkit import agreement, variants
+from cpu_requirements import cpuinfo_field, cpuinfo_flags, read_cpuinfo
 from tskit import kinds
 from tskit.declaration import Declaration, declared
 from tskit.declaration import load as load_declaration
@@ -36,19 +37,11 @@ UNMEASURED = (NOT_AVAILABLE, BUILD_FAILED, CANNOT_SERVE)
 
 # ---- the host ------------------------------------------------------------------------------------------------
 def host_cpu(cpuinfo: str = "/proc/cpuinfo") -> dict:
-    """CPU model, logical cores and the flags of interest present (all flags where /proc/cpuinfo exists)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and value.strip():
-                    model = value.strip()
-                elif key in ("flags", "Features"):
-                    flags.update(value.split())
-    except OSError:
-        pass
+    """CPU model, logical cores and the flags of interest present (all flags where /proc/cpuinfo exists; ARM's
+    `Features` too), parsed as the workers' CPU guard parses them (handlers/cpu_requirements)."""
+    text = read_cpuinfo(cpuinfo) or ""
+    model = cpuinfo_field(text, ("model name",)) or platform.processor() or platform.machine()
+    flags = cpuinfo_flags(text, ("flags", "Features"))
     return {"model": model, "cores": os.cpu_count(), "flags": [f for f in FLAGS_OF_INTEREST if f in flags],
             "missing": [f for f in FLAGS_OF_INTEREST if f not in flags], "all_flags": len(flags),
             "bf16": any(f in flags for f in BF16_FLAGS), "machine": platform.machine()}

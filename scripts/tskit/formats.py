@@ -20,6 +20,7 @@ from typing import Tuple
 
 import torch
 
+from cpu_requirements import build_host_march
 from detection import compare
 from model_formats import load_model
 from tskit import kinds
@@ -134,9 +135,12 @@ def to_aoti(loaded: LoadedSource, kind: str, example, settings, path: str) -> No
     import torch._inductor
 
     program = exported_program(loaded.module, kind, example, settings)
+    configs = {"freezing": True}
+    march = build_host_march()
+    if march:  # the ISA's x86-64 level, not -march=native: the archive's requiredCpuFlags then cover every instruction
+        configs["cpp.march"] = march
     with torch.no_grad():
-        torch._inductor.aoti_compile_and_package(program, package_path=path,
-                                                 inductor_configs={"freezing": True})
+        torch._inductor.aoti_compile_and_package(program, package_path=path, inductor_configs=configs)
 
 
 def parity(loaded: LoadedSource, kind: str, model_format: str, settings, path: str,

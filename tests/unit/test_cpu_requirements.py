@@ -8,11 +8,16 @@ tested on pick_vec_isa()'s strings and compile flags as torch 2.14 spells them.
 
 import pytest
 
-from cpu_requirements import ARCH_FLAG_CPUINFO, UnsupportedCpu, check_cpu, cpuinfo_flags, isa_cpu_flags, read_cpuinfo
+import shutil
+import subprocess
+
+import cpu_requirements
+from cpu_requirements import (ARCH_FLAG_CPUINFO, MARCH_FLAGS, X86_64_V3, UnsupportedCpu, check_cpu, cpuinfo_flags,
+                              isa_cpu_flags, isa_march, read_cpuinfo)
 from image_classifier_handler import ImageClassifierHandler
 from model_settings import SettingsError
 from support import make_context
-from tskit import archive
+from tskit import archive, formats
 from tskit.declaration import load
 from tskit.kinds import parse_settings
 from tskit.sources import LoadedSource
@@ -26,31 +31,91 @@ AMX = ("avx512 avx512_vnni amx_tile", VNNI[1] + " -mamx-tile -mamx-bf16 -mamx-in
 AVX2_CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel
 model name\t: Intel(R) Core(TM) i7-8700 CPU @ 3.20GHz
-flags\t\t: fpu vme sse sse2 ssse3 fma cx16 sse4_1 sse4_2 popcnt avx f16c rdrand avx2 bmi1 bmi2
+flags\t\t: fpu vme sse sse2 pni ssse3 fma cx16 sse4_1 sse4_2 movbe popcnt xsave avx f16c rdrand lahf_lm abm avx2 bmi1 bmi2
 processor\t: 1
-flags\t\t: fpu vme sse sse2 ssse3 fma cx16 sse4_1 sse4_2 popcnt avx f16c rdrand avx2 bmi1 bmi2
+flags\t\t: fpu vme sse sse2 pni ssse3 fma cx16 sse4_1 sse4_2 movbe popcnt xsave avx f16c rdrand lahf_lm abm avx2 bmi1 bmi2
 """
 AMX_CPUINFO = """processor\t: 0
 model name\t: Intel(R) Xeon(R) Platinum 8480+
-flags\t\t: fpu sse sse2 fma avx f16c avx2 avx512f avx512dq avx512cd avx512bw avx512vl avx_vnni avx512_bf16 \
+flags\t\t: fpu sse sse2 pni ssse3 fma cx16 sse4_1 sse4_2 movbe popcnt xsave avx f16c lahf_lm abm bmi1 bmi2 avx2 avx512f avx512dq avx512cd avx512bw avx512vl avx_vnni avx512_bf16 \
 avx512_vnni avx512_bitalg amx_bf16 avx512_fp16 amx_tile amx_int8
 """
 AMX_FLAGS = isa_cpu_flags(*AMX)
 
 
 # ---- what the build records ----------------------------------------------------------------------------
-def test_each_isa_gives_the_flags_its_kernels_are_compiled_with():
-    assert isa_cpu_flags(*AVX2) == ["avx2", "f16c", "fma"]
-    assert isa_cpu_flags(*AVX512) == ["avx512bw", "avx512dq", "avx512f", "avx512vl", "fma"]
-    assert isa_cpu_flags(*VNNI) == ["avx512_vnni", "avx512bw", "avx512dq", "avx512f", "avx512vl", "fma"]
-    assert AMX_FLAGS == ["amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni", "avx512bw",
-                         "avx512dq", "avx512f", "avx512vl", "fma"]
+V4 = set(MARCH_FLAGS["x86-64-v4"])
+
+
+def test_each_isa_gives_its_x86_64_level_and_the_flags_its_kernels_are_compiled_with():
+    assert set(isa_cpu_flags(*AVX2)) == set(X86_64_V3) and {"avx2", "f16c", "fma", "bmi2", "abm"} <= set(X86_64_V3)
+    assert set(isa_cpu_flags(*AVX512)) == V4 and {"avx512f", "avx512cd", "avx2"} <= V4
+    assert set(isa_cpu_flags(*VNNI)) == V4 | {"avx512_vnni"}
+    assert set(AMX_FLAGS) == V4 | {"amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni"}
+    assert AMX_FLAGS == sorted(AMX_FLAGS)
 
 
 def test_the_isa_name_alone_gives_its_base_flags():
     # amx_tile brings amx_bf16 and amx_int8: VecAMX compiles with -mamx-bf16 -mamx-int8 whatever the dtype
-    assert isa_cpu_flags("avx512 avx512_vnni amx_tile") == [
-        "amx_bf16", "amx_int8", "amx_tile", "avx512_vnni", "avx512bw", "avx512dq", "avx512f", "avx512vl", "fma"]
+    assert set(isa_cpu_flags("avx512 avx512_vnni amx_tile")) == V4 | {"amx_bf16", "amx_int8", "amx_tile",
+                                                                       "avx512_vnni"}
+
+
+@pytest.mark.parametrize("isa, machine, march", [
+    ("avx2", "x86_64", "x86-64-v3"), ("avx512", "x86_64", "x86-64-v4"),
+    ("avx512 avx512_vnni amx_tile", "x86_64", "x86-64-v4"), ("", "x86_64", "x86-64"), ("", "AMD64", "x86-64"),
+    ("asimd", "aarch64", None), ("", "aarch64", None)])
+def test_the_march_an_archive_is_compiled_with(isa, machine, march):
+    """Not -march=native: the level the ISA implies, so that the recorded flags cover all the compiler may use."""
+    assert isa_march(isa, machine) == march
+
+
+# gcc's option -> the /proc/cpuinfo flag; options that gcc enables at a level but never emits on its own (the
+# crc32/mwait intrinsics) or that alias another (-msse4) are left out
+GCC_TO_CPUINFO = {"-msse3": "pni", "-mssse3": "ssse3", "-msse4.1": "sse4_1", "-msse4.2": "sse4_2", "-mcx16": "cx16",
+                  "-msahf": "lahf_lm", "-mpopcnt": "popcnt", "-mavx": "avx", "-mavx2": "avx2", "-mbmi": "bmi1",
+                  "-mbmi2": "bmi2", "-mf16c": "f16c", "-mfma": "fma", "-mlzcnt": "abm", "-mmovbe": "movbe",
+                  "-mxsave": "xsave", "-mavx512f": "avx512f", "-mavx512bw": "avx512bw", "-mavx512cd": "avx512cd",
+                  "-mavx512dq": "avx512dq", "-mavx512vl": "avx512vl"}
+NOT_EMITTED = {"-mcrc32", "-mmwait", "-msse4"}
+
+
+def gcc_enabled(march: str) -> set:
+    out = subprocess.run(["gcc", f"-march={march}", "-Q", "--help=target"], capture_output=True, text=True,
+                         check=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.split()[1:2] == ["[enabled]"]}
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="no gcc here (the compiler AOTInductor uses)")
+@pytest.mark.parametrize("march", ["x86-64-v3", "x86-64-v4"])
+def test_each_level_lists_every_extension_gcc_enables_for_it(march):
+    """Against the compiler itself: what -march=<level> enables beyond the x86-64 baseline is in the table."""
+    added = gcc_enabled(march) - gcc_enabled("x86-64") - NOT_EMITTED
+    assert added <= set(GCC_TO_CPUINFO), sorted(added - set(GCC_TO_CPUINFO))
+    assert {GCC_TO_CPUINFO[option] for option in added} == set(MARCH_FLAGS[march])
+
+
+def test_aoti_is_compiled_at_the_level_the_archive_records(monkeypatch):
+    """formats.to_aoti passes the pinned -march to inductor (no compile here: the call is captured)."""
+    import torch._inductor
+
+    seen = {}
+    monkeypatch.setattr(formats, "build_host_march", lambda: "x86-64-v4")
+    monkeypatch.setattr(formats, "exported_program", lambda *args: "program")
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package",
+                        lambda program, package_path, inductor_configs: seen.update(inductor_configs))
+    formats.to_aoti(LoadedSource("x", ("aoti",)), "image-classifier", None, None, "model.pt2")
+    assert seen == {"freezing": True, "cpp.march": "x86-64-v4"}
+
+
+def test_this_host_can_run_what_it_builds():
+    """The build host's own requirement (level + ISA) is met by its own cpuinfo, and its -march is that level."""
+    name, arch_flags = cpu_requirements.build_host_isa()
+    text = read_cpuinfo() or ""
+    if not cpuinfo_flags(text):
+        pytest.skip("no /proc/cpuinfo flags here (not x86 Linux)")
+    check_cpu(isa_cpu_flags(name, arch_flags), name, text)
+    assert cpu_requirements.build_host_march() in MARCH_FLAGS
 
 
 def test_the_table_covers_every_compile_flag_of_this_torch():
@@ -109,7 +174,8 @@ def test_required_flags_must_be_a_list_of_strings(value):
 # ---- the check at load -------------------------------------------------------------------------------
 def test_cpuinfo_flags_are_read_from_the_flags_line():
     assert {"avx2", "fma", "f16c"} <= cpuinfo_flags(AVX2_CPUINFO) and "avx512f" not in cpuinfo_flags(AVX2_CPUINFO)
-    assert cpuinfo_flags("processor : 0\nFeatures : fp asimd\n") == set()
+    assert cpuinfo_flags("processor : 0\nFeatures : fp asimd\n") == set()  # the guard: x86 names only
+    assert cpuinfo_flags("processor : 0\nFeatures : fp asimd\n", ("flags", "Features")) == {"fp", "asimd"}
 
 
 def test_an_avx2_only_cpu_refuses_an_amx_archive_naming_what_is_missing():
@@ -117,7 +183,7 @@ def test_an_avx2_only_cpu_refuses_an_amx_archive_naming_what_is_missing():
         check_cpu(AMX_FLAGS, AMX[0], AVX2_CPUINFO)
     message = str(refused.value)
     assert message.startswith("this CPU lacks amx_bf16, amx_int8, amx_tile, avx512_bf16, avx512_vnni, avx512bw, "
-                              "avx512dq, avx512f, avx512vl:")
+                              "avx512cd, avx512dq, avx512f, avx512vl:")
     assert "compiled for avx512 avx512_vnni amx_tile" in message
     assert "rebuild the archive on this host (make archives / make optimize)" in message
     assert isinstance(refused.value, SettingsError)  # whoever catches a load's SettingsError catches it
