@@ -132,8 +132,8 @@ profile: archives
 #   make account MODEL=mobilenet_v2 [SECONDS=15]  ->  table printed; report in build/account/<model>/account.json
 SECONDS ?= 15
 account: archives
-	@test -n "$(MODEL)" || { echo "usage: make account MODEL=<name> [SECONDS=15]"; exit 2; }
-	$(PY) scripts/account.py $(MODEL) --seconds $(SECONDS) --work $(BUILD)/account/$(MODEL) --out $(BUILD)/account/$(MODEL)/account.json
+	@test -n "$(MODEL)" || { echo "usage: make account MODEL=<name> [SECONDS=15] [INPUT=text_short]"; exit 2; }
+	$(PY) scripts/account.py $(MODEL) --seconds $(SECONDS) $(if $(INPUT),--input $(INPUT)) --work $(BUILD)/account/$(MODEL) --out $(BUILD)/account/$(MODEL)/account.json
 
 # ---- KServe: the storage layout its TorchServe runtime mounts (deploy/ has the manifests) --------
 kserve: archives

@@ -52,6 +52,7 @@ from request_deadline import check_deadline
 from request_errors import AnswerTooLarge, InternalError, InvalidField, RequestError
 from request_payload import count_error, is_count, request_body
 from response_cache import ResponseCache
+from worker_log import drop_per_batch_noise
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ class BatchHandler(BaseHandler):
         self.model = load_model(model_file, self.settings.modelFormat, self.device,
                                 self.settings.intraOpThreads, self.settings.optimizeForInference)
         self.handler_metrics = HandlerMetrics(context.metrics, context.model_name)
+        drop_per_batch_noise()  # one stdout line less per batch for the frontend to read (worker_log.py)
         self.cache, self.profiler = self.cache_and_profiler(context.model_name)
         self.setup(self.settings)
         self.warm_up(self.settings.warmUpRuns)

@@ -130,12 +130,15 @@ def frontend_split(names: Dict[int, str], before: Dict[int, float], after: Dict[
     return out
 
 
-def workload_of(model: str, work: str) -> dict:
-    """The bench's input for the model's kind, written under `work`."""
-    name = kinds.kind(declaration.load(model).kind).bench_workload
+def workload_of(model: str, work: str, name: Optional[str] = None) -> dict:
+    """The bench's input `name` (default: the one of the model's kind), written under `work`."""
+    name = name or kinds.kind(declaration.load(model).kind).bench_workload
     if not name:
         raise SystemExit(f"{model}: its kind has no bench input to send")
-    return dict(make_inputs(os.path.join(work, "inputs"))[name], name=name)
+    inputs = make_inputs(os.path.join(work, "inputs"))
+    if name not in inputs:
+        raise SystemExit(f"no bench input {name!r}: one of {', '.join(inputs)}")
+    return dict(inputs[name], name=name)
 
 
 def processes(server) -> Tuple[psutil.Process, List[psutil.Process]]:
@@ -228,12 +231,12 @@ def report(model: str, workload: dict, concurrency: int, measured: dict, load) -
 
 
 def account(model: str, seconds: int = 15, concurrency: int = 16, work: str = "",
-            settings: Optional[Dict[str, str]] = None, warmup: float = 30) -> dict:
+            settings: Optional[Dict[str, str]] = None, warmup: float = 30, workload: Optional[str] = None) -> dict:
     """The whole measurement on a private server of the repo's config with `model` alone; `settings`: config.properties
     keys that replace the repo's (e.g. number_of_netty_threads), to measure what a frontend setting buys."""
     work = work or tempfile.mkdtemp(prefix=f"account-{model}-")
     os.makedirs(work, exist_ok=True)
-    workload = workload_of(model, work)
+    workload = workload_of(model, work, workload)
     server = private_server(os.path.join(work, "server"), load_models=f"{model}.mar", **(settings or {}))
     with running(server, [model]):
         measured, load = measure(server, model, workload, seconds, concurrency, work, warmup)

@@ -169,7 +169,7 @@ def test_register_from_outside_the_model_store_is_refused(client):
 
 def test_frontend_logs_without_per_request_chatter(client, server):
     """log4j2.xml (config.properties vmargs) is in force: start-up and model loading are logged,
-    the handler's per-batch lines reach model_log.log, the stock per-request lines are gone."""
+    the handler's per-batch lines reach model_log.log, the stock per-request and per-batch lines are gone."""
     assert top1(client.predict(MODEL, encode(photo("chelsea"), "JPEG"), "image/jpeg")) in CAT_LABELS
     with open(server.server_log, encoding="utf-8", errors="replace") as f:
         ts_log = f.read()
@@ -177,3 +177,5 @@ def test_frontend_logs_without_per_request_chatter(client, server):
     for stock_chatter in ("Sending response for jobId", "Backend response time", "Waiting time ns"):
         assert stock_chatter not in ts_log, stock_chatter
     assert client.batch_sizes(MODEL)
+    with open(server.model_log, encoding="utf-8", errors="replace") as f:  # TorchServe's per-batch line is dropped
+        assert "Backend received inference at" not in f.read()  # in the worker (handlers/worker_log.py)

@@ -85,3 +85,14 @@ def test_frontend_split_counts_what_each_thread_used_in_the_window():
     assert split["netty event loops (HTTP and worker sockets)"] == pytest.approx(2.5)
     assert split["batching and worker IPC (W- threads)"] == pytest.approx(1.0)
     assert split["garbage collection"] == 0 and split["other threads"] == pytest.approx(0.25)
+
+
+def test_the_input_is_the_kinds_unless_named(tmp_path):
+    from benchkit.account import workload_of
+
+    default = workload_of("minilm_topics", str(tmp_path))
+    short = workload_of("minilm_topics", str(tmp_path), "text_short")
+    assert default["name"] == "text_medium" and short["name"] == "text_short"
+    assert os.path.getsize(short["path"]) < os.path.getsize(default["path"])
+    with pytest.raises(SystemExit, match="no bench input 'text_tiny': one of jpeg_640x480"):
+        workload_of("minilm_topics", str(tmp_path), "text_tiny")
