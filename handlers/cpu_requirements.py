@@ -67,9 +67,8 @@ def isa_cpu_flags(isa: str, arch_flags: str = "") -> List[str]:
     `arch_flags` (its build_arch_flags()) and -march at the ISA's level (isa_march) may use, sorted. An ISA
     this table does not know (NEON, SVE: not x86, whose cpuinfo names features differently) gives no
     requirement rather than a wrong one."""
-    words = isa.split()
-    flags: Set[str] = set(MARCH_FLAGS.get(ISA_MARCH.get(words[0], ""), ())) if words else set()
-    for word in words:
+    flags: Set[str] = set(MARCH_FLAGS.get(isa_march(isa), ()))  # an ISA not in the table: no level, nothing
+    for word in isa.split():
         flags.update(ISA_FLAGS.get(word, ()))
     for word in arch_flags.split():
         if word in ARCH_FLAG_CPUINFO:
