@@ -11,7 +11,14 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 BUILD := build
 STORE := model_store
-MODELS_DIR := models
+MODELS_DIR ?= models
+# CONFIG: the config.properties that follows MODELS_DIR (default: config.properties for the repo's models/; set it
+# with another MODELS_DIR to keep a second set of models, as the many-models test does). SERVER_DIR: the server's
+# working dir (key_file.json, logs) and temp dir for make serve / stop (default: the repo root and the system's).
+CONFIG ?=
+SERVER_DIR ?=
+TSKIT_CONFIG := --models-dir "$(MODELS_DIR)" --store "$(STORE)" $(if $(CONFIG),--config "$(CONFIG)")
+SERVER_ARGS := --config "$(or $(CONFIG),config.properties)" $(if $(SERVER_DIR),--workdir "$(SERVER_DIR)")
 # The model tool (scripts/tskit): declarations -> archives, config.properties' models block.
 TSKIT := $(PY) -m tskit
 
@@ -43,19 +50,21 @@ check-java:
 # ---- models: one declaration each, models/<name>/model.yaml; everything below is derived ---------
 # Every declared model has an archive, rebuilt when its declaration, the runtime (handlers/), the
 # build tool (scripts/tskit/) or its source files (build/<name>/deps.mk, written by each build) change.
-DECLARED := $(patsubst models/%/model.yaml,%,$(wildcard models/*/model.yaml))
+DECLARED := $(patsubst $(MODELS_DIR)/%/model.yaml,%,$(wildcard $(MODELS_DIR)/*/model.yaml))
 RUNTIME_FILES := $(wildcard handlers/*.py)
 TSKIT_FILES := $(wildcard scripts/tskit/*.py)
 
 .SECONDEXPANSION:
-$(STORE)/%.mar: models/%/model.yaml $$(wildcard models/$$*/*.json) $(RUNTIME_FILES) $(TSKIT_FILES) $(VENV)/.installed
-	$(TSKIT) build $*
+$(STORE)/%.mar: $(MODELS_DIR)/%/model.yaml $$(wildcard $(MODELS_DIR)/$$*/*.json) $(RUNTIME_FILES) $(TSKIT_FILES) $(VENV)/.installed
+	$(TSKIT) build $* --models-dir "$(MODELS_DIR)" --store "$(STORE)" --build-root "$(BUILD)"
 
 -include $(wildcard $(BUILD)/*/deps.mk)
 
-# config.properties' `load_models` and `models=` block, from the declarations with serve: true.
+# config.properties' `load_models` and `models=` block, from the declarations with serve: true, and each served
+# archive's queue: its share of the frontend's heap budget (docs/limits-and-overload.md). A refused set of models
+# leaves both as they were.
 config: $(VENV)/.installed
-	@$(TSKIT) config
+	@$(TSKIT) config $(TSKIT_CONFIG)
 
 archives: $(DECLARED:%=$(STORE)/%.mar) config
 
@@ -65,7 +74,7 @@ model: $(VENV)/.installed
 	@test -n "$(NAME)" -a -n "$(KIND)" -a -n "$(SOURCE)" || { echo "usage: make model NAME=<name> KIND=<kind> SOURCE=<path> [LABELS=<file>] [FORMAT=<format>] [PRECISION=fp32|int8|bf16] [FORCE=1]"; exit 2; }
 	$(TSKIT) model --name "$(NAME)" --kind "$(KIND)" --source "$(SOURCE)" $(if $(LABELS),--labels "$(LABELS)") \
 		$(if $(FORMAT),--format "$(FORMAT)") $(if $(PRECISION),--precision "$(PRECISION)") $(if $(FORCE),--force) \
-		--models-dir "$(MODELS_DIR)" --store "$(STORE)" --build-root "$(BUILD)"
+		$(TSKIT_CONFIG) --build-root "$(BUILD)"
 
 # A new version of a model beside the current one, for a rollout (tsctl.py rollout):
 #   make archive-version [MODEL=mobilenet_v2] VERSION=2.0  ->  model_store/mobilenet_v2_v2.0.mar
@@ -84,10 +93,10 @@ $(GRPC_STUBS): $(VENV)/.installed
 
 # ---- server ----------------------------------------------------------------------------------
 serve: check-java archives $(GRPC_STUBS)
-	$(PY) scripts/ts_server.py start --config config.properties
+	$(PY) scripts/ts_server.py start $(SERVER_ARGS)
 
 stop: $(VENV)/.installed
-	$(PY) scripts/ts_server.py stop
+	$(PY) scripts/ts_server.py stop $(SERVER_ARGS)
 
 # ---- tests -----------------------------------------------------------------------------------
 # Three pytest processes (pytest-xdist): a module and the server it shares stay in one (--dist loadfile), and

@@ -2,9 +2,12 @@
 
 A door over tskit.server (the TorchServe class the tools and tests use):
 
-    python scripts/ts_server.py start [--config config.properties] [--timeout 300]
-    python scripts/ts_server.py stop
-    python scripts/ts_server.py status
+    python scripts/ts_server.py start [--config config.properties] [--workdir DIR] [--timeout 300]
+    python scripts/ts_server.py stop [--config ...] [--workdir DIR]
+    python scripts/ts_server.py status [--config ...] [--workdir DIR]
+
+--workdir: the server's own working dir (key_file.json, logs) and temp dir (DIR/tmp: its pid file and
+worker sockets), for a second server beside `make serve`'s; the default is the repo root and the system's.
 """
 
 import argparse
@@ -18,9 +21,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["start", "stop", "status"])
     parser.add_argument("--config", default=os.path.join(REPO, "config.properties"))
+    parser.add_argument("--workdir", help="the server's working dir; its temp dir is <workdir>/tmp")
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args(argv)
-    server = TorchServe(args.config)
+    if args.workdir:
+        os.makedirs(os.path.join(args.workdir, "tmp"), exist_ok=True)
+        server = TorchServe(args.config, workdir=args.workdir, tmpdir=os.path.join(args.workdir, "tmp"))
+    else:
+        server = TorchServe(args.config)
     models = server.expected_models()
 
     if args.action == "stop":

@@ -2,8 +2,10 @@
 
     model   --name N --kind K --source S [--labels F] [--format F] [--precision P] [--force]
             declare models/N/model.yaml, build model_store/N.mar, update config.properties' models block
+            (checked before the build: a model the server cannot hold leaves nothing changed)
     build   NAME [--version V] [--archive-name A] [--store DIR]    one archive from its declaration
-    config                                                         config.properties' models block
+    config  [--models-dir D --store S --config C]                  config.properties' models block and
+                                                                   each served archive's queue
     list    [--served] [--kind K]                                  declared models, one per line
 """
 
@@ -17,6 +19,7 @@ import warnings
 
 from tskit import declaration as declarations
 from tskit.declaration import DeclarationError
+from tskit.server_config import CONFIG, STORE, check_config, write_config
 from tskit.sources import SourceError
 
 
@@ -32,11 +35,13 @@ def main(argv=None) -> int:
     model.add_argument("--format")
     model.add_argument("--precision", default="fp32")
     model.add_argument("--force", action="store_true", help="overwrite an existing declaration")
-    for command in (model,):
-        command.add_argument("--models-dir", default=declarations.MODELS_DIR,
-                             help="where declarations live (config.properties follows only the repo's models/)")
-        command.add_argument("--store", help="where the .mar goes (default: model_store/)")
-        command.add_argument("--build-root", help="scratch folder for the build (default: build/)")
+    config = commands.add_parser("config", help="write config.properties' models block, stamp the archives' queues")
+    for command in (model, config):
+        command.add_argument("--models-dir", default=declarations.MODELS_DIR, help="where declarations live")
+        command.add_argument("--store", help="where the archives are (default: model_store/)")
+        command.add_argument("--config", help="the config.properties that follows these models (default: the "
+                                              "repo's for the repo's models/, none for another folder)")
+    model.add_argument("--build-root", help="scratch folder for the build (default: build/)")
     build = commands.add_parser("build", help="build one declared model's archive")
     build.add_argument("name")
     build.add_argument("--version")
@@ -46,7 +51,6 @@ def main(argv=None) -> int:
     build.add_argument("--build-root")
     build.add_argument("--format", help="serve this version in another format than the declaration's")
     build.add_argument("--precision", help="... or another precision (a candidate for `tsctl compare`)")
-    commands.add_parser("config", help="write config.properties' models block")
     listing = commands.add_parser("list", help="declared models")
     listing.add_argument("--served", action="store_true")
     listing.add_argument("--kind")
@@ -58,26 +62,64 @@ def main(argv=None) -> int:
         return 2
 
 
+def config_path(args):
+    """The config.properties that follows args.models_dir: --config, else the repo's for the repo's models/."""
+    if args.config:
+        return os.path.abspath(args.config)
+    return CONFIG if os.path.abspath(args.models_dir) == declarations.MODELS_DIR else None
+
+
 def run_model(args) -> int:
     from tskit.declare import declare
 
     folder = os.path.join(args.models_dir, args.name)
-    existed = os.path.exists(folder)
-    path = declare(args.name, args.kind, args.source, args.labels, args.format, args.precision, args.force,
-                   models_dir=args.models_dir)
-    print(f"declared {args.name}: {path}")
-    args.version = args.archive_name = None
+    before = snapshot(folder)
+    mar = os.path.join(args.store or STORE, f"{args.name}.mar")
+    had_archive = os.path.exists(mar)
     try:
+        path = declare(args.name, args.kind, args.source, args.labels, args.format, args.precision, args.force,
+                       models_dir=args.models_dir)
+        config = config_path(args)
+        if config:  # the server must hold it beside the others: refused now, before anything is built
+            with open(config, encoding="utf-8") as f:
+                check_config(f.read(), declarations.served(args.models_dir))
+        print(f"declared {args.name}: {path}")
+        args.version = args.archive_name = None
         run_build(args)
+        if not config:
+            print(f"{args.models_dir} is not the repo's models/ and no --config: no config.properties updated")
+            return 0
+        return run_config(args)
     except BaseException:
-        if not existed:  # a declaration that cannot build would stop every later `make archives` / `make serve`
-            shutil.rmtree(folder, ignore_errors=True)
-            print(f"{args.name} not built: its declaration was removed again", file=sys.stderr)
+        # a declaration that cannot build or be served would stop every later `make archives` / `make serve`
+        restore(folder, before)
+        if not had_archive and os.path.exists(mar):
+            os.unlink(mar)
+        print(f"{args.name} not added: {args.models_dir} and the archives are as they were", file=sys.stderr)
         raise
-    if os.path.abspath(args.models_dir) != declarations.MODELS_DIR:
-        print(f"{args.models_dir} is not the repo's models/: config.properties left as it is")
-        return 0
-    return run_config(args)
+
+
+def snapshot(folder: str):
+    """The files of a model's folder (a declaration FORCE may overwrite), None when it does not exist."""
+    if not os.path.isdir(folder):
+        return None
+    files = {}
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                files[name] = f.read()
+    return files
+
+
+def restore(folder: str, files) -> None:
+    """The folder as `snapshot` found it: removed when it did not exist, its files written back otherwise."""
+    if files is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for name, data in files.items():
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(data)
 
 
 def run_build(args) -> int:
@@ -97,11 +139,20 @@ def run_build(args) -> int:
 
 
 def run_config(args) -> int:
-    from tskit.server_config import CONFIG, write_config
-
-    if write_config(declarations.served()):
-        print(f"{CONFIG}: models block updated")
+    config = config_path(args)
+    if not config:
+        print(f"{args.models_dir} is not the repo's models/ and no --config: no config.properties updated")
+        return 0
+    served = declarations.served(args.models_dir)
+    changed = write_config(served, config, args.store or STORE)
+    queues = ", ".join(f"{q.name} {q.queue}" for q in check_config(read(config), served))
+    print(f"{config}: {'models block updated' if changed else 'unchanged'}; queues {queues}")
     return 0
+
+
+def read(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
 
 
 def run_list(args) -> int:

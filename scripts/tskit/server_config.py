@@ -5,35 +5,50 @@ archive's model-config.yaml wins over `models=` where both set a key, so both ca
 `models=` still matters for what model-config.yaml cannot say (the archive file name per version).
 Writing it also checks that every served model's answer budget (`handler.maxResponseBytes`) fits the
 server's `max_response_size`: an answer above it makes the frontend fail the worker's whole message;
-and that the worst case of queued bodies fits the frontend's heap (tskit.admission).
+and shares the frontend's heap budget among the served models' queues (tskit.admission), stamping each
+share into the model's archive (tskit.archive_queue: TorchServe 0.12 reads a queue only from there) and
+naming it in a comment of the block. A model whose folder is gone is gone from the block.
 """
 
 import json
 import os
-from typing import List
+from typing import List, Optional
 
-from tskit.admission import check_heap
+from filelock import FileLock
+
+from tskit.admission import ModelAdmission, check_heap, wait_fraction
+from tskit.archive_queue import stamp_queue
 from tskit.declaration import REPO, Declaration, DeclarationError
 from tskit.properties import parse_properties
 
 CONFIG = os.path.join(REPO, "config.properties")
+STORE = os.path.join(REPO, "model_store")
 BEGIN = "# ---- models: written by `make config` from models/*/model.yaml; edit those, not these lines ----"
 END = "# ---- end of models ----"
 TORCHSERVE_MAX_RESPONSE_SIZE = 6553500  # TorchServe's default when config.properties does not set it
 
 
-def models_block(declarations: List[Declaration]) -> str:
+def queues_comment(queues: List[ModelAdmission]) -> str:
+    """The queues the archives were stamped with, for a reader of config.properties (TorchServe ignores it)."""
+    listed = ", ".join(f"{q.name} {q.queue}" for q in queues)
+    return (f"# queues, stamped into each archive by `make config` (tskit.admission: {wait_fraction(queues):.0%} "
+            f"of each model's stated wait): {listed}")
+
+
+def models_block(declarations: List[Declaration], queues: Optional[List[ModelAdmission]] = None) -> str:
     entries = {
         d.name: {d.version: dict(marName=f"{d.name}.mar", **d.registration())} for d in declarations
     }
     body = json.dumps(entries, indent=2).replace("\n", "\\\n")
-    return "\n".join([BEGIN, f"load_models={','.join(d.name + '.mar' for d in declarations)}",
-                      f"models={body}", END])
+    lines = [BEGIN] + ([queues_comment(queues)] if queues else [])
+    return "\n".join(lines + [f"load_models={','.join(d.name + '.mar' for d in declarations)}",
+                              f"models={body}", END])
 
 
-def with_models_block(text: str, declarations: List[Declaration]) -> str:
+def with_models_block(text: str, declarations: List[Declaration],
+                      queues: Optional[List[ModelAdmission]] = None) -> str:
     """config.properties text with its models block replaced (or appended when it has none)."""
-    block = models_block(declarations)
+    block = models_block(declarations, queues)
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
         tail = rest.split(END, 1)[1]
@@ -56,14 +71,25 @@ def check_response_budgets(text: str, declarations: List[Declaration]) -> None:
                                    f"max_response_size {limit}: lower it (or raise max_response_size)")
 
 
-def write_config(declarations: List[Declaration], path: str = CONFIG) -> bool:
-    """Rewrite the block; True when the file changed."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+def check_config(text: str, declarations: List[Declaration]) -> List[ModelAdmission]:
+    """Everything `make config` checks, before anything is written: each model's queue, or DeclarationError."""
     check_response_budgets(text, declarations)
-    check_heap(text, declarations)
-    updated = with_models_block(text, declarations)
-    if updated != text:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(updated)
+    return check_heap(text, declarations)
+
+
+def write_config(declarations: List[Declaration], path: str = CONFIG, store: str = STORE) -> bool:
+    """Stamp each served archive in `store` with its queue and rewrite the block; True when the file changed.
+    One writer at a time (several `make model` may run at once): the lock file beside the config."""
+    with FileLock(path + ".lock"):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        queues = check_config(text, declarations)
+        for queue in queues:
+            mar = os.path.join(store, f"{queue.name}.mar")
+            if os.path.exists(mar):  # one not built yet is stamped by the `make config` after its build
+                stamp_queue(mar, queue.queue)
+        updated = with_models_block(text, declarations, queues)
+        if updated != text:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(updated)
     return updated != text
