@@ -18,6 +18,7 @@ MODELS_DIR ?= models
 CONFIG ?=
 SERVER_DIR ?=
 TSKIT_CONFIG := --models-dir "$(MODELS_DIR)" --store "$(STORE)" $(if $(CONFIG),--config "$(CONFIG)")
+SERVE_TIMEOUT ?= 300
 SERVER_ARGS := --config "$(or $(CONFIG),config.properties)" $(if $(SERVER_DIR),--workdir "$(SERVER_DIR)")
 # The model tool (scripts/tskit): declarations -> archives, config.properties' models block.
 TSKIT := $(PY) -m tskit
@@ -93,7 +94,7 @@ $(GRPC_STUBS): $(VENV)/.installed
 
 # ---- server ----------------------------------------------------------------------------------
 serve: check-java archives $(GRPC_STUBS)
-	$(PY) scripts/ts_server.py start $(SERVER_ARGS)
+	$(PY) scripts/ts_server.py start $(SERVER_ARGS) --timeout $(SERVE_TIMEOUT)
 
 stop: $(VENV)/.installed
 	$(PY) scripts/ts_server.py stop $(SERVER_ARGS)

@@ -247,10 +247,13 @@ def make_env() -> Dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
 
 
-def make_model(base, name, kind, source, model_format=None, labels=None, timeout=600):
-    """One `make model ...` into base/models, base/model_store, base/build (never the repo's): (result, seconds)."""
+def make_model(base, name, kind, source, model_format=None, labels=None, timeout=600, config=None, models_dir=None):
+    """One `make model ...` into base/models (or `models_dir`), base/model_store, base/build (never the repo's),
+    with `config` the config.properties that follows those models (none by default): (result, seconds)."""
     args = ["make", "--no-print-directory", "model", f"NAME={name}", f"KIND={kind}", f"SOURCE={source}",
-            f"MODELS_DIR={base}/models", f"STORE={base}/model_store", f"BUILD={base}/build"]
+            f"MODELS_DIR={models_dir or os.path.join(base, 'models')}", f"STORE={base}/model_store",
+            f"BUILD={base}/build"]
+    args += [f"CONFIG={config}"] if config else []
     args += [f"FORMAT={model_format}"] if model_format else []
     args += [f"LABELS={labels}"] if labels else []
     started = time.monotonic()

@@ -19,6 +19,8 @@ import warnings
 
 from tskit import declaration as declarations
 from tskit.declaration import DeclarationError
+from tskit.admission import admissions, shared_note
+from tskit.properties import read_properties
 from tskit.server_config import CONFIG, STORE, check_config, write_config
 from tskit.sources import SourceError
 
@@ -145,14 +147,10 @@ def run_config(args) -> int:
         return 0
     served = declarations.served(args.models_dir)
     changed = write_config(served, config, args.store or STORE)
-    queues = ", ".join(f"{q.name} {q.queue}" for q in check_config(read(config), served))
+    queues = ", ".join(f"{q.name} {q.queue}" for q in admissions(read_properties(config), served))
     print(f"{config}: {'models block updated' if changed else 'unchanged'}; queues {queues}")
+    print(f"  {shared_note(read_properties(config), served)}")
     return 0
-
-
-def read(path: str) -> str:
-    with open(path, encoding="utf-8") as f:
-        return f.read()
 
 
 def run_list(args) -> int:

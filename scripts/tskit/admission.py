@@ -145,17 +145,35 @@ def admissions(props: Dict[str, str], declarations: List[Declaration],
     return rows
 
 
+def needs(rows: List[ModelAdmission], plan: Budget, full: bool) -> tuple:
+    """(slots, the -Xmx in whole GiB, the largest max_request_size) that hold every model's floor, or with
+    `full` every model's whole want, beside the batch slots and the reserve."""
+    slots = plan.reserve + sum(r.in_workers + (r.want if full else r.floor) for r in rows)
+    return slots, math.ceil(slots * plan.body / HEAP_SHARE / 2**30), int(HEAP_SHARE * plan.heap) // slots
+
+
 def refusal(props: Dict[str, str], rows: List[ModelAdmission], plan: Budget, room: int) -> str:
     """What to change when even the least queues do not fit: the heap, the body limit or the models."""
-    needed = plan.reserve + sum(r.in_workers + r.floor for r in rows)
-    heap_needed = math.ceil(needed * plan.body / HEAP_SHARE / 2**30)
-    body_fits = int(HEAP_SHARE * plan.heap) // needed
+    needed, heap_needed, body_fits = needs(rows, plan, full=False)
     return (f"config.properties: {len(rows)} models need at least {needed} bodies of max_request_size "
             f"({plan.body / 2**20:.1f} MiB) in the frontend's heap (each model {FLOOR_BATCHES} batches queued per "
             f"worker, its batch slots, and {plan.reserve} kept for a version registered by hand), but "
             f"{HEAP_SHARE:.0%} of the heap ({plan.heap / 2**30:.2f} GiB) holds {plan.slots}: raise -Xmx to at "
             f"least {heap_needed}g, lower max_request_size to at most {body_fits} bytes, or serve fewer models "
             f"(`serve: false` in a declaration, or fewer workers)")
+
+
+def shared_note(props: Dict[str, str], declarations: List[Declaration]) -> str:
+    """For `make config`: how much of its stated wait each queue keeps, and when the budget is shared, what
+    would give every model its whole queue (at 16x the tuned concurrency a shrunk queue refuses more)."""
+    rows = admissions(props, declarations)
+    fraction = wait_fraction(rows)
+    if fraction >= 1:
+        return f"every model's queue is the whole {sum(r.queue for r in rows)} it asks for"
+    _, heap_needed, body_fits = needs(rows, budget(props, declarations), full=True)
+    return (f"{len(rows)} models share the heap budget: each queue holds {fraction:.0%} of what it asks for "
+            f"(of its stated wait); every model's whole queue needs -Xmx{heap_needed}g or max_request_size at "
+            f"most {body_fits} bytes (docs/limits-and-overload.md)")
 
 
 def worst_case_bytes(props: Dict[str, str], declarations: List[Declaration], memory: Optional[int] = None) -> int:

@@ -1,19 +1,26 @@
-"""`make model` on models that are not in this repo, every kind x format, served by one TorchServe.
+"""`make model` on models that are not in this repo, every kind x format, served by `make serve` beside the
+bundled three: fourteen models on one TorchServe, their queues sharing one heap budget.
 
 The models are made on the spot (tests/own_models.py: a random ResNet-18 with 10 classes as .pt, .pt2
-and .onnx; a tiny BertForSequenceClassification; a tiny BertModel), each archive is built by ONE
-`make model ...` into a temp MODELS_DIR / STORE / BUILD (nothing is written into the repo), and one
-private TorchServe serves them all. Its answers must equal the eager model run in process on real
-photos and real texts:
+and .onnx; a tiny BertForSequenceClassification; a tiny BertModel). A folder of the test's own plays the
+user's clone: models/ holds copies of the bundled declarations, model_store/ their archives, and a
+config.properties on free loopback ports follows them (CONFIG=). Each archive is built by ONE
+`make model ... CONFIG=...` (which shares the heap budget anew and stamps every served archive's queue),
+then ONE `make serve` serves all fourteen (nothing is written into the repo). Answers must equal the
+eager model run in process on real photos and real texts:
     classifiers  the same top-1 label, and every class probability within PROBABILITY_TOLERANCE
     embeddings   cosine >= EMBEDDING_MIN_COSINE with the reference, the model's width, unit length
-One archive is not loaded at start: `tsctl.py register <name>.mar` registers it by file name.
-`make model`'s error paths must exit non-zero with a message naming the problem.
+the bundled models answer as on their own server, each model's queue is its share of the budget
+(tskit.admission), and with all fourteen loaded 4x the tuned concurrency is answered and a flood of
+maximum-size bodies leaves the frontend alive (tests/overload_checks.py). One more archive, built
+elsewhere, is registered by file name with `tsctl.py register` (a version registered by hand: the
+budget's reserve). `make model`'s error paths must exit non-zero with a message naming the problem.
 """
 
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -25,12 +32,17 @@ import torch
 import torch.nn.functional as F
 
 import own_models
+import text_reference
 from conftest import Client
-from own_server import own_server
-from support import REPO, photo
+from overload_checks import check_4x_answered, check_flood, is_cat
+from support import MODEL_STORE, REPO, encode, photo
+from tskit import admission
+from tskit.declaration import served
+from tskit.properties import read_properties
 from tskit.real_images import _matplotlib_grace_hopper, to_jpeg
+from tskit.server import TorchServe, private_config
 
-pytestmark = pytest.mark.heavy(seconds=150)  # seconds in a one-process run on 2 cores (tests/suite_order.py)
+pytestmark = pytest.mark.heavy(seconds=190)  # seconds in a one-process run on 2 cores (tests/suite_order.py)
 
 PROBABILITY_TOLERANCE = 1e-3  # fp32: largest |served - reference| of any class probability
 EMBEDDING_MIN_COSINE = 0.9999
@@ -50,7 +62,8 @@ BUILDS = [
     ("emb_torchscript", "text-embedding", "emb", "torchscript"),
     ("emb_onnx", "text-embedding", "emb", "onnx"),
 ]
-REGISTERED_LATER = "img_onnx_onnx"  # not loaded at start: registered by file name with tsctl.py
+REGISTERED_LATER = "img_onnx_onnx"  # built elsewhere, not loaded at start: registered by file name with tsctl.py
+BUNDLED = tuple(d.name for d in served())  # the repo's served models, beside the user's
 PARALLEL_BUILDS = 2                  # 2 cores; an AOTInductor compile holds ~1 GB
 IMAGE_MODELS = [b[0] for b in BUILDS if b[1] == "image-classifier"]
 CLASSIFIER_MODELS = [b[0] for b in BUILDS if b[1] == "text-classifier"]
@@ -95,15 +108,39 @@ def sources(tmp_path_factory):
     return made
 
 
+def users_clone(base: str) -> str:
+    """base/ as a user's clone with the bundled models: models/ (copies of their declarations, times kept so
+    make sees their archives as up to date), model_store/ (links to the archives `make archives` built) and a
+    config.properties on free loopback ports; returns that config's path."""
+    for name in BUNDLED:
+        shutil.copytree(os.path.join(REPO, "models", name), os.path.join(base, "models", name))
+        os.makedirs(os.path.join(base, "model_store"), exist_ok=True)
+        os.symlink(os.path.join(MODEL_STORE, f"{name}.mar"), os.path.join(base, "model_store", f"{name}.mar"))
+    private_config(os.path.join(base, "server"), model_store=os.path.join(base, "model_store"))
+    return os.path.join(base, "server", "config.properties")
+
+
+def make(base: str, target: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """`make serve` or `make stop` for the clone in base/ (its models, store, config and server dir)."""
+    args = ["make", "--no-print-directory", target, f"MODELS_DIR={base}/models", f"STORE={base}/model_store",
+            f"BUILD={base}/build", f"CONFIG={base}/server/config.properties", f"SERVER_DIR={base}/server",
+            "SERVE_TIMEOUT=600"]
+    return subprocess.run(args, cwd=REPO, env=own_models.make_env(), capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.fixture(scope="module")
 def built(sources, tmp_path_factory):
     """Every BUILDS archive, by one `make model` each, PARALLEL_BUILDS at a time; {name: build.json}."""
     base = str(tmp_path_factory.mktemp("own_models"))
+    config = users_clone(base)
 
     def one(build):
         name, kind, source, model_format = build
         labels = sources["labels"] if kind == "image-classifier" else None
-        return own_models.make_model(base, name, kind, sources[source], model_format, labels)
+        if name == REGISTERED_LATER:  # built into a folder of its own, with no config: an archive from elsewhere
+            return own_models.make_model(base, name, kind, sources[source], model_format, labels,
+                                         models_dir=os.path.join(base, "elsewhere"))
+        return own_models.make_model(base, name, kind, sources[source], model_format, labels, config=config)
 
     # `make model` depends on the venv: bring it up to date once, so parallel builds never reinstall it at once
     venv = subprocess.run(["make", "--no-print-directory", "venv"], cwd=REPO, env=own_models.make_env(),
@@ -127,14 +164,18 @@ def built(sources, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(built):
+    """ONE `make serve` of the clone: the bundled models and every BUILDS model but REGISTERED_LATER."""
     base, _ = built
-    loaded = [name for name, *_ in BUILDS if name != REGISTERED_LATER]
     started = time.monotonic()
-    # the archives were built straight into base/model_store, the store own_server serves
-    with own_server(base, models=[], load_models=",".join(f"{n}.mar" for n in loaded)) as ts:
-        ts.wait_ready(loaded, timeout=600)
+    try:
+        result = make(base, "serve")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         measured["server_ready_s"] = round(time.monotonic() - started, 1)
-        yield ts
+        config = os.path.join(base, "server", "config.properties")
+        yield TorchServe(config, workdir=os.path.join(base, "server"), tmpdir=os.path.join(base, "server", "tmp"))
+    finally:
+        stopped = make(base, "stop", timeout=300)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +218,8 @@ def test_every_kind_and_format_builds_with_one_make_model(built):
         assert report["format"] == model_format and report["kind"] == kind
         assert os.path.isfile(os.path.join(base, "model_store", f"{name}.mar"))
         assert report["max_abs_diff"] < 1e-3, report  # the build's own parity check, on logits / embeddings
-        with open(os.path.join(base, "models", name, "model.yaml"), encoding="utf-8") as f:
+        folder = "elsewhere" if name == REGISTERED_LATER else "models"
+        with open(os.path.join(base, folder, name, "model.yaml"), encoding="utf-8") as f:
             assert f"format: {model_format}" in f.read()
     # nothing was written into the repo
     assert not any(os.path.exists(os.path.join(REPO, "models", name)) for name, *_ in BUILDS)
@@ -298,7 +340,52 @@ def test_registration_by_file_name_with_tsctl(registered, client):
     assert described["modelVersion"] == "1.0"
     assert [w["status"] for w in described["workers"]] == ["READY"]
     names = {m["modelName"] for m in client.manage("GET", "/models").json()["models"]}
-    assert names == {name for name, *_ in BUILDS}
+    assert names == {name for name, *_ in BUILDS} | set(BUNDLED)
+    # no queue stamped into an archive from elsewhere: TorchServe's job_queue_size, which the budget reserves
+    job_queue_size = int(read_properties(os.path.join(REPO, "config.properties"))["job_queue_size"])
+    assert described["jobQueueStatus"]["remainingCapacity"] == job_queue_size
+
+
+# ---- fourteen models on one server: the bundled ones beside the user's, one heap budget -----------------
+def test_the_bundled_models_answer_right_beside_the_users_models(client):
+    cat = client.predict("mobilenet_v2", encode(photo("chelsea")), "image/jpeg")
+    assert cat.status_code == 200 and is_cat(cat.json()), cat.text
+    text = text_reference.TEXTS["plain"]
+    topic = predict_text(client, "minilm_topics", text)
+    assert topic.status_code == 200 and topic.json()["predictions"][0]["label"] == "Sports", topic.text
+    embedding = predict_text(client, "minilm_embedding", text)
+    assert embedding.status_code == 200, embedding.text
+    tokenizer, model = text_reference.load_reference()
+    expected = text_reference.reference_embeddings(tokenizer, model, [text])[0]
+    cosine = F.cosine_similarity(torch.tensor(embedding.json()["embedding"]), expected, dim=0).item()
+    assert cosine >= EMBEDDING_MIN_COSINE, cosine
+
+
+def test_each_models_queue_is_its_share_of_the_one_heap_budget(built, client):
+    """What TorchServe applies (describe's remaining queue capacity, idle) is what tskit.admission shares out:
+    every model keeps the same fraction of the queue it asks for, and the whole fits the heap budget."""
+    base, _ = built
+    config = read_properties(os.path.join(base, "server", "config.properties"))
+    declarations = served(os.path.join(base, "models"))
+    assert len(declarations) == len(BUNDLED) + len(BUILDS) - 1
+    shares = {a.name: a for a in admission.admissions(config, declarations)}
+    applied = {name: client.describe(name)["jobQueueStatus"]["remainingCapacity"] for name in shares}
+    assert applied == {name: a.queue for name, a in shares.items()}
+    bundled = [shares[name] for name in BUNDLED]
+    assert all(a.floor < a.queue < a.want for a in bundled), bundled  # shrunk, not refused, not at the floor
+    fractions = [a.queue / a.want for a in shares.values()]
+    assert max(fractions) - min(fractions) < 0.05, fractions  # the same share of each stated wait
+    plan = admission.budget(config, declarations)
+    assert admission.worst_case_bytes(config, declarations) <= admission.HEAP_SHARE * plan.heap
+    measured["queues"] = {name: a.queue for name, a in shares.items()}
+
+
+def test_4x_the_tuned_concurrency_is_answered_right_with_fourteen_models_loaded(server):
+    check_4x_answered(server, "mobilenet_v2", encode(photo("chelsea")), "image/jpeg", is_cat)
+
+
+def test_a_flood_of_maximum_size_bodies_leaves_the_fourteen_model_server_alive(server):
+    measured["flood"] = check_flood(server, "mobilenet_v2")
 
 
 # ---- make model's error paths ----------------------------------------------------------------------
@@ -330,6 +417,23 @@ def test_labels_of_the_wrong_length_are_refused_naming_the_file(sources, tmp_pat
     declared_labels = os.path.join(str(tmp_path), "models", "bad_labels", "labels.json")
     assert f"{declared_labels} has 7 labels but the model gives 10 outputs" in out, out
     assert not os.path.exists(tmp_path / "model_store" / "bad_labels.mar")
+
+
+def test_a_model_the_server_cannot_hold_is_refused_before_its_build_leaving_everything_as_it_was(sources, tmp_path):
+    """A heap too small for even the least queues: `make model` names what to change, and the declaration,
+    the archive and config.properties are as before."""
+    base = str(tmp_path)
+    config = os.path.join(base, "config.properties")
+    private_config(base, model_store=os.path.join(base, "model_store"), vmargs="-Xmx64m")
+    with open(config, encoding="utf-8") as f:
+        before = f.read()
+    out = failed_make(tmp_path, name="one_too_many", kind="image-classifier", source=sources["onnx"],
+                      model_format="onnx", labels=sources["labels"], config=config)
+    assert "raise -Xmx to at least 1g" in out and "lower max_request_size" in out, out
+    assert not os.path.exists(os.path.join(base, "models", "one_too_many"))
+    assert not os.path.exists(os.path.join(base, "model_store", "one_too_many.mar"))
+    with open(config, encoding="utf-8") as f:
+        assert f.read() == before
 
 
 def test_a_missing_source_is_refused(tmp_path):

@@ -17,25 +17,15 @@ CONFIG = os.path.join(REPO, "config.properties")
 PROPS = read_properties(CONFIG)
 
 
-def test_the_worst_case_of_queued_and_batched_bodies_fits_the_frontends_heap():
-    """Every queue slot (each model's jobQueueSize) and batch slot holding a max_request_size body."""
+def test_the_shipped_config_holds_the_served_models_queues_and_batches_within_the_heap_budget():
+    """Every queue slot (each model's share), batch slot and the reserve holding a max_request_size body
+    (tests/unit/test_admission.py has the sharing itself)."""
     served = declarations.served()
-    body = int(PROPS["max_request_size"])
-    queued = sum(d.torchserve.get("jobQueueSize", int(PROPS["job_queue_size"])) for d in served) * body
-    in_workers = sum(d.torchserve["maxWorkers"] * d.torchserve["batchSize"] for d in served) * body
-    assert admission.worst_case_bytes(PROPS, served) == queued + in_workers
-    assert queued + in_workers <= admission.HEAP_SHARE * admission.heap_bytes(PROPS["vmargs"]), (queued, in_workers)
     with open(CONFIG, encoding="utf-8") as f:
-        admission.check_heap(f.read(), served)
-
-
-def test_make_config_refuses_queues_whose_worst_case_does_not_fit_the_heap():
-    decl = declarations.load("mobilenet_v2")
-    decl.torchserve = dict(decl.torchserve, jobQueueSize=10_000)
-    with pytest.raises(DeclarationError, match=r"mobilenet_v2 10000\+8\) .* 78.19 GiB .*: lower a model's torchserve.jobQueueSize"):
-        admission.check_heap("vmargs=-Xmx9g\nmax_request_size=8388608\n", [decl])
-    with pytest.raises(DeclarationError, match="sets no -Xmx"):
-        admission.check_heap("vmargs=-Dx=y\n", [decl])
+        queues = admission.check_heap(f.read(), served)
+    plan = admission.budget(PROPS, served)
+    worst = (plan.reserve + sum(q.queue + q.in_workers for q in queues)) * plan.body
+    assert admission.worst_case_bytes(PROPS, served) == worst <= admission.HEAP_SHARE * plan.heap
 
 
 def test_each_served_model_queues_at_least_16x_its_batch_slots():
