@@ -65,6 +65,7 @@ from benchkit.bench_served import served_section
 from benchkit.bench_cache import CACHE_KINDS, cache_section
 from benchkit.bench_formats import formats_section
 from benchkit.bench_report import formats_table, plot, ratios, table
+from tskit.admission import shared_note
 from tskit.load import wrk_available
 from tskit.server import private_server
 from tskit.kinds import family
@@ -116,9 +117,13 @@ def overload_section(args, workloads: Dict[str, dict], log) -> List[dict]:
         sides = {m: [overload.Side("ours", ours, m, m, int(decls[m].torchserve.get("responseTimeout", 120)))]
                  + ([overload.Side("stock", stock, stock_names[m], m, 120)] if m in stock_names else [])
                  for m in models}
-        return overload.run(sides, workloads, {m: MAIN_WORKLOAD[kinds[m]] for m in models}, kinds,
+        # what the targets depend on: how much of its stated wait each queue holds beside the other models
+        queues = shared_note(ours.props, [decls[m] for m in loaded])
+        log(f"O queues: {queues}")
+        rows = overload.run(sides, workloads, {m: MAIN_WORKLOAD[kinds[m]] for m in models}, kinds,
                             args.tuned_concurrency, args.overload_seconds, load, args.overload_factors, log,
                             args.overload_rounds)
+        return [dict(row, queues=queues) for row in rows]
     finally:
         for server in filter(None, (ours, stock)):
             server.stop()
@@ -174,6 +179,7 @@ def write_reports(args, rows: List[dict], summaries: List[dict], overload_rows: 
     cache_report = cache_bench.cache_rows_table(cache_rows) if cache_rows else ""
     summary += cache_bench.cache_summary(cache_rows)
     overload_report = (overload.table(overload_rows) + "\n\n" + "\n".join(f"- {line}" for line in overload.verdicts(overload_rows))
+                       + "".join(f"\n- queues: {q}" for q in sorted({r["queues"] for r in overload_rows if "queues" in r}))
                        if overload_rows else "")
     with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
         json.dump({"host": host, "targets": judged, "rows": rows, "overload": overload_rows, "formats": summaries,
