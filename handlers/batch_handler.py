@@ -113,8 +113,7 @@ class BatchHandler(BaseHandler):
         if self.device.type == "cpu" and self.settings.requiredCpuFlags:  # an aoti archive's kernels: its build CPU's
             check_cpu(self.settings.requiredCpuFlags, self.settings.builtForIsa, read_cpuinfo())
         model_file = os.path.join(self.model_dir, self.manifest["model"]["serializedFile"])
-        self.model = load_model(model_file, self.settings.modelFormat, self.device,
-                                self.settings.intraOpThreads, self.settings.optimizeForInference)
+        self.model = self.load(model_file)
         self.handler_metrics = HandlerMetrics(context.metrics, context.model_name)
         drop_per_batch_noise()  # one stdout line less per batch for the frontend to read (worker_log.py)
         self.cache, self.profiler = self.cache_and_profiler(context.model_name)
@@ -133,6 +132,11 @@ class BatchHandler(BaseHandler):
             cache = ResponseCache(settings.cacheEntries, settings.cacheBytes, f"{model_name}/{version}")
         folder = settings.profileDir or os.path.join(os.environ.get("LOG_LOCATION", "logs"), "profiles")
         return cache, BatchProfiler(settings.profileBatches, folder, f"{model_name}-{version}", self.device)
+
+    def load(self, model_file: str) -> Any:
+        """The model behind one callable (model_formats); a kind with its own runtime overrides this."""
+        return load_model(model_file, self.settings.modelFormat, self.device, self.settings.intraOpThreads,
+                          self.settings.optimizeForInference)
 
     def archive_file(self, name: str) -> str:
         return os.path.join(self.model_dir, name)

@@ -8,6 +8,9 @@ another metrics config still logs them (model_metrics.log) instead of failing.
     BatchSize                                        histogram, requests per handle() call
     InvalidInputs                                    counter, per ErrorType (the 4xx `type`)
     CacheHits, CacheMisses, CacheEvictions           counter, items (models with a response cache)
+    TimeToFirstToken, TimePerOutputToken             histogram, ms (text generators: prefill; each decode step)
+    GeneratedTokens                                  counter, tokens (text generators)
+    RunningSequences                                 gauge, sequences in the running batch after a step
 """
 
 import logging
@@ -30,6 +33,10 @@ SPECS = {
     "CacheHits": ("count", BASE_DIMENSIONS, MetricTypes.COUNTER),
     "CacheMisses": ("count", BASE_DIMENSIONS, MetricTypes.COUNTER),
     "CacheEvictions": ("count", BASE_DIMENSIONS, MetricTypes.COUNTER),
+    "TimeToFirstToken": ("ms", BASE_DIMENSIONS, MetricTypes.HISTOGRAM),
+    "TimePerOutputToken": ("ms", BASE_DIMENSIONS, MetricTypes.HISTOGRAM),
+    "GeneratedTokens": ("count", BASE_DIMENSIONS, MetricTypes.COUNTER),
+    "RunningSequences": ("count", BASE_DIMENSIONS, MetricTypes.GAUGE),
 }
 
 
@@ -62,3 +69,14 @@ class HandlerMetrics:
         for name, value in counts.items():
             if value:
                 self._emit(name, value)
+
+    def generation(self, first_token_ms: Iterable[float], per_token_ms: Iterable[float], tokens: int,
+                   running: int) -> None:
+        """A text generator's step: its prefills' and decode step's times, the tokens made, the rows running."""
+        for value in first_token_ms:
+            self._emit("TimeToFirstToken", round(value, 3))
+        for value in per_token_ms:
+            self._emit("TimePerOutputToken", round(value, 3))
+        if tokens:
+            self._emit("GeneratedTokens", tokens)
+        self._emit("RunningSequences", running)

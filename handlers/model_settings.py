@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Type
 
-FORMATS = ("torchscript", "aoti", "onnx")
+FORMATS = ("torchscript", "aoti", "onnx", "transformers")  # transformers: a Hugging Face folder, run eagerly
 
 
 class SettingsError(ValueError):
@@ -133,6 +133,33 @@ class ObjectDetectorSettings(CommonSettings):
         if self.maxPixelsPerRequest < self.maxImagePixels:
             raise SettingsError(f"handler.maxPixelsPerRequest ({self.maxPixelsPerRequest}) must be >= "
                                 f"handler.maxImagePixels ({self.maxImagePixels}): one image allowed alone fits a request")
+
+
+@dataclass
+class TextGeneratorSettings(CommonSettings):
+    """A causal LM served as a Hugging Face folder (modelFormat transformers), decoded with a KV cache."""
+
+    modelFormat: str = "transformers"
+    intraOpThreads: int = 2              # one worker decodes every running sequence in one batch
+    warmUpRuns: int = 1
+    dtype: str = "float32"               # or bfloat16 (AVX512_BF16/AMX hosts; greedy text may differ from fp32)
+    maxNewTokens: int = 512              # the most a request's max_tokens may ask
+    defaultMaxTokens: int = 128          # max_tokens when a request gives none
+    maxPromptTokens: int = 2048          # longer prompts answer 413 before any token
+    maxPromptChars: int = 32_000         # checked before tokenizing
+    maxSeconds: float = 300.0            # a request still running after this ends with finish_reason "length"
+    maxItemsPerRequest: int = 1          # one prompt per KServe v2 request
+
+    def check(self) -> None:
+        super().check()
+        if self.modelFormat != "transformers":
+            raise SettingsError(f"handler.modelFormat: a text-generator is served as transformers, not {self.modelFormat!r}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise SettingsError(f"handler.dtype: must be float32 or bfloat16, got {self.dtype!r}")
+        for key in ("maxNewTokens", "defaultMaxTokens", "maxPromptTokens", "maxPromptChars"):
+            _at_least(key, getattr(self, key), 1)
+        if self.maxSeconds <= 0:
+            raise SettingsError(f"handler.maxSeconds: must be > 0, got {self.maxSeconds}")
 
 
 def read_settings(cls: Type[CommonSettings], section: Optional[dict], kind: str) -> CommonSettings:

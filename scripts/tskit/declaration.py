@@ -37,6 +37,7 @@ TORCHSERVE_KEYS = {
     "minWorkers": int, "maxWorkers": int, "batchSize": int, "maxBatchDelay": int, "responseTimeout": int,
     "deviceType": str, "deviceIds": list, "parallelType": str, "startupTimeout": int,
     "maxRetryTimeoutInSec": int, "clientTimeoutInMills": int, "jobQueueSize": int, "useJobTicket": bool,
+    "continuousBatching": bool,  # one handler call per step (text generators: ContinuousBatching.java)
 }
 # The per-model settings config.properties' `models=` repeats (the archive's model-config.yaml wins
 # where both set a key, so both carry the same values).

@@ -5,7 +5,7 @@ import os
 import re
 from typing import Optional
 
-from tskit import kinds
+from tskit import causal_lm, kinds
 from tskit.sources import ALL_FORMATS, FORMATS_OF_FILE, detector_formats
 from tskit.declaration import DECLARATION, MODELS_DIR, DeclarationError, load
 
@@ -24,13 +24,7 @@ serve: true                 # `make serve` loads it
 
 # TorchServe's per-model settings (the archive's model-config.yaml, top level)
 torchserve:
-  minWorkers: 1
-  maxWorkers: 1
-  batchSize: 4              # requests per handle() call
-  maxBatchDelay: {delay}          # ms to wait for a batch to fill
-  responseTimeout: 60
-  deviceType: gpu           # a GPU when the server has number_of_gpu > 0, else cpu
-
+{torchserve}
 # The handler's settings, typed and checked when a worker loads (handlers/model_settings.py)
 handler:
 {handler}"""
@@ -40,6 +34,8 @@ def source_formats(source: str, kind: str) -> tuple:
     """The formats a source can give, judged by its name (the build checks again with the model loaded)."""
     if kinds.kind(kind).family == "detector":
         return detector_formats(source)
+    if kinds.kind(kind).family == "generator":
+        return causal_lm.source_formats(source)
     if source.startswith("python:") or os.path.isdir(source):
         return ALL_FORMATS
     return FORMATS_OF_FILE.get(os.path.splitext(source)[1], ())
@@ -57,7 +53,9 @@ def declare(name: str, kind: str, source: str, labels: Optional[str] = None, mod
         raise DeclarationError(f"SOURCE={source} does not exist")
     formats = source_formats(source, kind)
     if not formats:
-        raise DeclarationError(f"SOURCE={source}: expected a .pt, .pt2 or .onnx file or a Hugging Face folder")
+        raise DeclarationError(f"SOURCE={source}: expected a .pt, .pt2 or .onnx file or a Hugging Face folder"
+                               + (" (a text-generator: a .gguf file or a Hugging Face folder)"
+                                  if kinds.kind(kind).family == "generator" else ""))
     model_format = model_format or ("torchscript" if "torchscript" in formats else formats[0])
     if model_format not in formats:
         raise DeclarationError(f"FORMAT={model_format}: {os.path.basename(source)} can give {', '.join(formats)}")
@@ -74,13 +72,28 @@ def declare(name: str, kind: str, source: str, labels: Optional[str] = None, mod
     text = DECLARATION_TEMPLATE.format(
         name=name, kind=kind, source=_yaml_string(source), format=model_format,
         format_note=f"           # torchscript | aoti | onnx; this source can give {', '.join(formats)}",
-        labels_line=labels_line, delay=kinds.kind(kind).max_batch_delay, handler=kinds.kind(kind).template)
+        labels_line=labels_line, torchserve=torchserve_section(kind), handler=kinds.kind(kind).template)
     text = text.replace("precision: fp32", f"precision: {precision}", 1)
     path = os.path.join(folder, DECLARATION)
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
     load(name, models_dir)  # the same checks every build makes
     return path
+
+
+SHARED_TORCHSERVE = """\
+  minWorkers: 1
+  maxWorkers: 1
+  batchSize: 4              # requests per handle() call
+  maxBatchDelay: {delay}          # ms to wait for a batch to fill
+  responseTimeout: 60
+  deviceType: gpu           # a GPU when the server has number_of_gpu > 0, else cpu
+"""
+
+
+def torchserve_section(kind: str) -> str:
+    """The kind's own torchserve: section (a generator's continuous batching), else the shared one."""
+    return kinds.kind(kind).torchserve_template or SHARED_TORCHSERVE.format(delay=kinds.kind(kind).max_batch_delay)
 
 
 def read_labels(source: str):

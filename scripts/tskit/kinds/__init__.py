@@ -17,8 +17,8 @@ from typing import Dict, Optional, Tuple, Type
 
 from model_settings import CommonSettings, SettingsError, read_settings
 
-FAMILIES = ("image", "text", "detector")
-ANSWERS = ("labels", "embedding", "detections")
+FAMILIES = ("image", "text", "detector", "generator")
+ANSWERS = ("labels", "embedding", "detections", "text")
 
 
 class UnknownKind(SettingsError):
@@ -35,7 +35,8 @@ class Kind:
     # the sources and the in-process jobs follow the input, not the kind.
     family: str
     # What an answer carries: "labels" {"predictions": [...]}, "embedding" {"embedding": [...]},
-    # "detections" {"detections": [...]}. Agreement, answer checks and the LitServe peer follow it.
+    # "detections" {"detections": [...]}, "text" generated text. Agreement, answer checks and the LitServe
+    # peer follow it. A "generator" (a causal LM) is built as a Hugging Face folder (tskit.causal_lm).
     answer: str
     template: str                    # `make model`'s `handler:` section, every setting spelt out to edit
     max_batch_delay: int             # `make model`'s torchserve.maxBatchDelay (ms to wait for a batch)
@@ -47,6 +48,7 @@ class Kind:
                                            # None: they have no inputs or answer checks for the kind
     agreement_metric: Optional[str] = None  # benchkit.agreement's measure of a variant against fp32;
                                             # None: make optimize has no agreement measure for the kind
+    torchserve_template: Optional[str] = None  # `make model`'s torchserve: section; None: the shared one
 
     def __post_init__(self):
         if self.family not in FAMILIES or self.answer not in ANSWERS:
@@ -79,9 +81,9 @@ class Kind:
 
 def _registered() -> Dict[str, Kind]:
     # imported here, not at the top: each kind module imports Kind from this package
-    from tskit.kinds import image_classifier, object_detector, text_classifier, text_embedding
+    from tskit.kinds import image_classifier, object_detector, text_classifier, text_embedding, text_generator
 
-    modules = (image_classifier, text_classifier, text_embedding, object_detector)  # the order messages list
+    modules = (image_classifier, text_classifier, text_embedding, object_detector, text_generator)  # messages' order
     return {m.KIND.name: m.KIND for m in modules}
 
 

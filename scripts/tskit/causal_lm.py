@@ -1,0 +1,127 @@
+"""A causal language model's source -> the Hugging Face folder a text-generator archive serves.
+
+    load_causal_lm(source, base_dir)   a .gguf file (llama.cpp's format: weights, tokenizer and chat template
+                                       in one file; transformers dequantises it with the `gguf` package), a
+                                       Hugging Face folder (config.json, weights, tokenizer), or python:mod:fn
+                                       returning either path
+    build_folder(lm, work)             the folder: fp32 safetensors, config, generation config, tokenizer, chat
+                                       template; checked by greedy decoding from it against the source in process
+Served as `transformers` (eager PyTorch with a KV cache, handlers/generation.py): per decode step it was the
+fastest of the forms measured here (docs/generation.md); the folder loads in well under a second.
+"""
+
+import importlib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import List, Tuple
+
+import torch
+
+from tskit.sources import SourceError
+
+PARITY_PROMPT = "The capital of France is"
+PARITY_TOKENS = 12
+FORMATS = ("transformers",)
+
+
+@dataclass
+class CausalLM:
+    model: torch.nn.Module
+    tokenizer: object
+    description: str
+    dependencies: List[str] = field(default_factory=list)
+
+
+def source_formats(source: str) -> Tuple[str, ...]:
+    """What a generator source can give, judged by its name: a .gguf, a folder or python: -> transformers."""
+    if source.startswith("python:") or os.path.isdir(source) or source.endswith(".gguf"):
+        return FORMATS
+    return ()
+
+
+def load_causal_lm(source: str, base_dir: str) -> CausalLM:
+    if source.startswith("python:"):
+        module_name, function_name = source[len("python:"):].split(":")
+        module = importlib.import_module(module_name)
+        lm = load_causal_lm(getattr(module, function_name)(), base_dir)
+        lm.dependencies.append(module.__file__)
+        return lm
+    path = source if os.path.isabs(source) else os.path.normpath(os.path.join(base_dir, source))
+    if not os.path.exists(path):
+        raise SourceError(f"source {path} does not exist")
+    if path.endswith(".gguf") and os.path.isfile(path):
+        return _gguf(path)
+    if os.path.isdir(path):
+        return _folder(path)
+    raise SourceError(f"source {path}: a text-generator source is a .gguf file or a Hugging Face folder "
+                      f"(config.json, weights, tokenizer.json) of a causal language model")
+
+
+def _gguf(path: str) -> CausalLM:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = os.path.split(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    except (ValueError, KeyError, OSError) as err:
+        raise SourceError(f"{path}: transformers cannot read this GGUF file ({err})") from None
+    # dequantised to fp32 on load: served as a plain fp32 checkpoint (no quantizer left to refuse saving)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return CausalLM(model.eval(), tokenizer, f"GGUF {path}", [path])
+
+
+def _folder(path: str) -> CausalLM:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    for needed in ("config.json", "tokenizer.json"):
+        if not os.path.isfile(os.path.join(path, needed)):
+            raise SourceError(f"{path} has no {needed}: a Hugging Face causal LM folder needs config.json, "
+                              f"its weights and a fast tokenizer's tokenizer.json")
+    architectures = AutoConfig.from_pretrained(path).architectures or []
+    if not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        raise SourceError(f"{path}: config.json's architectures {architectures} name no causal language model "
+                          f"(*ForCausalLM / *LMHeadModel)")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    files = [os.path.join(path, f) for f in sorted(os.listdir(path)) if os.path.isfile(os.path.join(path, f))]
+    return CausalLM(model.eval(), AutoTokenizer.from_pretrained(path), f"Hugging Face causal LM {path}", files)
+
+
+def build_folder(lm: CausalLM, work: str) -> dict:
+    """Write the served folder into work/model; returns the build report (files, parity, time)."""
+    started = time.perf_counter()
+    folder = os.path.join(work, "model")
+    os.makedirs(folder, exist_ok=True)
+    lm.model.save_pretrained(folder, safe_serialization=True)
+    lm.tokenizer.save_pretrained(folder)
+    if lm.model.generation_config.eos_token_id is None:
+        raise SourceError(f"{lm.description}: no end-of-sequence token (generation_config.eos_token_id)")
+    built = time.perf_counter()
+    expected, got = greedy(lm.model, lm.tokenizer), greedy_from(folder)
+    if expected != got:
+        raise SourceError(f"the saved folder generates {got} from {PARITY_PROMPT!r}, the source {expected}")
+    files = sorted(os.path.join(folder, f) for f in os.listdir(folder))
+    weights = [f for f in files if f.endswith(".safetensors")]
+    if len(weights) != 1:
+        raise SourceError(f"expected one safetensors file in {folder}, found {len(weights)}")
+    return {"file": weights[0], "extra": [f for f in files if f != weights[0]], "format": "transformers",
+            "build_s": round(built - started, 1), "parity_tokens": len(got), "outputs": 0,
+            "bytes": sum(os.path.getsize(f) for f in files),
+            "parameters": sum(p.numel() for p in lm.model.parameters())}
+
+
+def greedy(model: torch.nn.Module, tokenizer) -> List[int]:
+    ids = tokenizer(PARITY_PROMPT, return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**ids, max_new_tokens=PARITY_TOKENS, do_sample=False)
+    return out[0, ids["input_ids"].shape[1]:].tolist()
+
+
+def greedy_from(folder: str) -> List[int]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+    return greedy(model, AutoTokenizer.from_pretrained(folder, local_files_only=True))
