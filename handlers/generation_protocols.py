@@ -35,11 +35,11 @@ class Result:
 
 
 def _json(document: dict) -> bytes:
-    return json.dumps(document, ensure_ascii=False).encode("utf-8")
+    return json.dumps(document).encode("utf-8")  # ASCII (\u escapes): right whatever charset a client assumes
 
 
 def _event(document) -> bytes:
-    data = document if isinstance(document, str) else json.dumps(document, ensure_ascii=False)
+    data = document if isinstance(document, str) else json.dumps(document)
     return f"data: {data}\n\n".encode("utf-8")
 
 
