@@ -46,6 +46,13 @@ def in_workers(declaration: Declaration) -> int:
     return int(settings.get("batchSize", 1)) * int(settings.get("maxWorkers", settings.get("minWorkers", 1)))
 
 
+def streamed(declarations: Optional[Sequence[Declaration]] = None) -> List[str]:
+    """The served models under continuous batching: their queue-latency counter counts whole streams, so the
+    queue-wait signal leaves them out (deploy/prometheus-adapter-values.yaml's metricsQuery)."""
+    declarations = served() if declarations is None else declarations
+    return sorted(d.name for d in declarations if d.torchserve.get("continuousBatching"))
+
+
 def container_concurrency(declarations: Optional[Sequence[Declaration]] = None) -> int:
     declarations = served() if declarations is None else declarations
     return sum(in_workers(d) for d in declarations)

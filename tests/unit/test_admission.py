@@ -21,8 +21,10 @@ GIB = 2**30
 
 
 def bundled():
-    """The served models this repo ships (a user's own declarations beside them are left out)."""
-    return [d for d in declarations.served() if d.source.startswith("python:tskit.bundled:")]
+    """The one-shot models this repo serves (a user's own declarations and the text generator, whose share
+    test_the_generator_shares_the_budget checks, are left out)."""
+    return [d for d in declarations.served()
+            if d.source.startswith("python:tskit.bundled:") and not d.torchserve.get("continuousBatching")]
 
 
 def own_models(count: int, workers: int = 1, batch: int = 4):
@@ -151,3 +153,15 @@ def test_make_model_refused_by_the_budget_leaves_the_declaration_and_config_as_t
     assert (models / "mine" / "model.yaml").read_text() == "kind: image-classifier\nsource: /x.pt\n# the user's edits\n"
     assert config.read_text() == "vmargs=-Xmx16m\nmax_request_size=8388608\n"
     assert not store.exists()
+
+
+def test_the_generator_shares_the_budget_with_the_bundled_models():
+    """smollm2_chat asks for 32 queued + 16 running; the reserve grows to 64 + 16 (its batch is the largest):
+    room = 864 - 80 - (24 + 16) = 744 for asks of 3 x 256 + 32 = 800, so every queue holds 93% of its ask."""
+    served = [d for d in declarations.served() if d.source.startswith("python:tskit.bundled:")]
+    rows = {r.name: r for r in admission.admissions(PROPS, served)}
+    assert rows["smollm2_chat"].in_workers == 16 and rows["smollm2_chat"].want == 32
+    assert round(admission.wait_fraction(list(rows.values())), 2) == 0.93
+    assert [rows[m].queue for m in ("minilm_embedding", "minilm_topics", "mobilenet_v2", "smollm2_chat")] == \
+        [237, 237, 237, 32]
+    assert admission.worst_case_bytes(PROPS, served) <= 0.75 * 9 * GIB

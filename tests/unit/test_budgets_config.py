@@ -31,8 +31,11 @@ def test_the_shipped_config_holds_the_served_models_queues_and_batches_within_th
 def test_each_served_model_queues_at_least_16x_its_batch_slots():
     """Admission by time: a served model holds far more than what its workers hold (16 was the old
     global queue that refused 98% of requests at 64 connections)."""
+    streamed = {d.name for d in declarations.served() if d.torchserve.get("continuousBatching")}
     for a in admission.admissions(PROPS, declarations.served()):
-        assert a.queue >= 8 * a.in_workers, a
+        # a generator's running slots hold streams of seconds to minutes: its queue is at least one batch,
+        # not 8 (128 requests queued behind 16 streams of 512 tokens would wait for minutes)
+        assert a.queue >= (1 if a.name in streamed else 8) * a.in_workers, a
 
 
 def test_every_served_models_answer_budget_fits_max_response_size():

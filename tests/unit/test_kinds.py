@@ -29,7 +29,8 @@ ALL = sorted(KINDS)
 
 
 def test_the_kinds_are_registered_in_the_order_messages_list_them():
-    assert list(KINDS) == ["image-classifier", "text-classifier", "text-embedding", "object-detector"]
+    assert list(KINDS) == ["image-classifier", "text-classifier", "text-embedding", "object-detector",
+                           "text-generator"]
     assert all(isinstance(k, Kind) and KINDS[k.name] is k for k in KINDS.values())
     modules = {f for f in os.listdir(KIND_MODULES) if f.endswith(".py")} - {"__init__.py", "text.py"}
     assert {name.replace("-", "_") + ".py" for name in KINDS} == modules  # every kind module is registered
@@ -57,7 +58,7 @@ def test_the_handler_class_names_its_kind_and_settings(name):
 def test_make_model_writes_a_declaration_the_settings_class_reads(name, tmp_path):
     """`make model`'s own code path: the kind's template becomes the declaration's `handler:` section,
     read back (declare loads it) as the kind's settings class."""
-    source = tmp_path / "m.pt"
+    source = tmp_path / ("m.gguf" if kinds.kind(name).family == "generator" else "m.pt")
     source.write_bytes(b"not loaded: make model judges a source by its name")
     path = declare("m", name, str(source), models_dir=str(tmp_path / "models"))
     with open(path, encoding="utf-8") as f:

@@ -1,0 +1,188 @@
+"""The text generator's pure steps: the batched KV cache against transformers' generate, the text a sequence
+releases (stop strings, held-back characters), and every option a request may get wrong."""
+
+import json
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from generation import RunningBatch, Sampling, Sequence, held_back, make_generator, next_tokens, sample
+from generation_engine import Engine
+from generation_protocols import ChatStream, CompletionStream, NativeStream, NativeWhole, Result
+from generation_request import Limits, PromptTooLong, check_prompt_size, read_messages, read_options, read_prompt
+from request_errors import EmptyText, InvalidField, InvalidUTF8
+
+LIMITS = Limits(max_new_tokens=512, max_prompt_tokens=2048, max_prompt_chars=32000, default_max_tokens=128)
+EOS = 2
+
+
+def tiny(architecture: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if architecture == "llama":
+        config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                             eos_token_id=EOS, pad_token_id=EOS)
+        return LlamaForCausalLM(config).eval()
+    config = GPT2Config(vocab_size=300, n_embd=64, n_layer=2, n_head=4, n_positions=256, eos_token_id=EOS,
+                        pad_token_id=EOS)
+    return GPT2LMHeadModel(config).eval()
+
+
+PROMPTS = [[5, 17, 42, 9], [100, 3, 250, 7, 7, 61, 12, 90, 33], [8], [44, 45, 46, 47, 48, 49]]
+
+
+def reference(model, prompt, new):
+    ids = torch.tensor([prompt])
+    with torch.inference_mode():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
+                             eos_token_id=None, pad_token_id=EOS)
+    return out[0, len(prompt):].tolist()
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_greedy_rows_joining_and_leaving_equal_generate_alone(architecture):
+    """Sequences join at different steps (cache padded either way) and leave early; each row's tokens are
+    transformers' greedy generate of its prompt alone, token for token."""
+    model, new = tiny(architecture), 12
+    batch, made = RunningBatch(model), {}
+    lengths = {"0": 12, "1": 5, "2": 12, "3": 9}  # "1" leaves early: the columns only it needed are cut
+    for step in range(40):
+        if step < len(PROMPTS) * 2 and step % 2 == 0:
+            sid = str(step // 2)
+            token = int(torch.argmax(batch.prefill(sid, PROMPTS[step // 2])))
+            batch.set_last(sid, token)
+            made[sid] = [token]
+        elif len(batch):
+            rows = list(batch.ids)
+            tokens = torch.argmax(batch.step(), dim=-1).tolist()
+            for sid, token in zip(rows, tokens):
+                made[sid].append(token)
+                batch.set_last(sid, token)
+            batch.drop([sid for sid in rows if len(made[sid]) == lengths[sid]])
+    assert len(batch) == 0 and batch.cache_bytes() == 0
+    for sid, prompt in enumerate(PROMPTS):
+        assert made[str(sid)] == reference(model, prompt, new)[:lengths[str(sid)]], sid
+
+
+def test_the_engine_frees_what_a_gone_client_held():
+    model = tiny("llama")
+    engine = Engine(model, lambda ids: " ".join(map(str, ids)), [EOS], max_seconds=60)
+    options = read_options({"max_tokens": 50, "temperature": 0}, LIMITS)
+    for sid, prompt in enumerate(PROMPTS[:3]):
+        engine.start(str(sid), prompt, options, NativeStream(), in_call=False)
+    engine.step()
+    held = engine.cache_bytes()
+    engine.forget(["1"])
+    assert engine.running() == 2 and 0 < engine.cache_bytes() < held and "1" not in engine.table
+    engine.forget(["0", "2"])
+    assert engine.running() == 0 and engine.cache_bytes() == 0 and not engine.table
+
+
+def test_a_seed_repeats_the_sampled_tokens():
+    logits = torch.randn(300)
+    sampling = Sampling(temperature=1.0, top_p=0.9, top_k=50, seed=7)
+    first = [sample(logits, sampling, g) for g in [make_generator(sampling)] for _ in range(20)]
+    again = [sample(logits, sampling, g) for g in [make_generator(sampling)] for _ in range(20)]
+    assert first == again and len(set(first)) > 1
+    assert sample(logits, Sampling(temperature=0.0), None) == int(torch.argmax(logits))
+    top1 = Sampling(temperature=1.0, top_k=1, seed=1)
+    assert next_tokens(logits.unsqueeze(0), [Sequence(1, 5, top1, generator=make_generator(top1))]) == \
+        [int(torch.argmax(logits))]
+
+
+def words(ids):
+    return "".join(["Hello", " wor", "ld", "!", " END", " more", "\ufffd"][i] for i in ids)
+
+
+WORD_EOS = [99]  # the end-of-sequence token of `words`' vocabulary
+
+
+def test_a_stop_string_ends_the_text_before_it_even_across_tokens():
+    sequence = Sequence(3, 10, Sampling(0.0), stop=("world!",))
+    pieces = [sequence.add(t, WORD_EOS, words) for t in (0, 1, 2)]
+    assert pieces == ["Hello", " ", ""] and not sequence.done  # "wor", then "world", may begin the stop: held
+    assert sequence.add(3, WORD_EOS, words) == "" and sequence.finish_reason == "stop"
+    assert sequence.text == "Hello "
+
+
+def test_held_back_text_is_released_when_it_is_not_a_stop():
+    sequence = Sequence(3, 10, Sampling(0.0), stop=(" world?",))
+    assert [sequence.add(t, WORD_EOS, words) for t in (0, 1, 2, 3)] == ["Hello", "", "", " world!"]
+    assert sequence.add(99, WORD_EOS, words) == "" and sequence.finish_reason == "stop"
+    assert held_back("abc\ufffd", ()) == 1 and held_back("ab", ("bcd",)) == 1
+
+
+def test_max_tokens_ends_with_length_and_releases_everything():
+    sequence = Sequence(3, 2, Sampling(0.0), stop=("worx",))
+    assert sequence.add(0, WORD_EOS, words) == "Hello"
+    assert sequence.add(1, WORD_EOS, words) == " wor" and sequence.finish_reason == "length"
+
+
+BAD_OPTIONS = [
+    ({"temperature": -1}, "temperature"), ({"temperature": 2.5}, "temperature"), ({"temperature": "hot"}, "temperature"),
+    ({"top_p": 1.5}, "top_p"), ({"top_p": 0}, "top_p"), ({"top_k": -1}, "top_k"), ({"top_k": 1.5}, "top_k"),
+    ({"max_tokens": 0}, "max_tokens"), ({"max_tokens": 10**9}, "max_tokens"), ({"max_tokens": True}, "max_tokens"),
+    ({"seed": "x"}, "seed"), ({"seed": 1.5}, "seed"), ({"stop": 3}, "stop"), ({"stop": ["a", 1]}, "stop"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"), ({"stop": ""}, "stop"), ({"stream": "yes"}, "stream"),
+    ({"temperature": float("nan")}, "temperature"),
+]
+
+
+@pytest.mark.parametrize("options,field", BAD_OPTIONS, ids=[json.dumps(o) for o, _ in BAD_OPTIONS])
+def test_each_malformed_option_is_a_400_naming_its_field(options, field):
+    with pytest.raises(InvalidField) as err:
+        read_options(options, LIMITS)
+    assert err.value.status == 400 and f"'{field}'" in err.value.message
+
+
+def test_defaults_and_openai_names():
+    options = read_options({}, LIMITS)
+    assert (options.max_tokens, options.sampling, options.stop, options.stream) == (128, Sampling(1.0, 1.0, 0, None), (), False)
+    openai = read_options({"max_completion_tokens": 7, "stop": "\n", "stream": True,
+                           "stream_options": {"include_usage": True}}, LIMITS, openai=True)
+    assert (openai.max_tokens, openai.stop, openai.include_usage) == (7, ("\n",), True)
+    with pytest.raises(InvalidField, match="'n'"):
+        read_options({"n": 2}, LIMITS, openai=True)
+
+
+@pytest.mark.parametrize("document,error", [
+    ({"prompt": ""}, EmptyText), ({"prompt": "  \n"}, EmptyText), ({"prompt": 5}, InvalidField), ({}, InvalidField),
+    ({"prompt": "a\ud800b"}, InvalidUTF8), ({"messages": []}, InvalidField),
+    ({"messages": [{"role": "robot", "content": "hi"}]}, InvalidField),
+    ({"messages": [{"role": "user", "content": 3}]}, InvalidField), ({"messages": ["hi"]}, InvalidField),
+    ({"messages": [{"role": "user", "content": ""}]}, EmptyText),
+    ({"messages": [{"role": "user", "content": "\udfff"}]}, InvalidUTF8),
+])
+def test_a_bad_prompt_or_chat_is_refused_before_any_token(document, error):
+    with pytest.raises(error):
+        read_prompt(document)
+
+
+def test_prompt_caps_are_413():
+    with pytest.raises(PromptTooLong) as err:
+        check_prompt_size(10, 2049, LIMITS)
+    assert err.value.status == 413 and "maxPromptTokens" in err.value.message
+    with pytest.raises(PromptTooLong):
+        check_prompt_size(32001, None, LIMITS)
+    assert read_messages([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])[1]["role"] == "user"
+
+
+RESULT = Result("Hello world", "stop", 4, 2)
+
+
+def test_the_framings_join_to_the_whole_answer():
+    ndjson = NativeStream().chunk("Hello", True) + NativeStream().end(" world", RESULT, False)
+    lines = [json.loads(line) for line in ndjson.splitlines()]
+    assert "".join(line["text"] for line in lines) == "Hello world" and lines[-1]["finish_reason"] == "stop"
+    assert lines[-1]["usage"] == {"prompt_tokens": 4, "completion_tokens": 2}
+    assert json.loads(NativeWhole().end("", RESULT, False))["text"] == "Hello world"
+    chat = ChatStream("m", "chatcmpl-1", include_usage=True)
+    events = (chat.chunk("Hello", True) + chat.end(" world", RESULT, False)).decode().split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    chunks = [json.loads(e[len("data: "):]) for e in events[:-2]]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "Hello"}
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == "Hello world"
+    assert chunks[-1]["usage"]["total_tokens"] == 6 and chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    completion = CompletionStream("m", "cmpl-1").end("x", RESULT, True).decode()
+    assert completion.endswith("data: [DONE]\n\n") and '"finish_reason": "stop"' in completion
