@@ -76,7 +76,10 @@ class TextGeneratorHandler(BatchHandler):
     def handle(self, data: List[dict], context) -> List[bytes]:
         self.context = context
         ids = [context.request_ids[idx] for idx in range(len(data))]
-        self.engine.forget([i for i in list(self.engine.table) if i not in set(ids)])
+        gone = [i for i in self.engine.table if i not in set(ids)]
+        if gone:  # TorchServe stopped sending them: their clients closed the connection
+            self.engine.forget(gone)
+            logger.info("freed %d sequences whose clients left: %s", len(gone), " ".join(gone))
         errors: Dict[int, RequestError] = {}
         immediate: Dict[int, Answer] = {}
         running = [idx for idx, seq_id in enumerate(ids) if seq_id in self.engine.table]

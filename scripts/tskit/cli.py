@@ -3,6 +3,7 @@
     tsctl.py predict mobilenet_v2 cat.jpg [--topk 3]
     tsctl.py predict minilm_topics --text "The striker scored twice in the final"
     tsctl.py predict minilm_embedding notes.txt
+    tsctl.py generate smollm2_chat "Write a haiku about the sea" [--stream] [--max-tokens 64] [--temperature 0]
     tsctl.py ping
     tsctl.py list
     tsctl.py describe mobilenet_v2 [VERSION]
@@ -85,6 +86,13 @@ def add_api_commands(sub) -> None:
     p.add_argument("--text", help="text to send as text/plain instead of a file")
     p.add_argument("--topk", type=int, help="image models: predictions to return (sent as JSON with base64)")
 
+    p = sub.add_parser("generate", help="a text generator's answer to a prompt, printed as it arrives")
+    p.add_argument("model")
+    p.add_argument("prompt")
+    p.add_argument("--stream", action="store_true", help="print each piece as it is generated")
+    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--temperature", type=float)
+
     sub.add_parser("ping", help="server health (needs the inference key)")
     sub.add_parser("list", help="registered models")
 
@@ -140,7 +148,26 @@ def add_tool_commands(sub) -> None:
     p.add_argument("--keep-old", action="store_true", help="keep the old version registered (not the default)")
 
 
-GRPC_COMMANDS = ("predict", "ping", "list", "describe", "scale")
+GRPC_COMMANDS = ("predict", "generate", "ping", "list", "describe", "scale")
+
+
+def generation_request(args: argparse.Namespace) -> dict:
+    document = {"prompt": args.prompt, "stream": bool(args.stream)}
+    if args.max_tokens is not None:
+        document["max_tokens"] = args.max_tokens
+    if args.temperature is not None:
+        document["temperature"] = args.temperature
+    return document
+
+
+def print_generation(answers) -> None:
+    """The text on stdout as it arrives; the finish reason and usage on stderr."""
+    last = {}
+    for answer in answers:
+        print(answer.get("text", ""), end="", flush=True)
+        last = answer
+    print()
+    print(json.dumps({k: last[k] for k in ("finish_reason", "usage") if k in last}), file=sys.stderr)
 
 
 def run_grpc(args: argparse.Namespace, client: TorchServeClient) -> object:
@@ -153,6 +180,8 @@ def run_grpc(args: argparse.Namespace, client: TorchServeClient) -> object:
         grpc = client.grpc(args.grpc_inference, args.grpc_management)
         if args.command == "predict":
             return grpc.predict(args.model, request_body(args)[0])
+        if args.command == "generate":  # a whole answer: TorchServe 0.12 cannot stream a generator over gRPC
+            return print_generation([grpc.predict(args.model, json.dumps(generation_request(args)).encode())])
         if args.command == "ping":
             return grpc.ping()
         if args.command == "list":
@@ -188,6 +217,7 @@ def run(args: argparse.Namespace) -> object:
         return run_grpc(args, client)
     commands = {
         "predict": lambda: client.predict(args.model, *request_body(args)),
+        "generate": lambda: print_generation(client.generate(args.model, generation_request(args))),
         "ping": client.ping,
         "list": client.list_models,
         "describe": lambda: client.describe(args.model, args.version),
@@ -211,7 +241,8 @@ def main(argv=None) -> int:
     except CliError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2))
+    if result is not None:  # generate printed its text as it came
+        print(json.dumps(result, indent=2))
     return 0
 
 

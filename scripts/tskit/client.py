@@ -26,7 +26,7 @@ import logging
 import mimetypes
 import os
 import time
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import requests
 
@@ -246,6 +246,21 @@ class TorchServeClient:
         """The prediction URL of a model, for a load generator that sends it requests on its own sessions
         (with `key("inference")` as its token)."""
         return self.inference_url + prediction_path(model, version)
+
+    def generate(self, model: str, document: dict, version: Optional[str] = None) -> Iterator[dict]:
+        """A text generator's answer (api-contract "smollm2_chat"): with `"stream": true` each NDJSON line as it
+        arrives, else the whole answer once. A 4xx/5xx is a ClientError."""
+        stream = bool(document.get("stream"))
+        response = self.request("inference", "POST", prediction_path(model, version), json=document, stream=stream)
+        if response.status_code >= 400:
+            raise ClientError(describe_error(response))
+        if not stream:
+            yield response.json()
+            return
+        with response:
+            for line in response.iter_lines():
+                if line:
+                    yield json.loads(line)
 
     def predict_file(self, model: str, path: str, topk: Optional[int] = None, version: Optional[str] = None) -> dict:
         return self.predict(model, *file_body(path, topk), version=version)
