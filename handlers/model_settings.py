@@ -145,7 +145,8 @@ class TextGeneratorSettings(CommonSettings):
     dtype: str = "float32"               # or bfloat16 (AVX512_BF16/AMX hosts; greedy text may differ from fp32)
     maxNewTokens: int = 512              # the most a request's max_tokens may ask
     defaultMaxTokens: int = 128          # max_tokens when a request gives none
-    maxPromptTokens: int = 2048          # longer prompts answer 413 before any token
+    # longer prompts answer 413 before any token; None: the model's positions - maxNewTokens, at most 2048
+    maxPromptTokens: Optional[int] = None
     maxPromptChars: int = 32_000         # checked before tokenizing
     maxSeconds: float = 300.0            # a request still running after this ends with finish_reason "length"
     maxItemsPerRequest: int = 1          # one prompt per KServe v2 request
@@ -156,8 +157,10 @@ class TextGeneratorSettings(CommonSettings):
             raise SettingsError(f"handler.modelFormat: a text-generator is served as transformers, not {self.modelFormat!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise SettingsError(f"handler.dtype: must be float32 or bfloat16, got {self.dtype!r}")
-        for key in ("maxNewTokens", "defaultMaxTokens", "maxPromptTokens", "maxPromptChars"):
+        for key in ("maxNewTokens", "defaultMaxTokens", "maxPromptChars"):
             _at_least(key, getattr(self, key), 1)
+        if self.maxPromptTokens is not None:
+            _at_least("maxPromptTokens", self.maxPromptTokens, 1)
         if self.maxSeconds <= 0:
             raise SettingsError(f"handler.maxSeconds: must be > 0, got {self.maxSeconds}")
 
@@ -216,3 +219,21 @@ def check_labels(labels: List[str], num_outputs: int, labels_file: str) -> None:
     if len(labels) != num_outputs:
         raise SettingsError(
             f"{labels_file} has {len(labels)} labels but the model gives {num_outputs} outputs")
+
+
+def prompt_token_cap(settings: "TextGeneratorSettings", positions: Optional[int]) -> int:
+    """The prompt cap of a generator whose model has `positions` (None: unknown); SettingsError when the
+    declared caps cannot fit the model."""
+    cap = settings.maxPromptTokens
+    if positions is None:
+        return cap or 2048
+    room = positions - settings.maxNewTokens
+    if room < 1:
+        raise SettingsError(f"handler.maxNewTokens ({settings.maxNewTokens}) leaves no room for a prompt in the "
+                            f"model's {positions} positions")
+    if cap is None:
+        return min(2048, room)
+    if cap > room:
+        raise SettingsError(f"handler.maxPromptTokens + maxNewTokens ({cap} + {settings.maxNewTokens}) exceed the "
+                            f"model's {positions} positions")
+    return cap

@@ -29,7 +29,7 @@ from generation_protocols import (ROUTES, V2_OUTPUTS, Framing, NativeStream, Nat
 from generation_request import (Limits, Options, Prompt, UnknownRoute, check_prompt_size, read_messages,
                                 read_options, read_prompt)
 from model_formats import load_transformers
-from model_settings import SettingsError, TextGeneratorSettings
+from model_settings import TextGeneratorSettings, prompt_token_cap
 from protocols import JSON_TYPE, Answer, ModelInfo, PlainRequest, V2Request, parse_request
 from request_errors import InternalError, InvalidField, RequestError
 from request_payload import request_body, text_request
@@ -50,11 +50,8 @@ class TextGeneratorHandler(BatchHandler):
 
     def setup(self, settings: TextGeneratorSettings) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-        room = getattr(self.model.config, "max_position_embeddings", None)
-        if room and settings.maxPromptTokens + settings.maxNewTokens > room:
-            raise SettingsError(f"handler.maxPromptTokens + maxNewTokens ({settings.maxPromptTokens} + "
-                                f"{settings.maxNewTokens}) exceed the model's {room} positions")
-        self.limits = Limits(settings.maxNewTokens, settings.maxPromptTokens, settings.maxPromptChars,
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        self.limits = Limits(settings.maxNewTokens, prompt_token_cap(settings, positions), settings.maxPromptChars,
                              settings.defaultMaxTokens)
         eos = self.model.generation_config.eos_token_id
         eos_ids = eos if isinstance(eos, list) else [eos]

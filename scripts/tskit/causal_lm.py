@@ -90,6 +90,16 @@ def _folder(path: str) -> CausalLM:
     return CausalLM(model.eval(), AutoTokenizer.from_pretrained(path), f"Hugging Face causal LM {path}", files)
 
 
+def check_caps(lm: CausalLM, settings) -> None:
+    """The declaration's token caps against the model's positions, at build time rather than at load."""
+    from model_settings import SettingsError, prompt_token_cap
+
+    try:
+        prompt_token_cap(settings, getattr(lm.model.config, "max_position_embeddings", None))
+    except SettingsError as err:
+        raise SourceError(f"{lm.description}: {err}") from None
+
+
 def build_folder(lm: CausalLM, work: str) -> dict:
     """Write the served folder into work/model; returns the build report (files, parity, time)."""
     started = time.perf_counter()

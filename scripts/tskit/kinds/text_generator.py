@@ -9,7 +9,8 @@ TEMPLATE = """\
   dtype: float32              # or bfloat16 (AVX512_BF16/AMX hosts: faster; greedy text may differ from fp32)
   maxNewTokens: 512           # the most a request's max_tokens may ask
   defaultMaxTokens: 128       # max_tokens when a request gives none
-  maxPromptTokens: 2048       # longer prompts answer 413 before any token
+  # maxPromptTokens: 2048     # longer prompts answer 413 before any token; default: the model's positions
+                              # less maxNewTokens, at most 2048
   maxPromptChars: 32000       # checked before tokenizing
   maxSeconds: 300             # a request still running after this ends with finish_reason "length"
 """
