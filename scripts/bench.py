@@ -56,6 +56,12 @@ def build_parser(decls: Dict[str, object]) -> argparse.ArgumentParser:
     parser.add_argument("--cache-only", action="store_true", help="(K) alone: no (A)/(B)/(P)/(C), no formats")
     parser.add_argument("--no-overload", action="store_true", help="skip (O), the overload section")
     parser.add_argument("--overload-only", action="store_true", help="(O) alone")
+    parser.add_argument("--no-generation", action="store_true", help="skip (G), the text generators' section")
+    parser.add_argument("--generation-only", action="store_true", help="(G) alone")
+    parser.add_argument("--generation-concurrency", type=int, nargs="+", default=[1, 4, 16],
+                        help="(G)'s concurrent streams and (J)'s batches")
+    parser.add_argument("--generation-streams", type=int, default=1000,
+                        help="(M): short streams sent (a third dropped) before the memory is read again")
     parser.add_argument("--overload-models", nargs="+", help="models loaded in (O) (default: every served model)")
     parser.add_argument("--overload-seconds", type=float, default=10)
     parser.add_argument("--overload-factors", type=int, nargs="+", default=list(FACTORS))

@@ -36,6 +36,8 @@ loaded with wrk (compiled; a Python client when wrk is missing). Every load poin
 (benchkit.checks): status 200 for each, and every 10th answer's top-1 label and top-k length (embeddings:
 cosine with the lone answer) against an answer checked first; a wrong answer or any exception counts as
 a failed request, and the answer-check table reports each row's checked, wrong and first failure.
+  (G) every served text generator: streams at 1, 4, 16 beside the same weights in process and eager
+      `generate`, interference and memory (benchkit.bench_generation; generation.md). --generation-only: (G) alone.
   (K) (a tiny one in --quick; --no-cache skips it, --cache-only runs it alone): the response cache, cache off vs on
       (a tskit.respec copy with handler.cacheEntries) on a stream with ~30% repeated inputs and on an
       all-unique one, interleaved (off, on, on, off), every answer checked, hit ratio from the server's
@@ -64,6 +66,7 @@ from benchkit.bench_servers import bench_server, build_stock_archive, declared, 
 from benchkit.bench_served import served_section
 from benchkit.bench_cache import CACHE_KINDS, cache_section
 from benchkit.bench_formats import formats_section
+from benchkit.bench_generation import generation_section
 from benchkit.bench_report import formats_table, plot, ratios, table
 from tskit.admission import shared_note
 from tskit.load import wrk_available
@@ -153,8 +156,10 @@ def settle(args, decls: Dict[str, object], served: List[str]) -> argparse.Namesp
     if args.quick:  # a tiny (O): the image model at x1 and x4, ours only
         args.overload_models, args.overload_factors, args.overload_seconds = args.models[:1], [1, 4], 2
         args.overload_rounds = 1
-    if args.cache_only or args.overload_only:
+    if args.cache_only or args.overload_only or args.generation_only:
         args.models, args.no_formats, args.cache = [], True, args.cache_only
+    args.no_overload = args.no_overload or args.generation_only
+    args.no_generation = args.no_generation or args.quick or args.cache_only or args.overload_only
     args.format_models = [] if args.no_formats else [m for m in (args.format_models or served)
                                                      if decls[m].kind in WORKLOAD_KIND]
     args.generator = ("wrk" if wrk_available() else "python") if args.generator == "auto" else args.generator
@@ -243,6 +248,8 @@ def run(args) -> int:
     if args.models or args.cache or args.format_models:
         main_sections(args, groups, chosen_inputs, kinds, workloads, (stock_for, pipeline_for), rows, summaries, log)
     overload_rows = [] if args.no_overload else overload_section(args, workloads, log)
+    if not args.no_generation:  # (G): its own report, generation.md (benchkit.bench_generation)
+        generation_section(args.out, args.generation_concurrency, args.generation_streams, log)
 
     write_reports(args, rows, summaries, overload_rows, time.monotonic() - started, host, target_models(decls))
     # a variant that does not build (e.g. AOTInductor on some model) is reported, not a failure of the bench
