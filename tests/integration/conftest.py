@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from tskit.declaration import served
 from tskit.server import TorchServe, private_config, private_server, running
 
 
@@ -55,10 +56,30 @@ class Client:
         return response.json()[0]
 
 
+ONE_SHOT = [d.name for d in served() if not d.torchserve.get("continuousBatching")]
+GENERATORS = [d.name for d in served() if d.torchserve.get("continuousBatching")]
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    with running(private_server(str(tmp_path_factory.mktemp("torchserve")))) as server:
+    """The served one-shot models (what most modules send to); the text generator has a server of its own."""
+    load = ",".join(f"{m}.mar" for m in ONE_SHOT)
+    with running(private_server(str(tmp_path_factory.mktemp("torchserve")), load_models=load)) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def generator_server(tmp_path_factory):
+    """The served text generators alone (tests/integration/test_generator*.py): their worker decodes with two
+    threads and holds ~1.4 GB, which no other module's server needs to carry."""
+    load = ",".join(f"{m}.mar" for m in GENERATORS)
+    with running(private_server(str(tmp_path_factory.mktemp("torchserve_generator")), load_models=load)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def generator_client(generator_server):
+    return Client(generator_server)
 
 
 @pytest.fixture(scope="session")
