@@ -46,7 +46,7 @@ def sample(logits: torch.Tensor, sampling: Sampling, generator: Optional[torch.G
     """The next token from one row's logits [V]."""
     if sampling.temperature == 0:
         return int(torch.argmax(logits))
-    scores = logits.float().unsqueeze(0)
+    scores = logits.float().cpu().unsqueeze(0)  # a sequence's generator lives on the CPU
     scores = TemperatureLogitsWarper(sampling.temperature)(None, scores)
     if sampling.top_k:
         scores = TopKLogitsWarper(sampling.top_k)(None, scores)
@@ -127,11 +127,15 @@ class RunningBatch:
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
+        self.device = next(model.parameters()).device  # a GPU worker keeps its cache and masks there too
         self.ids: List[str] = []
         self.cache: Optional[DynamicCache] = None
-        self.mask = torch.zeros((0, 0), dtype=torch.long)     # [B, T]: 1 where a row has a real token
-        self.positions = torch.zeros(0, dtype=torch.long)     # [B]: the position of each row's next token
-        self.last = torch.zeros(0, dtype=torch.long)          # [B]: each row's last token, fed at the next step
+        self.mask = self.longs((0, 0))        # [B, T]: 1 where a row has a real token
+        self.positions = self.longs((0,))     # [B]: the position of each row's next token
+        self.last = self.longs((0,))          # [B]: each row's last token, fed at the next step
+
+    def longs(self, shape, fill: int = 0) -> torch.Tensor:
+        return torch.full(shape, fill, dtype=torch.long, device=self.device)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -143,7 +147,7 @@ class RunningBatch:
     def prefill(self, seq_id: str, prompt: Tokens) -> torch.Tensor:
         """Run `prompt` alone, add its cache as a new row; returns the logits [V] of its first new token.
         The row's last token is set when the caller has sampled it (`set_last`)."""
-        ids = torch.tensor([prompt], dtype=torch.long)
+        ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
         cache = DynamicCache()
         with torch.inference_mode():
             out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
@@ -151,7 +155,7 @@ class RunningBatch:
         return out.logits[0, -1]
 
     def merge(self, seq_id: str, cache: DynamicCache, length: int) -> None:
-        row_mask = torch.ones((1, length), dtype=torch.long)
+        row_mask = self.longs((1, length), 1)
         if self.cache is None or not self.ids:
             self.cache, self.mask = cache, row_mask
         else:
@@ -166,15 +170,15 @@ class RunningBatch:
                 mine.values = torch.cat([mine.values, theirs.values])
             self.mask = torch.cat([self.mask, row_mask])
         self.ids.append(seq_id)
-        self.positions = torch.cat([self.positions, torch.tensor([length])])
-        self.last = torch.cat([self.last, torch.tensor([0])])
+        self.positions = torch.cat([self.positions, self.longs((1,), length)])
+        self.last = torch.cat([self.last, self.longs((1,))])
 
     def set_last(self, seq_id: str, token: int) -> None:
         self.last[self.ids.index(seq_id)] = token
 
     def step(self) -> torch.Tensor:
         """One token for every row: feeds each its last token; returns the logits [B, V] of the next ones."""
-        self.mask = torch.cat([self.mask, torch.ones((len(self.ids), 1), dtype=torch.long)], dim=1)
+        self.mask = torch.cat([self.mask, self.longs((len(self.ids), 1), 1)], dim=1)
         with torch.inference_mode():
             out = self.model(input_ids=self.last.unsqueeze(1), attention_mask=self.mask,
                              position_ids=self.positions.unsqueeze(1), past_key_values=self.cache,
@@ -192,7 +196,7 @@ class RunningBatch:
             self.cache, self.mask = None, self.mask[:0, :0]
             self.positions, self.last = self.positions[:0], self.last[:0]
             return
-        rows = torch.tensor(keep)
+        rows = torch.tensor(keep, device=self.device)
         self.mask, self.positions, self.last = self.mask[rows], self.positions[rows], self.last[rows]
         start = int(self.mask.shape[1] - self.mask.sum(dim=1).max())  # leading columns that are padding in every row
         self.mask = self.mask[:, start:]
@@ -218,7 +222,3 @@ def next_tokens(logits: torch.Tensor, sequences: List[Sequence]) -> List[int]:
     greedy = torch.argmax(logits, dim=-1).tolist()
     return [greedy[i] if s.sampling.temperature == 0 else sample(logits[i], s.sampling, s.generator)
             for i, s in enumerate(sequences)]
-
-
-def sequences_by_row(batch: RunningBatch, table: Dict[str, Sequence]) -> List[Sequence]:
-    return [table[seq_id] for seq_id in batch.ids]

@@ -15,6 +15,7 @@ An exception in one request's prefill answers that request alone; one in the bat
 running request with an error and frees them, never the worker.
 """
 
+import json
 import logging
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -22,8 +23,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from transformers import AutoTokenizer
 
 from batch_handler import BatchHandler, reason_phrase
-from generation_engine import Engine
 from generation import Sampling
+from generation_engine import Engine
 from generation_protocols import (ROUTES, V2_OUTPUTS, Framing, NativeStream, NativeWhole, V2Whole, models_list,
                                   openai_framing)
 from generation_request import (Limits, Options, Prompt, UnknownRoute, check_prompt_size, read_messages,
@@ -31,7 +32,7 @@ from generation_request import (Limits, Options, Prompt, UnknownRoute, check_pro
 from model_formats import load_transformers
 from model_settings import TextGeneratorSettings, prompt_token_cap
 from protocols import JSON_TYPE, Answer, ModelInfo, PlainRequest, V2Request, parse_request
-from request_errors import InternalError, InvalidField, RequestError
+from request_errors import InternalError, InvalidField, InvalidJSON, RequestError
 from request_payload import request_body, text_request
 
 logger = logging.getLogger(__name__)
@@ -143,8 +144,7 @@ class TextGeneratorHandler(BatchHandler):
                     V2Whole(request, model))
         if not isinstance(request, PlainRequest):
             raise InvalidField("KServe v1 is not served by a text generator: send JSON {\"prompt\": ...}")
-        document = request.body if isinstance(request.body, dict) else {"prompt": text_request(request.body,
-                                                                                               request.content_type)}
+        document = request.body if isinstance(request.body, dict) else self.text_document(request)
         if route == "":
             options = read_options(document, self.limits)
             return read_prompt(document), options, NativeStream() if options.stream else NativeWhole()
@@ -153,6 +153,21 @@ class TextGeneratorHandler(BatchHandler):
         prompt = Prompt(messages=read_messages(document.get("messages"))) if chat else read_prompt(document, "prompt")
         framing = openai_framing(route, options.stream, self.context.model_name, seq_id, options.include_usage)
         return prompt, options, framing
+
+    @staticmethod
+    def text_document(request: PlainRequest) -> dict:
+        """A body that is not a JSON object is the prompt. TorchServe hands a text/plain body over as a str,
+        where protocols.parse_request looks for JSON in bytes only: a str that is a JSON object is read as one
+        (with the defaults, a JSON request sent as text/plain would otherwise be a 128-token prompt)."""
+        body = request.body
+        if isinstance(body, str) and body.lstrip().startswith("{"):
+            try:
+                document = json.loads(body)
+            except (ValueError, RecursionError):
+                raise InvalidJSON("the body starts like a JSON object but is not valid JSON") from None
+            if isinstance(document, dict):
+                return document
+        return {"prompt": text_request(body, request.content_type)}
 
     def encode_prompt(self, prompt: Prompt) -> List[int]:
         if prompt.messages is not None:

@@ -20,7 +20,7 @@ from support import REPO
 from tskit.grpc_client import STUBS, generate_stubs
 
 MODEL = "smollm2_chat"
-NEW = 24
+NEW = 16
 PROMPTS = [{"prompt": "The capital of France is"}, {"prompt": "def fibonacci(n):"},
            {"messages": [{"role": "user", "content": "Write a haiku about the sea."}]},
            {"messages": [{"role": "system", "content": "Answer briefly."},
