@@ -58,9 +58,12 @@ class Stats:
 
 class Engine:
     def __init__(self, model: torch.nn.Module, decode: Decode, eos_ids: Seq[int], max_seconds: float,
-                 clock: Callable[[], float] = time.perf_counter):
+                 call_seconds: Optional[float] = None, clock: Callable[[], float] = time.perf_counter):
         self.batch = RunningBatch(model)
         self.decode, self.eos_ids, self.max_seconds, self.clock = decode, tuple(eos_ids), max_seconds, clock
+        # an `in_call` answer is made within one handler call, which TorchServe's responseTimeout bounds (a worker
+        # past it is restarted): such an answer ends ("length") once this much of the call has gone
+        self.call_seconds = call_seconds or max_seconds
         self.table: Dict[str, Live] = {}
         self.stats = Stats()
 
@@ -74,7 +77,8 @@ class Engine:
         now = self.clock()
         sequence = Sequence(len(prompt), options.max_tokens, options.sampling, options.stop,
                             make_generator(options.sampling))
-        live = Live(sequence, framing, in_call, now, now + self.max_seconds)
+        live = Live(sequence, framing, in_call, now, now + min(self.max_seconds,
+                                                               self.call_seconds if in_call else self.max_seconds))
         self.table[seq_id] = live
         logits = self.batch.prefill(seq_id, prompt)
         token = sample(logits, sequence.sampling, sequence.generator)

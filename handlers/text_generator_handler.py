@@ -56,7 +56,10 @@ class TextGeneratorHandler(BatchHandler):
                              settings.defaultMaxTokens)
         eos = self.model.generation_config.eos_token_id
         eos_ids = eos if isinstance(eos, list) else [eos]
-        self.engine = Engine(self.model, self.decode_text, eos_ids, settings.maxSeconds)
+        # gRPC and v2 answers are made within one call: half of the per-call responseTimeout, so the worker is
+        # never restarted for one (the answer then ends with finish_reason "length")
+        call_seconds = float((self.context.model_yaml_config or {}).get("responseTimeout", 120)) / 2
+        self.engine = Engine(self.model, self.decode_text, eos_ids, settings.maxSeconds, call_seconds)
         self.created = int(time.time())
 
     def decode_text(self, tokens: List[int]) -> str:
