@@ -60,7 +60,8 @@ def mutated(rng: random.Random):
             raw[rng.randrange(len(raw))] = rng.randrange(256)
         raw = bytes(raw[:rng.randint(0, len(raw))]) if rng.random() < 0.5 else bytes(raw)
     else:  # not an object at all
-        raw = rng.choice([b"", b"null", b"[]", b"42", b'"text"', b"{", b"\xff\xfe\x00", json.dumps([document]).encode()])
+        # (a JSON string is a valid prompt with the default 128 tokens: not a mutation, and slow on a loaded CI)
+        raw = rng.choice([b"", b"null", b"[]", b"42", b"{", b"\xff\xfe\x00", json.dumps([document]).encode()])
     if how >= 0.6:  # sent as JSON: as text/plain, bytes that still decode would be a valid prompt of 128 tokens
         return route, raw, "application/json"
     return route, raw, rng.choice(["application/json", "application/octet-stream", "text/plain"])
@@ -96,7 +97,7 @@ def test_generator_routes_fuzzed(generator_client, generator_server):
     def send(job):
         route, raw, content_type = job
         try:
-            response = requests.post(url_of(server, "native" if route == "good" else route), data=raw, timeout=120,
+            response = requests.post(url_of(server, "native" if route == "good" else route), data=raw, timeout=300,
                                      headers=dict(headers, **{"Content-Type": content_type}))
         except requests.RequestException:
             return job, None
