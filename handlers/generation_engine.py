@@ -113,10 +113,6 @@ class Engine:
         while any(i in self.table and self.table[i].in_call and not self.table[i].sequence.done for i in ids):
             self.step()
 
-    def fail(self, ids: Seq[str]) -> None:
-        """Drop requests whose step failed (the caller answers them with an error)."""
-        self.forget(ids)
-
     def reply(self, seq_id: str) -> Tuple[bytes, bool, bool, str]:
         """(bytes for this call, done, first reply, content type) for a running request; a done one leaves
         the table."""

@@ -92,7 +92,7 @@ class TextGeneratorHandler(BatchHandler):
         if in_call:
             self.guarded(lambda: self.engine.run_in_call(in_call), in_call,
                          [ids.index(i) for i in in_call], errors)
-        replies = [self.reply(idx, ids[idx], immediate, errors) for idx in range(len(data))]
+        replies = [self.reply(idx, ids[idx], immediate, errors, idx in running) for idx in range(len(data))]
         self.report(len(data), errors)
         return self.send(replies)
 
@@ -102,7 +102,7 @@ class TextGeneratorHandler(BatchHandler):
             work()
         except Exception:
             logger.exception("a generation step failed for %d requests", len(seq_ids))
-            self.engine.fail(seq_ids)
+            self.engine.forget(seq_ids)
             errors.update((idx, InternalError("generation failed on the server; see the model log")) for idx in indices)
 
     def begin_guarded(self, idx: int, seq_id: str, row: dict, immediate: Dict[int, Answer],
@@ -115,7 +115,7 @@ class TextGeneratorHandler(BatchHandler):
             errors[idx] = err
         except Exception:  # a reader or prefill bug fails this request only
             logger.exception("starting request %s failed", seq_id)
-            self.engine.fail([seq_id])
+            self.engine.forget([seq_id])
             errors[idx] = InternalError("the server failed to start this generation; see the model log")
 
     # ---- a new request: route, read, check, prefill -------------------------------------------------
@@ -184,11 +184,14 @@ class TextGeneratorHandler(BatchHandler):
         return list(tokens)
 
     # ---- answers ------------------------------------------------------------------------------------
-    def reply(self, idx: int, seq_id: str, immediate: Dict[int, Answer], errors: Dict[int, RequestError]) -> Reply:
-        """What request `idx` gets this step and how it is marked: None ordinary, False more, True last."""
+    def reply(self, idx: int, seq_id: str, immediate: Dict[int, Answer], errors: Dict[int, RequestError],
+              streaming: bool) -> Reply:
+        """What request `idx` gets this step and how it is marked: None ordinary, False more, True last.
+        `streaming`: it has had replies already, so even an error must be marked last (an unmarked reply after
+        a stream began is written as a chunk without the stream's end: the client would wait for ever)."""
         grpc = self.came_by_grpc(idx)
         if idx in errors:
-            return b"", JSON_TYPE, True if grpc else None, errors[idx]
+            return b"", JSON_TYPE, True if grpc or streaming else None, errors[idx]
         if idx in immediate:
             return immediate[idx].body, immediate[idx].content_type, True if grpc else None, None
         body, done, first, content_type = self.engine.reply(seq_id)
