@@ -1,7 +1,8 @@
 """Text generation with a KV cache, many sequences decoded together: the pure steps of the `text-generator` kind.
 
-    RunningBatch   the KV cache of every running sequence, left-padded to one length: `prefill` runs a prompt
-                   alone and merges its cache in, `step` decodes one token for every row, `drop` frees rows
+    RunningBatch   the KV cache of every running sequence, left-padded to one length: `prefill` runs new
+                   prompts together and merges their caches in, `step` decodes one token for every row,
+                   `drop` frees rows; each forward pass is the decoder's (decoders.py: eager or ONNX)
     Sequence       one request's state: its sampling, its tokens, the text it has emitted, why it finished
     sample         the next token of one row: greedy at temperature 0, else transformers' logits warpers
 
@@ -21,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+from decoders import Decoder
 
 Tokens = List[int]
 
@@ -125,9 +128,9 @@ def held_back(text: str, stops: Seq[str]) -> int:
 class RunningBatch:
     """The KV cache, attention mask, next positions and last tokens of the running sequences, one row each."""
 
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
-        self.device = next(model.parameters()).device  # a GPU worker keeps its cache and masks there too
+    def __init__(self, decoder: Decoder):
+        self.decoder = decoder
+        self.device = decoder.device
         self.ids: List[str] = []
         self.cache: Optional[DynamicCache] = None
         self.mask = self.longs((0, 0))        # [B, T]: 1 where a row has a real token
@@ -144,34 +147,36 @@ class RunningBatch:
     def length(self) -> int:
         return self.mask.shape[1]
 
-    def prefill(self, seq_id: str, prompt: Tokens) -> torch.Tensor:
-        """Run `prompt` alone, add its cache as a new row; returns the logits [V] of its first new token.
-        The row's last token is set when the caller has sampled it (`set_last`)."""
-        ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
-        cache = DynamicCache()
-        with torch.inference_mode():
-            out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        self.merge(seq_id, out.past_key_values, len(prompt))
-        return out.logits[0, -1]
+    def prefill(self, prompts: Dict[str, Tokens]) -> torch.Tensor:
+        """Run the prompts together (left-padded to the longest), add their caches as new rows; returns the
+        logits [N, V] of each one's first new token, in order. A row's last token is set when the caller has
+        sampled it (`set_last`)."""
+        longest = max(len(p) for p in prompts.values())
+        ids = torch.tensor([[0] * (longest - len(p)) + list(p) for p in prompts.values()], device=self.device)
+        mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts.values()],
+                            device=self.device)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # each row counts its own tokens, as generate does
+        logits, cache = self.decoder(ids, mask, positions, None)
+        self.merge(list(prompts), cache, mask)
+        return logits
 
-    def merge(self, seq_id: str, cache: DynamicCache, length: int) -> None:
-        row_mask = self.longs((1, length), 1)
+    def merge(self, seq_ids: List[str], cache: DynamicCache, mask: torch.Tensor) -> None:
         if self.cache is None or not self.ids:
-            self.cache, self.mask = cache, row_mask
+            self.cache, self.mask = cache, mask
         else:
-            if length < self.length:
-                pad_cache(cache, self.length - length)
-                row_mask = F.pad(row_mask, (self.length - length, 0))
-            elif length > self.length:
-                pad_cache(self.cache, length - self.length)
-                self.mask = F.pad(self.mask, (length - self.length, 0))
+            if mask.shape[1] < self.length:
+                pad_cache(cache, self.length - mask.shape[1])
+                mask = F.pad(mask, (self.length - mask.shape[1], 0))
+            elif mask.shape[1] > self.length:
+                pad_cache(self.cache, mask.shape[1] - self.length)
+                self.mask = F.pad(self.mask, (mask.shape[1] - self.length, 0))
             for mine, theirs in zip(self.cache.layers, cache.layers):
                 mine.keys = torch.cat([mine.keys, theirs.keys])
                 mine.values = torch.cat([mine.values, theirs.values])
-            self.mask = torch.cat([self.mask, row_mask])
-        self.ids.append(seq_id)
-        self.positions = torch.cat([self.positions, self.longs((1,), length)])
-        self.last = torch.cat([self.last, self.longs((1,))])
+            self.mask = torch.cat([self.mask, mask])
+        self.ids.extend(seq_ids)
+        self.positions = torch.cat([self.positions, mask.sum(dim=1)])
+        self.last = torch.cat([self.last, self.longs((len(seq_ids),))])
 
     def set_last(self, seq_id: str, token: int) -> None:
         self.last[self.ids.index(seq_id)] = token
@@ -179,12 +184,10 @@ class RunningBatch:
     def step(self) -> torch.Tensor:
         """One token for every row: feeds each its last token; returns the logits [B, V] of the next ones."""
         self.mask = torch.cat([self.mask, self.longs((len(self.ids), 1), 1)], dim=1)
-        with torch.inference_mode():
-            out = self.model(input_ids=self.last.unsqueeze(1), attention_mask=self.mask,
-                             position_ids=self.positions.unsqueeze(1), past_key_values=self.cache,
-                             use_cache=True, logits_to_keep=1)
+        logits, self.cache = self.decoder(self.last.unsqueeze(1), self.mask, self.positions.unsqueeze(1),
+                                          self.cache)
         self.positions = self.positions + 1
-        return out.logits[:, -1]
+        return logits
 
     def drop(self, gone: Seq[str]) -> None:
         """Free the rows of `gone` (finished, failed or whose client left) and the columns only padding uses."""

@@ -3,7 +3,8 @@
 TorchServe's continuous batching calls the handler once per step with every running request plus new
 ones; the engine keeps each request's state by its id between calls:
     forget(ids)          requests TorchServe stopped sending (their clients left): rows and caches freed now
-    start(id, ...)       a new request: prefill its prompt, sample its first token
+    start(id, ...)       a new request: checked, its prompt waits for this call's prefill
+    prefill()            the waiting prompts run together (a group at a time), each samples its first token
     step()               one token for every running row; a request whose time is up ends ("length")
     reply(id)            the bytes this call produced for it and whether it is done
 A request marked `in_call` (gRPC, KServe v2: they cannot be streamed) runs to its end within the call
@@ -17,6 +18,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence as Seq, Tu
 
 import torch
 
+from decoders import Decoder
 from generation import RunningBatch, Sequence, make_generator, next_tokens, sample
 from generation_protocols import Framing, Result
 from generation_request import Options
@@ -57,9 +59,14 @@ class Stats:
 
 
 class Engine:
-    def __init__(self, model: torch.nn.Module, decode: Decode, eos_ids: Seq[int], max_seconds: float,
-                 call_seconds: Optional[float] = None, clock: Callable[[], float] = time.perf_counter):
-        self.batch = RunningBatch(model)
+    def __init__(self, decoder: Decoder, decode: Decode, eos_ids: Seq[int], max_seconds: float,
+                 call_seconds: Optional[float] = None, prefill_tokens: int = 2048,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.batch = RunningBatch(decoder)
+        # padded tokens one prefill may run: a group of prompts never needs more memory than the longest prompt
+        # a request may send runs alone (the prompt cap)
+        self.prefill_tokens = prefill_tokens
+        self.pending: Dict[str, List[int]] = {}
         self.decode, self.eos_ids, self.max_seconds, self.clock = decode, tuple(eos_ids), max_seconds, clock
         # an `in_call` answer is made within one handler call, which TorchServe's responseTimeout bounds (a worker
         # past it is restarted): such an answer ends ("length") once this much of the call has gone
@@ -80,9 +87,35 @@ class Engine:
         live = Live(sequence, framing, in_call, now, now + min(self.max_seconds,
                                                                self.call_seconds if in_call else self.max_seconds))
         self.table[seq_id] = live
-        logits = self.batch.prefill(seq_id, prompt)
-        token = sample(logits, sequence.sampling, sequence.generator)
-        live.first_token_s = self.clock() - now
+        self.pending[seq_id] = prompt
+
+    def prefill(self) -> Dict[str, Exception]:
+        """Prefill every waiting prompt, a group at a time; a group whose forward pass fails is run again one
+        request at a time, so an error fails only the request that causes it. Returns the failed ids (already
+        forgotten)."""
+        failed: Dict[str, Exception] = {}
+        work, self.pending = prefill_groups(self.pending, self.prefill_tokens), {}
+        while work:
+            group = work.pop(0)
+            try:
+                logits = self.batch.prefill(group)
+            except Exception as err:  # noqa: BLE001 - isolated here, reported by the caller
+                if len(group) > 1:
+                    work[:0] = [{seq_id: prompt} for seq_id, prompt in group.items()]
+                    continue
+                logits, failed[next(iter(group))] = None, err
+            for row, seq_id in enumerate(group if logits is not None else []):
+                try:
+                    self.first_token(seq_id, logits[row])
+                except Exception as err:  # noqa: BLE001
+                    failed[seq_id] = err
+        self.forget(failed)
+        return failed
+
+    def first_token(self, seq_id: str, logits: torch.Tensor) -> None:
+        live = self.table[seq_id]
+        token = sample(logits, live.sequence.sampling, live.sequence.generator)
+        live.first_token_s = self.clock() - live.started
         self.stats.first_token_ms.append(live.first_token_s * 1e3)
         self.take(seq_id, token)
 
@@ -109,7 +142,8 @@ class Engine:
             self.take(seq_id, token)
 
     def run_in_call(self, ids: Seq[str]) -> None:
-        """Step until every `in_call` request among `ids` is done (gRPC and v2 answers are whole)."""
+        """Step until every `in_call` request among `ids` is done (gRPC and v2 answers are whole); prefilled
+        already."""
         while any(i in self.table and self.table[i].in_call and not self.table[i].sequence.done for i in ids):
             self.step()
 
@@ -134,3 +168,17 @@ class Engine:
 
     def cache_bytes(self) -> int:
         return self.batch.cache_bytes()
+
+
+def prefill_groups(prompts: Dict[str, List[int]], budget: int) -> List[Dict[str, List[int]]]:
+    """Prompts in arrival order, grouped while rows x the longest prompt stays within `budget` tokens."""
+    groups: List[Dict[str, List[int]]] = []
+    longest = 0
+    for seq_id, prompt in prompts.items():
+        widest = max(longest, len(prompt))
+        if groups and (len(groups[-1]) + 1) * widest <= budget:
+            groups[-1][seq_id], longest = prompt, widest
+        else:
+            groups.append({seq_id: prompt})
+            longest = len(prompt)
+    return groups

@@ -21,9 +21,7 @@ def load_model(path: str, model_format: str, device: torch.device, threads: int,
         return load_aoti(path, device)
     if model_format == "onnx":
         return OnnxModel(path, device, threads)
-    if model_format == "transformers":
-        return load_transformers(path, device)
-    raise ValueError(f"unknown model format {model_format!r}")
+    raise ValueError(f"unknown model format {model_format!r} (a text generator loads through decoders.py)")
 
 
 def load_torchscript(path: str, device: torch.device, optimize: bool) -> torch.jit.ScriptModule:
@@ -61,17 +59,6 @@ def load_aoti(path: str, device: torch.device) -> ModelCallable:
 
     runner = torch._inductor.aoti_load_package(path, device_index=device.index if device.type == "cuda" else -1)
     return runner
-
-
-def load_transformers(path: str, device: torch.device, dtype: str = "float32") -> torch.nn.Module:
-    """A Hugging Face causal LM from the folder its weights file (`path`) lies in: the archive's own files."""
-    import os
-
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), dtype=getattr(torch, dtype),
-                                                 local_files_only=True)
-    return model.to(device).eval()
 
 
 class OnnxModel:

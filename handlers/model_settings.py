@@ -137,7 +137,8 @@ class ObjectDetectorSettings(CommonSettings):
 
 @dataclass
 class TextGeneratorSettings(CommonSettings):
-    """A causal LM served as a Hugging Face folder (modelFormat transformers), decoded with a KV cache."""
+    """A causal LM decoded with a KV cache: a Hugging Face folder run eagerly (modelFormat transformers) or its
+    forward exported with the cache as inputs and outputs (onnx)."""
 
     modelFormat: str = "transformers"
     intraOpThreads: int = 2              # one worker decodes every running sequence in one batch
@@ -153,10 +154,13 @@ class TextGeneratorSettings(CommonSettings):
 
     def check(self) -> None:
         super().check()
-        if self.modelFormat != "transformers":
-            raise SettingsError(f"handler.modelFormat: a text-generator is served as transformers, not {self.modelFormat!r}")
+        if self.modelFormat not in ("transformers", "onnx"):
+            raise SettingsError(f"handler.modelFormat: a text-generator is served as transformers or onnx, "
+                                f"not {self.modelFormat!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise SettingsError(f"handler.dtype: must be float32 or bfloat16, got {self.dtype!r}")
+        if self.modelFormat == "onnx" and self.dtype != "float32":
+            raise SettingsError("handler.dtype: an onnx text-generator runs in float32 (the exported graph's type)")
         for key in ("maxNewTokens", "defaultMaxTokens", "maxPromptChars"):
             _at_least(key, getattr(self, key), 1)
         if self.maxPromptTokens is not None:

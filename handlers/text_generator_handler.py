@@ -20,16 +20,16 @@ import logging
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
 from batch_handler import BatchHandler, reason_phrase
+from decoders import load_decoder
 from generation import Sampling
 from generation_engine import Engine
 from generation_protocols import (ROUTES, V2_OUTPUTS, Framing, NativeStream, NativeWhole, V2Whole, models_list,
                                   openai_framing)
 from generation_request import (Limits, Options, Prompt, UnknownRoute, check_prompt_size, read_messages,
                                 read_options, read_prompt)
-from model_formats import load_transformers
 from model_settings import TextGeneratorSettings, prompt_token_cap
 from protocols import JSON_TYPE, Answer, ModelInfo, PlainRequest, V2Request, parse_request
 from request_errors import InternalError, InvalidField, InvalidJSON, RequestError
@@ -47,19 +47,22 @@ class TextGeneratorHandler(BatchHandler):
     v2_field = "text"
 
     def load(self, model_file: str) -> Any:
-        return load_transformers(model_file, self.device, self.settings.dtype)
+        return load_decoder(model_file, self.settings.modelFormat, self.device, self.settings.intraOpThreads,
+                            self.settings.dtype)
 
     def setup(self, settings: TextGeneratorSettings) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-        positions = getattr(self.model.config, "max_position_embeddings", None)
+        config = AutoConfig.from_pretrained(self.model_dir, local_files_only=True)
+        positions = getattr(config, "max_position_embeddings", None)
         self.limits = Limits(settings.maxNewTokens, prompt_token_cap(settings, positions), settings.maxPromptChars,
                              settings.defaultMaxTokens)
-        eos = self.model.generation_config.eos_token_id
+        eos = GenerationConfig.from_pretrained(self.model_dir, local_files_only=True).eos_token_id
         eos_ids = eos if isinstance(eos, list) else [eos]
         # gRPC and v2 answers are made within one call: half of the per-call responseTimeout, so the worker is
         # never restarted for one (the answer then ends with finish_reason "length")
         call_seconds = float((self.context.model_yaml_config or {}).get("responseTimeout", 120)) / 2
-        self.engine = Engine(self.model, self.decode_text, eos_ids, settings.maxSeconds, call_seconds)
+        self.engine = Engine(self.model, self.decode_text, eos_ids, settings.maxSeconds, call_seconds,
+                             self.limits.max_prompt_tokens)
         self.created = int(time.time())
 
     def decode_text(self, tokens: List[int]) -> str:
@@ -69,6 +72,7 @@ class TextGeneratorHandler(BatchHandler):
         for run in range(runs):
             self.engine.start("warm-up", self.tokenizer("warm up")["input_ids"], Options(4, Sampling(0.0)),
                               NativeWhole(), in_call=True)
+            self.engine.prefill()
             self.engine.run_in_call(["warm-up"])
             self.engine.reply("warm-up")
         self.engine.take_stats()
@@ -88,6 +92,7 @@ class TextGeneratorHandler(BatchHandler):
         for idx, seq_id in enumerate(ids):
             if idx not in running:
                 self.begin_guarded(idx, seq_id, data[idx], immediate, errors)
+        self.prefill(ids, errors)
         in_call = [i for i in ids if i in self.engine.table and self.engine.table[i].in_call]
         if in_call:
             self.guarded(lambda: self.engine.run_in_call(in_call), in_call,
@@ -117,6 +122,12 @@ class TextGeneratorHandler(BatchHandler):
             logger.exception("starting request %s failed", seq_id)
             self.engine.forget([seq_id])
             errors[idx] = InternalError("the server failed to start this generation; see the model log")
+
+    def prefill(self, ids: List[str], errors: Dict[int, RequestError]) -> None:
+        """This call's new prompts together; a failure answers only the request that caused it."""
+        for seq_id, err in self.engine.prefill().items():
+            logger.error("prefilling request %s failed: %r", seq_id, err)
+            errors[ids.index(seq_id)] = InternalError("the server failed to start this generation; see the model log")
 
     # ---- a new request: route, read, check, prefill -------------------------------------------------
     def begin(self, idx: int, seq_id: str, row: dict) -> Optional[Answer]:

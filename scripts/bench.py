@@ -62,6 +62,8 @@ def build_parser(decls: Dict[str, object]) -> argparse.ArgumentParser:
                         help="(G)'s concurrent streams and (J)'s batches")
     parser.add_argument("--generation-streams", type=int, default=1000,
                         help="(M): short streams sent (a third dropped) before the memory is read again")
+    parser.add_argument("--no-llamacpp", action="store_true",
+                        help="skip (P), llama.cpp's server (built from source on first use, ~15 minutes)")
     parser.add_argument("--overload-models", nargs="+", help="models loaded in (O) (default: every served model)")
     parser.add_argument("--overload-seconds", type=float, default=10)
     parser.add_argument("--overload-factors", type=int, nargs="+", default=list(FACTORS))

@@ -249,7 +249,8 @@ def run(args) -> int:
         main_sections(args, groups, chosen_inputs, kinds, workloads, (stock_for, pipeline_for), rows, summaries, log)
     overload_rows = [] if args.no_overload else overload_section(args, workloads, log)
     if not args.no_generation:  # (G): its own report, generation.md (benchkit.bench_generation)
-        generation_section(args.out, args.generation_concurrency, args.generation_streams, log)
+        generation_section(args.out, args.generation_concurrency, args.generation_streams, log,
+                           peer=not args.no_llamacpp)
 
     write_reports(args, rows, summaries, overload_rows, time.monotonic() - started, host, target_models(decls))
     # a variant that does not build (e.g. AOTInductor on some model) is reported, not a failure of the bench

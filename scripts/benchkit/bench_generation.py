@@ -1,18 +1,23 @@
 """make bench's section (G) for every served text generator (benchkit.generation_bench has the pieces):
-the served streams on a TorchServe of the bench's own loaded with that model alone, then, with the server
-stopped, the same archive's weights in process (J) and eager `generate` (E) with the worker's threads."""
+the served streams on a TorchServe of the bench's own loaded with that model alone; with the server stopped,
+llama.cpp's server on the same GGUF (P, benchkit.llamacpp_peer); then the same archive in process (J), the
+same engine over eager PyTorch (J eager) and eager `generate` (E) with the worker's threads."""
 
+import importlib
 import json
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
 from benchkit import generation_bench as gb
 from benchkit.bench_servers import declared
+from benchkit.llamacpp_peer import LlamaCppPeer, ensure_built
+from decoders import TorchDecoder
 from tskit import kinds
+from tskit.causal_lm import load_causal_lm
 from tskit.declaration import REPO
-from tskit.server import private_server, running
+from tskit.server import free_ports, private_server, running
 
 STORE = os.path.join(REPO, "model_store")
 
@@ -41,34 +46,73 @@ def served_part(name: str, work: str, concurrency: List[int], streams: int, log)
     return {"G": g, "I": i, "M": m}
 
 
-def in_process_part(name: str, work: str, batches: List[int], log) -> dict:
-    threads = declared()[name].handler.get("intraOpThreads", 2)
+def gguf_source(name: str) -> Optional[str]:
+    """The GGUF file a generator is built from, if it is one (llama.cpp serves nothing else)."""
+    declaration = declared()[name]
+    source = declaration.source
+    if source.startswith("python:"):
+        module_name, function_name = source[len("python:"):].split(":")
+        source = getattr(importlib.import_module(module_name), function_name)()
+    path = declaration.resolve(source)
+    return path if path.endswith(".gguf") else None
+
+
+def peer_part(name: str, work: str, concurrency: List[int], threads: int, log) -> dict:
+    gguf = gguf_source(name)
+    if gguf is None:
+        return {"P": {}, "P_note": "not measured: the model's source is not a GGUF file"}
+    ensure_built(log)
+    peer = LlamaCppPeer(gguf, free_ports(1)[0], threads, os.path.join(work, "llamacpp.log"))
+    peer.start()
+    try:
+        gb.openai_stream(peer.url, {}, {"messages": gb.chat(0), "max_tokens": 8, "temperature": 0})
+        p = {}
+        for c in concurrency:
+            p[c] = gb.served_point(peer.url, {}, c, reader=gb.openai_stream)
+            log(f"(P) llama.cpp {name} x{c}: {p[c]['tok_s']} tok/s, TTFT p50 {p[c]['ttft_p50_ms']} ms, "
+                f"TPOT p50 {p[c]['tpot_p50_ms']} ms, failed {p[c]['failed']}")
+    finally:
+        peer.stop()
+    return {"P": p, "P_note": f"llama-cpp-python's server, {os.path.basename(gguf)}, {threads} threads"}
+
+
+def in_process_part(name: str, work: str, batches: List[int], threads: int, log) -> dict:
+    declaration = declared()[name]
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # as the worker runs it
     try:
-        model, tokenizer = gb.load_archive(os.path.join(STORE, f"{name}.mar"), os.path.join(work, "folder"))
-        j, e = {}, {}
+        decoder, tokenizer = gb.load_archive(os.path.join(STORE, f"{name}.mar"), os.path.join(work, "folder"),
+                                             declaration.format, threads)
+        model = load_causal_lm(declaration.source, declaration.folder).model  # the same weights, eager
+        eager = None if declaration.format == "transformers" else TorchDecoder(model)
+        j, j_eager, e = {}, {}, {}
         for b in batches:
             prompts = gb.prompt_ids(tokenizer, b)
-            j[b], e[b] = gb.in_process(model, prompts), gb.eager_generate(model, tokenizer, prompts)
-            log(f"(J) {name} batch {b}: {j[b]}; (E) eager generate: {e[b]}")
+            j[b], e[b] = gb.in_process(decoder, prompts), gb.eager_generate(model, tokenizer, prompts)
+            if eager is not None:
+                j_eager[b] = gb.in_process(eager, prompts)
+            log(f"(J) {name} batch {b}: {j[b]}; (J eager): {j_eager.get(b)}; (E) eager generate: {e[b]}")
     finally:
         torch.set_num_threads(before)
-    return {"J": j, "E": e, "threads": threads}
+    return {"J": j, "J_eager": j_eager, "E": e, "threads": threads, "format": declaration.format}
 
 
-def generation_section(out: str, concurrency: List[int], streams: int, log) -> Dict[str, dict]:
+def generation_section(out: str, concurrency: List[int], streams: int, log, peer: bool = True) -> Dict[str, dict]:
     """Every served generator measured; writes out/generation.md and generation.json; returns the results."""
     results, report = {}, []
     for name in generators():
         work = os.path.join(out, f"generation-{name}")
+        threads = declared()[name].handler.get("intraOpThreads", 2)
         result = served_part(name, work, concurrency, streams, log)
-        result.update(in_process_part(name, work, concurrency, log))
-        result["targets"] = gb.judge(result["G"], result["J"], result["E"], result["I"], result["M"])
+        result.update(peer_part(name, work, concurrency, threads, log) if peer
+                      else {"P": {}, "P_note": "not measured (--no-llamacpp)"})
+        result.update(in_process_part(name, work, concurrency, threads, log))
+        result["targets"] = gb.judge(result)
         results[name] = result
         report += [f"## Generation (G): {name}", "", f"prompts ~30 tokens (chat), {gb.NEW} new tokens, greedy; "
-                   f"in process with {result['threads']} threads", "", gb.table(result["G"], result["J"], result["E"]),
-                   "", f"- (I) {result['I']}", f"- (M) {result['M']}", "", "Targets:", ""]
+                   f"served as {result['format']}; in process with {threads} threads; (P): {result['P_note']}",
+                   "", gb.table(result), "", f"- (I) {result['I']}", f"- (M) {result['M']}", "",
+                   gb.faster_step(result), "", "Targets:", ""]
         report += [f"- {t}" for t in result["targets"]] + [""]
     if results:
         with open(os.path.join(out, "generation.md"), "w", encoding="utf-8") as f:

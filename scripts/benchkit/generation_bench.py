@@ -4,14 +4,18 @@
        1, 4 and 16 concurrent NDJSON streams of ~30-token chat prompts, 128 new tokens each: time to first token
        and time per output token (p50/p99, from each line's arrival), aggregate tokens/s; every answer checked
        (status 200, a last line with finish_reason and usage, its lines joined non-empty)
-  (J)  the same folder and format in process, the package's own engine (handlers/generation.RunningBatch) at
-       batch 1, 4, 16: prefill time and tokens/s, end of sequence ignored so each row makes 128 tokens
+  (J)  the same archive and format in process, the package's own engine (handlers/generation.RunningBatch) at
+       batch 1, 4, 16: prefill time (the batch's prompts together) and tokens/s, end of sequence ignored so
+       each row makes 128 tokens; beside it (J eager) the same engine over eager PyTorch when the archive
+       serves another format: which decode step is faster on this host
   (E)  transformers' eager `generate` on the same weights, a left-padded batch of 1, 4, 16 (the naive limit)
+  (P)  llama.cpp's server on the same GGUF (benchkit.llamacpp_peer): the same chats streamed over its OpenAI
+       route at 1, 4, 16 concurrent streams
   (I)  interference: a 16-token request alone, then while 8 streams of 512 tokens run
   (M)  the worker's memory with the model loaded, and its growth after 1,000 short streams of which a third
        were dropped after their first line
-llama.cpp's server on the same GGUF is the peer a CPU user would pick; `llama-cpp-python` builds from source
-(~15 minutes on 2 cores): when it is importable the targets against it are judged, else reported "not measured".
+llama.cpp's server is the peer a CPU user would pick; when it is not measured (no GGUF source, or the bench
+was told not to build it) its targets are reported "not measured".
 """
 
 import json
@@ -40,13 +44,16 @@ def chat(i: int) -> List[dict]:
 
 
 # ---- in process: (J) and (E) -------------------------------------------------------------------------
-def load_archive(mar: str, folder: str):
-    """The model and tokenizer inside a text-generator archive, as its worker loads them."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_archive(mar: str, folder: str, model_format: str, threads: int):
+    """The decoder and tokenizer inside a text-generator archive, as its worker loads them."""
+    from transformers import AutoTokenizer
+
+    from decoders import ONNX_FILE, load_decoder
 
     with zipfile.ZipFile(mar) as archive:
         archive.extractall(folder, [n for n in archive.namelist() if not n.endswith(".py")])
-    return (AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval(),
+    weights = ONNX_FILE if model_format == "onnx" else next(f for f in os.listdir(folder) if f.endswith(".safetensors"))
+    return (load_decoder(os.path.join(folder, weights), model_format, torch.device("cpu"), threads, "float32"),
             AutoTokenizer.from_pretrained(folder, local_files_only=True))
 
 
@@ -55,18 +62,17 @@ def prompt_ids(tokenizer, count: int) -> List[List[int]]:
                                                return_dict=False)) for i in range(count)]
 
 
-def in_process(model, prompts: List[List[int]], new: int = NEW) -> dict:
-    """(J): the package's RunningBatch, every row prefilled then decoded together, `new` tokens each."""
+def in_process(decoder, prompts: List[List[int]], new: int = NEW) -> dict:
+    """(J): the package's RunningBatch, the rows prefilled together then decoded together, `new` tokens each."""
     from generation import RunningBatch
 
-    batch, started = RunningBatch(model), time.perf_counter()
-    for i, ids in enumerate(prompts):
-        batch.set_last(str(i), int(torch.argmax(batch.prefill(str(i), ids))))
+    batch, started = RunningBatch(decoder), time.perf_counter()
+    batch.last = torch.argmax(batch.prefill({str(i): ids for i, ids in enumerate(prompts)}), dim=-1)
     prefilled = time.perf_counter()
     for _ in range(new - 1):
         batch.last = torch.argmax(batch.step(), dim=-1)
     done = time.perf_counter()
-    return {"batch": len(prompts), "prefill_ms": round((prefilled - started) / len(prompts) * 1e3, 1),
+    return {"batch": len(prompts), "prefill_ms": round((prefilled - started) * 1e3, 1),
             "step_ms": round((done - prefilled) / (new - 1) * 1e3, 1),
             "tok_s": round(len(prompts) * new / (done - started), 1)}
 
@@ -105,10 +111,33 @@ def stream(url: str, headers: Dict[str, str], body: dict, drop_after: Optional[i
             "error": None if ok else f"bad last line {last!r}"}
 
 
-def served_point(url: str, headers: Dict[str, str], concurrency: int, rounds: int = 2, new: int = NEW) -> dict:
-    """(G) at one concurrency: `rounds` streams per client, back to back."""
+def openai_stream(url: str, headers: Dict[str, str], body: dict) -> dict:
+    """One OpenAI chat stream (server-sent events): arrival times of its content chunks (one token each)."""
+    started = time.perf_counter()
+    response = requests.post(url, json=dict(body, stream=True), headers=headers, stream=True, timeout=600)
+    if response.status_code != 200:
+        return {"ok": False, "error": f"{response.status_code} {response.text[:200]}"}
+    arrivals, finish = [], None
+    for line in response.iter_lines(chunk_size=1):
+        if not line.startswith(b"data: ") or line == b"data: [DONE]":
+            continue
+        choice = json.loads(line[6:])["choices"][0]
+        if choice.get("delta", {}).get("content"):
+            arrivals.append(time.perf_counter() - started)
+        finish = choice.get("finish_reason") or finish
+    ok = finish is not None and bool(arrivals)
+    return {"ok": ok, "arrivals": arrivals, "tokens": len(arrivals), "seconds": time.perf_counter() - started,
+            "error": None if ok else "no finish_reason or no content"}
+
+
+def served_point(url: str, headers: Dict[str, str], concurrency: int, rounds: int = 2, new: int = NEW,
+                 reader=None) -> dict:
+    """(G) at one concurrency: `rounds` streams per client, back to back (`reader`: `stream`, NDJSON, or
+    `openai_stream` for a peer's server-sent events)."""
+    reader = reader or stream
+
     def client(c: int) -> List[dict]:
-        return [stream(url, headers, {"messages": chat(c * rounds + r), "max_tokens": new, "temperature": 0})
+        return [reader(url, headers, {"messages": chat(c * rounds + r), "max_tokens": new, "temperature": 0})
                 for r in range(rounds)]
 
     started = time.perf_counter()
@@ -156,22 +185,16 @@ def memory_growth(url: str, headers: Dict[str, str], pid: int, streams: int = 10
             "failed": sum(1 for r in results if not r["ok"])}
 
 
-def llama_cpp_available() -> bool:
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def judge(r: dict) -> List[str]:
+    """The issue's targets, each met / MISSED / not measured, with its numbers. `r`: G, J, E, I, M and P
+    (llama.cpp, empty when not measured), each by concurrency or batch where it has one."""
+    g, j, e, i, m, p = r["G"], r["J"], r["E"], r["I"], r["M"], r.get("P") or {}
 
-
-def judge(g: Dict[int, dict], j: Dict[int, dict], e: Dict[int, dict], i: dict, m: dict) -> List[str]:
-    """The issue's targets, each met / MISSED / not measured, with its numbers."""
     def line(ok: Optional[bool], text: str) -> str:
         return f"{'not measured' if ok is None else 'met' if ok else 'MISSED'}: {text}"
 
     top = max(g)
-    peer = "llama.cpp not built here (llama-cpp-python builds from source, ~15 min)"
-    return [
+    lines = [
         line(g[top]["tok_s"] >= 0.8 * j[top]["tok_s"],
              f"(G) {g[top]['tok_s']} tok/s at {top} streams >= 0.8 x (J) batch {top} {j[top]['tok_s']}"),
         line(g[top]["tok_s"] >= 2 * e[top]["tok_s"],
@@ -182,15 +205,38 @@ def judge(g: Dict[int, dict], j: Dict[int, dict], e: Dict[int, dict], i: dict, m
                               f"{i['alone_s']} s (x{i['ratio']})"),
         line(m["growth_mb"] < 50, f"(M) worker memory growth {m['growth_mb']} MB after {m['streams']} streams "
                                   f"({m['dropped']} dropped) < 50 MB"),
-        line(None, f"(G) ahead of llama.cpp's server at 16 streams; time per token <= 2 x llama.cpp's: {peer}"),
     ]
+    if top in p and 1 in p:
+        lines += [line(g[top]["tok_s"] > p[top]["tok_s"], f"(G) {g[top]['tok_s']} tok/s at {top} streams ahead of "
+                                                          f"llama.cpp's server {p[top]['tok_s']}"),
+                  line(g[1]["tpot_p50_ms"] <= 2 * p[1]["tpot_p50_ms"],
+                       f"(G) time per output token {g[1]['tpot_p50_ms']} ms at 1 stream <= 2 x llama.cpp's "
+                       f"{p[1]['tpot_p50_ms']} ms")]
+    else:
+        lines.append(line(None, f"llama.cpp's server: {r.get('P_note', 'not run')}"))
+    return lines
 
 
-def table(g: Dict[int, dict], j: Dict[int, dict], e: Dict[int, dict]) -> str:
-    rows = ["| concurrency / batch | (G) served tok/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | failed | "
-            "(J) in process tok/s | (J) prefill ms | (E) eager generate tok/s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+def table(r: dict) -> str:
+    g, j, e, p, other = r["G"], r["J"], r["E"], r.get("P") or {}, r.get("J_eager") or {}
+    rows = ["| streams / batch | (G) served tok/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | failed | "
+            "(J) in process tok/s | (J) prefill ms | (J) step ms | (J eager) step ms | (E) eager generate tok/s | "
+            "(P) llama.cpp tok/s | (P) TTFT / TPOT p50 ms |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n in sorted(g):
+        peer = (f"{p[n]['tok_s']} | {p[n]['ttft_p50_ms']} / {p[n]['tpot_p50_ms']}" if n in p else "- | -")
         rows.append(f"| {n} | {g[n]['tok_s']} | {g[n]['ttft_p50_ms']} / {g[n]['ttft_p99_ms']} | "
                     f"{g[n]['tpot_p50_ms']} / {g[n]['tpot_p99_ms']} | {g[n]['failed']} of {g[n]['streams']} | "
-                    f"{j[n]['tok_s']} | {j[n]['prefill_ms']} | {e[n]['tok_s']} |")
+                    f"{j[n]['tok_s']} | {j[n]['prefill_ms']} | {j[n]['step_ms']} | "
+                    f"{other[n]['step_ms'] if n in other else '-'} | {e[n]['tok_s']} | {peer} |")
     return "\n".join(rows)
+
+
+def faster_step(r: dict) -> str:
+    """Which decode step is faster on this host at the largest batch: the served format or eager PyTorch."""
+    if not r.get("J_eager"):
+        return f"Decode step: served as {r['format']} (eager PyTorch); no other format measured."
+    top = max(r["J"])
+    served, eager = r["J"][top]["step_ms"], r["J_eager"][top]["step_ms"]
+    verdict = "faster" if served < eager else "NOT faster: `format: transformers` would serve eager PyTorch"
+    return (f"Decode step at batch {top}: {r['format']} {served} ms, eager PyTorch {eager} ms "
+            f"(x{round(eager / served, 2)}): the served format is {verdict} on this host.")

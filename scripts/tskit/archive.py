@@ -71,14 +71,14 @@ def build(declaration: Declaration, store: str = STORE_DIR, build_dir: Optional[
 
 def build_generator(declaration: Declaration, store: str, work: str, version: str, archive_name: str,
                     started: float) -> dict:
-    """A causal LM: its Hugging Face folder (tskit.causal_lm) is the archive's model, files at its root."""
+    """A causal LM: its folder (tskit.causal_lm: weights or decoder.onnx) is the archive's model, at its root."""
     if declaration.precision != "fp32":
         raise DeclarationError(f"{declaration.path}: a text-generator is built fp32 (precision: fp32); "
                                f"handler.dtype: bfloat16 serves it in bf16")
     settings = kinds.parse_settings(declaration.kind, served_handler(declaration, None))  # before the long load
     lm = load_causal_lm(declaration.source, declaration.folder)
     check_caps(lm, settings)
-    report = build_folder(lm, work)
+    report = build_folder(lm, work, declaration.format)
     config_file = write_model_config(declaration, None, work)
     mar = archive(declaration, report["file"], report.pop("extra"), config_file, store, version, archive_name, work)
     report.update(model=declaration.name, kind=declaration.kind, precision="fp32", source=lm.description,

@@ -4,10 +4,13 @@
                                        in one file; transformers dequantises it with the `gguf` package), a
                                        Hugging Face folder (config.json, weights, tokenizer), or python:mod:fn
                                        returning either path
-    build_folder(lm, work)             the folder: fp32 safetensors, config, generation config, tokenizer, chat
-                                       template; checked by greedy decoding from it against the source in process
-Served as `transformers` (eager PyTorch with a KV cache, handlers/generation.py): per decode step it was the
-fastest of the forms measured here (docs/generation.md); the folder loads in well under a second.
+    build_folder(lm, work, format)     the folder: config, generation config, tokenizer, chat template and
+                                       either fp32 safetensors (`transformers`: eager PyTorch) or decoder.onnx
+                                       (`onnx`: the forward with its cache as inputs and outputs, run by ONNX
+                                       Runtime, handlers/decoders.py); checked by greedy decoding from it
+                                       against the source in process
+Per decode step ONNX Runtime was ~2x faster than eager PyTorch on the CPUs measured (docs/generation.md; `make
+bench` measures both on the host); the export takes ~2 minutes for a 135M model.
 """
 
 import importlib
@@ -22,7 +25,9 @@ from tskit.sources import SourceError
 
 PARITY_PROMPT = "The capital of France is"
 PARITY_TOKENS = 12
-FORMATS = ("transformers",)
+# an exported decoder serves only if its greedy text equals the source's on each (make optimize's agreement rule)
+AGREEMENT_PROMPTS = (PARITY_PROMPT, "def fibonacci(n):", "Once upon a time, in a small village,")
+FORMATS = ("transformers", "onnx")
 
 
 @dataclass
@@ -100,7 +105,7 @@ def check_caps(lm: CausalLM, settings) -> None:
         raise SourceError(f"{lm.description}: {err}") from None
 
 
-def build_folder(lm: CausalLM, work: str) -> dict:
+def build_folder(lm: CausalLM, work: str, model_format: str = "transformers") -> dict:
     """Write the served folder into work/model; returns the build report (files, parity, time)."""
     started = time.perf_counter()
     folder = os.path.join(work, "model")
@@ -109,22 +114,56 @@ def build_folder(lm: CausalLM, work: str) -> dict:
     lm.tokenizer.save_pretrained(folder)
     if lm.model.generation_config.eos_token_id is None:
         raise SourceError(f"{lm.description}: no end-of-sequence token (generation_config.eos_token_id)")
-    built = time.perf_counter()
     expected, got = greedy(lm.model, lm.tokenizer), greedy_from(folder)
     if expected != got:
         raise SourceError(f"the saved folder generates {got} from {PARITY_PROMPT!r}, the source {expected}")
-    files = sorted(os.path.join(folder, f) for f in os.listdir(folder))
-    weights = [f for f in files if f.endswith(".safetensors")]
+    weights = [os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".safetensors")]
     if len(weights) != 1:
         raise SourceError(f"expected one safetensors file in {folder}, found {len(weights)}")
-    return {"file": weights[0], "extra": [f for f in files if f != weights[0]], "format": "transformers",
+    served = weights[0]
+    if model_format == "onnx":
+        served = export_checked(lm, folder)
+        os.remove(weights[0])  # the graph carries the weights
+    built = time.perf_counter()
+    files = sorted(os.path.join(folder, f) for f in os.listdir(folder))
+    return {"file": served, "extra": [f for f in files if f != served], "format": model_format,
             "build_s": round(built - started, 1), "parity_tokens": len(got), "outputs": 0,
             "bytes": sum(os.path.getsize(f) for f in files),
             "parameters": sum(p.numel() for p in lm.model.parameters())}
 
 
-def greedy(model: torch.nn.Module, tokenizer) -> List[int]:
-    ids = tokenizer(PARITY_PROMPT, return_tensors="pt")
+def export_checked(lm: CausalLM, folder: str) -> str:
+    """decoder.onnx in `folder`, served only if its greedy text equals the source's on AGREEMENT_PROMPTS."""
+    from decoders import OnnxDecoder, export_onnx
+
+    try:
+        path = export_onnx(lm.model, folder)
+    except Exception as err:  # noqa: BLE001 - the exporter's failures have many types; the message says which
+        raise SourceError(f"{lm.description}: torch.onnx.export cannot export this model with its cache "
+                          f"({type(err).__name__}: {str(err)[:300]}); serve it with FORMAT=transformers") from None
+    decoder = OnnxDecoder(path, torch.device("cpu"), torch.get_num_threads())
+    for prompt in AGREEMENT_PROMPTS:
+        expected, got = greedy(lm.model, lm.tokenizer, prompt), greedy_decoder(decoder, lm.tokenizer, prompt)
+        if expected != got:
+            raise SourceError(f"the exported decoder generates {got} from {prompt!r}, the source {expected}: "
+                              f"not served (FORMAT=transformers serves the model eagerly)")
+    return path
+
+
+def greedy_decoder(decoder, tokenizer, prompt: str) -> List[int]:
+    """Greedy tokens from a decoder through the serving batch (handlers/generation.py), one row."""
+    from generation import RunningBatch
+
+    batch = RunningBatch(decoder)
+    made = [int(torch.argmax(batch.prefill({"0": tokenizer(prompt)["input_ids"]})[0]))]
+    while len(made) < PARITY_TOKENS:
+        batch.set_last("0", made[-1])
+        made.append(int(torch.argmax(batch.step()[0])))
+    return made
+
+
+def greedy(model: torch.nn.Module, tokenizer, prompt: str = PARITY_PROMPT) -> List[int]:
+    ids = tokenizer(prompt, return_tensors="pt")
     with torch.inference_mode():
         out = model.generate(**ids, max_new_tokens=PARITY_TOKENS, do_sample=False)
     return out[0, ids["input_ids"].shape[1]:].tolist()

@@ -1,10 +1,12 @@
 """A user's own causal LMs through `make model KIND=text-generator`: two architectures beside the bundled Llama
-(GPT-2 and Qwen2, tiny and random, tests/own_models.py), each built from its Hugging Face folder, served by a
-real TorchServe under continuous batching, and answering greedy prompts exactly as transformers' generate does
-on the folder in process, streamed and whole."""
+(GPT-2 and Qwen2, tiny and random, tests/own_models.py), each built from its Hugging Face folder (GPT-2 served
+eagerly, Qwen2 with FORMAT=onnx: its forward and KV cache exported and run by ONNX Runtime), served by a real
+TorchServe under continuous batching, and answering greedy prompts exactly as transformers' generate does on
+the folder in process, streamed and whole."""
 
 import json
 import os
+import zipfile
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ pytestmark = pytest.mark.heavy(seconds=60)  # seconds in a one-process run on 2 
 
 PROMPTS = ["The capital of France is", "Once upon a time"]
 NEW = 16
+FORMATS = {"gpt2": "transformers", "qwen2": "onnx"}
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +28,7 @@ def built(tmp_path_factory):
     for architecture in own_models.CAUSAL_LM_ARCHITECTURES:
         name = f"own_{architecture}"
         sources[name] = own_models.make_causal_lm(os.path.join(base, f"{architecture}_source"), architecture)
-        result, _ = own_models.make_model(base, name, "text-generator", sources[name])
+        result, _ = own_models.make_model(base, name, "text-generator", sources[name], FORMATS[architecture])
         assert result.returncode == 0, result.stdout + result.stderr
     return base, sources
 
@@ -46,7 +49,10 @@ def test_make_model_declares_a_continuously_batched_generator(built):
     with open(os.path.join(base, "models", "own_gpt2", "model.yaml"), encoding="utf-8") as f:
         text = f.read()
     assert "kind: text-generator" in text and "format: transformers" in text and "continuousBatching: true" in text
-    assert os.path.getsize(os.path.join(base, "model_store", "own_qwen2.mar")) > 0
+    with zipfile.ZipFile(os.path.join(base, "model_store", "own_qwen2.mar")) as archive:
+        names = set(archive.namelist())
+    assert {"decoder.onnx", "decoder.onnx.data", "tokenizer.json"} <= names
+    assert not any(n.endswith(".safetensors") for n in names)  # the graph carries the weights
 
 
 def test_each_architecture_answers_as_generate_does_in_process(built):

@@ -7,8 +7,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+from decoders import OnnxDecoder, TorchDecoder, export_onnx
 from generation import RunningBatch, Sampling, Sequence, held_back, make_generator, next_tokens, sample
-from generation_engine import Engine
+from generation_engine import Engine, prefill_groups
 from generation_protocols import ChatStream, CompletionStream, NativeStream, NativeWhole, Result
 from generation_request import Limits, PromptTooLong, check_prompt_size, read_messages, read_options, read_prompt
 from request_errors import EmptyText, InvalidField, InvalidUTF8
@@ -40,37 +41,88 @@ def reference(model, prompt, new):
     return out[0, len(prompt):].tolist()
 
 
-@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
-def test_greedy_rows_joining_and_leaving_equal_generate_alone(architecture):
-    """Sequences join at different steps (cache padded either way) and leave early; each row's tokens are
-    transformers' greedy generate of its prompt alone, token for token."""
-    model, new = tiny(architecture), 12
-    batch, made = RunningBatch(model), {}
-    lengths = {"0": 12, "1": 5, "2": 12, "3": 9}  # "1" leaves early: the columns only it needed are cut
-    for step in range(40):
-        if step < len(PROMPTS) * 2 and step % 2 == 0:
-            sid = str(step // 2)
-            token = int(torch.argmax(batch.prefill(sid, PROMPTS[step // 2])))
-            batch.set_last(sid, token)
-            made[sid] = [token]
+def decode_greedy(decoder, arrivals, lengths):
+    """Greedy tokens per id; `arrivals` maps a step to the prompts that join then (prefilled together)."""
+    batch, made = RunningBatch(decoder), {}
+    for step in range(60):
+        joining = arrivals.get(step, {})
+        if joining:
+            logits = batch.prefill(joining)
+            for row, sid in enumerate(joining):
+                made[sid] = [int(torch.argmax(logits[row]))]
+                batch.set_last(sid, made[sid][0])
         elif len(batch):
             rows = list(batch.ids)
-            tokens = torch.argmax(batch.step(), dim=-1).tolist()
-            for sid, token in zip(rows, tokens):
+            for sid, token in zip(rows, torch.argmax(batch.step(), dim=-1).tolist()):
                 made[sid].append(token)
                 batch.set_last(sid, token)
             batch.drop([sid for sid in rows if len(made[sid]) == lengths[sid]])
     assert len(batch) == 0 and batch.cache_bytes() == 0
-    for sid, prompt in enumerate(PROMPTS):
-        assert made[str(sid)] == reference(model, prompt, new)[:lengths[str(sid)]], sid
+    return made
+
+
+ARRIVALS = {0: {"0": PROMPTS[0], "1": PROMPTS[1]}, 3: {"2": PROMPTS[2], "3": PROMPTS[3], "4": PROMPTS[1][:5]}}
+LENGTHS = {"0": 12, "1": 5, "2": 12, "3": 9, "4": 12}
+ONE_BY_ONE = {2 * i: {str(i): prompt} for i, prompt in enumerate(PROMPTS)}  # "1" leaves early: its columns cut
+
+
+def check_against_generate(model, made, arrivals, lengths):
+    for sid, prompt in {k: v for group in arrivals.values() for k, v in group.items()}.items():
+        assert made[sid] == reference(model, prompt, 12)[:lengths[sid]], sid
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+@pytest.mark.parametrize("arrivals", [ONE_BY_ONE, ARRIVALS], ids=["one-by-one", "together"])
+def test_rows_joining_together_or_alone_and_leaving_equal_generate_alone(architecture, arrivals):
+    """Sequences join at different steps, alone or prefilled together (cache padded either way), and leave
+    early; each row's tokens are transformers' greedy generate of its prompt alone, token for token."""
+    model = tiny(architecture)
+    check_against_generate(model, decode_greedy(TorchDecoder(model), arrivals, LENGTHS), arrivals, LENGTHS)
+
+
+def test_the_onnx_decoder_decodes_what_generate_does(tmp_path):
+    """The forward exported with its cache as inputs and outputs (format onnx), run by ONNX Runtime, joined,
+    padded and cut like the eager one: the same greedy tokens as generate."""
+    model = tiny("llama")
+    decoder = OnnxDecoder(export_onnx(model, str(tmp_path)), torch.device("cpu"), 1)
+    assert (decoder.layers, decoder.heads, decoder.head_dim) == (2, 2, 16)
+    check_against_generate(model, decode_greedy(decoder, ARRIVALS, LENGTHS), ARRIVALS, LENGTHS)
+
+
+class FailsOn:
+    """An eager decoder whose prefill fails when a prompt holds `token` (a request that breaks the model)."""
+
+    def __init__(self, model, token):
+        self.inner, self.token, self.device = TorchDecoder(model), token, torch.device("cpu")
+
+    def __call__(self, ids, mask, positions, cache):
+        if cache is None and bool((ids == self.token).any()):
+            raise RuntimeError("this prompt breaks the model")
+        return self.inner(ids, mask, positions, cache)
+
+
+def test_a_prefill_that_fails_fails_only_the_request_that_caused_it():
+    engine = Engine(FailsOn(tiny("llama"), 250), lambda ids: " ".join(map(str, ids)), [EOS], max_seconds=60)
+    options = read_options({"max_tokens": 5, "temperature": 0}, LIMITS)
+    for sid, prompt in enumerate(PROMPTS):  # PROMPTS[1] holds 250
+        engine.start(str(sid), prompt, options, NativeStream(), in_call=False)
+    failed = engine.prefill()
+    assert list(failed) == ["1"] and "1" not in engine.table and engine.running() == 3
+    assert sorted(engine.table) == ["0", "2", "3"] and all(len(engine.table[s].sequence.tokens) == 1 for s in "023")
+
+
+def test_prompts_are_grouped_within_the_prefill_budget():
+    prompts = {"a": [1] * 3, "b": [1] * 5, "c": [1] * 2, "d": [1] * 20, "e": [1]}
+    assert [list(g) for g in prefill_groups(prompts, 16)] == [["a", "b", "c"], ["d"], ["e"]]
 
 
 def test_the_engine_frees_what_a_gone_client_held():
     model = tiny("llama")
-    engine = Engine(model, lambda ids: " ".join(map(str, ids)), [EOS], max_seconds=60)
+    engine = Engine(TorchDecoder(model), lambda ids: " ".join(map(str, ids)), [EOS], max_seconds=60)
     options = read_options({"max_tokens": 50, "temperature": 0}, LIMITS)
     for sid, prompt in enumerate(PROMPTS[:3]):
         engine.start(str(sid), prompt, options, NativeStream(), in_call=False)
+    assert engine.prefill() == {}
     engine.step()
     held = engine.cache_bytes()
     engine.forget(["1"])

@@ -1,0 +1,138 @@
+"""One forward pass of a causal LM with its KV cache, in either serving format; what RunningBatch calls.
+
+    decoder(input_ids, attention_mask, position_ids, cache) -> (logits [B, V] of each row's last position, cache)
+
+`cache` is transformers' DynamicCache (None for a prefill): RunningBatch pads, joins and cuts its layers'
+keys and values [B, H, T, D] the same way whichever format made them.
+    TorchDecoder   the Hugging Face model, eager PyTorch (format `transformers`)
+    OnnxDecoder    the same forward exported with the cache as inputs and outputs (format `onnx`,
+                   tskit/causal_lm.py), run by ONNX Runtime: per decode step ~2x faster than eager on a CPU
+                   (docs/generation.md), where a 135M model's step is mostly per-operator overhead
+Pure: imports nothing from `ts`.
+"""
+
+import logging
+import os
+from typing import List, Optional, Protocol, Tuple
+
+import numpy as np
+import torch
+from transformers.cache_utils import DynamicCache
+
+log = logging.getLogger(__name__)
+
+ONNX_FILE = "decoder.onnx"
+# the exported graph's inputs, then one `past_keys_<i>` and one `past_values_<i>` a layer; its outputs are the
+# last position's logits, then every layer's keys, then every layer's values (tskit/causal_lm.py)
+ONNX_INPUTS = ("input_ids", "attention_mask", "position_ids")
+
+Step = Tuple[torch.Tensor, DynamicCache]
+
+
+class Decoder(Protocol):
+    device: torch.device
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                 cache: Optional[DynamicCache]) -> Step: ...
+
+
+class TorchDecoder:
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.device = next(model.parameters()).device  # a GPU worker keeps its cache and masks there too
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                 cache: Optional[DynamicCache]) -> Step:
+        with torch.inference_mode():
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             past_key_values=cache if cache is not None else DynamicCache(), use_cache=True,
+                             logits_to_keep=1)
+        return out.logits[:, -1], out.past_key_values
+
+
+class OnnxDecoder:
+    def __init__(self, path: str, device: torch.device, threads: int):
+        import onnxruntime
+
+        if device.type == "cuda":  # the package's onnxruntime is the CPU wheel: serve `transformers` on a GPU
+            log.warning("%s: the ONNX decoder runs on the CPU although the worker was given %s", path, device)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.device = torch.device("cpu")
+        past = [i for i in self.session.get_inputs() if i.name.startswith("past_keys_")]
+        self.layers = len(past)
+        _, self.heads, _, self.head_dim = past[0].shape  # [batch, kv heads, past, head dim]: heads and dim fixed
+        self.names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                 cache: Optional[DynamicCache]) -> Step:
+        if cache is None:
+            empty = np.zeros((input_ids.shape[0], self.heads, 0, self.head_dim), np.float32)
+            keys, values = [empty] * self.layers, [empty] * self.layers
+        else:
+            keys = [np.ascontiguousarray(layer.keys.numpy()) for layer in cache.layers]
+            values = [np.ascontiguousarray(layer.values.numpy()) for layer in cache.layers]
+        feeds = [input_ids.numpy(), attention_mask.numpy(), position_ids.numpy()] + keys + values
+        logits, *present = self.session.run(None, dict(zip(self.names, feeds)))
+        tensors = [torch.from_numpy(t) for t in present]
+        new_keys, new_values = tensors[:self.layers], tensors[self.layers:]
+        if cache is None:
+            return torch.from_numpy(logits), DynamicCache(ddp_cache_data=list(zip(new_keys, new_values)))
+        for layer, k, v in zip(cache.layers, new_keys, new_values):
+            layer.keys, layer.values = k, v
+        return torch.from_numpy(logits), cache
+
+
+def load_decoder(model_file: str, model_format: str, device: torch.device, threads: int, dtype: str):
+    """The archive's decoder: `model_file` is its weights file (safetensors) or its decoder.onnx."""
+    if model_format == "onnx":
+        return OnnxDecoder(model_file, device, threads)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(model_file), dtype=getattr(torch, dtype),
+                                                 local_files_only=True)
+    return TorchDecoder(model.to(device).eval())
+
+
+def export_inputs(config, batch: int = 2, new: int = 3, past: int = 5) -> Tuple[tuple, dict]:
+    """Sample inputs and dynamic shapes for exporting a model's forward with its cache (tskit/causal_lm.py)."""
+    layers = config.num_hidden_layers
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv: List[torch.Tensor] = [torch.randn(batch, heads, past, head_dim) for _ in range(layers)]
+    args = (torch.randint(0, 100, (batch, new)), torch.ones(batch, past + new, dtype=torch.long),
+            torch.arange(past, past + new).repeat(batch, 1), kv, [t.clone() for t in kv])
+    auto = torch.export.Dim.AUTO
+    shapes = {"input_ids": {0: auto, 1: auto}, "attention_mask": {0: auto, 1: auto},
+              "position_ids": {0: auto, 1: auto}, "past_keys": [{0: auto, 2: auto}] * layers,
+              "past_values": [{0: auto, 2: auto}] * layers}
+    return args, shapes
+
+
+class ExportedStep(torch.nn.Module):
+    """The forward that is exported: cache tensors in, last logits and the grown cache tensors out."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, position_ids, past_keys, past_values):
+        cache = DynamicCache(ddp_cache_data=list(zip(past_keys, past_values)))
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+        layers = out.past_key_values.layers
+        return out.logits[:, -1], [layer.keys for layer in layers], [layer.values for layer in layers]
+
+
+def export_onnx(model: torch.nn.Module, folder: str) -> str:
+    """Export `model`'s forward with its cache as inputs and outputs to folder/decoder.onnx (+ .data); the
+    build (tskit/causal_lm.py) checks its greedy text against the model before it is served."""
+    args, shapes = export_inputs(model.config)
+    program = torch.onnx.export(ExportedStep(model.eval()).eval(), args, dynamic_shapes=shapes, dynamo=True,
+                                optimize=True, verbose=False)
+    path = os.path.join(folder, ONNX_FILE)
+    program.save(path, external_data=True)
+    return path
