@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from transformers.cache_utils import DynamicCache
 
+from model_formats import onnx_session_options
+
 log = logging.getLogger(__name__)
 
 ONNX_FILE = "decoder.onnx"
@@ -56,11 +58,8 @@ class OnnxDecoder:
 
         if device.type == "cuda":  # the package's onnxruntime is the CPU wheel: serve `transformers` on a GPU
             log.warning("%s: the ONNX decoder runs on the CPU although the worker was given %s", path, device)
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.session = onnxruntime.InferenceSession(path, onnx_session_options(threads),
+                                                    providers=["CPUExecutionProvider"])
         self.device = torch.device("cpu")
         past = [i for i in self.session.get_inputs() if i.name.startswith("past_keys_")]
         self.layers = len(past)

@@ -61,18 +61,26 @@ def load_aoti(path: str, device: torch.device) -> ModelCallable:
     return runner
 
 
+def onnx_session_options(threads: int):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads  # like TorchScript's intra-op threads: workers x threads <= cores
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # no busy-waiting threads: workers share the cores with the frontend (measured: no loss at 1 thread; a
+    # spinning generator worker halved its served tokens/s at 16 streams on 2 cores)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 class OnnxModel:
     """An ONNX Runtime session whose inputs are named like the tensors it is called with, in order."""
 
     def __init__(self, path: str, device: torch.device, threads: int):
         import onnxruntime
 
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads  # like TorchScript's intra-op threads: workers x threads <= cores
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # no busy-waiting threads: two workers share two cores with the frontend (measured: no loss at 1 thread)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options = onnx_session_options(threads)
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))

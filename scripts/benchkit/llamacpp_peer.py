@@ -40,6 +40,8 @@ class LlamaCppPeer(PeerProcess):
     def __init__(self, gguf: str, port: int, threads: int, log_path: str, context: int = 4096):
         super().__init__("llama.cpp server", [PYTHON, "-m", "llama_cpp.server", "--model", gguf, "--host",
                                               "127.0.0.1", "--port", str(port), "--n_threads", str(threads),
-                                              "--n_threads_batch", str(threads), "--n_ctx", str(context)],
+                                              "--n_threads_batch", str(threads), "--n_ctx", str(context),
+                                              # queue concurrent requests (its default: a new one cuts the running one off)
+                                              "--interrupt_requests", "False"],
                          f"http://127.0.0.1:{port}/v1/models", log_path)
         self.url = f"http://127.0.0.1:{port}/v1/chat/completions"

@@ -1,5 +1,6 @@
 """smollm2_chat on the real server (continuous batching, the archive `make archives` built): greedy answers equal
-transformers' generate on the archive's own weights in process, alone and beside other streams; NDJSON lines
+transformers' generate in process on the same weights (its declared source, the GGUF), alone and beside other
+streams, whichever format the archive serves; NDJSON lines
 arrive as they are made; the official `openai` client, gRPC, KServe v2 and `tsctl generate` get right answers;
 every bad option is a 4xx before any token; a client that leaves frees its place."""
 
@@ -17,6 +18,8 @@ import torch
 
 from own_server import wait_until
 from support import REPO
+from tskit.causal_lm import load_causal_lm
+from tskit.declaration import load as load_declaration
 from tskit.grpc_client import STUBS, generate_stubs
 
 MODEL = "smollm2_chat"
@@ -39,13 +42,15 @@ def client(generator_client):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """transformers' greedy generate on the weights inside model_store/smollm2_chat.mar, in process."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """transformers' greedy generate in process on the model's declared source (the GGUF, dequantised as the
+    build does) with the archive's tokenizer: the archive serves ONNX, so its own folder holds no eager weights."""
+    from transformers import AutoTokenizer
 
     folder = tmp_path_factory.mktemp("smollm2_archive")
     with zipfile.ZipFile(os.path.join(REPO, "model_store", f"{MODEL}.mar")) as archive:
-        archive.extractall(folder, [n for n in archive.namelist() if not n.endswith(".py")])
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+        archive.extractall(folder, [n for n in archive.namelist() if not n.endswith((".py", ".onnx", ".data"))])
+    declaration = load_declaration(MODEL)
+    model = load_causal_lm(declaration.source, declaration.folder).model
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
     def generate(request: dict, new: int = NEW) -> str:
