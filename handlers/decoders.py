@@ -17,6 +17,7 @@ from typing import List, Optional, Protocol, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 
 from model_formats import onnx_session_options
@@ -24,9 +25,9 @@ from model_formats import onnx_session_options
 log = logging.getLogger(__name__)
 
 ONNX_FILE = "decoder.onnx"
-# the exported graph's inputs, then one `past_keys_<i>` and one `past_values_<i>` a layer; its outputs are the
-# last position's logits, then every layer's keys, then every layer's values (tskit/causal_lm.py)
-ONNX_INPUTS = ("input_ids", "attention_mask", "position_ids")
+# the exported graph's inputs: input_ids, attention_mask, position_ids, then one `past_keys_<i>` and one
+# `past_values_<i>` a layer; its outputs: the last position's logits, every layer's keys, every layer's values
+PACKED = "packed_gqa"  # the attention the graph is exported with (packed_gqa_attention)
 
 Step = Tuple[torch.Tensor, DynamicCache]
 
@@ -126,12 +127,58 @@ class ExportedStep(torch.nn.Module):
         return out.logits[:, -1], [layer.keys for layer in layers], [layer.values for layer in layers]
 
 
+def packed_gqa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """Grouped-query attention without repeating the cache: each key/value head attends for its group of query
+    heads at once ([B, H, T, D] -> [B, KV, H/KV x T, D]). transformers' SDPA path repeats the keys and values
+    (`repeat_kv`) whenever it is traced; in the exported graph that copy, and the transpose after it, cost more
+    than the matrix products at batch 16 and grew with the context. The same arithmetic: a tiny Llama's logits
+    are bit for bit those of SDPA (tests/unit/test_generation.py)."""
+    b, h, t, d = query.shape
+    groups = h // key.shape[1]
+    q = query.reshape(b, key.shape[1], groups * t, d)
+    mask = attention_mask
+    if mask is not None:  # [B, 1, T, P] -> one row per (group member, position)
+        mask = mask[:, :, None].expand(b, 1, groups, t, mask.shape[-1]).reshape(b, 1, groups * t, mask.shape[-1])
+    out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling)
+    return out.reshape(b, h, t, d).transpose(1, 2).contiguous(), None
+
+
+def packed_mask(*args, **kwargs):
+    """transformers' SDPA mask, always made: packed rows cannot use SDPA's own causal flag."""
+    from transformers.masking_utils import sdpa_mask
+
+    kwargs["allow_is_causal_skip"] = False
+    return sdpa_mask(*args, **kwargs)
+
+
+def use_packed_gqa(model: torch.nn.Module) -> bool:
+    """Switch a grouped-query model to packed_gqa_attention; False (unchanged) for one without groups."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    config = model.config
+    kv_heads = getattr(config, "num_key_value_heads", None)
+    if not kv_heads or kv_heads >= config.num_attention_heads:
+        return False
+    AttentionInterface.register(PACKED, packed_gqa_attention)
+    AttentionMaskInterface.register(PACKED, packed_mask)
+    model.set_attn_implementation(PACKED)
+    return True
+
+
 def export_onnx(model: torch.nn.Module, folder: str) -> str:
-    """Export `model`'s forward with its cache as inputs and outputs to folder/decoder.onnx (+ .data); the
-    build (tskit/causal_lm.py) checks its greedy text against the model before it is served."""
-    args, shapes = export_inputs(model.config)
-    program = torch.onnx.export(ExportedStep(model.eval()).eval(), args, dynamic_shapes=shapes, dynamo=True,
-                                optimize=True, verbose=False)
+    """Export `model`'s forward with its cache as inputs and outputs to folder/decoder.onnx (+ .data), grouped-
+    query attention packed; the build (tskit/causal_lm.py) checks its greedy text against the model before it
+    is served. The model's own attention is restored afterwards."""
+    before = model.config._attn_implementation
+    packed = use_packed_gqa(model)
+    try:
+        args, shapes = export_inputs(model.config)
+        program = torch.onnx.export(ExportedStep(model.eval()).eval(), args, dynamic_shapes=shapes, dynamo=True,
+                                    optimize=True, verbose=False)
+    finally:
+        if packed:
+            model.set_attn_implementation(before)
     path = os.path.join(folder, ONNX_FILE)
     program.save(path, external_data=True)
     return path

@@ -5,9 +5,10 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from decoders import OnnxDecoder, TorchDecoder, export_onnx
+from decoders import OnnxDecoder, TorchDecoder, export_onnx, use_packed_gqa
 from generation import RunningBatch, Sampling, Sequence, held_back, make_generator, next_tokens, sample
 from generation_engine import Engine, prefill_groups
 from generation_protocols import ChatStream, CompletionStream, NativeStream, NativeWhole, Result
@@ -87,6 +88,25 @@ def test_the_onnx_decoder_decodes_what_generate_does(tmp_path):
     decoder = OnnxDecoder(export_onnx(model, str(tmp_path)), torch.device("cpu"), 1)
     assert (decoder.layers, decoder.heads, decoder.head_dim) == (2, 2, 16)
     check_against_generate(model, decode_greedy(decoder, ARRIVALS, LENGTHS), ARRIVALS, LENGTHS)
+
+
+def test_packed_grouped_query_attention_is_sdpa_bit_for_bit():
+    """The attention the ONNX graph is exported with (no repeated cache) against transformers' SDPA, on a padded
+    prefill and a decode step over the cache; a model without groups is left as it is."""
+    model = tiny("llama")
+    ids, mask = torch.tensor([[0, 0, 5, 17, 42], [8, 9, 10, 11, 12]]), torch.tensor([[0, 0, 1, 1, 1], [1] * 5])
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+
+    def run():
+        decoder = TorchDecoder(model)
+        first, cache = decoder(ids, mask, positions, None)
+        second, _ = decoder(torch.tensor([[3], [4]]), F.pad(mask, (0, 1), value=1), positions[:, -1:] + 1, cache)
+        return first, second
+
+    expected = run()
+    assert use_packed_gqa(model) and model.config._attn_implementation == "packed_gqa"
+    assert all(torch.equal(a, b) for a, b in zip(expected, run()))
+    assert not use_packed_gqa(tiny("gpt2"))
 
 
 class FailsOn:
