@@ -84,8 +84,8 @@ class Engine:
         now = self.clock()
         sequence = Sequence(len(prompt), options.max_tokens, options.sampling, options.stop,
                             make_generator(options.sampling))
-        live = Live(sequence, framing, in_call, now, now + min(self.max_seconds,
-                                                               self.call_seconds if in_call else self.max_seconds))
+        seconds = min(self.max_seconds, self.call_seconds) if in_call else self.max_seconds
+        live = Live(sequence, framing, in_call, now, now + seconds)
         self.table[seq_id] = live
         self.pending[seq_id] = prompt
 
@@ -102,9 +102,10 @@ class Engine:
             except Exception as err:  # noqa: BLE001 - isolated here, reported by the caller
                 if len(group) > 1:
                     work[:0] = [{seq_id: prompt} for seq_id, prompt in group.items()]
-                    continue
-                logits, failed[next(iter(group))] = None, err
-            for row, seq_id in enumerate(group if logits is not None else []):
+                else:
+                    failed.update(dict.fromkeys(group, err))
+                continue
+            for row, seq_id in enumerate(group):
                 try:
                     self.first_token(seq_id, logits[row])
                 except Exception as err:  # noqa: BLE001

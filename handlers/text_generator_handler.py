@@ -38,6 +38,7 @@ from request_payload import request_body, text_request
 logger = logging.getLogger(__name__)
 
 Reply = Tuple[bytes, str, Optional[bool], Optional[RequestError]]  # body, content type, stop flag, error
+START_FAILED = "the server failed to start this generation; see the model log"
 
 
 class TextGeneratorHandler(BatchHandler):
@@ -121,13 +122,13 @@ class TextGeneratorHandler(BatchHandler):
         except Exception:  # a reader or prefill bug fails this request only
             logger.exception("starting request %s failed", seq_id)
             self.engine.forget([seq_id])
-            errors[idx] = InternalError("the server failed to start this generation; see the model log")
+            errors[idx] = InternalError(START_FAILED)
 
     def prefill(self, ids: List[str], errors: Dict[int, RequestError]) -> None:
         """This call's new prompts together; a failure answers only the request that caused it."""
         for seq_id, err in self.engine.prefill().items():
             logger.error("prefilling request %s failed: %r", seq_id, err)
-            errors[ids.index(seq_id)] = InternalError("the server failed to start this generation; see the model log")
+            errors[ids.index(seq_id)] = InternalError(START_FAILED)
 
     # ---- a new request: route, read, check, prefill -------------------------------------------------
     def begin(self, idx: int, seq_id: str, row: dict) -> Optional[Answer]:

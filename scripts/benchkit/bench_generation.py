@@ -3,7 +3,6 @@ the served streams on a TorchServe of the bench's own loaded with that model alo
 llama.cpp's server on the same GGUF (P, benchkit.llamacpp_peer); then the same archive in process (J), the
 same engine over eager PyTorch (J eager) and eager `generate` (E) with the worker's threads."""
 
-import importlib
 import json
 import os
 from typing import Dict, List, Optional
@@ -15,7 +14,7 @@ from benchkit.bench_servers import declared
 from benchkit.llamacpp_peer import LlamaCppPeer, ensure_built
 from decoders import TorchDecoder
 from tskit import kinds
-from tskit.causal_lm import load_causal_lm
+from tskit.causal_lm import load_causal_lm, resolve_source
 from tskit.declaration import REPO
 from tskit.server import free_ports, private_server, running
 
@@ -49,11 +48,7 @@ def served_part(name: str, work: str, concurrency: List[int], streams: int, log)
 def gguf_source(name: str) -> Optional[str]:
     """The GGUF file a generator is built from, if it is one (llama.cpp serves nothing else)."""
     declaration = declared()[name]
-    source = declaration.source
-    if source.startswith("python:"):
-        module_name, function_name = source[len("python:"):].split(":")
-        source = getattr(importlib.import_module(module_name), function_name)()
-    path = declaration.resolve(source)
+    path, _ = resolve_source(declaration.source, declaration.folder)
     return path if path.endswith(".gguf") else None
 
 
@@ -81,8 +76,7 @@ def in_process_part(name: str, work: str, batches: List[int], threads: int, log)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # as the worker runs it
     try:
-        decoder, tokenizer = gb.load_archive(os.path.join(STORE, f"{name}.mar"), os.path.join(work, "folder"),
-                                             declaration.format, threads)
+        decoder, tokenizer = gb.load_archive(os.path.join(STORE, f"{name}.mar"), os.path.join(work, "folder"))
         model = load_causal_lm(declaration.source, declaration.folder).model  # the same weights, eager
         eager = None if declaration.format == "transformers" else TorchDecoder(model)
         j, j_eager, e = {}, {}, {}

@@ -21,7 +21,6 @@ was told not to build it) its targets are reported "not measured".
 import json
 import os
 import time
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional
 
@@ -44,17 +43,19 @@ def chat(i: int) -> List[dict]:
 
 
 # ---- in process: (J) and (E) -------------------------------------------------------------------------
-def load_archive(mar: str, folder: str, model_format: str, threads: int):
-    """The decoder and tokenizer inside a text-generator archive, as its worker loads them."""
+def load_archive(mar: str, folder: str):
+    """The decoder and tokenizer inside a text-generator archive, loaded as its worker loads them: the file
+    its manifest names, with its handler settings (format, threads, dtype)."""
     from transformers import AutoTokenizer
 
-    from decoders import ONNX_FILE, load_decoder
+    from benchkit.archives import unpack
+    from decoders import load_decoder
 
-    with zipfile.ZipFile(mar) as archive:
-        archive.extractall(folder, [n for n in archive.namelist() if not n.endswith(".py")])
-    weights = ONNX_FILE if model_format == "onnx" else next(f for f in os.listdir(folder) if f.endswith(".safetensors"))
-    return (load_decoder(os.path.join(folder, weights), model_format, torch.device("cpu"), threads, "float32"),
-            AutoTokenizer.from_pretrained(folder, local_files_only=True))
+    unpacked = unpack(mar, folder)
+    settings = unpacked.settings
+    return (load_decoder(unpacked.model_file, settings.modelFormat, torch.device("cpu"), settings.intraOpThreads,
+                         settings.dtype),
+            AutoTokenizer.from_pretrained(unpacked.folder, local_files_only=True))
 
 
 def prompt_ids(tokenizer, count: int) -> List[List[int]]:

@@ -45,14 +45,24 @@ def source_formats(source: str) -> Tuple[str, ...]:
     return ()
 
 
-def load_causal_lm(source: str, base_dir: str) -> CausalLM:
+def resolve_source(source: str, base_dir: str) -> Tuple[str, List[str]]:
+    """A source's path (python:mod:fn called; a relative path from base_dir) and the module files it came from."""
     if source.startswith("python:"):
         module_name, function_name = source[len("python:"):].split(":")
         module = importlib.import_module(module_name)
-        lm = load_causal_lm(getattr(module, function_name)(), base_dir)
-        lm.dependencies.append(module.__file__)
-        return lm
-    path = source if os.path.isabs(source) else os.path.normpath(os.path.join(base_dir, source))
+        path, modules = resolve_source(getattr(module, function_name)(), base_dir)
+        return path, modules + [module.__file__]
+    return (source if os.path.isabs(source) else os.path.normpath(os.path.join(base_dir, source))), []
+
+
+def load_causal_lm(source: str, base_dir: str) -> CausalLM:
+    path, modules = resolve_source(source, base_dir)
+    lm = _load_path(path)
+    lm.dependencies.extend(modules)
+    return lm
+
+
+def _load_path(path: str) -> CausalLM:
     if not os.path.exists(path):
         raise SourceError(f"source {path} does not exist")
     if path.endswith(".gguf") and os.path.isfile(path):
