@@ -5,9 +5,11 @@
 `cache` is transformers' DynamicCache (None for a prefill): RunningBatch pads, joins and cuts its layers'
 keys and values [B, H, T, D] the same way whichever format made them.
     TorchDecoder   the Hugging Face model, eager PyTorch (format `transformers`)
-    OnnxDecoder    the same forward exported with the cache as inputs and outputs (format `onnx`,
-                   tskit/causal_lm.py), run by ONNX Runtime: per decode step ~2x faster than eager on a CPU
-                   (docs/generation.md), where a 135M model's step is mostly per-operator overhead
+    OnnxDecoder    the same forward exported with the cache as inputs and outputs (format `onnx`, for an
+                   architecture ONNX Runtime GenAI's builder has no recipe for: tskit/causal_lm.py), run by
+                   ONNX Runtime: per decode step ~2x faster than eager on a CPU (docs/generation.md), where a
+                   135M model's step is mostly per-operator overhead
+    FusedOnnxDecoder  (fused_decoder.py) the builder's fused graph (format `onnx`), its cache updated in place
 Pure: imports nothing from `ts`.
 """
 
@@ -89,12 +91,23 @@ class OnnxDecoder:
 def load_decoder(model_file: str, model_format: str, device: torch.device, threads: int, dtype: str):
     """The archive's decoder: `model_file` is its weights file (safetensors) or its decoder.onnx."""
     if model_format == "onnx":
-        return OnnxDecoder(model_file, device, threads)
+        return onnx_decoder(model_file, device, threads)
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(os.path.dirname(model_file), dtype=getattr(torch, dtype),
                                                  local_files_only=True)
     return TorchDecoder(model.to(device).eval())
+
+
+def onnx_decoder(path: str, device: torch.device, threads: int):
+    """The decoder for an archive's decoder.onnx: ONNX Runtime GenAI's fused graph (its cache inputs are named
+    past_key_values.<i>.key) or the forward exported by torch.onnx (export_onnx)."""
+    import onnx
+
+    from fused_decoder import FusedOnnxDecoder, is_fused
+
+    names = [i.name for i in onnx.load(path, load_external_data=False).graph.input]
+    return (FusedOnnxDecoder if is_fused(names) else OnnxDecoder)(path, device, threads)
 
 
 def export_inputs(config, batch: int = 2, new: int = 3, past: int = 5) -> Tuple[tuple, dict]:

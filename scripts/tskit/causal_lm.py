@@ -6,11 +6,13 @@
                                        returning either path
     build_folder(lm, work, format)     the folder: config, generation config, tokenizer, chat template and
                                        either fp32 safetensors (`transformers`: eager PyTorch) or decoder.onnx
-                                       (`onnx`: the forward with its cache as inputs and outputs, run by ONNX
-                                       Runtime, handlers/decoders.py); checked by greedy decoding from it
-                                       against the source in process
-Per decode step ONNX Runtime was ~2x faster than eager PyTorch on the CPUs measured (docs/generation.md; `make
-bench` measures both on the host); the export takes ~2 minutes for a 135M model.
+                                       (`onnx`: ONNX Runtime GenAI's fused graph, tskit/fused_graph.py, or for
+                                       an architecture its builder has no recipe for, the forward with its
+                                       cache as inputs and outputs exported by torch.onnx); checked by greedy
+                                       decoding from it against the source in process
+Per decode step the fused graph was the fastest form measured on this package's CPUs (docs/generation.md; `make
+bench` measures the served one against eager on the host); its builder takes ~15 s for a 135M model, torch.onnx's
+export ~2 minutes.
 """
 
 import importlib
@@ -144,20 +146,33 @@ def build_folder(lm: CausalLM, work: str, model_format: str = "transformers") ->
 
 def export_checked(lm: CausalLM, folder: str) -> str:
     """decoder.onnx in `folder`, served only if its greedy text equals the source's on AGREEMENT_PROMPTS."""
-    from decoders import OnnxDecoder, export_onnx
+    from decoders import onnx_decoder
 
-    try:
-        path = export_onnx(lm.model, folder)
-    except Exception as err:  # noqa: BLE001 - the exporter's failures have many types; the message says which
-        raise SourceError(f"{lm.description}: torch.onnx.export cannot export this model with its cache "
-                          f"({type(err).__name__}: {str(err)[:300]}); serve it with FORMAT=transformers") from None
-    decoder = OnnxDecoder(path, torch.device("cpu"), torch.get_num_threads())
+    path = export_graph(lm, folder)
+    decoder = onnx_decoder(path, torch.device("cpu"), torch.get_num_threads())
     for prompt in AGREEMENT_PROMPTS:
         expected, got = greedy(lm.model, lm.tokenizer, prompt), greedy_decoder(decoder, lm.tokenizer, prompt)
         if expected != got:
             raise SourceError(f"the exported decoder generates {got} from {prompt!r}, the source {expected}: "
                               f"not served (FORMAT=transformers serves the model eagerly)")
     return path
+
+
+def export_graph(lm: CausalLM, folder: str) -> str:
+    """ONNX Runtime GenAI's fused graph where its builder has a recipe for the architecture (built from the
+    saved folder), else the model's forward exported by torch.onnx."""
+    from decoders import export_onnx
+    from tskit.fused_graph import FusedUnavailable, build_fused
+
+    try:
+        return build_fused(folder, folder)
+    except FusedUnavailable as err:
+        print(f"  {err}\n  -> exporting the forward with torch.onnx instead", flush=True)
+    try:
+        return export_onnx(lm.model, folder)
+    except Exception as err:  # noqa: BLE001 - the exporter's failures have many types; the message says which
+        raise SourceError(f"{lm.description}: torch.onnx.export cannot export this model with its cache "
+                          f"({type(err).__name__}: {str(err)[:300]}); serve it with FORMAT=transformers") from None
 
 
 def greedy_decoder(decoder, tokenizer, prompt: str) -> List[int]:

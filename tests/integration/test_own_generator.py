@@ -1,6 +1,6 @@
 """A user's own causal LMs through `make model KIND=text-generator`: two architectures beside the bundled Llama
 (GPT-2 and Qwen2, tiny and random, tests/own_models.py), each built from its Hugging Face folder (GPT-2 served
-eagerly, Qwen2 with FORMAT=onnx: its forward and KV cache exported and run by ONNX Runtime), served by a real
+eagerly, Qwen2 with FORMAT=onnx: ONNX Runtime GenAI's fused graph, run by ONNX Runtime), served by a real
 TorchServe under continuous batching, and answering greedy prompts exactly as transformers' generate does on
 the folder in process, streamed and whole."""
 
@@ -8,6 +8,7 @@ import json
 import os
 import zipfile
 
+import onnx
 import pytest
 import torch
 
@@ -51,8 +52,13 @@ def test_make_model_declares_a_continuously_batched_generator(built):
     assert "kind: text-generator" in text and "format: transformers" in text and "continuousBatching: true" in text
     with zipfile.ZipFile(os.path.join(base, "model_store", "own_qwen2.mar")) as archive:
         names = set(archive.namelist())
+        graph = onnx.load_model_from_string(archive.read("decoder.onnx"), load_external_data=False)
     assert {"decoder.onnx", "decoder.onnx.data", "tokenizer.json"} <= names
     assert not any(n.endswith(".safetensors") for n in names)  # the graph carries the weights
+    # the builder's fused graph (its cache inputs named as ONNX Runtime GenAI names them), adapted for the batch
+    inputs = [i.name for i in graph.graph.input]
+    assert {"past_key_values.0.key", "position_ids"} <= set(inputs)
+    assert sum(n.op_type == "GroupQueryAttention" for n in graph.graph.node) == len(inputs[3:]) // 2
 
 
 def test_each_architecture_answers_as_generate_does_in_process(built):

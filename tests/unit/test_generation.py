@@ -90,6 +90,36 @@ def test_the_onnx_decoder_decodes_what_generate_does(tmp_path):
     check_against_generate(model, decode_greedy(decoder, ARRIVALS, LENGTHS), ARRIVALS, LENGTHS)
 
 
+def test_the_fused_graph_decodes_what_generate_does_with_its_cache_updated_in_place(tmp_path, monkeypatch):
+    """ONNX Runtime GenAI's builder graph, adapted for left-padded rows (format onnx for a Llama): prompts of
+    different lengths prefilled together, rows joining, leaving and cut, the cache buffers written in place
+    between joins and regrown when full: the same greedy tokens as generate."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    import fused_decoder
+    from decoders import onnx_decoder
+    from tskit.fused_graph import build_fused
+
+    model = tiny("llama")
+    model.save_pretrained(tmp_path)
+    vocabulary = Tokenizer(models.WordLevel({f"t{i}": i for i in range(300)}, unk_token="t0"))
+    PreTrainedTokenizerFast(tokenizer_object=vocabulary, eos_token=f"t{EOS}").save_pretrained(tmp_path)
+    decoder = onnx_decoder(build_fused(str(tmp_path), str(tmp_path)), torch.device("cpu"), 1)
+    assert isinstance(decoder, fused_decoder.FusedOnnxDecoder)
+    assert (decoder.layers, decoder.heads, decoder.head_dim) == (2, 2, 16)
+    monkeypatch.setattr(fused_decoder, "COLUMNS_AHEAD", 3)  # regrown every few steps
+    for arrivals in (ARRIVALS, ONE_BY_ONE):
+        check_against_generate(model, decode_greedy(decoder, arrivals, LENGTHS), arrivals, LENGTHS)
+    batch = RunningBatch(decoder)
+    batch.prefill({"a": PROMPTS[0], "b": PROMPTS[1]})
+    batch.step()
+    buffers = list(decoder.buffers)
+    batch.step()  # nothing joined or left: the same buffers, written in place
+    assert all(a is b for a, b in zip(buffers, decoder.buffers))
+    assert batch.cache.layers[0].keys.data_ptr() == decoder.buffers[0].ctypes.data
+
+
 def test_packed_grouped_query_attention_is_sdpa_bit_for_bit():
     """The attention the ONNX graph is exported with (no repeated cache) against transformers' SDPA, on a padded
     prefill and a decode step over the cache; a model without groups is left as it is."""
