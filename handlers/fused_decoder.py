@@ -8,6 +8,10 @@ views of those buffers. When the batch has changed them (a row joined or left, p
 the next step copies them into fresh buffers once; a buffer has COLUMNS_AHEAD free columns, so it grows by a
 copy every that many steps.
 
+Where the build found the weights on a GGUF's 4/8-bit grids it wrote decoder_one_row.onnx beside the graph (the
+same weights held in those bits, tskit/exact_bits.py): a step with a single running row runs it (one row is
+bound by the bytes of weights it reads), more rows the fp32 graph; both are bound to the same buffers.
+
 Prompts of one length run together; prompts of different lengths run one length at a time rather than
 left-padded, because GroupQueryAttention rotates a first prompt's tokens by their column (it reads
 `position_ids` only once there is a cache): a padded row would be rotated off its own positions. After that
@@ -30,6 +34,7 @@ log = logging.getLogger(__name__)
 
 COLUMNS_AHEAD = 64
 KEY, VALUE = "past_key_values.{}.key", "past_key_values.{}.value"
+ONE_ROW = "decoder_one_row.onnx"  # the GGUF's own 4/8-bit blocks (tskit/exact_bits.py): run for a single row
 
 
 def config_head_dim(config_file: str) -> int:
@@ -50,6 +55,10 @@ class FusedOnnxDecoder:
             log.warning("%s: the ONNX decoder runs on the CPU although the worker was given %s", path, device)
         self.session = onnxruntime.InferenceSession(path, onnx_session_options(threads),
                                                     providers=["CPUExecutionProvider"])
+        one_row = os.path.join(os.path.dirname(path), ONE_ROW)
+        self.one_row = (onnxruntime.InferenceSession(one_row, onnx_session_options(threads),
+                                                     providers=["CPUExecutionProvider"])
+                        if os.path.isfile(one_row) else None)
         self.device = torch.device("cpu")
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.layers = sum(1 for name in inputs if name.startswith("past_key_values.") and name.endswith(".key"))
@@ -58,7 +67,7 @@ class FusedOnnxDecoder:
             self.head_dim = config_head_dim(os.path.join(os.path.dirname(path), "config.json"))
         self.buffers: List[np.ndarray] = []   # every layer's keys, then every layer's values: [B, H, columns, D]
         self.views: List[torch.Tensor] = []   # what the cache was last given: the buffers' used columns
-        self.binding = None
+        self.bindings: List[Tuple[object, object]] = []  # (session, io_binding): the main graph's, the one-row graph's
 
     def past_names(self) -> List[str]:
         return [KEY.format(i) for i in range(self.layers)] + [VALUE.format(i) for i in range(self.layers)]
@@ -70,11 +79,12 @@ class FusedOnnxDecoder:
         width = attention_mask.shape[1]
         if not self.holds(cache, width):
             self.adopt(cache, width)
-        binding = self.binding
+        # a single row: the one-row graph where there is one (bindings[-1] is the main graph's otherwise)
+        session, binding = self.bindings[-1] if input_ids.shape[0] == 1 else self.bindings[0]
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids.numpy()))
         binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask.numpy()))
         binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids.numpy()))
-        self.session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         logits = torch.from_numpy(binding.get_outputs()[0].numpy()[:, -1])
         self.views = [torch.from_numpy(buffer)[:, :, :width] for buffer in self.buffers]
         for i, layer in enumerate(cache.layers):
@@ -100,14 +110,18 @@ class FusedOnnxDecoder:
         self.bind()
 
     def bind(self) -> None:
+        """Each session's binding of the buffers: past and present of a layer are one buffer."""
         import onnxruntime
 
-        self.binding = self.session.io_binding()
-        self.binding.bind_output("logits")  # first: get_outputs()[0]
-        for name, buffer in zip(self.past_names(), self.buffers):
-            value = onnxruntime.OrtValue.ortvalue_from_numpy(buffer)  # shares the buffer's memory
-            self.binding.bind_ortvalue_input(name, value)
-            self.binding.bind_ortvalue_output(name.replace("past_key_values", "present"), value)
+        values = [onnxruntime.OrtValue.ortvalue_from_numpy(b) for b in self.buffers]  # share the buffers' memory
+        self.bindings = []
+        for session in filter(None, (self.session, self.one_row)):
+            binding = session.io_binding()
+            binding.bind_output("logits")  # first: get_outputs()[0]
+            for name, value in zip(self.past_names(), values):
+                binding.bind_ortvalue_input(name, value)
+                binding.bind_ortvalue_output(name.replace("past_key_values", "present"), value)
+            self.bindings.append((session, binding))
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Tuple[torch.Tensor, DynamicCache]:
         """New prompts (left-padded rows), run a length at a time; their caches left-padded to the rows' width."""

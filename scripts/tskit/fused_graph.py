@@ -5,7 +5,9 @@
                                    cache update inside it), SkipSimplifiedLayerNormalization, one MatMul for q,
                                    k and v; `adapt` fits it to the serving batch; returns out_dir/decoder.onnx,
                                    or raises FusedUnavailable (an architecture the builder has no recipe for:
-                                   the caller exports the model's forward with torch.onnx instead)
+                                   the caller exports the model's forward with torch.onnx instead); and
+                                   decoder_one_row.onnx beside it where the weights lie on a GGUF's 4/8-bit
+                                   grids (tskit/exact_bits.py: the decoder runs it for a single row)
     adapt(model)                   the graph edits, in place:
       - the rows of handlers/generation.py's RunningBatch are left-padded to one width: GroupQueryAttention is
         told every row is that wide (seqlens = width - 1) and the padding is hidden by an additive bias made
@@ -23,9 +25,11 @@ import tempfile
 
 import numpy as np
 
+from tskit.exact_bits import one_row_graph
 from tskit.sources import SourceError
 
 OUT = "decoder.onnx"
+ONE_ROW = "decoder_one_row.onnx"  # beside it when weights lie on a GGUF's grid (tskit/exact_bits.py)
 PREFIX = "fit/"  # names of the nodes adapt() adds
 
 
@@ -49,6 +53,9 @@ def build_fused(folder: str, out_dir: str, timeout_s: int = 1800) -> str:
         path = os.path.join(out_dir, OUT)
         onnx.save(model, path, save_as_external_data=True, location=OUT + ".data")
         shutil.rmtree(os.path.join(work, "out"), ignore_errors=True)
+    one_row = onnx.load(path, load_external_data=False)
+    if one_row_graph(one_row, out_dir):
+        onnx.save(one_row, os.path.join(out_dir, ONE_ROW), save_as_external_data=True, location=ONE_ROW + ".data")
     return path
 
 

@@ -3,6 +3,7 @@ releases (stop strings, held-back characters), and every option a request may ge
 
 import json
 
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -94,19 +95,11 @@ def test_the_fused_graph_decodes_what_generate_does_with_its_cache_updated_in_pl
     """ONNX Runtime GenAI's builder graph, adapted for left-padded rows (format onnx for a Llama): prompts of
     different lengths prefilled together, rows joining, leaving and cut, the cache buffers written in place
     between joins and regrown when full: the same greedy tokens as generate."""
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast
-
     import fused_decoder
-    from decoders import onnx_decoder
-    from tskit.fused_graph import build_fused
 
     model = tiny("llama")
-    model.save_pretrained(tmp_path)
-    vocabulary = Tokenizer(models.WordLevel({f"t{i}": i for i in range(300)}, unk_token="t0"))
-    PreTrainedTokenizerFast(tokenizer_object=vocabulary, eos_token=f"t{EOS}").save_pretrained(tmp_path)
-    decoder = onnx_decoder(build_fused(str(tmp_path), str(tmp_path)), torch.device("cpu"), 1)
-    assert isinstance(decoder, fused_decoder.FusedOnnxDecoder)
+    decoder = build_tiny_fused(model, tmp_path)
+    assert isinstance(decoder, fused_decoder.FusedOnnxDecoder) and decoder.one_row is None  # fp32 weights: none
     assert (decoder.layers, decoder.heads, decoder.head_dim) == (2, 2, 16)
     monkeypatch.setattr(fused_decoder, "COLUMNS_AHEAD", 3)  # regrown every few steps
     for arrivals in (ARRIVALS, ONE_BY_ONE):
@@ -118,6 +111,51 @@ def test_the_fused_graph_decodes_what_generate_does_with_its_cache_updated_in_pl
     batch.step()  # nothing joined or left: the same buffers, written in place
     assert all(a is b for a, b in zip(buffers, decoder.buffers))
     assert batch.cache.layers[0].keys.data_ptr() == decoder.buffers[0].ctypes.data
+
+
+def snap_to_gguf_grids(model: torch.nn.Module) -> None:
+    """Every linear layer's weights onto Q4_1's grid (d * q + m per 32-block), the LM head onto Q8_0's, as a
+    model read from a GGUF has them."""
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                blocks = module.weight.reshape(module.weight.shape[0], -1, 32)
+                if name == "lm_head":
+                    d = blocks.abs().amax(-1, keepdim=True) / 127
+                    snapped = torch.round(blocks / d) * d
+                else:
+                    low = blocks.amin(-1, keepdim=True)
+                    d = (blocks.amax(-1, keepdim=True) - low) / 15
+                    snapped = torch.round((blocks - low) / d) * d + low
+                module.weight.copy_(snapped.reshape_as(module.weight))
+
+
+def build_tiny_fused(model, folder):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from decoders import onnx_decoder
+    from tskit.fused_graph import build_fused
+
+    model.save_pretrained(folder)
+    vocabulary = Tokenizer(models.WordLevel({f"t{i}": i for i in range(300)}, unk_token="t0"))
+    PreTrainedTokenizerFast(tokenizer_object=vocabulary, eos_token=f"t{EOS}").save_pretrained(folder)
+    return onnx_decoder(build_fused(str(folder), str(folder)), torch.device("cpu"), 1)
+
+
+def test_weights_on_a_ggufs_grids_get_a_one_row_graph_that_decodes_what_generate_does(tmp_path):
+    """A model whose weights lie on Q4_1's and Q8_0's grids (as a GGUF's do): the build writes the one-row graph
+    (the same weights in 4 and 8 bits), which the decoder runs whenever a single row is running; rows joining
+    and leaving move between the two graphs over the same cache buffers, and every row's greedy tokens stay
+    generate's."""
+    model = tiny("llama")
+    snap_to_gguf_grids(model)
+    decoder = build_tiny_fused(model, tmp_path)
+    assert decoder.one_row is not None
+    nodes = [n.op_type for n in onnx.load(str(tmp_path / "decoder_one_row.onnx"), load_external_data=False).graph.node]
+    assert nodes.count("MatMulNBits") == 2 * 5 + 1  # per layer: q/k/v (one product), o, gate, up, down; the head
+    for arrivals in (ARRIVALS, ONE_BY_ONE):
+        check_against_generate(model, decode_greedy(decoder, arrivals, LENGTHS), arrivals, LENGTHS)
 
 
 def test_packed_grouped_query_attention_is_sdpa_bit_for_bit():
