@@ -52,7 +52,7 @@ def test_make_model_declares_a_continuously_batched_generator(built):
     assert "kind: text-generator" in text and "format: transformers" in text and "continuousBatching: true" in text
     with zipfile.ZipFile(os.path.join(base, "model_store", "own_qwen2.mar")) as archive:
         names = set(archive.namelist())
-        graph = onnx.load_model_from_string(archive.read("decoder.onnx"), load_external_data=False)
+        graph = onnx.load_model_from_string(archive.read("decoder.onnx"))
     assert {"decoder.onnx", "decoder.onnx.data", "tokenizer.json"} <= names
     assert not any(n.endswith(".safetensors") for n in names)  # the graph carries the weights
     # the builder's fused graph (its cache inputs named as ONNX Runtime GenAI names them), adapted for the batch
