@@ -13,7 +13,6 @@ keys and values [B, H, T, D] the same way whichever format made them.
 Pure: imports nothing from `ts`.
 """
 
-import logging
 import os
 from typing import List, Optional, Protocol, Tuple
 
@@ -22,9 +21,8 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 
-from model_formats import onnx_session_options
+from model_formats import decoder_session
 
-log = logging.getLogger(__name__)
 
 ONNX_FILE = "decoder.onnx"
 # the exported graph's inputs: input_ids, attention_mask, position_ids, then one `past_keys_<i>` and one
@@ -57,12 +55,7 @@ class TorchDecoder:
 
 class OnnxDecoder:
     def __init__(self, path: str, device: torch.device, threads: int):
-        import onnxruntime
-
-        if device.type == "cuda":  # the package's onnxruntime is the CPU wheel: serve `transformers` on a GPU
-            log.warning("%s: the ONNX decoder runs on the CPU although the worker was given %s", path, device)
-        self.session = onnxruntime.InferenceSession(path, onnx_session_options(threads),
-                                                    providers=["CPUExecutionProvider"])
+        self.session = decoder_session(path, device, threads)
         self.device = torch.device("cpu")
         past = [i for i in self.session.get_inputs() if i.name.startswith("past_keys_")]
         self.layers = len(past)

@@ -20,7 +20,6 @@ Pure: imports nothing from `ts`.
 """
 
 import json
-import logging
 import os
 from typing import Dict, List, Optional, Tuple
 
@@ -28,9 +27,8 @@ import numpy as np
 import torch
 from transformers.cache_utils import DynamicCache
 
-from model_formats import onnx_session_options
+from model_formats import decoder_session
 
-log = logging.getLogger(__name__)
 
 COLUMNS_AHEAD = 64
 KEY, VALUE = "past_key_values.{}.key", "past_key_values.{}.value"
@@ -49,16 +47,9 @@ def is_fused(input_names: List[str]) -> bool:
 
 class FusedOnnxDecoder:
     def __init__(self, path: str, device: torch.device, threads: int):
-        import onnxruntime
-
-        if device.type == "cuda":  # the package's onnxruntime is the CPU wheel: serve `transformers` on a GPU
-            log.warning("%s: the ONNX decoder runs on the CPU although the worker was given %s", path, device)
-        self.session = onnxruntime.InferenceSession(path, onnx_session_options(threads),
-                                                    providers=["CPUExecutionProvider"])
+        self.session = decoder_session(path, device, threads)
         one_row = os.path.join(os.path.dirname(path), ONE_ROW)
-        self.one_row = (onnxruntime.InferenceSession(one_row, onnx_session_options(threads),
-                                                     providers=["CPUExecutionProvider"])
-                        if os.path.isfile(one_row) else None)
+        self.one_row = decoder_session(one_row, device, threads) if os.path.isfile(one_row) else None
         self.device = torch.device("cpu")
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.layers = sum(1 for name in inputs if name.startswith("past_key_values.") and name.endswith(".key"))

@@ -74,6 +74,16 @@ def onnx_session_options(threads: int):
     return options
 
 
+def decoder_session(path: str, device: torch.device, threads: int):
+    """A text generator's ONNX Runtime session (decoders.py, fused_decoder.py): on the CPU, since the package's
+    onnxruntime is the CPU wheel (serve `transformers` on a GPU)."""
+    import onnxruntime
+
+    if device.type == "cuda":
+        log.warning("%s: the ONNX decoder runs on the CPU although the worker was given %s", path, device)
+    return onnxruntime.InferenceSession(path, onnx_session_options(threads), providers=["CPUExecutionProvider"])
+
+
 class OnnxModel:
     """An ONNX Runtime session whose inputs are named like the tensors it is called with, in order."""
 

@@ -25,11 +25,11 @@ import tempfile
 
 import numpy as np
 
+from decoders import ONNX_FILE as OUT
+from fused_decoder import ONE_ROW
 from tskit.exact_bits import one_row_graph
 from tskit.sources import SourceError
 
-OUT = "decoder.onnx"
-ONE_ROW = "decoder_one_row.onnx"  # beside it when weights lie on a GGUF's grid (tskit/exact_bits.py)
 PREFIX = "fit/"  # names of the nodes adapt() adds
 
 
