@@ -27,7 +27,7 @@ TSKIT := $(PY) -m tskit
 
 help:
 	@echo "make serve | stop | test | test-unit | test-integration | archives | config | model | archive-version | bench | tune | optimize | soak | kserve | profile | account | clean"
-	@echo "make model NAME=<name> KIND=image-classifier|text-classifier|text-embedding|object-detector SOURCE=<path> [LABELS=<file>] [FORMAT=torchscript|aoti|onnx]"
+	@echo "make model NAME=<name> KIND=image-classifier|text-classifier|text-embedding|object-detector|image-segmenter|text-generator SOURCE=<path> [LABELS=<file>] [FORMAT=torchscript|aoti|onnx]"
 
 # ---- environment -----------------------------------------------------------------------------
 $(VENV)/.installed: requirements.txt requirements-weights.txt pyproject.toml

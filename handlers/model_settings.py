@@ -68,6 +68,11 @@ class ImageClassifierSettings(CommonSettings):
     mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
 
+    @property
+    def input_size(self) -> int:
+        """The side of the model's square input (the exporters' sample batch)."""
+        return self.cropSize
+
     def check(self) -> None:
         super().check()
         for key in ("topk", "maxImagePixels", "cropSize"):
@@ -77,11 +82,7 @@ class ImageClassifierSettings(CommonSettings):
                                 f"handler.maxImagePixels ({self.maxImagePixels}): one image allowed alone fits a request")
         if self.resizeSize < self.cropSize:
             raise SettingsError(f"handler.resizeSize ({self.resizeSize}) must be >= handler.cropSize ({self.cropSize})")
-        for key in ("mean", "std"):
-            if len(getattr(self, key)) != 3:
-                raise SettingsError(f"handler.{key}: needs 3 values (R, G, B), got {getattr(self, key)}")
-        if any(s <= 0 for s in self.std):
-            raise SettingsError(f"handler.std: every value must be > 0, got {self.std}")
+        check_mean_std(self.mean, self.std)
 
 
 @dataclass
@@ -133,6 +134,32 @@ class ObjectDetectorSettings(CommonSettings):
         if self.maxPixelsPerRequest < self.maxImagePixels:
             raise SettingsError(f"handler.maxPixelsPerRequest ({self.maxPixelsPerRequest}) must be >= "
                                 f"handler.maxImagePixels ({self.maxImagePixels}): one image allowed alone fits a request")
+
+
+@dataclass
+class ImageSegmenterSettings(CommonSettings):
+    labelsFile: Optional[str] = "index_to_name.json"
+    inputSize: int = 520                 # the model's input [N, 3, inputSize, inputSize]: resized, never cropped
+    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    maxImagePixels: int = 40_000_000     # a declared width*height above this answers 413 before decoding
+    # height x width x classes x 4 bytes: one image's logits upsampled to its size before the arg-max
+    maxMaskBytes: int = 268_435_456
+    maxItemsPerRequest: int = 8          # images per KServe request
+    maxPixelsPerRequest: int = 40_000_000
+
+    @property
+    def input_size(self) -> int:
+        return self.inputSize
+
+    def check(self) -> None:
+        super().check()
+        for key in ("inputSize", "maxImagePixels", "maxMaskBytes"):
+            _at_least(key, getattr(self, key), 1)
+        if self.maxPixelsPerRequest < self.maxImagePixels:
+            raise SettingsError(f"handler.maxPixelsPerRequest ({self.maxPixelsPerRequest}) must be >= "
+                                f"handler.maxImagePixels ({self.maxImagePixels}): one image allowed alone fits a request")
+        check_mean_std(self.mean, self.std)
 
 
 @dataclass
@@ -216,6 +243,14 @@ def _is_number(value: Any) -> bool:
 def _at_least(key: str, value: int, minimum: int) -> None:
     if value < minimum:
         raise SettingsError(f"handler.{key}: must be >= {minimum}, got {value}")
+
+
+def check_mean_std(mean: List[float], std: List[float]) -> None:
+    for key, values in (("mean", mean), ("std", std)):
+        if len(values) != 3:
+            raise SettingsError(f"handler.{key}: needs 3 values (R, G, B), got {values}")
+    if any(s <= 0 for s in std):
+        raise SettingsError(f"handler.std: every value must be > 0, got {std}")
 
 
 def check_labels(labels: List[str], num_outputs: int, labels_file: str) -> None:

@@ -129,9 +129,11 @@ def json_type_name(value: object) -> str:
     return type(value).__name__
 
 
-def positive_int_field(document: dict, field: str, default: int) -> int:
-    """An optional positive integer field of a JSON object."""
-    value = document.get(field, default)
+def positive_int_field(document: dict, field: str, default: Optional[int]) -> Optional[int]:
+    """An optional positive integer field of a JSON object; `default` where it is absent."""
+    if field not in document:
+        return default
+    value = document[field]
     if not is_count(value):
         raise InvalidField(count_error(f"JSON field '{field}'", value))
     return value
@@ -139,10 +141,10 @@ def positive_int_field(document: dict, field: str, default: int) -> int:
 
 class ImageRequest(NamedTuple):
     data: bytes
-    topk: int
+    topk: Optional[int]
 
 
-def image_request(body: object, content_type: Optional[str], default_topk: int) -> ImageRequest:
+def image_request(body: object, content_type: Optional[str], default_topk: Optional[int]) -> ImageRequest:
     """The image bytes (and top-k) of one request: raw bytes, or JSON {"image": base64, "topk": k}."""
     if isinstance(body, dict):
         return ImageRequest(

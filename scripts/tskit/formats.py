@@ -60,7 +60,7 @@ def example_inputs(kind: str, settings, batch: int = 2, length: int = 16, seed: 
     if family == "detector":
         return (detector_images(DETECTOR_IMAGE_SIZES[:batch], seed),)
     if family == "image":
-        return image_batch(batch, settings.cropSize, seed)
+        return image_batch(batch, settings.input_size, seed)
     return text_batch(batch, min(length, settings.maxTokens), seed)
 
 
@@ -164,7 +164,8 @@ def parity(loaded: LoadedSource, kind: str, model_format: str, settings, path: s
     if strict and worst > PARITY_TOLERANCE * scale:
         raise SourceError(f"the {model_format} model differs from its source by {worst:.2e} "
                           f"(outputs up to {scale:.2f}): not served")
-    return worst, int(answer.shape[-1])
+    # classes or embedding size: the last axis, or a segmenter's class axis of its [N, C, H, W] logits
+    return worst, int(answer.shape[1] if answer.dim() == 4 else answer.shape[-1])
 
 
 def detector_parity(loaded: LoadedSource, settings, path: str, strict: bool = True) -> Tuple[float, int]:

@@ -73,9 +73,27 @@ class SequenceClassifierLogits(torch.nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
+class SegmenterLogits(torch.nn.Module):
+    """A segmentation model whose logits are served alone: torchvision's {"out": ..., "aux": ...} gives "out"."""
+
+    def __init__(self, model: Callable):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        from segmentation import segmenter_logits
+
+        return segmenter_logits(self.model(images))
+
+
 def load_source(source: str, kind: str, base_dir: str) -> LoadedSource:
     loaded = _load_source(source, kind, base_dir)
-    return as_detector(loaded) if kinds.kind(kind).family == "detector" else loaded
+    if kinds.kind(kind).family == "detector":
+        return as_detector(loaded)
+    # a segmenter's logits alone (an ONNX file's first output is served: torchvision's exported "out")
+    if kinds.kind(kind).answer == "mask" and loaded.onnx_file is None and not isinstance(loaded.module, SegmenterLogits):
+        return dataclasses.replace(loaded, module=SegmenterLogits(loaded.module))  # no .eval(): a .pt2's has none
+    return loaded
 
 
 def _load_source(source: str, kind: str, base_dir: str) -> LoadedSource:
@@ -85,6 +103,9 @@ def _load_source(source: str, kind: str, base_dir: str) -> LoadedSource:
     if not os.path.exists(path):
         raise SourceError(f"source {path} does not exist")
     family = kinds.kind(kind).family
+    if os.path.isdir(path) and kinds.kind(kind).answer == "mask":
+        raise SourceError(f"an {kind} source is a .pt (TorchScript), .pt2 (torch.export.save) or .onnx file, "
+                          f"not the folder {path}")
     if os.path.isdir(path) and family != "detector":
         return _hugging_face(path, kind)
     if family == "text":

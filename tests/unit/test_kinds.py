@@ -30,7 +30,7 @@ ALL = sorted(KINDS)
 
 def test_the_kinds_are_registered_in_the_order_messages_list_them():
     assert list(KINDS) == ["image-classifier", "text-classifier", "text-embedding", "object-detector",
-                           "text-generator"]
+                           "image-segmenter", "text-generator"]
     assert all(isinstance(k, Kind) and KINDS[k.name] is k for k in KINDS.values())
     modules = {f for f in os.listdir(KIND_MODULES) if f.endswith(".py")} - {"__init__.py", "text.py"}
     assert {name.replace("-", "_") + ".py" for name in KINDS} == modules  # every kind module is registered

@@ -18,7 +18,7 @@ from typing import Dict, Optional, Tuple, Type
 from model_settings import CommonSettings, SettingsError, read_settings
 
 FAMILIES = ("image", "text", "detector", "generator")
-ANSWERS = ("labels", "embedding", "detections", "text")
+ANSWERS = ("labels", "embedding", "detections", "text", "mask")
 
 
 class UnknownKind(SettingsError):
@@ -35,7 +35,7 @@ class Kind:
     # the sources and the in-process jobs follow the input, not the kind.
     family: str
     # What an answer carries: "labels" {"predictions": [...]}, "embedding" {"embedding": [...]},
-    # "detections" {"detections": [...]}, "text" generated text. Agreement, answer checks and the LitServe
+    # "detections" {"detections": [...]}, "text" generated text, "mask" {"classes": [...], "mask": {PNG}}. Agreement, answer checks and the LitServe
     # peer follow it. A "generator" (a causal LM) is built as a Hugging Face folder (tskit.causal_lm).
     answer: str
     template: str                    # `make model`'s `handler:` section, every setting spelt out to edit
@@ -81,9 +81,11 @@ class Kind:
 
 def _registered() -> Dict[str, Kind]:
     # imported here, not at the top: each kind module imports Kind from this package
-    from tskit.kinds import image_classifier, object_detector, text_classifier, text_embedding, text_generator
+    from tskit.kinds import (image_classifier, image_segmenter, object_detector, text_classifier, text_embedding,
+                             text_generator)
 
-    modules = (image_classifier, text_classifier, text_embedding, object_detector, text_generator)  # messages' order
+    modules = (image_classifier, text_classifier, text_embedding, object_detector, image_segmenter,
+               text_generator)  # messages' order
     return {m.KIND.name: m.KIND for m in modules}
 
 
