@@ -77,9 +77,7 @@ class ImageClassifierSettings(CommonSettings):
         super().check()
         for key in ("topk", "maxImagePixels", "cropSize"):
             _at_least(key, getattr(self, key), 1)
-        if self.maxPixelsPerRequest < self.maxImagePixels:
-            raise SettingsError(f"handler.maxPixelsPerRequest ({self.maxPixelsPerRequest}) must be >= "
-                                f"handler.maxImagePixels ({self.maxImagePixels}): one image allowed alone fits a request")
+        check_pixel_budgets(self.maxImagePixels, self.maxPixelsPerRequest)
         if self.resizeSize < self.cropSize:
             raise SettingsError(f"handler.resizeSize ({self.resizeSize}) must be >= handler.cropSize ({self.cropSize})")
         check_mean_std(self.mean, self.std)
@@ -131,9 +129,7 @@ class ObjectDetectorSettings(CommonSettings):
             _at_least(key, getattr(self, key), 1)
         if not 0 <= self.scoreThreshold <= 1:
             raise SettingsError(f"handler.scoreThreshold: must be from 0 to 1, got {self.scoreThreshold}")
-        if self.maxPixelsPerRequest < self.maxImagePixels:
-            raise SettingsError(f"handler.maxPixelsPerRequest ({self.maxPixelsPerRequest}) must be >= "
-                                f"handler.maxImagePixels ({self.maxImagePixels}): one image allowed alone fits a request")
+        check_pixel_budgets(self.maxImagePixels, self.maxPixelsPerRequest)
 
 
 @dataclass
@@ -156,9 +152,7 @@ class ImageSegmenterSettings(CommonSettings):
         super().check()
         for key in ("inputSize", "maxImagePixels", "maxMaskBytes"):
             _at_least(key, getattr(self, key), 1)
-        if self.maxPixelsPerRequest < self.maxImagePixels:
-            raise SettingsError(f"handler.maxPixelsPerRequest ({self.maxPixelsPerRequest}) must be >= "
-                                f"handler.maxImagePixels ({self.maxImagePixels}): one image allowed alone fits a request")
+        check_pixel_budgets(self.maxImagePixels, self.maxPixelsPerRequest)
         check_mean_std(self.mean, self.std)
 
 
@@ -243,6 +237,12 @@ def _is_number(value: Any) -> bool:
 def _at_least(key: str, value: int, minimum: int) -> None:
     if value < minimum:
         raise SettingsError(f"handler.{key}: must be >= {minimum}, got {value}")
+
+
+def check_pixel_budgets(per_image: int, per_request: int) -> None:
+    if per_request < per_image:
+        raise SettingsError(f"handler.maxPixelsPerRequest ({per_request}) must be >= handler.maxImagePixels "
+                            f"({per_image}): one image allowed alone fits a request")
 
 
 def check_mean_std(mean: List[float], std: List[float]) -> None:

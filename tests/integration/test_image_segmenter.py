@@ -3,9 +3,9 @@ follow the picture, two sources in torchvision's {"out": ...} form), one archive
 (torchscript, onnx, aoti), served by one private TorchServe. Every served class map equals, pixel for pixel, the
 archive's own model file run in process as a worker loads it (the handlers' decode, resize without a crop,
 normalise; logits upsampled bilinearly to the photo's size; arg-max), alone and batched with others, and so do
-the fractions; a photo's map
-holds several classes. A JSON request gets the same answer, and a KServe v2 request as tensors; an image whose mask would need
-more than maxMaskBytes, and a corrupt one, get their own 413 and 400.
+the fractions; a photo's map holds several classes. A JSON request gets the same answer, and a KServe v2
+request as tensors; an image whose mask would need more than maxMaskBytes, and a corrupt one, get their own
+413 and 400.
 """
 
 import base64
