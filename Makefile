@@ -27,7 +27,7 @@ TSKIT := $(PY) -m tskit
 
 help:
 	@echo "make serve | stop | test | test-unit | test-integration | archives | config | model | archive-version | bench | tune | optimize | soak | kserve | profile | account | clean"
-	@echo "make model NAME=<name> KIND=image-classifier|text-classifier|text-embedding|object-detector|image-segmenter|text-generator SOURCE=<path> [LABELS=<file>] [FORMAT=torchscript|aoti|onnx]"
+	@echo "make model NAME=<name> KIND=image-classifier|text-classifier|text-embedding|object-detector|image-segmenter|text-generator SOURCE=<path> [LABELS=<file>] [FORMAT=torchscript|aoti|onnx|openvino]"
 
 # ---- environment -----------------------------------------------------------------------------
 $(VENV)/.installed: requirements.txt requirements-weights.txt pyproject.toml
@@ -79,7 +79,7 @@ model: $(VENV)/.installed
 
 # A new version of a model beside the current one, for a rollout (tsctl.py rollout):
 #   make archive-version [MODEL=mobilenet_v2] VERSION=2.0  ->  model_store/mobilenet_v2_v2.0.mar
-#   [FORMAT=torchscript|aoti|onnx] [PRECISION=int8|bf16]: a candidate in another form, for `tsctl.py compare`
+#   [FORMAT=torchscript|aoti|onnx|openvino] [PRECISION=int8|bf16]: a candidate in another form, for `tsctl.py compare`
 # MOBILENET_VERSION=2.0 is the older spelling of MODEL=mobilenet_v2 VERSION=2.0.
 MOBILENET_VERSION ?= 2.0
 VERSION ?= $(MOBILENET_VERSION)

@@ -1,4 +1,4 @@
-"""The serialized model behind one callable, whatever its format: TorchScript, AOTInductor or ONNX Runtime.
+"""The serialized model behind one callable, whatever its format: TorchScript, AOTInductor, ONNX Runtime or OpenVINO.
 
 `load_model(path, format, device, threads, optimize)` returns a callable that takes torch tensors
 (an image batch [N, 3, H, W], or input_ids and attention_mask [N, L]) and returns a torch tensor on
@@ -21,6 +21,8 @@ def load_model(path: str, model_format: str, device: torch.device, threads: int,
         return load_aoti(path, device)
     if model_format == "onnx":
         return OnnxModel(path, device, threads)
+    if model_format == "openvino":
+        return OpenVinoModel(path, device, threads)
     raise ValueError(f"unknown model format {model_format!r} (a text generator loads through decoders.py)")
 
 
@@ -106,3 +108,24 @@ class OnnxModel:
         feeds = {name: tensor.detach().cpu().numpy() for name, tensor in zip(self.input_names, inputs)}
         (output, *_) = self.session.run(None, feeds)
         return torch.from_numpy(output).to(self.device)
+
+
+class OpenVinoModel:
+    """An OpenVINO IR (model.xml beside its model.bin) compiled for the CPU, in fp32: on a host with AVX512_BF16 or
+    AMX OpenVINO's default inference precision is bf16, which would change an fp32 archive's answers. Threads
+    are not pinned to cores: a server runs several workers (and the frontend) on the same cores."""
+
+    def __init__(self, path: str, device: torch.device, threads: int):
+        import openvino
+
+        if device.type == "cuda":  # the package's openvino runs its CPU plugin
+            log.warning("%s: the OpenVINO model runs on the CPU although the worker was given %s", path, device)
+        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
+                  "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
+        self.compiled = openvino.Core().compile_model(path, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.device = torch.device("cpu")
+
+    def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
+        self.request.infer([t.detach().cpu().numpy() for t in tensors])
+        return torch.from_numpy(self.request.get_output_tensor(0).data.copy())

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Type
 
-FORMATS = ("torchscript", "aoti", "onnx", "transformers")  # transformers: a Hugging Face folder, run eagerly
+FORMATS = ("torchscript", "aoti", "onnx", "openvino", "transformers")  # transformers: a Hugging Face folder, run eagerly
 
 
 class SettingsError(ValueError):
@@ -20,7 +20,7 @@ class SettingsError(ValueError):
 
 @dataclass
 class CommonSettings:
-    modelFormat: str = "torchscript"   # how the serialized file is run: torchscript | aoti | onnx
+    modelFormat: str = "torchscript"   # how the serialized file is run: torchscript | aoti | onnx | openvino
     intraOpThreads: int = 1            # workers x threads <= cores (two OpenMP threads collapse on a busy core)
     optimizeForInference: bool = True  # TorchScript only: freeze + optimize_for_inference at load time
     warmUpRuns: int = 2

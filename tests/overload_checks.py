@@ -1,7 +1,7 @@
 """Heavy traffic against a real server, as checks any server's tests can run (docs/limits-and-overload.md):
 4x the tuned concurrency answered 200 and right with no worker restart, and a flood of bodies of
 max_request_size that leaves small good requests answered and the frontend alive. test_overload.py runs
-them on the session server (the three bundled models); test_own_models.py on a server of fourteen models
+them on the session server (the three bundled models); test_own_models.py on a server of seventeen models
 whose queues share the heap budget.
 """
 

@@ -56,7 +56,7 @@ def build(declaration: Declaration, store: str = STORE_DIR, build_dir: Optional[
     # (build.json's max_abs_diff), not refused; agreement on real data is judged by make bench / make optimize
     report = build_model_file(loaded, declaration.kind, declaration.format, settings, work,
                               strict=declaration.precision == "fp32", reference_module=fp32_module)
-    extra = write_side_files(declaration, loaded, settings, work, report["outputs"])
+    extra = write_side_files(declaration, loaded, settings, work, report["outputs"]) + report.pop("extra")
     config_file = write_model_config(declaration, loaded, work)
     mar = archive(declaration, report["file"], extra, config_file, store, version or declaration.version,
                   archive_name, work)

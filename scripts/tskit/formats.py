@@ -14,6 +14,7 @@ paired by class and box (handlers/detection.py), the largest box difference in p
 
 import os
 import shutil
+import tempfile
 import time
 import warnings
 from typing import Tuple
@@ -26,7 +27,7 @@ from model_formats import load_model
 from tskit import kinds
 from tskit.sources import LoadedSource, SourceError
 
-FILE_OF_FORMAT = {"torchscript": "model.pt", "aoti": "model.pt2", "onnx": "model.onnx"}
+FILE_OF_FORMAT = {"torchscript": "model.pt", "aoti": "model.pt2", "onnx": "model.onnx", "openvino": "model.xml"}
 TEXT_INPUTS = ("input_ids", "attention_mask")
 PARITY_TOLERANCE = 1e-3  # largest |served - source| on logits / embeddings, relative to the outputs' scale
 # A detector's example images (height, width): different sizes and aspect ratios in one list, as batched
@@ -78,6 +79,8 @@ def export(loaded: LoadedSource, kind: str, model_format: str, settings, out_dir
                 to_torchscript(loaded.module, kind, example).save(path)
             elif model_format == "onnx":
                 to_onnx(loaded, kind, example, path, settings)
+            elif model_format == "openvino":
+                to_openvino(loaded, kind, example, path, settings)
             else:
                 to_aoti(loaded, kind, example, settings, path)
         except SourceError:
@@ -116,6 +119,27 @@ def to_onnx(loaded: LoadedSource, kind: str, example, path: str, settings=None) 
     torch.onnx.export(loaded.module, example, path, dynamo=False, opset_version=17, input_names=names,
                       output_names=["output"], dynamic_axes={name: axes for name in names + ["output"]},
                       do_constant_folding=True)
+
+
+def to_openvino(loaded: LoadedSource, kind: str, example, path: str, settings) -> None:
+    """OpenVINO's IR (path: model.xml, beside it model.bin) from the same source the other formats use: an ONNX
+    file or a torch.export program as they are, else the ONNX graph the `onnx` format would serve (OpenVINO's
+    PyTorch frontend could not convert a scripted module wrapped to pick torchvision's {"out": ...}); the
+    batch (and a text's sequence) dimension dynamic; weights kept fp32 (no fp16 compression)."""
+    import openvino
+
+    with tempfile.TemporaryDirectory(prefix="openvino-") as work:
+        source = loaded.onnx_file or loaded.exported
+        if source is None:
+            source = os.path.join(work, "model.onnx")
+            to_onnx(loaded, kind, example, source, settings)
+        model = openvino.convert_model(source)
+    if kinds.kind(kind).family == "image":
+        shapes = {model.input(0): openvino.PartialShape([-1, *example[0].shape[1:]])}
+    else:
+        shapes = {port: openvino.PartialShape([-1, -1]) for port in model.inputs}
+    model.reshape(shapes)
+    openvino.save_model(model, path, compress_to_fp16=False)
 
 
 def exported_program(module, kind: str, example, settings):
@@ -202,5 +226,6 @@ def build_model_file(loaded: LoadedSource, kind: str, model_format: str, setting
     path = export(loaded, kind, model_format, settings, out_dir)
     built = time.perf_counter()
     worst, width = parity(loaded, kind, model_format, settings, path, strict, reference_module)
-    return {"file": path, "format": model_format, "build_s": round(built - started, 1),
-            "max_abs_diff": worst, "outputs": width, "bytes": os.path.getsize(path)}
+    side = [os.path.splitext(path)[0] + ".bin"] if model_format == "openvino" else []  # the IR's weights
+    return {"file": path, "extra": side, "format": model_format, "build_s": round(built - started, 1),
+            "max_abs_diff": worst, "outputs": width, "bytes": sum(os.path.getsize(f) for f in [path] + side)}

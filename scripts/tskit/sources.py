@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from tskit import kinds
 
 DETECTOR_FORMATS = ("torchscript",)
-ALL_FORMATS = ("torchscript", "aoti", "onnx")  # what a PyTorch module (eager, checkpoint, python:) can give
-FORMATS_OF_FILE = {".pt": ("torchscript", "onnx"), ".pt2": ALL_FORMATS, ".onnx": ("onnx",)}
+ALL_FORMATS = ("torchscript", "aoti", "onnx", "openvino")  # what a PyTorch module (eager, checkpoint, python:) can give
+FORMATS_OF_FILE = {".pt": ("torchscript", "onnx", "openvino"), ".pt2": ALL_FORMATS, ".onnx": ("onnx", "openvino")}
 
 
 class SourceError(ValueError):
@@ -86,13 +86,34 @@ class SegmenterLogits(torch.nn.Module):
         return segmenter_logits(self.model(images))
 
 
+class ScriptedOut(torch.nn.Module):
+    """The same for a scripted model returning Dict[str, Tensor], scripted in turn (a trace cannot call into a
+    scripted module, and the ONNX and OpenVINO formats are made from a trace)."""
+
+    def __init__(self, model: torch.jit.ScriptModule):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)["out"]
+
+
+def segmenter_module(module: Callable) -> Callable:
+    if isinstance(module, torch.jit.ScriptModule):
+        try:
+            return torch.jit.script(ScriptedOut(module))
+        except Exception:  # noqa: BLE001 - it does not compile where the model already returns its logits
+            return module
+    return module if isinstance(module, SegmenterLogits) else SegmenterLogits(module)
+
+
 def load_source(source: str, kind: str, base_dir: str) -> LoadedSource:
     loaded = _load_source(source, kind, base_dir)
     if kinds.kind(kind).family == "detector":
         return as_detector(loaded)
     # a segmenter's logits alone (an ONNX file's first output is served: torchvision's exported "out")
-    if kinds.kind(kind).answer == "mask" and loaded.onnx_file is None and not isinstance(loaded.module, SegmenterLogits):
-        return dataclasses.replace(loaded, module=SegmenterLogits(loaded.module))  # no .eval(): a .pt2's has none
+    if kinds.kind(kind).answer == "mask" and loaded.onnx_file is None:
+        return dataclasses.replace(loaded, module=segmenter_module(loaded.module))
     return loaded
 
 

@@ -1,6 +1,6 @@
 """`make model KIND=image-segmenter` from a .pt, an .onnx and a .pt2 (tests/own_segmenters.py: class maps that
 follow the picture, two sources in torchvision's {"out": ...} form), one archive per serving format
-(torchscript, onnx, aoti), served by one private TorchServe. Every served class map equals, pixel for pixel, the
+(torchscript, onnx, aoti, openvino), served by one private TorchServe. Every served class map equals, pixel for pixel, the
 archive's own model file run in process as a worker loads it (the handlers' decode, resize without a crop,
 normalise; logits upsampled bilinearly to the photo's size; arg-max), alone and batched with others, and so do
 the fractions; a photo's map holds several classes. A JSON request gets the same answer, and a KServe v2
@@ -29,7 +29,8 @@ from support import encode, photo
 
 pytestmark = pytest.mark.heavy(seconds=90)  # seconds in a one-process run on 2 cores (tests/suite_order.py)
 
-ROUTES = {"seg_ts": ("pt", "torchscript"), "seg_onnx": ("onnx", "onnx"), "seg_aoti": ("pt2", "aoti")}
+ROUTES = {"seg_ts": ("pt", "torchscript"), "seg_onnx": ("onnx", "onnx"), "seg_aoti": ("pt2", "aoti"),
+          "seg_openvino": ("pt", "openvino")}
 PHOTOS = ("chelsea", "coffee", "astronaut")  # 451x300, 600x400, 512x512
 
 
@@ -120,7 +121,7 @@ def test_concurrent_photos_of_different_sizes_share_a_batch_and_each_gets_its_ow
     assert max(sizes) > 1, f"the requests never shared a batch: {sizes}"
 
 
-def test_the_three_formats_agree_on_a_photo(client, images):
+def test_the_formats_agree_on_a_photo(client, images):
     masks = [mask_of(client.predict(name, images["coffee"], "image/jpeg").json()) for name in ROUTES]
     different = [int((m != masks[0]).sum()) for m in masks[1:]]
     assert all(d <= masks[0].numel() // 1000 for d in different), different  # near-ties only, at boundaries

@@ -1,17 +1,17 @@
 """`make model` on models that are not in this repo, every kind x format, served by `make serve` beside the
-bundled three: fourteen models on one TorchServe, their queues sharing one heap budget.
+bundled three: seventeen models on one TorchServe, their queues sharing one heap budget.
 
 The models are made on the spot (tests/own_models.py: a random ResNet-18 with 10 classes as .pt, .pt2
 and .onnx; a tiny BertForSequenceClassification; a tiny BertModel). A folder of the test's own plays the
 user's clone: models/ holds copies of the bundled declarations, model_store/ their archives, and a
 config.properties on free loopback ports follows them (CONFIG=). Each archive is built by ONE
 `make model ... CONFIG=...` (which shares the heap budget anew and stamps every served archive's queue),
-then ONE `make serve` serves all fourteen (nothing is written into the repo). Answers must equal the
+then ONE `make serve` serves all seventeen (nothing is written into the repo). Answers must equal the
 eager model run in process on real photos and real texts:
     classifiers  the same top-1 label, and every class probability within PROBABILITY_TOLERANCE
     embeddings   cosine >= EMBEDDING_MIN_COSINE with the reference, the model's width, unit length
 the bundled models answer as on their own server, each model's queue is its share of the budget
-(tskit.admission), and with all fourteen loaded 4x the tuned concurrency is answered and a flood of
+(tskit.admission), and with all seventeen loaded 4x the tuned concurrency is answered and a flood of
 maximum-size bodies leaves the frontend alive (tests/overload_checks.py). One more archive, built
 elsewhere, is registered by file name with `tsctl.py register` (a version registered by hand: the
 budget's reserve). `make model`'s error paths: test_make_model_errors.py.
@@ -61,6 +61,9 @@ BUILDS = [
     ("cls_onnx", "text-classifier", "cls", "onnx"),
     ("emb_torchscript", "text-embedding", "emb", "torchscript"),
     ("emb_onnx", "text-embedding", "emb", "onnx"),
+    ("img_pt_openvino", "image-classifier", "pt", "openvino"),
+    ("cls_openvino", "text-classifier", "cls", "openvino"),
+    ("emb_openvino", "text-embedding", "emb", "openvino"),
 ]
 REGISTERED_LATER = "img_onnx_onnx"  # built elsewhere, not loaded at start: registered by file name with tsctl.py
 # the repo's served one-shot models, beside the user's (the text generator has tests of its own)
@@ -347,7 +350,7 @@ def test_registration_by_file_name_with_tsctl(registered, client):
     assert described["jobQueueStatus"]["remainingCapacity"] == job_queue_size
 
 
-# ---- fourteen models on one server: the bundled ones beside the user's, one heap budget -----------------
+# ---- seventeen models on one server: the bundled ones beside the user's, one heap budget -----------------
 def test_the_bundled_models_answer_right_beside_the_users_models(client):
     cat = client.predict("mobilenet_v2", encode(photo("chelsea")), "image/jpeg")
     assert cat.status_code == 200 and is_cat(cat.json()), cat.text
@@ -381,9 +384,9 @@ def test_each_models_queue_is_its_share_of_the_one_heap_budget(built, client):
     measured["queues"] = {name: a.queue for name, a in shares.items()}
 
 
-def test_4x_the_tuned_concurrency_is_answered_right_with_fourteen_models_loaded(server):
+def test_4x_the_tuned_concurrency_is_answered_right_with_seventeen_models_loaded(server):
     check_4x_answered(server, "mobilenet_v2", encode(photo("chelsea")), "image/jpeg", is_cat)
 
 
-def test_a_flood_of_maximum_size_bodies_leaves_the_fourteen_model_server_alive(server):
+def test_a_flood_of_maximum_size_bodies_leaves_the_seventeen_model_server_alive(server):
     measured["flood"] = check_flood(server, "mobilenet_v2")
