@@ -3,9 +3,9 @@
 TorchServe requires exactly one class defined in this module (it is the entry point).
 Wires the pure pieces to TorchServe: request_payload (body -> image bytes), image_decoding (bytes -> RGB
 uint8), segmentation (resize without a crop, logits -> class map at the original size -> PNG and fractions)
-and image_transforms (normalise once per batch). Each image's mask and answer are bounded from its header,
-before it is decoded (maxMaskBytes); an answer over maxResponseBytes is a 413 once made. Settings: model_settings.ImageSegmenterSettings, from
-the `handler:` section of model-config.yaml.
+and image_transforms (normalise once per batch). Each image's mask is bounded from its header, before it is
+decoded (maxMaskBytes); an answer over maxResponseBytes is a 413 once made. Settings:
+model_settings.ImageSegmenterSettings, from the `handler:` section of model-config.yaml.
 """
 
 from typing import List

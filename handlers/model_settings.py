@@ -11,7 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Type
 
-FORMATS = ("torchscript", "aoti", "onnx", "openvino", "transformers")  # transformers: a Hugging Face folder, run eagerly
+# transformers: a Hugging Face folder, run eagerly (a text generator's)
+FORMATS = ("torchscript", "aoti", "onnx", "openvino", "transformers")
 
 
 class SettingsError(ValueError):

@@ -79,8 +79,8 @@ def rewrite(node, w: np.ndarray, blocksums: Dict[str, str]) -> Optional[Tuple[Li
         nodes += [nbits_node(x, y + "/q", name, k, n, 4, Q4_ACCURACY),
                   helper.make_node("MatMul", [blocksums[x], name + "_m"], [y + "/m"]),
                   helper.make_node("Add", [y + "/q", y + "/m"], [y])]
-        return nodes, [numpy_helper.from_array(packed, name + "_q"), numpy_helper.from_array(d.reshape(-1), name + "_d"),
-                       numpy_helper.from_array(zero, name + "_zp"), numpy_helper.from_array(m.T.copy(), name + "_m")]
+        return nodes, [numpy_helper.from_array(array, name + suffix) for array, suffix in
+                       ((packed, "_q"), (d.reshape(-1), "_d"), (zero, "_zp"), (m.T.copy(), "_m"))]
     grid8 = q8_0_grid(w)
     if grid8 is not None:
         q, d = grid8

@@ -62,7 +62,8 @@ def build_fused(folder: str, out_dir: str, timeout_s: int = 1800) -> str:
 def constant(name: str, value) -> "onnx.NodeProto":
     from onnx import helper, numpy_helper
 
-    return helper.make_node("Constant", [], [PREFIX + name], value=numpy_helper.from_array(np.array(value), PREFIX + name))
+    value = numpy_helper.from_array(np.array(value), PREFIX + name)
+    return helper.make_node("Constant", [], [PREFIX + name], value=value)
 
 
 def node(op: str, inputs, output: str, **attributes) -> "onnx.NodeProto":
