@@ -41,6 +41,11 @@ def config_head_dim(config_file: str) -> int:
     return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
 
 
+def cache_tensors(cache: DynamicCache) -> List[torch.Tensor]:
+    """Every layer's keys, then every layer's values: the order of the buffers and of past_names()."""
+    return [layer.keys for layer in cache.layers] + [layer.values for layer in cache.layers]
+
+
 def is_fused(input_names: List[str]) -> bool:
     return KEY.format(0) in input_names
 
@@ -86,12 +91,11 @@ class FusedOnnxDecoder:
         """The cache is still the buffers' views (nothing joined, left or was cut) and the new column fits."""
         if not self.views or width > self.buffers[0].shape[2]:
             return False
-        tensors = [layer.keys for layer in cache.layers] + [layer.values for layer in cache.layers]
-        return all(t is view for t, view in zip(tensors, self.views))
+        return all(t is view for t, view in zip(cache_tensors(cache), self.views))
 
     def adopt(self, cache: DynamicCache, width: int) -> None:
         """Copy the cache into fresh buffers with room for COLUMNS_AHEAD more steps; bind them in place."""
-        tensors = [layer.keys for layer in cache.layers] + [layer.values for layer in cache.layers]
+        tensors = cache_tensors(cache)
         rows, past = tensors[0].shape[0], tensors[0].shape[2]
         self.buffers = []
         for tensor in tensors:

@@ -151,10 +151,11 @@ def export_checked(lm: CausalLM, folder: str) -> str:
     path = export_graph(lm, folder)
     decoder = onnx_decoder(path, torch.device("cpu"), torch.get_num_threads())
     # alone (a single row: the one-row graph where the build wrote one) and together (the main graph)
-    together = greedy_together(decoder, lm.tokenizer, AGREEMENT_PROMPTS)
+    together = greedy_decoder(decoder, lm.tokenizer, AGREEMENT_PROMPTS)
     for prompt in AGREEMENT_PROMPTS:
         expected = greedy(lm.model, lm.tokenizer, prompt)
-        for how, got in (("alone", greedy_decoder(decoder, lm.tokenizer, prompt)), ("together", together[prompt])):
+        alone = greedy_decoder(decoder, lm.tokenizer, (prompt,))[prompt]
+        for how, got in (("alone", alone), ("together", together[prompt])):
             if expected != got:
                 raise SourceError(f"the exported decoder generates {got} from {prompt!r} ({how}), the source "
                                   f"{expected}: not served (FORMAT=transformers serves the model eagerly)")
@@ -178,20 +179,9 @@ def export_graph(lm: CausalLM, folder: str) -> str:
                           f"({type(err).__name__}: {str(err)[:300]}); serve it with FORMAT=transformers") from None
 
 
-def greedy_decoder(decoder, tokenizer, prompt: str) -> List[int]:
-    """Greedy tokens from a decoder through the serving batch (handlers/generation.py), one row."""
-    from generation import RunningBatch
-
-    batch = RunningBatch(decoder)
-    made = [int(torch.argmax(batch.prefill({"0": tokenizer(prompt)["input_ids"]})[0]))]
-    while len(made) < PARITY_TOKENS:
-        batch.set_last("0", made[-1])
-        made.append(int(torch.argmax(batch.step()[0])))
-    return made
-
-
-def greedy_together(decoder, tokenizer, prompts) -> dict:
-    """Greedy tokens of several prompts decoded as rows of one batch (prefilled together, left-padded)."""
+def greedy_decoder(decoder, tokenizer, prompts) -> dict:
+    """Greedy tokens of each prompt from a decoder through the serving batch (handlers/generation.py), the
+    prompts as rows of one batch (prefilled together, left-padded)."""
     from generation import RunningBatch
 
     batch = RunningBatch(decoder)

@@ -25,10 +25,15 @@ Q4_ACCURACY, Q8_ACCURACY = 0, 4
 PREFIX = "bits/"
 
 
+def blocks_of(w: np.ndarray) -> np.ndarray:
+    """w [K, N] -> [N, K/32, 32]: each output's weights in the GGUF's blocks along the input."""
+    k, n = w.shape
+    return w.T.reshape(n, k // BLOCK, BLOCK).astype(np.float64)
+
+
 def q4_1_grid(w: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """w [K, N] -> (q [N, K/32, 32] uint8, d [N, K/32], m [N, K/32]) when every block is d * q + m exactly."""
-    k, n = w.shape
-    blocks = w.T.reshape(n, k // BLOCK, BLOCK).astype(np.float64)
+    blocks = blocks_of(w)
     low, high = blocks.min(-1), blocks.max(-1)
     d = (high - low) / 15
     d[d == 0] = 1
@@ -40,8 +45,7 @@ def q4_1_grid(w: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarra
 
 def q8_0_grid(w: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     """w [K, N] -> (q + 128 [N, K/32, 32] uint8, d [N, K/32]) when every block is d * q exactly, |q| <= 127."""
-    k, n = w.shape
-    blocks = w.T.reshape(n, k // BLOCK, BLOCK).astype(np.float64)
+    blocks = blocks_of(w)
     d = np.abs(blocks).max(-1) / 127
     d[d == 0] = 1
     q = np.rint(blocks / d[..., None])
