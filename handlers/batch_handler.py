@@ -64,6 +64,7 @@ class DecodedRequest:
     items: List[Any]
     request: Request              # its protocol object: it writes the answer
     topk: Optional[int] = None    # a KServe request's parameters.topk, for every item of it
+    video: Any = None             # a video answered frame by frame (video_batch_handler), no items of its own
 
 
 @dataclass
@@ -177,6 +178,10 @@ class BatchHandler(BaseHandler):
     def decode_request(self, idx: int, row: dict) -> DecodedRequest:
         key, body = request_body(row)
         request = parse_request(body, self.content_type(idx, key), self.request_header(idx, HEADER_LENGTH))
+        return self.decode_items(request)
+
+    def decode_items(self, request: Request) -> DecodedRequest:
+        """A parsed request's inputs, budgeted, read and decoded (its RequestErrors marked with its protocol)."""
         try:
             if request.protocol == "plain":
                 inputs, topk = [(request.body, request.content_type)], None
@@ -211,11 +216,14 @@ class BatchHandler(BaseHandler):
     def check_inputs(self, payloads: List[Any]) -> None:
         """The kind's own budgets over a request's read, undecoded inputs (e.g. declared pixels); raise RequestError."""
 
-    def preprocess(self, data: List[dict]) -> PreparedBatch:
-        """Decode each request on its own: a bad one is recorded, never raised."""
+    def preprocess(self, data: List[dict], skip: Sequence[int] = ()) -> PreparedBatch:
+        """Decode each request on its own: a bad one is recorded, never raised. `skip`: requests already running
+        (a video's later steps), read at their first."""
         batch = PreparedBatch()
         now = time.time()  # the batch reached the worker: a stamped request's wait ends here
         for idx, row in enumerate(data):
+            if idx in skip:
+                continue
             try:
                 check_deadline(lambda name: self.request_header(idx, name), self.settings.maxQueueMs, now)
                 request = self.decode_request(idx, row)
@@ -248,19 +256,32 @@ class BatchHandler(BaseHandler):
             batch = self.preprocess(data)
         answers: Dict[int, Any] = dict(batch.errors)
         timings: Dict[str, float] = {}
-        if batch.items:
-            try:
-                answers.update(self.group_answers(batch, self.results(batch, timings, started)))
-            except Exception:
-                logger.exception("inference failed for a batch of %d", len(batch.items))
-                failure = InternalError("inference failed on the server; see the model log")
-                answers.update((idx, failure) for idx in batch.requests)
-        self.handler_metrics.batch(len(data), timings, [e.type for e in batch.errors.values()])
-        if self.cache is not None:
-            self.handler_metrics.counts(self.cache.take_counts())
-        logger.info("handled batch size=%d invalid=%d", len(data), len(batch.errors))
+        results = self.guarded_results(batch, timings, started)
+        answers.update(self.group_answers(batch, results) if results is not None else self.failed(batch))
+        self.batch_done(len(data), timings, batch)
         protocols = {idx: decoded.request.protocol for idx, decoded in batch.requests.items()}
         return [self.encode(idx, answers[idx], protocols.get(idx)) for idx in range(len(data))]
+
+    def guarded_results(self, batch: PreparedBatch, timings: Dict[str, float], started: float) -> Optional[List[Any]]:
+        """One result per item of the batch; None when the forward pass failed (logged: the worker lives)."""
+        if not batch.items:
+            return []
+        try:
+            return self.results(batch, timings, started)
+        except Exception:
+            logger.exception("inference failed for a batch of %d", len(batch.items))
+            return None
+
+    @staticmethod
+    def failed(batch: PreparedBatch) -> Dict[int, RequestError]:
+        failure = InternalError("inference failed on the server; see the model log")
+        return {idx: failure for idx in batch.requests}
+
+    def batch_done(self, size: int, timings: Dict[str, float], batch: PreparedBatch) -> None:
+        self.handler_metrics.batch(size, timings, [e.type for e in batch.errors.values()])
+        if self.cache is not None:
+            self.handler_metrics.counts(self.cache.take_counts())
+        logger.info("handled batch size=%d invalid=%d", size, len(batch.errors))
 
     def results(self, batch: PreparedBatch, timings: Dict[str, float], started: float) -> List[Any]:
         """One result per item: from the response cache where it has the item, else from the model

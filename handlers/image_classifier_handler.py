@@ -11,16 +11,18 @@ from typing import List
 
 import torch
 
-from batch_handler import BatchHandler, PreparedBatch
+from batch_handler import PreparedBatch
 from classification import CLASSIFIER_OUTPUTS, load_labels, top_k_predictions
 from image_decoding import ImageInput, decode_rgb, read_header
 from image_transforms import ImageItem, collate_normalize, resize_and_crop
 from model_settings import ImageClassifierSettings, check_labels
 from request_budget import check_pixels, label_bytes, predictions_item_bytes
-from request_payload import image_request
+from request_payload import image_request, positive_int_field
+from video import VideoInput
+from video_batch_handler import VideoBatchHandler
 
 
-class ImageClassifierHandler(BatchHandler):
+class ImageClassifierHandler(VideoBatchHandler):
     kind = "image-classifier"
     settings_class = ImageClassifierSettings
     outputs = CLASSIFIER_OUTPUTS
@@ -55,6 +57,14 @@ class ImageClassifierHandler(BatchHandler):
     def decode(self, payload: ImageInput) -> ImageItem:
         image = decode_rgb(payload.data, self.max_pixels, self.reduced_jpeg_side, payload.header)
         return ImageItem(resize_and_crop(image, self.resize_size, self.crop_size), payload.topk)
+
+    def frame_options(self, video: VideoInput) -> int:
+        """A JSON video's `topk`, for each of its frames."""
+        return positive_int_field(video.document, "topk", self.topk) if video.document else self.topk
+
+    def frame_item(self, image: torch.Tensor, topk: int) -> ImageItem:
+        """A video frame takes a decoded photo's steps."""
+        return ImageItem(resize_and_crop(image, self.resize_size, self.crop_size), topk)
 
     def collate(self, items: List[ImageItem]) -> torch.Tensor:
         return collate_normalize([item.crop for item in items], self.mean, self.std, self.device)

@@ -12,7 +12,7 @@ from typing import List
 
 import torch
 
-from batch_handler import BatchHandler, PreparedBatch
+from batch_handler import PreparedBatch
 from classification import load_labels
 from image_decoding import ImageInput, decode_rgb, read_header
 from image_transforms import collate_normalize
@@ -20,6 +20,7 @@ from model_settings import ImageSegmenterSettings, SettingsError, check_labels
 from request_budget import check_pixels, label_bytes
 from request_errors import ImageTooLarge
 from request_payload import image_request
+from video_batch_handler import VideoBatchHandler
 from segmentation import (
     MAX_CLASSES,
     SEGMENTER_OUTPUTS,
@@ -33,7 +34,7 @@ from segmentation import (
 )
 
 
-class ImageSegmenterHandler(BatchHandler):
+class ImageSegmenterHandler(VideoBatchHandler):
     kind = "image-segmenter"
     settings_class = ImageSegmenterSettings
     outputs = SEGMENTER_OUTPUTS
@@ -62,15 +63,22 @@ class ImageSegmenterHandler(BatchHandler):
         """Declared pixels and each image's upsampled logits, from the headers alone."""
         sizes = [(p.header.height, p.header.width) for p in payloads]
         check_pixels((h * w for h, w in sizes), self.settings.maxPixelsPerRequest)
-        classes = len(self.labels)
         for h, w in sizes:
-            if mask_bytes(h, w, classes) > self.settings.maxMaskBytes:
-                raise ImageTooLarge(f"a {w}x{h} image's mask needs {mask_bytes(h, w, classes)} bytes before the "
-                                    f"arg-max ({classes} classes x 4 bytes a pixel), more than this model's "
-                                    f"maxMaskBytes {self.settings.maxMaskBytes}")
+            self.check_frame_size(w, h)
+
+    def check_frame_size(self, width: int, height: int) -> None:
+        """An image's (or a video frame's) logits upsampled to its size, before the arg-max."""
+        needed, classes = mask_bytes(height, width, len(self.labels)), len(self.labels)
+        if needed > self.settings.maxMaskBytes:
+            raise ImageTooLarge(f"a {width}x{height} image's mask needs {needed} bytes before the arg-max "
+                                f"({classes} classes x 4 bytes a pixel), more than this model's maxMaskBytes "
+                                f"{self.settings.maxMaskBytes}")
 
     def decode(self, payload: ImageInput) -> SegmentItem:
-        image = decode_rgb(payload.data, self.settings.maxImagePixels, header=payload.header)
+        return self.frame_item(decode_rgb(payload.data, self.settings.maxImagePixels, header=payload.header), None)
+
+    def frame_item(self, image: torch.Tensor, options: None) -> SegmentItem:
+        """A decoded photo or a video frame: resized without a crop; its own size kept for the mask."""
         return SegmentItem(resize_exact(image, self.size), image.shape[-2], image.shape[-1])
 
     def collate(self, items: List[SegmentItem]) -> torch.Tensor:

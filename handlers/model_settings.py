@@ -57,7 +57,24 @@ class CommonSettings:
 
 
 @dataclass
-class ImageClassifierSettings(CommonSettings):
+class ImageSettings(CommonSettings):
+    """What every image kind shares: a video's budgets (video.py), each checked from its header before any frame
+    is decoded (413) and again while decoding (an `error` line ends the stream)."""
+    maxVideoSeconds: float = 600.0       # a video's duration
+    maxVideoFrames: int = 3600           # frames answered for one video (sample_fps x seconds, or max_frames)
+    maxFramePixels: int = 8_294_400      # width x height of a frame (3840 x 2160)
+    maxVideoDecodedBytes: int = 16 * 2**30  # every frame decoded (answered or skipped) as RGB, width x height x 3
+    videoFramesPerStep: int = 8          # frames of the running videos in one step (one forward pass), >= 1 each
+
+    def check(self) -> None:
+        super().check()
+        for key in ("maxVideoSeconds", "maxVideoFrames", "maxFramePixels", "maxVideoDecodedBytes",
+                    "videoFramesPerStep"):
+            _at_least(key, getattr(self, key), 1)
+
+
+@dataclass
+class ImageClassifierSettings(ImageSettings):
     labelsFile: Optional[str] = "index_to_name.json"
     topk: int = 5                        # predictions per answer (capped at the number of classes)
     maxImagePixels: int = 40_000_000     # declared width*height above this answers 413 before decoding
@@ -116,7 +133,7 @@ class TextEmbeddingSettings(TextSettings):
 
 
 @dataclass
-class ObjectDetectorSettings(CommonSettings):
+class ObjectDetectorSettings(ImageSettings):
     labelsFile: Optional[str] = "index_to_name.json"
     scoreThreshold: float = 0.5          # the lowest score answered (a request's "threshold" overrides it)
     maxDetections: int = 100             # the most detections answered (a request's "max_detections" overrides it)
@@ -134,7 +151,7 @@ class ObjectDetectorSettings(CommonSettings):
 
 
 @dataclass
-class ImageSegmenterSettings(CommonSettings):
+class ImageSegmenterSettings(ImageSettings):
     labelsFile: Optional[str] = "index_to_name.json"
     inputSize: int = 520                 # the model's input [N, 3, inputSize, inputSize]: resized, never cropped
     mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])

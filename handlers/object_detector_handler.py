@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import torch
 
-from batch_handler import BatchHandler, DecodedRequest, PreparedBatch
+from batch_handler import DecodedRequest, PreparedBatch
 from classification import load_labels
 from detection import (
     DETECTOR_OUTPUTS,
@@ -31,9 +31,11 @@ from image_decoding import decode_rgb, read_header
 from model_settings import ObjectDetectorSettings, SettingsError
 from protocols import Request
 from request_budget import check_pixels, label_bytes
+from video import VideoInput
+from video_batch_handler import VideoBatchHandler
 
 
-class ObjectDetectorHandler(BatchHandler):
+class ObjectDetectorHandler(VideoBatchHandler):
     kind = "object-detector"
     settings_class = ObjectDetectorSettings
     outputs = DETECTOR_OUTPUTS
@@ -79,6 +81,13 @@ class ObjectDetectorHandler(BatchHandler):
 
     def decode(self, payload: DetectionInput) -> DetectionItem:
         return DetectionItem(decode_rgb(payload.data, self.max_pixels, header=payload.header), payload.options)
+
+    def frame_options(self, video: VideoInput) -> DetectionOptions:
+        """A JSON video's `threshold` / `max_detections`, for each of its frames."""
+        return request_options(video.document, self.defaults, "JSON field") if video.document else self.defaults
+
+    def frame_item(self, image: torch.Tensor, options: DetectionOptions) -> DetectionItem:
+        return DetectionItem(image, options)
 
     def collate(self, items: List[DetectionItem]) -> List[torch.Tensor]:
         return model_images(items, self.device)

@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Sequence
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tskit import kinds
 from tskit.declaration import REPO, Declaration, served
 
 DEPLOY = os.path.join(REPO, "deploy")
@@ -47,10 +48,11 @@ def in_workers(declaration: Declaration) -> int:
 
 
 def streamed(declarations: Optional[Sequence[Declaration]] = None) -> List[str]:
-    """The served models under continuous batching: their queue-latency counter counts whole streams, so the
-    queue-wait signal leaves them out (deploy/prometheus-adapter-values.yaml's metricsQuery)."""
+    """The served models whose every request is a stream (text generators): their queue-latency counter counts
+    whole streams, so the queue-wait signal leaves them out (deploy/prometheus-adapter-values.yaml's metricsQuery).
+    An image kind's videos are streams too, among its photos: they stay in (docs/autoscaling.md)."""
     declarations = served() if declarations is None else declarations
-    return sorted(d.name for d in declarations if d.torchserve.get("continuousBatching"))
+    return sorted(d.name for d in declarations if kinds.kind(d.kind).streams_every_request)
 
 
 def container_concurrency(declarations: Optional[Sequence[Declaration]] = None) -> int:

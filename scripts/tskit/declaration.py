@@ -121,10 +121,23 @@ def check(declaration: Declaration) -> None:
                                    f"(known: {', '.join(sorted(TORCHSERVE_KEYS))})")
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise DeclarationError(f"{where}: torchserve.{key}: expected {expected.__name__}, got {value!r}")
+    check_continuous_batching(declaration)
     try:
         declaration.settings()
     except SettingsError as err:
         raise DeclarationError(f"{where}: {err}") from None
+
+
+def check_continuous_batching(declaration: Declaration) -> None:
+    """TorchServe 0.12 polls a model's queue under one lock and an idle worker holds it while it waits: a stream
+    on another worker of the model then stalls until a new request arrives (measured: docs/video.md)."""
+    settings = declaration.torchserve or {}
+    workers = max(int(settings.get("minWorkers", 1)), int(settings.get("maxWorkers", 1)))
+    if settings.get("continuousBatching") and workers > 1:
+        raise DeclarationError(f"{declaration.path}: torchserve.continuousBatching needs one worker (minWorkers and "
+                               f"maxWorkers 1, got {workers}): TorchServe 0.12 stalls a stream while another worker "
+                               f"of the model waits for work; for more workers leave continuousBatching out (a "
+                               f"video then holds its worker while it streams)")
 
 
 def declared(models_dir: str = MODELS_DIR) -> List[Declaration]:

@@ -89,11 +89,16 @@ SHARED_TORCHSERVE = """\
   responseTimeout: 60
   deviceType: gpu           # a GPU when the server has number_of_gpu > 0, else cpu
 """
+VIDEO_TORCHSERVE = """\
+  continuousBatching: true  # a video is answered frame by frame in steps, photos join any step
+"""
 
 
 def torchserve_section(kind: str) -> str:
     """The kind's own torchserve: section (a generator's continuous batching), else the shared one."""
-    return kinds.kind(kind).torchserve_template or SHARED_TORCHSERVE.format(delay=kinds.kind(kind).max_batch_delay)
+    known = kinds.kind(kind)
+    shared = SHARED_TORCHSERVE.format(delay=known.max_batch_delay) + (VIDEO_TORCHSERVE if known.takes_video else "")
+    return known.torchserve_template or shared
 
 
 def read_labels(source: str):

@@ -49,6 +49,12 @@ class Kind:
     agreement_metric: Optional[str] = None  # benchkit.agreement's measure of a variant against fp32;
                                             # None: make optimize has no agreement measure for the kind
     torchserve_template: Optional[str] = None  # `make model`'s torchserve: section; None: the shared one
+    # takes a video too (handlers/video_batch_handler.py): `make model` declares continuous batching, so a video
+    # is answered frame by frame in steps and never holds the worker
+    takes_video: bool = False
+    # every request runs over several handler calls (a generator's tokens): TorchServe's queue latency then
+    # counts whole answers, so the autoscaling signal leaves the model out (an image kind's videos are a minority)
+    streams_every_request: bool = False
 
     def __post_init__(self):
         if self.family not in FAMILIES or self.answer not in ANSWERS:

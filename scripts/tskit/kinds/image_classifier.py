@@ -32,4 +32,5 @@ KIND = Kind(
     bf16_formats=("aoti",),
     bench_workload="jpeg_640x480",  # a real photo at a typical camera size
     agreement_metric="top1_agreement",
+    takes_video=True,
 )

@@ -30,4 +30,5 @@ KIND = Kind(
     template=TEMPLATE,
     max_batch_delay=20,  # the image classifier's: no tuned segmenter yet
     v2_outputs=("mask", "width", "height", "labels", "indices", "fractions"),
+    takes_video=True,
 )

@@ -25,4 +25,5 @@ KIND = Kind(
     template=TEMPLATE,
     max_batch_delay=20,  # the image classifier's: no tuned detector yet
     v2_outputs=("labels", "indices", "scores", "boxes", "count"),
+    takes_video=True,
 )

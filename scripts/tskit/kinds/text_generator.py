@@ -37,4 +37,5 @@ KIND = Kind(
     max_batch_delay=5,
     v2_outputs=("text", "finish_reason", "completion_tokens"),
     torchserve_template=TORCHSERVE_TEMPLATE,
+    streams_every_request=True,
 )
