@@ -154,21 +154,26 @@ bench: check-java archives
 	@command -v wrk >/dev/null || echo "note: wrk not found (apt-get install -y wrk); using the Python client, which costs more client CPU"
 	$(PY) scripts/bench.py $(BENCH_ARGS)
 
-# make tune MODEL=mobilenet_v2 P99_MS=250 [QUICK=1] [CONCURRENCY=16]
-MODEL ?= mobilenet_v2
+# make tune [MODEL=mobilenet_v2] P99_MS=250 [QUICK=1] [CONCURRENCY=16]
+# MODEL's default is tune's alone (in its recipe): a global one would reach `make optimize`, which writes the
+# declaration of whatever model it is given.
 P99_MS ?= 250
 CONCURRENCY ?= 16
 tune: check-java archives
-	$(PY) scripts/tune.py --model $(MODEL) --p99-ms $(P99_MS) --concurrency $(CONCURRENCY) $(if $(QUICK),--quick,)
+	$(PY) scripts/tune.py --model $(or $(MODEL),mobilenet_v2) --p99-ms $(P99_MS) --concurrency $(CONCURRENCY) $(if $(QUICK),--quick,)
 
 # make optimize MODEL=mobilenet_v2 [QUICK=1] [DRY_RUN=1] [NO_TUNE=1] [P99_MS=500] [CONCURRENCY=16]: the model's
 # variants (formats x precisions) measured on this host through the served path, those keeping >= 99% top-1
 # agreement with fp32 (cosine >= 0.999 for embeddings) kept, the fastest tuned (workers x threads x batch x delay
 # at a p99 target: 500 ms unless P99_MS is given; not with QUICK=1 or NO_TUNE=1) and written with its batching
 # into models/<name>/model.yaml (not with DRY_RUN=1); report in results/optimize/<name>/ (docs/optimize.md)
-.PHONY: optimize
-optimize: check-java archives
+.PHONY: optimize optimize-needs-model
+optimize: optimize-needs-model check-java archives
 	$(PY) scripts/optimize.py --model $(MODEL) --concurrency $(CONCURRENCY) $(if $(QUICK),--quick,) $(if $(DRY_RUN),--dry-run,) $(if $(NO_TUNE),--no-tune,) $(if $(filter command line,$(origin P99_MS)),--p99-ms $(P99_MS),)
+# Without MODEL there is no model to write: the usage, before the prerequisites build anything, and under
+# `make -n` too (`+`), so a dry run shows the refusal rather than a command that would run.
+optimize-needs-model:
+	+@test -n "$(MODEL)" || { echo "usage: make optimize MODEL=<name> [QUICK=1] [DRY_RUN=1] [NO_TUNE=1] [P99_MS=500] [CONCURRENCY=16]"; exit 2; }
 
 clean:
 	-$(PY) scripts/ts_server.py stop

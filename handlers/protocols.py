@@ -308,7 +308,11 @@ def _looks_like_json_object(body: bytes) -> bool:
 
 
 def _binary_v2(body: Union[bytes, str], header_length: str) -> V2Request:
-    raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+    if isinstance(body, str):
+        # TorchServe parsed an application/json body that was a JSON string: its \uXXXX escapes may leave a
+        # lone surrogate, which has no UTF-8 form (encode() would raise and the request be answered 500)
+        body = unicode_text(body, "the body").encode("utf-8")
+    raw = bytes(body)
     try:
         length = int(header_length)  # a header of over 4,300 digits is a ValueError too
     except ValueError:

@@ -79,7 +79,8 @@ class VideoBatchHandler(BatchHandler):
     # ---- one TorchServe call ------------------------------------------------------------------------
     def handle_batch(self, data: List[dict]) -> List[bytes]:
         started = time.perf_counter()
-        ids = [self.context.request_ids[idx] for idx in range(len(data))]
+        known = self.context.request_ids or {}  # TorchServe always gives them; a bare Context has none
+        ids = [known.get(idx, f"#{idx}") for idx in range(len(data))]
         self.forget([seq for seq in self.videos if seq not in set(ids)])  # their clients left
         running = [idx for idx, seq in enumerate(ids) if seq in self.videos]
         batch = self.preprocess(data, skip=running)
@@ -96,7 +97,7 @@ class VideoBatchHandler(BatchHandler):
             answers.update(self.failed(batch))
         else:
             answers.update(self.group_answers(batch, results[:photo_items]))
-        self.frame_lines(videos, frames, None if results is None else results[photo_items:])
+        self.frame_lines(videos, frames, results)
         self.batch_done(len(data), timings, batch)
         held = {idx: video for idx, video in videos.items() if self.held(idx, video)}
         while any(not video.reader.done for video in held.values()):  # the videos answered within this call

@@ -13,7 +13,8 @@ import pytest
 from classification import CLASSIFIER_OUTPUTS
 from protocols import (BINARY_TYPE, HEADER_LENGTH, KServeV1Request, ModelInfo, Output, PlainRequest, V2Request,
                        parse_request)
-from request_errors import InvalidField, InvalidJSON
+from request_errors import InvalidField, InvalidJSON, InvalidUTF8
+from request_payload import text_request
 
 V2 = {"id": "7", "inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": ["a b", "c"]}]}
 ANSWERS = [{"predictions": [{"label": "x", "index": 1, "probability": 0.75}, {"label": "y", "index": 0, "probability": 0.25}],
@@ -154,3 +155,29 @@ def test_deeply_nested_v2_data_is_flattened_without_recursion():
     request = V2Request.parse({"inputs": [{"name": "t", "datatype": "BYTES", "shape": [1], "data": [data]}]})
     assert request.elements == ["x"]
 
+
+# ---- a JSON string of lone surrogates as the whole body (HTTP fuzz: 500 InternalError, now 400) -------------
+# The 14 bytes `"\udfff\ud800"` sent as application/json: TorchServe's worker parses that content type, so the
+# handler gets a str holding two lone surrogates, whichever route carried it (/predictions/<m>,
+# /v1/models/<m>:predict, /v2/models/<m>/infer: the handler never sees the path).
+SURROGATES_BODY = json.loads(b'"\\udfff\\ud800"'.decode("utf-8"))
+
+
+@pytest.mark.parametrize("header_length", ["14", "2", "x"])
+def test_lone_surrogates_with_the_binary_header_are_invalid_utf8_not_a_crash(header_length):
+    # the binary extension re-encodes a str body to read its header bytes: a lone surrogate has no UTF-8 form
+    assert len(b'"\\udfff\\ud800"') == 14 and SURROGATES_BODY == "\udfff\ud800"
+    with pytest.raises(InvalidUTF8) as raised:
+        parse_request(SURROGATES_BODY, "application/json", header_length)
+    error = raised.value
+    assert (error.status, error.type, error.protocol) == (400, "InvalidUTF8", "v2")
+    assert error.to_dict() == {"code": 400, "type": "InvalidUTF8", "message": error.message, "error": error.message}
+    assert "lone surrogate '\\udfff' at character 0" in error.message
+
+
+def test_lone_surrogates_as_the_plain_body_are_invalid_utf8():
+    request = parse_request(SURROGATES_BODY, "application/json")
+    assert isinstance(request, PlainRequest)
+    with pytest.raises(InvalidUTF8) as raised:
+        text_request(request.body, request.content_type)
+    assert raised.value.to_dict() == {"code": 400, "type": "InvalidUTF8", "message": raised.value.message}
