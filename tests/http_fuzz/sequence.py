@@ -6,11 +6,11 @@ import random
 import sys
 from pathlib import Path
 
-from . import json_mutations, protocol_mutations, v2_mutations
+from . import json_mutations, protocol_mutations, v2_mutations, video_mutations
 from .requests_model import OPERATORS, Pool, Request, templates
 
 # Importing them registers their operators in OPERATORS, in this order (each imports the one before it).
-MUTATION_MODULES = (json_mutations, v2_mutations, protocol_mutations)
+MUTATION_MODULES = (json_mutations, v2_mutations, protocol_mutations, video_mutations)
 
 GOOD_EVERY = 10  # every 10th request is a known-good one
 

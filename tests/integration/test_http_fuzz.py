@@ -173,6 +173,8 @@ def settled_workers(client, models=hm.MODELS, quiet: float = 2.0, timeout: float
 def decode_answer(answer: Answer):
     """The JSON of an answer; a v2 answer with binary outputs gets them decoded into `data`."""
     length = answer.headers.get(hm.HEADER_LENGTH.lower())
+    if answer.headers.get("content-type", "").startswith("application/x-ndjson"):  # a video: a line per frame
+        return [json.loads(line) for line in answer.body.splitlines()]
     if length is None:
         return json.loads(answer.body)
     length = int(length)

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import threading
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,6 +27,7 @@ from conftest import Client
 from own_models import make_model, once
 from own_server import own_server
 from support import encode, photo
+from videos import decoded_frames, make_video
 
 pytestmark = pytest.mark.heavy(seconds=90)  # seconds in a one-process run on 2 cores (tests/suite_order.py)
 
@@ -155,3 +157,26 @@ def test_a_mask_over_its_budget_and_a_corrupt_image_get_their_own_errors(client,
     response = client.predict("seg_ts", images["coffee"][:500], "image/jpeg")
     assert response.status_code == 400, response.text
     assert client.predict("seg_ts", images["coffee"], "image/jpeg").status_code == 200
+
+
+def test_a_video_streams_in_steps_a_photo_joins_between_them_and_each_map_is_its_photos(client, images):
+    """`make model` declares continuous batching (one worker): a video's frames go in steps of videoFramesPerStep
+    and a photo sent meanwhile joins the next step, answered before the video ends."""
+    clip = make_video(PHOTOS * 8, 1.0, 2, "mp4")  # 24 answered frames: 3 steps
+    response = client.predict("seg_onnx", clip, "video/mp4", stream=True)
+    assert response.status_code == 200 and response.headers["content-type"] == "application/x-ndjson"
+    chunks = response.iter_content(chunk_size=None)
+    arrivals = [(next(chunks), time.monotonic())]
+    photo_answer = client.predict("seg_onnx", images["coffee"], "image/jpeg")
+    answered = time.monotonic()
+    arrivals += [(chunk, time.monotonic()) for chunk in chunks]
+    assert photo_answer.status_code == 200 and answered < arrivals[-1][1]
+    lines = [json.loads(line) for chunk, _ in arrivals for line in chunk.decode().splitlines()]
+    assert [line.get("frame") for line in lines] == list(range(24)) + [None] and lines[-1]["done"] is True
+    assert len(arrivals) >= 3 and lines[0]["mask"]["width"] == 320
+    frames = decoded_frames(clip)
+    for index in (0, 1, 2, 23):
+        png = encode(frames[index][1].permute(1, 2, 0).numpy(), "PNG")
+        expected = client.predict("seg_onnx", png, "image/png").json()
+        assert mask_of(lines[index]).equal(mask_of(expected)), index
+        assert lines[index]["classes"] == expected["classes"]

@@ -7,10 +7,12 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import requests
 
 from own_server import own_server
 from support import CAT_LABELS, REPO, encode, photo
+from videos import decoded_frames, make_video
 
 MODEL = "mobilenet_v2"
 
@@ -187,3 +189,76 @@ def test_frontend_logs_without_per_request_chatter(client, server):
     assert client.batch_sizes(MODEL)
     with open(server.model_log, encoding="utf-8", errors="replace") as f:  # TorchServe's per-batch line is dropped
         assert "Backend received inference at" not in f.read()  # in the worker (handlers/worker_log.py)
+
+
+# ---- video, frame by frame (handlers/video_batch_handler.py): mobilenet_v2 has 2 workers and no continuous
+# batching, so a video streams from the worker it holds while the other takes photos --------------------------
+def frame_photo_answer(client, image):
+    """The answer the same picture gets as a lossless photo."""
+    response = client.predict(MODEL, encode(image.permute(1, 2, 0).numpy(), "PNG"), "image/png")
+    assert response.status_code == 200, response.text
+    return response.json()["predictions"]
+
+
+def same_predictions(line, expected):
+    assert [p["index"] for p in line["predictions"]] == [p["index"] for p in expected]
+    assert [p["probability"] for p in line["predictions"]] == pytest.approx([p["probability"] for p in expected],
+                                                                           abs=1e-5)
+
+
+def test_a_video_is_streamed_frame_by_frame_each_frame_answered_as_its_photo(client):
+    clip = make_video(("chelsea", "coffee", "astronaut") * 4, 1.0, 5, "mp4")  # 12 s: 12 answered frames
+    response = client.predict(MODEL, clip, "video/mp4", stream=True)
+    assert response.status_code == 200 and response.headers["content-type"] == "application/x-ndjson"
+    chunks = [chunk for chunk in response.iter_content(chunk_size=None)]
+    # the lines come as the frames are done: 8 frames a step (videoFramesPerStep), then the rest and the end
+    assert [[json.loads(line).get("frame") for line in chunk.decode().splitlines()] for chunk in chunks] == [
+        list(range(8)), [8, 9, 10, 11, None]]
+    lines = [json.loads(line) for chunk in chunks for line in chunk.decode().splitlines()]
+    assert lines[-1] == {"frames": 12, "done": True}
+    for line, (seconds, image) in zip(lines, decoded_frames(clip, 1.0)):
+        assert line["time"] == seconds
+        same_predictions(line, frame_photo_answer(client, image))
+
+
+@pytest.mark.parametrize("container", ["webm", "mkv"])
+def test_webm_and_matroska_as_json_answered_whole(client, container):
+    clip = make_video(("coffee", "chelsea"), 1.0, 4, container)
+    body = {"video": base64.b64encode(clip).decode(), "sample_fps": 2, "stream": False, "topk": 2}
+    response = client.infer("POST", f"/predictions/{MODEL}", json=body)
+    assert response.status_code == 200 and response.headers["content-type"] == "application/x-ndjson"
+    assert "transfer-encoding" not in response.headers  # one body, not a stream
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    assert [line.get("time") for line in lines] == [0.0, 0.5, 1.0, 1.5, None] and lines[-1]["frames"] == 4
+    for line, (_, image) in zip(lines, decoded_frames(clip, 2.0)):
+        same_predictions(line, frame_photo_answer(client, image)[:2])
+
+
+def hostile_videos():
+    big = make_video(("coffee",), 0.25, 4, "mp4", size=(4000, 2200))  # 8.8 MP frames: over maxFramePixels
+    many = make_video(("coffee",), 80.0, 50, "mkv", size=(16, 16))     # 4,000 frames at sample_fps 0
+    clip = make_video(("coffee",), 1.0, 4, "mp4")
+    return [
+        ("garbage", b"\x00\x00\x00\x18ftypmp42" + bytes(2000), "video/mp4", 400, "InvalidVideo"),
+        ("an image as mp4", encode(photo("coffee")), "video/mp4", 400, "InvalidVideo"),
+        ("truncated mp4", clip[: len(clip) // 2], "video/mp4", 400, "InvalidVideo"),
+        ("avi", b"RIFF\x00\x00\x00\x00AVI LIST", "video/avi", 415, "UnsupportedMediaType"),
+        ("huge frames", big, "video/mp4", 413, "VideoTooLarge"),
+        ("4,000 frames", {"video": base64.b64encode(many).decode(), "sample_fps": 0}, "application/json", 413,
+         "VideoTooLarge"),
+        ("bad option", {"video": base64.b64encode(clip).decode(), "max_frames": -1}, "application/json", 400,
+         "InvalidField"),
+    ]
+
+
+def test_hostile_videos_get_their_4xx_before_any_frame_and_the_workers_live(client):
+    before = sorted(w["pid"] for w in client.describe(MODEL)["workers"])
+    for what, body, content_type, status, error_type in hostile_videos():
+        if isinstance(body, dict):
+            response = client.infer("POST", f"/predictions/{MODEL}", json=body)
+        else:
+            response = client.predict(MODEL, body, content_type)
+        assert (response.status_code, response.json()["type"]) == (status, error_type), (what, response.text)
+        assert response.headers["content-type"].startswith("application/json")
+    assert sorted(w["pid"] for w in client.describe(MODEL)["workers"]) == before
+    assert top1(client.predict(MODEL, encode(photo("coffee")), "image/jpeg")) == "espresso"
