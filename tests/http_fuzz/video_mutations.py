@@ -41,14 +41,14 @@ def damaged(rng, data: bytes) -> bytes:
     return bytes(body)
 
 
-@operator("video", 2)
+@operator("video", 12)  # weighty: it applies to 1 template in 30 (the vision model's raw and JSON)
 def video_body(rng, t, ctx):
     """The clip, damaged, sent raw or as JSON in place of the photo."""
     if t.model != VISION or not t.route.startswith("predictions") or t.form not in ("raw", "json"):
         return None
     container = rng.choice(["mp4", "webm"])
     data = damaged(rng, clips()[container])
-    r = t.render(f"video:{container}")
+    r = t.render(f"video_body:{container}")
     if t.form == "raw":
         r.body, r.headers["Content-Type"] = data, rng.choice(VIDEO_TYPES)
     else:
@@ -58,12 +58,12 @@ def video_body(rng, t, ctx):
     return r
 
 
-@operator("video", 1)
+@operator("video", 6)
 def video_options(rng, t, ctx):
     """A whole clip with a wrong option, or a photo labelled as a video."""
     if t.model != VISION or not t.route.startswith("predictions") or t.form not in ("raw", "json"):
         return None
-    r = t.render("video:options")
+    r = t.render("video_options")
     if t.form == "raw":
         r.headers["Content-Type"] = rng.choice(VIDEO_TYPES)  # the cat JPEG, said to be a video
         return r

@@ -39,6 +39,7 @@ import numpy as np
 
 import http_fuzz as hm
 import request_errors
+import video  # noqa: F401  (its InvalidVideo and VideoTooLarge are RequestErrors too)
 from support import CAT_LABELS, encode, photo
 
 SEED = int(os.environ.get("HTTP_FUZZ_SEED", "20251717"))
