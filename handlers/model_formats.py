@@ -111,8 +111,9 @@ class OnnxModel:
 
 
 class OpenVinoModel:
-    """An OpenVINO IR (model.xml beside its model.bin) compiled for the CPU, in fp32: on a host with AVX512_BF16 or
-    AMX OpenVINO's default inference precision is bf16, which would change an fp32 archive's answers. Threads
+    """An OpenVINO IR (model.xml beside its model.bin) compiled for the CPU, in fp32 unless its build asked for bf16
+    (openvino_precision): on a host with AVX512_BF16 or AMX OpenVINO's default inference precision is bf16, which
+    would change an fp32 archive's answers. Threads
     are not pinned to cores: a server runs several workers (and the frontend) on the same cores."""
 
     def __init__(self, path: str, device: torch.device, threads: int):
@@ -120,12 +121,22 @@ class OpenVinoModel:
 
         if device.type == "cuda":  # the package's openvino runs its CPU plugin
             log.warning("%s: the OpenVINO model runs on the CPU although the worker was given %s", path, device)
-        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
+        core = openvino.Core()
+        model = core.read_model(path)
+        self.precision = openvino_precision(model)
+        config = {"INFERENCE_PRECISION_HINT": self.precision, "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
                   "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
-        self.compiled = openvino.Core().compile_model(path, "CPU", config)
+        self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.device = torch.device("cpu")
 
     def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
         self.request.infer([t.detach().cpu().numpy() for t in tensors])
         return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+
+
+def openvino_precision(model) -> str:
+    """The inference precision an IR was built for: "bf16" where its build wrote the hint (a `precision: bf16`
+    declaration), else "f32" (an int8 IR holds its own quantised operations and runs the rest in f32)."""
+    options = ["runtime_options", "INFERENCE_PRECISION_HINT"]
+    return model.get_rt_info(options).astype(str) if model.has_rt_info(options) else "f32"

@@ -64,6 +64,10 @@ def build_parser(decls: Dict[str, object]) -> argparse.ArgumentParser:
                         help="(M): short streams sent (a third dropped) before the memory is read again")
     parser.add_argument("--no-llamacpp", action="store_true",
                         help="skip (P), llama.cpp's server (built from source on first use, ~15 minutes)")
+    parser.add_argument("--no-video", action="store_true", help="skip (V), videos to the image models")
+    parser.add_argument("--video-only", action="store_true", help="(V) alone")
+    parser.add_argument("--video-concurrency", type=int, nargs="+", default=[1, 4], help="(V)'s videos at once")
+    parser.add_argument("--video-seconds", type=float, default=20, help="(V): seconds per point and for (J)")
     parser.add_argument("--overload-models", nargs="+", help="models loaded in (O) (default: every served model)")
     parser.add_argument("--overload-seconds", type=float, default=10)
     parser.add_argument("--overload-factors", type=int, nargs="+", default=list(FACTORS))

@@ -38,6 +38,8 @@ cosine with the lone answer) against an answer checked first; a wrong answer or 
 a failed request, and the answer-check table reports each row's checked, wrong and first failure.
   (G) every served text generator: streams at 1, 4, 16 beside the same weights in process and eager
       `generate`, interference and memory (benchkit.bench_generation; generation.md). --generation-only: (G) alone.
+  (V) every served image model: a 10 s 640x480 clip, every frame, at 1 and 4 videos at once beside the archive's
+      handler in process (benchkit.bench_video; video.md). --video-only: (V) alone.
   (K) (a tiny one in --quick; --no-cache skips it, --cache-only runs it alone): the response cache, cache off vs on
       (a tskit.respec copy with handler.cacheEntries) on a stream with ~30% repeated inputs and on an
       all-unique one, interleaved (off, on, on, off), every answer checked, hit ratio from the server's
@@ -67,6 +69,7 @@ from benchkit.bench_served import served_section
 from benchkit.bench_cache import CACHE_KINDS, cache_section
 from benchkit.bench_formats import formats_section
 from benchkit.bench_generation import generation_section
+from benchkit.bench_video import video_section
 from benchkit.bench_report import formats_table, plot, ratios, table
 from tskit.admission import shared_note
 from tskit.load import wrk_available
@@ -156,10 +159,11 @@ def settle(args, decls: Dict[str, object], served: List[str]) -> argparse.Namesp
     if args.quick:  # a tiny (O): the image model at x1 and x4, ours only
         args.overload_models, args.overload_factors, args.overload_seconds = args.models[:1], [1, 4], 2
         args.overload_rounds = 1
-    if args.cache_only or args.overload_only or args.generation_only:
+    if args.cache_only or args.overload_only or args.generation_only or args.video_only:
         args.models, args.no_formats, args.cache = [], True, args.cache_only
-    args.no_overload = args.no_overload or args.generation_only
-    args.no_generation = args.no_generation or args.quick or args.cache_only or args.overload_only
+    args.no_overload = args.no_overload or args.generation_only or args.video_only
+    args.no_generation = args.no_generation or args.quick or args.cache_only or args.overload_only or args.video_only
+    args.no_video = args.no_video or args.quick or args.cache_only or args.overload_only or args.generation_only
     args.format_models = [] if args.no_formats else [m for m in (args.format_models or served)
                                                      if decls[m].kind in WORKLOAD_KIND]
     args.generator = ("wrk" if wrk_available() else "python") if args.generator == "auto" else args.generator
@@ -251,6 +255,8 @@ def run(args) -> int:
     if not args.no_generation:  # (G): its own report, generation.md (benchkit.bench_generation)
         generation_section(args.out, args.generation_concurrency, args.generation_streams, log,
                            peer=not args.no_llamacpp)
+    if not args.no_video:  # (V): its own report, video.json and docs/video.md (benchkit.bench_video)
+        video_section(args.out, args.video_concurrency, args.video_seconds, log)
 
     write_reports(args, rows, summaries, overload_rows, time.monotonic() - started, host, target_models(decls))
     # a variant that does not build (e.g. AOTInductor on some model) is reported, not a failure of the bench

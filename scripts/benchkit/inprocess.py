@@ -96,25 +96,31 @@ def layouts() -> List[Tuple[int, int]]:
     return [(1, cores)] + ([(cores, 1)] if cores > 1 else [])
 
 
-def best_rate(what: str, mar: str, body: bytes, seconds: float, one_layout: bool = False) -> dict:
-    """Items/s of (C) or (J) for the archive `mar`: the best layout, with every layout's figure
-    (`one_layout`: the first only, for bench --quick, where each layout costs its processes' start)."""
+def each_layout(target, args: tuple, seconds: float, one_layout: bool = False):
+    """(layout "PxT", what each of its P processes put) for every layout: the processes started fresh (spawn),
+    `target(*args, threads, seconds, ready, start, out)` in each, all of them released at once."""
     context = multiprocessing.get_context("spawn")
-    tried = {}
-    best = None
     for processes, threads in layouts()[:1] if one_layout else layouts():
         ready, start, out = context.Queue(), context.Event(), context.Queue()
-        workers = [context.Process(target=_rate, args=(what, mar, body, threads, seconds, ready, start, out))
+        workers = [context.Process(target=target, args=(*args, threads, seconds, ready, start, out))
                    for _ in range(processes)]
         for worker in workers:
             worker.start()
         for _ in workers:
             ready.get(timeout=600)
         start.set()
-        rates = [out.get(timeout=seconds + 300) for _ in workers]
+        results = [out.get(timeout=seconds + 600) for _ in workers]
         for worker in workers:
             worker.join()
-        layout = f"{processes}x{threads}"
+        yield f"{processes}x{threads}", results
+
+
+def best_rate(what: str, mar: str, body: bytes, seconds: float, one_layout: bool = False) -> dict:
+    """Items/s of (C) or (J) for the archive `mar`: the best layout, with every layout's figure
+    (`one_layout`: the first only, for bench --quick, where each layout costs its processes' start)."""
+    tried = {}
+    best = None
+    for layout, rates in each_layout(_rate, (what, mar, body), seconds, one_layout):
         throughput = sum(rate for rate, _ in rates)
         tried[layout] = round(throughput, 1)
         if best is None or throughput > best["throughput"]:

@@ -69,6 +69,8 @@ def candidates(decl: Declaration, quick: bool = False, formats: Optional[List[st
     kind = kinds.kind(decl.kind)
     # int8 is made in one format per kind, whatever `formats` lists, as the bench does
     wanted = [("int8", kind.int8_format)] if kind.int8_format and not any(v.precision == "int8" for v in plan) else []
+    if "openvino" in formats and "int8" in kind.openvino_precisions:  # NNCF's int8 beside the kind's own
+        wanted.append(("int8", "openvino"))
     wanted += [("bf16", fmt) for fmt in bf16_formats(decl, formats, host)]
     for precision, fmt in wanted:
         name = f"{decl.name}_{fmt}_{precision}"
@@ -82,7 +84,7 @@ def bf16_formats(decl: Declaration, formats: List[str], host: Optional[dict] = N
     AOTInductor out, yet an image classifier's bf16 is AOTInductor only), where plans_bf16."""
     if not plans_bf16(decl, host):
         return []
-    kind_formats = kinds.kind(decl.kind).bf16_formats
+    kind_formats = kinds.kind(decl.kind).precision_formats("bf16")
     return [f for f in kind_formats if f in formats] or list(kind_formats[:1])
 
 

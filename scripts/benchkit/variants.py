@@ -33,7 +33,7 @@ from tskit import kinds
 STORE_DIR = os.path.join(REPO, "model_store")
 BUILD_DIR = os.path.join(REPO, "build")
 
-FORMAT_ORDER = ("torchscript", "onnx", "aoti")
+FORMAT_ORDER = ("torchscript", "onnx", "aoti", "openvino")
 REFERENCE_FORMAT = "torchscript"  # fp32 TorchScript: the reference every variant is compared with
 
 

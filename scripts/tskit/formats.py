@@ -125,7 +125,8 @@ def to_openvino(loaded: LoadedSource, kind: str, example, path: str, settings) -
     """OpenVINO's IR (path: model.xml, beside it model.bin) from the same source the other formats use: an ONNX
     file or a torch.export program as they are, else the ONNX graph the `onnx` format would serve (OpenVINO's
     PyTorch frontend could not convert a scripted module wrapped to pick torchvision's {"out": ...}); the
-    batch (and a text's sequence) dimension dynamic; weights kept fp32 (no fp16 compression)."""
+    batch (and a text's sequence) dimension dynamic; weights kept fp32 (no fp16 compression). A declaration's
+    bf16 or int8 (loaded.openvino_precision) is made here: see openvino_int8 and OpenVinoModel."""
     import openvino
 
     with tempfile.TemporaryDirectory(prefix="openvino-") as work:
@@ -139,7 +140,21 @@ def to_openvino(loaded: LoadedSource, kind: str, example, path: str, settings) -
     else:
         shapes = {port: openvino.PartialShape([-1, -1]) for port in model.inputs}
     model.reshape(shapes)
+    if loaded.openvino_precision == "int8":
+        model = openvino_int8(model, settings)
+    elif loaded.openvino_precision == "bf16":  # read back by handlers/model_formats.OpenVinoModel
+        model.set_rt_info("bf16", ["runtime_options", "INFERENCE_PRECISION_HINT"])
     openvino.save_model(model, path, compress_to_fp16=False)
+
+
+def openvino_int8(model, settings):
+    """NNCF's post-training int8 of an image model's IR, calibrated on the real photos int8 ONNX Runtime uses
+    (tskit.real_images: never the ones agreement is measured on), preprocessed as the handler does."""
+    import nncf
+    from tskit.real_images import calibration_batches
+
+    batches = list(calibration_batches(settings=settings))
+    return nncf.quantize(model, nncf.Dataset(batches), subset_size=sum(len(b) for b in batches))
 
 
 def exported_program(module, kind: str, example, settings):

@@ -5,6 +5,8 @@ int8:
                  not the ones agreement is measured on (tskit.real_images); served as onnx
     text kinds   dynamic int8 of the Linear layers (int8 weights, activations quantised per call);
                  served as torchscript
+OpenVINO (format openvino): the fp32 IR, compiled for bf16 arithmetic (an inference-precision hint written into
+    the IR) or quantised to int8 by NNCF on the calibration photos (tskit.formats.to_openvino).
 bf16: the PyTorch module's weights and arithmetic in bfloat16, wrapped so that it takes and gives what the
     handlers send and expect (float32 images or int64 token ids in, float32 logits or embeddings out): the
     handlers need no bf16 path. Served in one of the kind's `bf16_formats` (tskit.kinds): AOTInductor for
@@ -38,6 +40,9 @@ def to_precision(loaded: LoadedSource, declaration, settings, work: str) -> Load
     if declaration.format not in wanted:
         raise SourceError(f"{declaration.path}: precision {precision} is served as {' or '.join(wanted)} for a "
                           f"{declaration.kind} (format: {declaration.format})")
+    if declaration.format == "openvino":  # made as the IR is written (tskit.formats.to_openvino)
+        return dataclasses.replace(loaded, description=f"{loaded.description}, {precision} (OpenVINO)",
+                                   formats=("openvino",), openvino_precision=precision)
     if loaded.module is None or loaded.onnx_file:
         raise SourceError(f"{loaded.description}: {precision} is made from a PyTorch source (.pt, .pt2, checkpoint)")
     if precision == "bf16":

@@ -46,6 +46,8 @@ class LoadedSource:
     classes: Optional[int] = None               # a detector's class count (background included)
     pad_token: Optional[str] = None
     dependencies: List[str] = field(default_factory=list)  # files whose change rebuilds the archive
+    # bf16 / int8 made when OpenVINO's IR is written (tskit.formats.to_openvino): the source itself stays fp32
+    openvino_precision: str = "fp32"
 
 
 class MeanPooledEncoder(torch.nn.Module):

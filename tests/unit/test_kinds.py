@@ -78,8 +78,10 @@ def test_the_bench_inputs_and_measures_exist(tmp_path):
         assert k.int8_format is None or k.int8_format in FORMATS, k.name
         # bf16 is made by PyTorch: ONNX Runtime's CPU has no bf16 kernels to serve it with
         assert set(k.bf16_formats) <= {"torchscript", "aoti"}, k.name
-        assert k.precision_formats("fp32") == () and k.precision_formats("bf16") == k.bf16_formats, k.name
-        assert k.precision_formats("int8") == ((k.int8_format,) if k.int8_format else ()), k.name
+        openvino = {p: ("openvino",) if p in k.openvino_precisions else () for p in ("bf16", "int8")}
+        assert set(k.openvino_precisions) <= {"bf16", "int8"}, k.name  # made as the IR is written
+        assert k.precision_formats("fp32") == () and k.precision_formats("bf16") == k.bf16_formats + openvino["bf16"]
+        assert k.precision_formats("int8") == ((k.int8_format,) if k.int8_format else ()) + openvino["int8"]
         if k.bench_workload:
             assert inputs[k.bench_workload]["kind"] == k.workload_family, k.name
         if k.agreement_metric:

@@ -44,3 +44,21 @@ def test_the_ir_answers_what_the_module_does_at_any_batch(tmp_path, source):
         images = torch.rand(batch, 3, 64, 64)
         with torch.inference_mode():
             assert torch.allclose(served(images), module(images), atol=1e-5)
+
+
+def test_bf16_and_int8_are_made_as_the_ir_is_written(tmp_path):
+    """A declaration's bf16: the fp32 IR with the bf16 inference hint, compiled so by the worker; int8: NNCF's
+    quantised IR (calibrated on the real photos), close to the module and holding FakeQuantize operations."""
+    module = TinyClassifier().eval()
+    settings = parse_settings("image-classifier", {"cropSize": 64, "resizeSize": 64})
+    images = torch.rand(4, 3, 64, 64)
+    for precision in ("bf16", "int8"):
+        loaded = LoadedSource("tiny", ("openvino",), module=module, openvino_precision=precision)
+        report = build_model_file(loaded, "image-classifier", "openvino", settings, str(tmp_path / precision),
+                                  strict=False, reference_module=module)
+        served = load_model(report["file"], "openvino", torch.device("cpu"), threads=1, optimize=True)
+        assert served.precision == ("bf16" if precision == "bf16" else "f32")
+        ops = {op.get_type_name() for op in openvino.Core().read_model(report["file"]).get_ops()}
+        assert ("FakeQuantize" in ops) == (precision == "int8")
+        with torch.inference_mode():
+            assert torch.allclose(served(images), module(images), atol=0.1)

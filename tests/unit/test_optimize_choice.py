@@ -137,11 +137,12 @@ AVX2_HOST = {"model": "AVX2 CPU", "flags": ["avx2", "fma"], "bf16": False}
 
 
 # the bf16 formats planned in the quick and the full form: images AOTInductor only (TorchScript bf16 is slower than
-# fp32), even in the quick form that leaves fp32 AOTInductor out; text TorchScript, and AOTInductor in the full form
+# fp32), even in the quick form that leaves fp32 AOTInductor out; text TorchScript, and AOTInductor in the full form;
+# OpenVINO's bf16 hint in the full form, beside them
 @pytest.mark.parametrize("model, quick_formats, full_formats", [
-    ("mobilenet_v2", ["aoti"], ["aoti"]),
-    ("minilm_topics", ["torchscript"], ["torchscript", "aoti"]),
-    ("minilm_embedding", ["torchscript"], ["torchscript", "aoti"]),
+    ("mobilenet_v2", ["aoti"], ["aoti", "openvino"]),
+    ("minilm_topics", ["torchscript"], ["torchscript", "aoti", "openvino"]),
+    ("minilm_embedding", ["torchscript"], ["torchscript", "aoti", "openvino"]),
 ])
 def test_bf16_is_a_candidate_only_where_the_cpu_has_it(model, quick_formats, full_formats):
     from tskit.declaration import load

@@ -109,8 +109,8 @@ def declaration(kind: str, fmt: str, precision: str) -> Declaration:
 
 
 @pytest.mark.parametrize("kind, fmt, message", [
-    ("image-classifier", "onnx", "precision bf16 is served as aoti for a image-classifier"),
-    ("text-classifier", "onnx", "precision bf16 is served as torchscript or aoti for a text-classifier"),
+    ("image-classifier", "onnx", "precision bf16 is served as aoti or openvino for a image-classifier"),
+    ("text-classifier", "onnx", "precision bf16 is served as torchscript or aoti or openvino for a text-classifier"),
     ("object-detector", "torchscript", "precision bf16 is not made for an object-detector"),
 ])
 def test_bf16_in_a_form_the_kind_does_not_make_is_refused(kind, fmt, message):

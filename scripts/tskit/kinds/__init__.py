@@ -49,6 +49,9 @@ class Kind:
     agreement_metric: Optional[str] = None  # benchkit.agreement's measure of a variant against fp32;
                                             # None: make optimize has no agreement measure for the kind
     torchserve_template: Optional[str] = None  # `make model`'s torchserve: section; None: the shared one
+    # the reduced precisions OpenVINO's IR is also made in (tskit.formats.to_openvino): bf16 an inference hint
+    # compiled in, int8 NNCF's post-training quantisation on the calibration photos
+    openvino_precisions: Tuple[str, ...] = ()
     # takes a video too (handlers/video_batch_handler.py): `make model` declares continuous batching, so a video
     # is answered frame by frame in steps and never holds the worker
     takes_video: bool = False
@@ -65,9 +68,10 @@ class Kind:
 
     def precision_formats(self, precision: str) -> Tuple[str, ...]:
         """The formats a reduced precision (int8, bf16) can be served as, the preferred first; (): no such form."""
+        openvino = ("openvino",) if precision in self.openvino_precisions else ()
         if precision == "int8":
-            return (self.int8_format,) if self.int8_format else ()
-        return self.bf16_formats if precision == "bf16" else ()
+            return ((self.int8_format,) if self.int8_format else ()) + openvino
+        return (self.bf16_formats if precision == "bf16" else ()) + openvino
 
     @property
     def workload_family(self) -> str:

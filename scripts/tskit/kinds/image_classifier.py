@@ -30,6 +30,7 @@ KIND = Kind(
     # bf16 through AOTInductor only: 2.1x TorchScript fp32 for mobilenet_v2 in process on AVX512_BF16/AMX,
     # where TorchScript bf16 (frozen, optimize_for_inference) ran at 0.54x; ONNX Runtime's CPU has no bf16 Conv
     bf16_formats=("aoti",),
+    openvino_precisions=("bf16", "int8"),
     bench_workload="jpeg_640x480",  # a real photo at a typical camera size
     agreement_metric="top1_agreement",
     takes_video=True,

@@ -17,6 +17,7 @@ KIND = Kind(
     # MiniLM in process on AVX512_BF16/AMX: TorchScript bf16 2.7x TorchScript fp32 (builds in a second),
     # AOTInductor bf16 3.2x (a 20 s compile); make optimize measures both, QUICK=1 TorchScript only
     bf16_formats=("torchscript", "aoti"),
+    openvino_precisions=("bf16",),  # int8: the dynamic TorchScript form
     bench_workload="text_medium",  # a news paragraph: the package's typical request
     agreement_metric="top1_agreement",
 )

@@ -15,6 +15,7 @@ KIND = Kind(
     v2_outputs=("embedding", "truncated"),
     int8_format="torchscript",
     bf16_formats=("torchscript", "aoti"),  # as the text classifier (the same encoder)
+    openvino_precisions=("bf16",),  # int8: the dynamic TorchScript form
     bench_workload="text_medium",
     agreement_metric="min_cosine",  # no label to agree on: the worst cosine between the two embeddings
 )
