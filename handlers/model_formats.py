@@ -6,6 +6,7 @@ the same device, so the handlers do not care how the model runs. Pure: imports n
 """
 
 import logging
+import threading
 from typing import Callable
 
 import torch
@@ -127,12 +128,15 @@ class OpenVinoModel:
         config = {"INFERENCE_PRECISION_HINT": self.precision, "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
                   "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
         self.compiled = core.compile_model(model, "CPU", config)
-        self.request = self.compiled.create_infer_request()
+        self.requests = threading.local()  # an infer request is one thread's (a worker's video threads)
         self.device = torch.device("cpu")
 
     def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
-        self.request.infer([t.detach().cpu().numpy() for t in tensors])
-        return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+        request = getattr(self.requests, "request", None)
+        if request is None:
+            request = self.requests.request = self.compiled.create_infer_request()
+        request.infer([t.detach().cpu().numpy() for t in tensors])
+        return torch.from_numpy(request.get_output_tensor(0).data.copy())
 
 
 def openvino_precision(model) -> str:

@@ -10,6 +10,7 @@ one single-threaded process per core, each process started fresh, all of them ru
 """
 
 import multiprocessing
+import queue
 import time
 from typing import List, Tuple
 
@@ -107,12 +108,23 @@ def each_layout(target, args: tuple, seconds: float, one_layout: bool = False):
         for worker in workers:
             worker.start()
         for _ in workers:
-            ready.get(timeout=600)
+            wait_ready(ready, workers)
         start.set()
         results = [out.get(timeout=seconds + 600) for _ in workers]
         for worker in workers:
             worker.join()
         yield f"{processes}x{threads}", results
+
+
+def wait_ready(ready, workers, timeout: float = 600) -> None:
+    """One process's `ready`; a process that died first (its traceback is on stderr) fails the wait at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return ready.get(timeout=5)
+        except queue.Empty:
+            if any(w.exitcode not in (None, 0) for w in workers) or time.monotonic() > deadline:
+                raise RuntimeError(f"a measuring process died or stalled: exit codes {[w.exitcode for w in workers]}")
 
 
 def best_rate(what: str, mar: str, body: bytes, seconds: float, one_layout: bool = False) -> dict:
