@@ -49,7 +49,7 @@ def host_cpu(cpuinfo: str = "/proc/cpuinfo") -> dict:
 
 def runtime_versions() -> Dict[str, str]:
     out = {"python": platform.python_version()}
-    for module in ("torch", "onnxruntime"):
+    for module in ("torch", "onnxruntime", "openvino"):
         try:
             out[module] = __import__(module).__version__
         except Exception:  # a runtime that is not installed: its variants fail to build, and say so
