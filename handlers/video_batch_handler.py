@@ -9,8 +9,10 @@ ONE forward pass with the step's photos, and answers each video with the NDJSON 
 `{"frames": n, "done": true}`). So a long video never holds the worker: a photo waits at most one step.
 How each reply is marked (TorchServe 0.12, measured with the text generator): a video answered in its first
 step is an ordinary reply (a first reply marked last hangs the client); the others are "more to come" until
-their last. Without continuous batching, over gRPC (0.12 drops a gRPC stream after one step) or with
-`"stream": false`, the video is answered whole within one call: every line in one NDJSON body.
+their last. Without continuous batching (a model of several workers: TorchServe 0.12 stalls their streams) the
+video is answered within its call, each step's lines sent at once as TorchServe's intermediate responses (its
+worker stays with it; each video held on a thread of its own). Over gRPC (0.12 drops a gRPC stream after one
+step) or with `"stream": false`, every line comes in one NDJSON body.
 Subclasses add hooks to BatchHandler's: `frame_item(image, options)`, an RGB uint8 [3, H, W] frame as the model's
 item (the same steps a decoded photo takes); `frame_options(video)`, a JSON video's per-frame options, read
 before any frame; `check_frame_size(width, height)`, the kind's bound on a frame, from the header.
