@@ -108,3 +108,30 @@ def test_limits_answer_before_any_frame(handler, archive, clip):
     assert answers[1][1] == 413 and json.loads(answers[1][0])["type"] == "VideoTooLarge"
     assert "maxVideoSeconds 20" in json.loads(answers[1][0])["message"]
     handler.forget(["ok"])
+
+
+class Socket:
+    """TorchServe's socket to the frontend, as the worker's intermediate responses write to it."""
+
+    def __init__(self):
+        self.messages = []
+
+    def sendall(self, data: bytes) -> None:
+        self.messages.append(data)
+
+
+def test_without_continuous_batching_a_video_streams_within_its_call(handler, archive, clip):
+    """Several workers (no continuous batching): the call holds the video, its steps' lines sent as intermediate
+    responses in order, the last step's lines and the done line as the final reply, marked last."""
+    context = make_context(*archive)
+    rows = request_batch(context, [("body", clip, "video/mp4")])
+    context.request_ids, context.cl_socket = {0: "held"}, Socket()
+    handler.streaming = False
+    try:
+        [body] = handler.handle(rows, context)
+    finally:
+        handler.streaming = True
+    sent = [m for m in context.cl_socket.messages]
+    assert len(sent) == 1 and b'{"frame": 0, ' in sent[0] and b'"frame": 7, ' in sent[0] and b'"frame": 8, ' not in sent[0]
+    assert [line.get("frame") for line in lines(body)] == [8, 9, 10, 11, None]
+    assert context.stopping_criteria[0](body) is True and handler.videos == {}
