@@ -98,8 +98,12 @@ class GrpcClient:
         return inference_pb2.PredictionsRequest(model_name=model, model_version=version or "", input={"data": body})
 
     def predict(self, model: str, body: bytes, version: Optional[str] = None) -> dict:
-        response = self._call(self.inference.Predictions, self._prediction_request(model, body, version), "inference")
-        return json.loads(response.prediction)
+        return json.loads(self.predict_bytes(model, body, version))
+
+    def predict_bytes(self, model: str, body: bytes, version: Optional[str] = None) -> bytes:
+        """The answer as it came (a video's is NDJSON: a line per frame)."""
+        return self._call(self.inference.Predictions, self._prediction_request(model, body, version),
+                          "inference").prediction
 
     def stream(self, model: str, body: bytes, version: Optional[str] = None) -> List[dict]:
         """StreamPredictions: this package's handlers answer it with one final message."""

@@ -2,6 +2,7 @@
 and StreamPredictions, which restarts the worker of a handler that never sets `ts_stream_next`, gets one
 final message from every model with no worker restart."""
 
+import base64
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 from support import CAT_LABELS, REPO, encode, photo
 from tskit.declaration import served
 from tskit.grpc_client import STUBS, generate_stubs
+from videos import make_video
 
 KIND_OF = {d.name: d.kind for d in served() if d.kind != "text-generator"}  # its own: test_generator.py
 STRIKER = "The striker scored twice in the final"
@@ -102,3 +104,14 @@ def test_the_open_inference_grpc_service_is_not_served(server):
         stub.ServerLive(oip.ServerLiveRequest(), metadata=[("authorization", f"Bearer {server.keys()['inference']}")],
                         timeout=30)
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_a_video_over_grpc_is_answered_whole(client, grpc_client):
+    """gRPC cannot stream under TorchServe 0.12 (docs/video.md): a video sent as JSON gets every line in one answer."""
+    clip = make_video(("chelsea", "coffee"), 1.0, 4, "mp4")
+    body = json.dumps({"video": base64.b64encode(clip).decode(), "topk": 1}).encode()
+    before = sorted(w["pid"] for w in client.describe("mobilenet_v2")["workers"])
+    lines = [json.loads(line) for line in grpc_client.predict_bytes("mobilenet_v2", body).splitlines()]
+    assert [line.get("time") for line in lines] == [0.0, 1.0, None] and lines[-1] == {"frames": 2, "done": True}
+    assert lines[0]["predictions"][0]["label"] in CAT_LABELS and lines[1]["predictions"][0]["label"] == "espresso"
+    assert sorted(w["pid"] for w in client.describe("mobilenet_v2")["workers"]) == before
