@@ -57,6 +57,7 @@ from worker_log import drop_per_batch_noise
 logger = logging.getLogger(__name__)
 
 JSON = "application/json"
+INFERENCE_FAILED = "inference failed on the server; see the model log"  # a batch's forward pass raised
 
 
 @dataclass
@@ -274,7 +275,7 @@ class BatchHandler(BaseHandler):
 
     @staticmethod
     def failed(batch: PreparedBatch) -> Dict[int, RequestError]:
-        failure = InternalError("inference failed on the server; see the model log")
+        failure = InternalError(INFERENCE_FAILED)
         return {idx: failure for idx in batch.requests}
 
     def batch_done(self, size: int, timings: Dict[str, float], batch: PreparedBatch) -> None:

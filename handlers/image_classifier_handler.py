@@ -55,15 +55,15 @@ class ImageClassifierHandler(VideoBatchHandler):
         check_pixels((p.header.width * p.header.height for p in payloads), self.max_request_pixels)
 
     def decode(self, payload: ImageInput) -> ImageItem:
-        image = decode_rgb(payload.data, self.max_pixels, self.reduced_jpeg_side, payload.header)
-        return ImageItem(resize_and_crop(image, self.resize_size, self.crop_size), payload.topk)
+        return self.frame_item(decode_rgb(payload.data, self.max_pixels, self.reduced_jpeg_side, payload.header),
+                               payload.topk)
 
     def frame_options(self, video: VideoInput) -> int:
         """A JSON video's `topk`, for each of its frames."""
         return positive_int_field(video.document, "topk", self.topk) if video.document else self.topk
 
     def frame_item(self, image: torch.Tensor, topk: int) -> ImageItem:
-        """A video frame takes a decoded photo's steps."""
+        """A decoded photo or a video frame: resized and cropped."""
         return ImageItem(resize_and_crop(image, self.resize_size, self.crop_size), topk)
 
     def collate(self, items: List[ImageItem]) -> torch.Tensor:

@@ -68,7 +68,8 @@ class ImageSegmenterHandler(VideoBatchHandler):
 
     def check_frame_size(self, width: int, height: int) -> None:
         """An image's (or a video frame's) logits upsampled to its size, before the arg-max."""
-        needed, classes = mask_bytes(height, width, len(self.labels)), len(self.labels)
+        classes = len(self.labels)
+        needed = mask_bytes(height, width, classes)
         if needed > self.settings.maxMaskBytes:
             raise ImageTooLarge(f"a {width}x{height} image's mask needs {needed} bytes before the arg-max "
                                 f"({classes} classes x 4 bytes a pixel), more than this model's maxMaskBytes "

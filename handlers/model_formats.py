@@ -114,8 +114,8 @@ class OnnxModel:
 class OpenVinoModel:
     """An OpenVINO IR (model.xml beside its model.bin) compiled for the CPU, in fp32 unless its build asked for bf16
     (openvino_precision): on a host with AVX512_BF16 or AMX OpenVINO's default inference precision is bf16, which
-    would change an fp32 archive's answers. Threads
-    are not pinned to cores: a server runs several workers (and the frontend) on the same cores."""
+    would change an fp32 archive's answers. Threads are not pinned to cores: a server runs several workers (and
+    the frontend) on the same cores."""
 
     def __init__(self, path: str, device: torch.device, threads: int):
         import openvino

@@ -80,7 +80,7 @@ class ObjectDetectorHandler(VideoBatchHandler):
         check_pixels((p.header.width * p.header.height for p in payloads), self.max_request_pixels)
 
     def decode(self, payload: DetectionInput) -> DetectionItem:
-        return DetectionItem(decode_rgb(payload.data, self.max_pixels, header=payload.header), payload.options)
+        return self.frame_item(decode_rgb(payload.data, self.max_pixels, header=payload.header), payload.options)
 
     def frame_options(self, video: VideoInput) -> DetectionOptions:
         """A JSON video's `threshold` / `max_detections`, for each of its frames."""

@@ -30,7 +30,7 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from batch_handler import BatchHandler, DecodedRequest, PreparedBatch
+from batch_handler import INFERENCE_FAILED, BatchHandler, DecodedRequest, PreparedBatch
 from protocols import Answer, Request
 from ts.handler_utils.utils import send_intermediate_predict_response
 from request_errors import InternalError, RequestError
@@ -197,7 +197,7 @@ class VideoBatchHandler(BatchHandler):
     def frame_lines(self, videos: Dict[int, RunningVideo], frames: List[Tuple[int, Frame, int]],
                     results: Optional[List[Any]]) -> None:
         """Each frame's line, in order (`results`: the batch's, None when its forward pass failed)."""
-        failure = InternalError("inference failed on the server; see the model log")
+        failure = InternalError(INFERENCE_FAILED)
         for idx, frame, position in frames:
             if position < 0:
                 result = frame.error

@@ -6,38 +6,19 @@ each such frame as a lossless PNG photo and expect the very answer the video's l
 """
 
 import io
-from fractions import Fraction
 from typing import List, Sequence, Tuple
 
 import av
-import numpy as np
 import torch
-from PIL import Image
 
 from support import photo
-
-CODECS = {"mp4": ("mp4", "libx264", "video/mp4"), "mkv": ("matroska", "libx264", "video/x-matroska"),
-          "webm": ("webm", "libvpx", "video/webm")}
+from tskit.clips import CODECS, encode_video
 
 
 def make_video(names: Sequence[str], seconds_each: float = 1.0, fps: int = 10, container: str = "mp4",
                size: Tuple[int, int] = (320, 240)) -> bytes:
     """The photos `names`, each shown for `seconds_each` at `fps`, resized to `size` (width, height)."""
-    muxer, codec, _ = CODECS[container]
-    out = io.BytesIO()
-    with av.open(out, mode="w", format=muxer) as video:
-        stream = video.add_stream(codec, rate=fps)
-        stream.width, stream.height = size
-        stream.pix_fmt = "yuv420p"
-        stream.time_base = Fraction(1, fps)
-        for name in names:
-            rgb = np.asarray(Image.fromarray(photo(name)).convert("RGB").resize(size))
-            for _ in range(int(seconds_each * fps)):
-                for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                    video.mux(packet)
-        for packet in stream.encode():
-            video.mux(packet)
-    return out.getvalue()
+    return encode_video((photo(name) for name in names), seconds_each, fps, container, size)
 
 
 def content_type(container: str) -> str:

@@ -14,24 +14,20 @@ Target: served frames/s >= 0.85 x (J), at 1 and at 4 concurrent videos.
 """
 
 import base64
-import io
 import json
 import os
 import threading
 import time
-from fractions import Fraction
 from typing import Dict, List, Optional
 
-import av
-import numpy as np
 import requests
 import torch
-from PIL import Image
 
 from benchkit.archives import STORE, unpack
 from benchkit.bench_servers import declared
 from benchkit.inprocess import each_layout
 from tskit import kinds
+from tskit.clips import encode_video
 from tskit.real_images import real_photos
 from tskit.server import private_server, running
 
@@ -46,20 +42,7 @@ def video_models() -> List[str]:
 
 def make_clip(seconds: int = SECONDS, fps: int = FPS, size=SIZE) -> bytes:
     """Real photos, one a second, resized to `size`, H.264 in MP4."""
-    photos = [picture for _, picture in real_photos()][:seconds]
-    out = io.BytesIO()
-    with av.open(out, mode="w", format="mp4") as video:
-        stream = video.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
-        stream.time_base = Fraction(1, fps)
-        for picture in photos:
-            rgb = np.asarray(Image.fromarray(picture).convert("RGB").resize(size))
-            for _ in range(fps):
-                for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                    video.mux(packet)
-        for packet in stream.encode():
-            video.mux(packet)
-    return out.getvalue()
+    return encode_video([picture for _, picture in real_photos()][:seconds], 1.0, fps, "mp4", size)
 
 
 # ---- (J): the archive's handler in process --------------------------------------------------------------
