@@ -39,8 +39,9 @@ $(VENV)/.installed: requirements.txt requirements-weights.txt pyproject.toml
 	@# the `tsctl` command in $(BIN)/. Dependencies are the pins above, and the build backend is the venv's own
 	@# setuptools (torch and grpcio-tools require it), so this step never reaches an index.
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation --no-index -e .
-	@# handlers/ (the runtime, flat modules as they sit inside a .mar) importable too: no sys.path edits in the code.
-	printf '%s\n' "$(CURDIR)/handlers" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torchserve-package.pth"
+	@# The repo root, so the runtime package `handlers` (as it sits inside a .mar) imports the same way here: no
+	@# sys.path edits in the code.
+	printf '%s\n' "$(CURDIR)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torchserve-package.pth"
 	touch $@
 
 venv: $(VENV)/.installed

@@ -41,18 +41,18 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from batch_profiler import BatchProfiler
-from cpu_requirements import check_cpu, read_cpuinfo
-from handler_metrics import HandlerMetrics
-from model_formats import load_model
-from model_settings import CommonSettings, read_settings
-from protocols import HEADER_LENGTH, Answer, ModelInfo, Output, Request, parse_request
-from request_budget import check_answer_bytes, check_items, envelope_bytes
-from request_deadline import check_deadline
-from request_errors import AnswerTooLarge, InternalError, InvalidField, RequestError
-from request_payload import count_error, is_count, request_body
-from response_cache import ResponseCache
-from worker_log import drop_per_batch_noise
+from handlers.batch_profiler import BatchProfiler
+from handlers.cpu_requirements import check_cpu, read_cpuinfo
+from handlers.handler_metrics import HandlerMetrics
+from handlers.model_formats import load_model
+from handlers.model_settings import CommonSettings, read_settings
+from handlers.protocols import HEADER_LENGTH, Answer, ModelInfo, Output, Request, parse_request
+from handlers.request_budget import check_answer_bytes, check_items, envelope_bytes
+from handlers.request_deadline import check_deadline
+from handlers.request_errors import AnswerTooLarge, InternalError, InvalidField, RequestError
+from handlers.request_payload import count_error, is_count, request_body
+from handlers.response_cache import ResponseCache
+from handlers.worker_log import drop_per_batch_noise
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from protocols import Output
+from handlers.protocols import Output
 
 # A classifier's v2 outputs: [n, k] labels, indices and probabilities, most probable first.
 CLASSIFIER_OUTPUTS = (

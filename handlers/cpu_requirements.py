@@ -14,7 +14,7 @@ Pure: imports nothing from `ts` (the archive builder in scripts/tskit uses the s
 
 from typing import Iterable, List, Optional, Set, Tuple
 
-from model_settings import SettingsError
+from handlers.model_settings import SettingsError
 
 CPUINFO = "/proc/cpuinfo"
 

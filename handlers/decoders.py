@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 
-from model_formats import decoder_session
+from handlers.model_formats import decoder_session
 
 
 ONNX_FILE = "decoder.onnx"
@@ -97,7 +97,7 @@ def onnx_decoder(path: str, device: torch.device, threads: int):
     past_key_values.<i>.key) or the forward exported by torch.onnx (export_onnx)."""
     import onnx
 
-    from fused_decoder import FusedOnnxDecoder, is_fused
+    from handlers.fused_decoder import FusedOnnxDecoder, is_fused
 
     names = [i.name for i in onnx.load(path, load_external_data=False).graph.input]
     return (FusedOnnxDecoder if is_fused(names) else OnnxDecoder)(path, device, threads)

@@ -15,10 +15,10 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from protocols import Output
-from request_budget import ITEM_OVERHEAD_BYTES, JSON_FLOAT_BYTES
-from request_errors import InvalidField, shown
-from request_payload import count_error, decode_base64_field, image_request, is_count
+from handlers.protocols import Output
+from handlers.request_budget import ITEM_OVERHEAD_BYTES, JSON_FLOAT_BYTES
+from handlers.request_errors import InvalidField, shown
+from handlers.request_payload import count_error, decode_base64_field, image_request, is_count
 
 # One detection besides its label: {"label": , "index": <int>, "score": <float>, "box": [4 floats]}, ", ".
 DETECTION_OVERHEAD_BYTES = 64 + 5 * JSON_FLOAT_BYTES

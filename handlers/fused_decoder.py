@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from transformers.cache_utils import DynamicCache
 
-from model_formats import decoder_session
+from handlers.model_formats import decoder_session
 
 
 COLUMNS_AHEAD = 64

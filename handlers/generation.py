@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from decoders import Decoder
+from handlers.decoders import Decoder
 
 Tokens = List[int]
 

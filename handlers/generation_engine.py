@@ -18,10 +18,10 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence as Seq, Tu
 
 import torch
 
-from decoders import Decoder
-from generation import RunningBatch, Sequence, make_generator, next_tokens, sample
-from generation_protocols import Framing, Result
-from generation_request import Options
+from handlers.decoders import Decoder
+from handlers.generation import RunningBatch, Sequence, make_generator, next_tokens, sample
+from handlers.generation_protocols import Framing, Result
+from handlers.generation_request import Options
 
 Decode = Callable[[List[int]], str]
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from protocols import JSON_TYPE, ModelInfo, Output, V2Request
+from handlers.protocols import JSON_TYPE, ModelInfo, Output, V2Request
 
 NDJSON_TYPE = "application/x-ndjson"
 SSE_TYPE = "text/event-stream"

@@ -10,9 +10,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, List, Optional, Tuple
 
-from generation import Sampling
-from request_errors import EmptyText, InvalidField, RequestError, TextTooLong, shown
-from request_payload import MAX_JSON_INT, json_type_name, unicode_text
+from handlers.generation import Sampling
+from handlers.request_errors import EmptyText, InvalidField, RequestError, TextTooLong, shown
+from handlers.request_payload import MAX_JSON_INT, json_type_name, unicode_text
 
 ROLES = ("system", "user", "assistant")
 MAX_STOPS = 4

@@ -11,15 +11,15 @@ from typing import List
 
 import torch
 
-from batch_handler import PreparedBatch
-from classification import CLASSIFIER_OUTPUTS, load_labels, top_k_predictions
-from image_decoding import ImageInput, decode_rgb, read_header
-from image_transforms import ImageItem, collate_normalize, resize_and_crop
-from model_settings import ImageClassifierSettings, check_labels
-from request_budget import check_pixels, label_bytes, predictions_item_bytes
-from request_payload import image_request, positive_int_field
-from video import VideoInput
-from video_batch_handler import VideoBatchHandler
+from handlers.batch_handler import PreparedBatch
+from handlers.classification import CLASSIFIER_OUTPUTS, load_labels, top_k_predictions
+from handlers.image_decoding import ImageInput, decode_rgb, read_header
+from handlers.image_transforms import ImageItem, collate_normalize, resize_and_crop
+from handlers.model_settings import ImageClassifierSettings, check_labels
+from handlers.request_budget import check_pixels, label_bytes, predictions_item_bytes
+from handlers.request_payload import image_request, positive_int_field
+from handlers.video import VideoInput
+from handlers.video_batch_handler import VideoBatchHandler
 
 
 class ImageClassifierHandler(VideoBatchHandler):

@@ -36,7 +36,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as F
 
-from request_errors import CorruptImage, ImageTooLarge, UnsupportedMediaType, clip
+from handlers.request_errors import CorruptImage, ImageTooLarge, UnsupportedMediaType, clip
 
 TORCHVISION_FORMATS = {"JPEG", "MPO", "WEBP"}  # MPO: multi-picture JPEG from cameras
 PILLOW_FORMATS = {"PNG", "GIF", "BMP"}  # and animated WebP, which torchvision.io refuses

@@ -12,16 +12,16 @@ from typing import List
 
 import torch
 
-from batch_handler import PreparedBatch
-from classification import load_labels
-from image_decoding import ImageInput, decode_rgb, read_header
-from image_transforms import collate_normalize
-from model_settings import ImageSegmenterSettings, SettingsError, check_labels
-from request_budget import check_pixels, label_bytes
-from request_errors import ImageTooLarge
-from request_payload import image_request
-from video_batch_handler import VideoBatchHandler
-from segmentation import (
+from handlers.batch_handler import PreparedBatch
+from handlers.classification import load_labels
+from handlers.image_decoding import ImageInput, decode_rgb, read_header
+from handlers.image_transforms import collate_normalize
+from handlers.model_settings import ImageSegmenterSettings, SettingsError, check_labels
+from handlers.request_budget import check_pixels, label_bytes
+from handlers.request_errors import ImageTooLarge
+from handlers.request_payload import image_request
+from handlers.video_batch_handler import VideoBatchHandler
+from handlers.segmentation import (
     MAX_CLASSES,
     SEGMENTER_OUTPUTS,
     SegmentItem,

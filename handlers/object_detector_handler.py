@@ -13,9 +13,9 @@ from typing import List, Optional
 
 import torch
 
-from batch_handler import DecodedRequest, PreparedBatch
-from classification import load_labels
-from detection import (
+from handlers.batch_handler import DecodedRequest, PreparedBatch
+from handlers.classification import load_labels
+from handlers.detection import (
     DETECTOR_OUTPUTS,
     DetectionInput,
     DetectionItem,
@@ -27,12 +27,12 @@ from detection import (
     model_images,
     request_options,
 )
-from image_decoding import decode_rgb, read_header
-from model_settings import ObjectDetectorSettings, SettingsError
-from protocols import Request
-from request_budget import check_pixels, label_bytes
-from video import VideoInput
-from video_batch_handler import VideoBatchHandler
+from handlers.image_decoding import decode_rgb, read_header
+from handlers.model_settings import ObjectDetectorSettings, SettingsError
+from handlers.protocols import Request
+from handlers.request_budget import check_pixels, label_bytes
+from handlers.video import VideoInput
+from handlers.video_batch_handler import VideoBatchHandler
 
 
 class ObjectDetectorHandler(VideoBatchHandler):

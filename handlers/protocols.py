@@ -18,8 +18,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from request_errors import InvalidField, InvalidJSON, RequestError, shown
-from request_payload import MAX_JSON_INT, count_error, is_count, is_json, json_type_name, unicode_text
+from handlers.request_errors import InvalidField, InvalidJSON, RequestError, shown
+from handlers.request_payload import MAX_JSON_INT, count_error, is_count, is_json, json_type_name, unicode_text
 
 JSON_TYPE = "application/json"
 BINARY_TYPE = "application/octet-stream"

@@ -10,7 +10,7 @@ Pure: imports nothing from `ts`. docs/limits-and-overload.md gives the arithmeti
 import json
 from typing import Any, Iterable, Optional, Sequence
 
-from request_errors import AnswerTooLarge, TextTooLong, TooManyItems, TooManyPixels
+from handlers.request_errors import AnswerTooLarge, TextTooLong, TooManyItems, TooManyPixels
 
 # The longest JSON a float takes in an answer: Python's repr of a float32 value widened to a double has at
 # most 17 significant digits, e.g. "-1.2345678901234567e-05" (23 characters), then ", " before the next.

@@ -18,7 +18,7 @@ import math
 import re
 from typing import Callable, Optional
 
-from request_errors import InvalidField, RequestExpired
+from handlers.request_errors import InvalidField, RequestExpired
 
 START_HEADER = "x-request-start"
 TIMEOUT_HEADER = "x-request-timeout-ms"

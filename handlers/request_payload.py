@@ -10,7 +10,7 @@ import binascii
 import re
 from typing import Any, NamedTuple, Optional, Tuple
 
-from request_errors import (
+from handlers.request_errors import (
     EmptyBody,
     EmptyText,
     InvalidBase64,

@@ -21,7 +21,7 @@ from torchvision.io import encode_png
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from protocols import Output
+from handlers.protocols import Output
 
 # one class's entry in JSON beyond its label: {"label": "", "index": 65535, "fraction": 0.123456789}
 CLASS_OVERHEAD_BYTES = 64

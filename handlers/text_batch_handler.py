@@ -10,12 +10,12 @@ from typing import List, Tuple
 
 import torch
 
-from batch_handler import BatchHandler
-from model_settings import SettingsError, TextSettings
-from protocols import Output
-from request_budget import check_text_chars
-from request_payload import text_request
-from text_tokenization import TextItem, collate_padded, length_buckets, load_tokenizer, tokenize
+from handlers.batch_handler import BatchHandler
+from handlers.model_settings import SettingsError, TextSettings
+from handlers.protocols import Output
+from handlers.request_budget import check_text_chars
+from handlers.request_payload import text_request
+from handlers.text_tokenization import TextItem, collate_padded, length_buckets, load_tokenizer, tokenize
 
 TRUNCATED = Output("truncated", "BOOL", lambda answer: answer["truncated"], per_item=True)
 SubBatch = Tuple[List[int], torch.Tensor, torch.Tensor]  # (item indices, input_ids, attention_mask)

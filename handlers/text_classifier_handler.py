@@ -8,11 +8,11 @@ from typing import List
 
 import torch
 
-from batch_handler import PreparedBatch
-from classification import CLASSIFIER_OUTPUTS, load_labels, top_k_predictions
-from model_settings import TextClassifierSettings, check_labels
-from request_budget import label_bytes, predictions_item_bytes
-from text_batch_handler import TRUNCATED, TextBatchHandler
+from handlers.batch_handler import PreparedBatch
+from handlers.classification import CLASSIFIER_OUTPUTS, load_labels, top_k_predictions
+from handlers.model_settings import TextClassifierSettings, check_labels
+from handlers.request_budget import label_bytes, predictions_item_bytes
+from handlers.text_batch_handler import TRUNCATED, TextBatchHandler
 
 
 class TextClassifierHandler(TextBatchHandler):

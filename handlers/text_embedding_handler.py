@@ -8,11 +8,11 @@ from typing import List
 
 import torch
 
-from batch_handler import PreparedBatch
-from model_settings import TextEmbeddingSettings
-from protocols import Output
-from request_budget import embedding_item_bytes
-from text_batch_handler import TRUNCATED, TextBatchHandler
+from handlers.batch_handler import PreparedBatch
+from handlers.model_settings import TextEmbeddingSettings
+from handlers.protocols import Output
+from handlers.request_budget import embedding_item_bytes
+from handlers.text_batch_handler import TRUNCATED, TextBatchHandler
 
 
 class TextEmbeddingHandler(TextBatchHandler):

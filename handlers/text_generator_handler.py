@@ -22,18 +22,18 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-from batch_handler import BatchHandler, reason_phrase
-from decoders import load_decoder
-from generation import Sampling
-from generation_engine import Engine
-from generation_protocols import (ROUTES, V2_OUTPUTS, Framing, NativeStream, NativeWhole, V2Whole, models_list,
+from handlers.batch_handler import BatchHandler, reason_phrase
+from handlers.decoders import load_decoder
+from handlers.generation import Sampling
+from handlers.generation_engine import Engine
+from handlers.generation_protocols import (ROUTES, V2_OUTPUTS, Framing, NativeStream, NativeWhole, V2Whole, models_list,
                                   openai_framing)
-from generation_request import (Limits, Options, Prompt, UnknownRoute, check_prompt_size, read_messages,
+from handlers.generation_request import (Limits, Options, Prompt, UnknownRoute, check_prompt_size, read_messages,
                                 read_options, read_prompt)
-from model_settings import TextGeneratorSettings, prompt_token_cap
-from protocols import JSON_TYPE, Answer, ModelInfo, PlainRequest, V2Request, parse_request
-from request_errors import InternalError, InvalidField, InvalidJSON, RequestError
-from request_payload import request_body, text_request
+from handlers.model_settings import TextGeneratorSettings, prompt_token_cap
+from handlers.protocols import JSON_TYPE, Answer, ModelInfo, PlainRequest, V2Request, parse_request
+from handlers.request_errors import InternalError, InvalidField, InvalidJSON, RequestError
+from handlers.request_payload import request_body, text_request
 
 logger = logging.getLogger(__name__)
 

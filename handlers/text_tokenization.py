@@ -10,7 +10,7 @@ from typing import List, NamedTuple, Tuple
 import torch
 from tokenizers import Tokenizer
 
-from request_errors import EmptyText
+from handlers.request_errors import EmptyText
 
 # Characters per token tried first; the prefix grows 4x while it yields too few tokens.
 PREFIX_CHARS_PER_TOKEN = 32

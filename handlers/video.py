@@ -21,8 +21,8 @@ from typing import Iterator, List, NamedTuple, Optional, Union
 import av
 import torch
 
-from request_errors import InvalidField, RequestError, UnsupportedMediaType, shown
-from request_payload import count_error, decode_base64_field, is_count, media_type
+from handlers.request_errors import InvalidField, RequestError, UnsupportedMediaType, shown
+from handlers.request_payload import count_error, decode_base64_field, is_count, media_type
 
 VIDEO_TYPES = {"video/mp4": "mp4", "video/webm": "matroska", "video/x-matroska": "matroska",
                "video/matroska": "matroska"}

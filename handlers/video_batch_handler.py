@@ -30,11 +30,11 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from batch_handler import INFERENCE_FAILED, BatchHandler, DecodedRequest, PreparedBatch
-from protocols import Answer, Request
+from handlers.batch_handler import INFERENCE_FAILED, BatchHandler, DecodedRequest, PreparedBatch
+from handlers.protocols import Answer, Request
 from ts.handler_utils.utils import send_intermediate_predict_response
-from request_errors import InternalError, RequestError
-from video import NDJSON, Frame, VideoInput, VideoLimits, VideoReader, video_input
+from handlers.request_errors import InternalError, RequestError
+from handlers.video import NDJSON, Frame, VideoInput, VideoLimits, VideoReader, video_input
 
 logger = logging.getLogger(__name__)
 MODEL_LANES = min(2, os.cpu_count() or 1)  # forward passes of one held video's steps at once

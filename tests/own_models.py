@@ -171,8 +171,8 @@ class DetectorFiles:
     def answer(self, image: bytes, threshold: float, max_detections: int) -> dict:
         """What the served detector must answer for these bytes: the handlers' decoder (EXIF applied), the
         scripted model on that one image alone, COCO's labels."""
-        from detection import DetectionItem, DetectionOptions, answer, model_detections, model_images
-        from image_decoding import decode_rgb
+        from handlers.detection import DetectionItem, DetectionOptions, answer, model_detections, model_images
+        from handlers.image_decoding import decode_rgb
         from tskit.sources import coco_categories
 
         options = DetectionOptions(threshold, max_detections)
@@ -203,7 +203,7 @@ def make_detector(folder: str, detections_per_img: int = 100) -> DetectorFiles:
     its batch (Faster R-CNN pads a batch to its largest image: anchors and proposals change with the batch).
     Batch norms calibrated on tskit.real_images' calibration views, not the photos the tests send."""
     import torchvision
-    from image_decoding import decode_rgb
+    from handlers.image_decoding import decode_rgb
     from tskit.real_images import calibration_images
 
     os.makedirs(folder, exist_ok=True)

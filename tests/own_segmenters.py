@@ -81,15 +81,15 @@ class SegmentReference:
     """The answer an image-segmenter archive must give for each image, computed in process."""
 
     def __init__(self, served_file: str, model_format: str, labels: List[str]):
-        from model_formats import load_model
+        from handlers.model_formats import load_model
 
         self.model = load_model(served_file, model_format, torch.device("cpu"), threads=1, optimize=True)
         self.labels = labels
 
     def answer(self, data: bytes) -> Dict:
-        from image_decoding import decode_rgb
-        from image_transforms import collate_normalize
-        from segmentation import answer, class_map, resize_exact, segmenter_logits
+        from handlers.image_decoding import decode_rgb
+        from handlers.image_transforms import collate_normalize
+        from handlers.segmentation import answer, class_map, resize_exact, segmenter_logits
 
         image = decode_rgb(data, 10 ** 8)
         batch = collate_normalize([resize_exact(image, INPUT_SIZE)], [0.485, 0.456, 0.406], [0.229, 0.224, 0.225],

@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 from skimage import data as skimage_data
 from ts.context import Context, RequestProcessor
-from tskit.kinds import family
+from tskit import kinds
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_STORE = os.path.join(REPO, "model_store")
@@ -49,7 +49,7 @@ def served_model(mar_name: str, dest: str):
     """The model of a built archive, loaded as its worker loads it (format from its model-config.yaml)."""
     import torch
 
-    from model_formats import load_model
+    from handlers.model_formats import load_model
 
     model_dir, manifest, model_config = extract_archive(mar_name, dest)
     handler = model_config.get("handler", {})
@@ -90,7 +90,7 @@ def v2_input(kind: str, binary: bool):
     """(a v2 BYTES element for tritonclient or KServe's SDK, the same input in the plain form: (body,
     content type)). A binary element is the raw image or text; a JSON one must be UTF-8, so an image goes
     as its base64 text, like the plain form's {"image": ...}."""
-    if family(kind) == "image":
+    if kinds.kind(kind).model_input.takes_photos:
         jpeg = encode(photo("chelsea"))
         return (jpeg if binary else base64.b64encode(jpeg)), (jpeg, "image/jpeg")
     return STRIKER.encode(), (STRIKER.encode(), "text/plain; charset=utf-8")

@@ -1,17 +1,17 @@
 """Agreement of a variant with the fp32 reference, computed from the answers the servers gave; the probes
-and the measure follow the kind's input family and answer (tskit.kinds):
+follow what the kind's model takes, the measure what its answer carries (tskit.kinds' model_input and answer):
 
-    image classifier  >= 100 real photos and their crops/flips/rescales (tskit.real_images.agreement_images),
-                      every class's probability asked for: top-1 agreement and the largest change of any
-                      class's probability
-    text classifier   the 48 labelled headlines of tests/data/topic_headlines.json: top-1 agreement, largest
-                      probability change, and accuracy against the labels
-    text embedding    the headlines and the bench's texts: the smallest cosine between the two embeddings
+    photos            >= 100 real photos and their crops/flips/rescales (tskit.real_images.agreement_images),
+                      with the answer's probe options (a classifier: every class's probability)
+    texts             the 48 labelled headlines of tests/data/topic_headlines.json (and, for answers that name no
+                      label, the bench's texts)
+    labels            top-1 agreement, the largest change of any class's probability, accuracy against the labels
+    embedding         the smallest cosine between the two embeddings
+    mask              the smallest share of pixels given the same class over the probes
 """
 
 import base64
 import json
-import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +23,6 @@ from tskit import kinds
 from tskit.declaration import REPO
 
 HEADLINES = os.path.join(REPO, "tests", "data", "topic_headlines.json")
-ALL_CLASSES = 100000  # topk asked for: the handler caps it at the number of classes
 
 
 @dataclass
@@ -41,14 +40,15 @@ def headlines() -> List[tuple]:
 
 
 def probes(kind: str, min_images: int = 100, extra_texts: Optional[Dict[str, str]] = None) -> List[Probe]:
-    if kinds.kind(kind).family == "image":
+    k = kinds.kind(kind)
+    if k.model_input.takes_photos:
         from tskit.real_images import agreement_images
 
-        return [Probe(name, json.dumps({"image": base64.b64encode(data).decode(), "topk": ALL_CLASSES}).encode(),
+        return [Probe(name, json.dumps({"image": base64.b64encode(data).decode(), **k.answer.probe_options}).encode(),
                       "application/json") for name, data in agreement_images(min_images)]
     out = [Probe(f"headline {i}", json.dumps({"text": text}).encode(), "application/json", label)
            for i, (label, text) in enumerate(headlines())]
-    if kinds.kind(kind).answer == "embedding":  # no label to know: any text compares two embeddings
+    if not k.answer.labelled:  # no label to know: any text compares two answers
         out += [Probe(name, json.dumps({"text": text}).encode(), "application/json")
                 for name, text in (extra_texts or {}).items()]
     return out
@@ -74,10 +74,6 @@ def collect(client: TorchServeClient, model: str, items: List[Probe], workers: i
         return list(pool.map(ask, items))
 
 
-def _distribution(answer) -> Dict[str, float]:
-    return {p["label"]: float(p["probability"]) for p in answer["predictions"]}
-
-
 def compare(kind: str, items: List[Probe], reference: List[object], answers: List[object]) -> dict:
     """Agreement of `answers` with `reference` (same probes, same order)."""
     failed = sum(isinstance(a, str) for a in answers) + sum(isinstance(r, str) for r in reference)
@@ -85,43 +81,13 @@ def compare(kind: str, items: List[Probe], reference: List[object], answers: Lis
     out = {"probes": len(items), "failed": failed}
     if not pairs:
         return out
-    out.update(MEASURES[kinds.kind(kind).answer](pairs))
+    out.update(kinds.kind(kind).answer.agreement(pairs))
     return out
-
-
-def cosine_agreement(pairs: List[tuple]) -> dict:
-    """Embeddings: the smallest and the mean cosine between reference and answer."""
-    cosines = []
-    for _, r, a in pairs:
-        x, y = r["embedding"], a["embedding"]
-        dot = sum(i * j for i, j in zip(x, y))
-        norm = math.sqrt(sum(i * i for i in x)) * math.sqrt(sum(j * j for j in y))
-        cosines.append(dot / norm if norm and len(x) == len(y) else 0.0)
-    return {"min_cosine": min(cosines), "mean_cosine": sum(cosines) / len(cosines)}
-
-
-def top1_agreement(pairs: List[tuple]) -> dict:
-    """Labels: top-1 agreement, the largest change of any label's probability, accuracy where the truth is known."""
-    same, largest, right, known = 0, 0.0, 0, 0
-    for probe, r, a in pairs:
-        p, q = _distribution(r), _distribution(a)
-        same += r["predictions"][0]["label"] == a["predictions"][0]["label"]
-        largest = max(largest, max(abs(p.get(k, 0.0) - q.get(k, 0.0)) for k in set(p) | set(q)))
-        if probe.truth is not None:
-            known += 1
-            right += a["predictions"][0]["label"] == probe.truth
-    out = {"top1_agreement": same / len(pairs), "max_prob_change": largest}
-    if known:
-        out.update(accuracy=right / known, right=right, labelled=known)
-    return out
-
-
-# the measure of each answer shape (a Kind's `answer`); its keys name the Kind's agreement_metric
-MEASURES = {"embedding": cosine_agreement, "labels": top1_agreement}
 
 
 def keeps_agreement(result: dict, kind: str, threshold: float = 0.99) -> bool:
-    """Top-1 agreement >= threshold (embeddings: smallest cosine >= threshold), with no failed probe."""
+    """The kind's agreement metric >= threshold (top-1 agreement, the smallest cosine, the smallest share of
+    pixels), with no failed probe."""
     if result.get("failed"):
         return False
     value = result.get(kinds.kind(kind).agreement_metric)

@@ -1,16 +1,19 @@
-"""What a built .mar serves, unpacked: the model file, its format and the handler's typed settings.
+"""What a built .mar serves, unpacked: the model file, its format and the handler's typed settings, and the
+archive's own handler in process.
 
-(C), (J) and the LitServe peer all run the very file an archive serves, loaded with the handlers'
-own loader (handlers/model_formats.load_model) and set up from the archive's model-config.yaml.
+(C), (J), (V) and the LitServe peer all run the very file an archive serves through the kind's own steps: the
+archive's handler class, initialised with TorchServe's Context from the unpacked archive (its model-config.yaml),
+driven here without TorchServe (read_input, decode, collate, forward, postprocess).
 """
 
+import importlib
 import json
 import os
 import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import yaml
 
@@ -83,3 +86,34 @@ def copy_archive(model: str, store: str, name: str,
                 data = edits[info.filename](data)
             copy.writestr(info, data)
     return target
+
+
+# ---- the archive's handler in process ---------------------------------------------------------------------
+def in_process_handler(unpacked: Unpacked, threads: int):
+    """The archive's handler class, initialised from the unpacked archive with TorchServe's own Context and
+    `threads` intra-op threads; (handler, context)."""
+    from ts.context import Context
+
+    module = importlib.import_module(kinds.kind(unpacked.kind).handler_module)
+    [cls] = [c for c in vars(module).values() if isinstance(c, type) and c.__module__ == module.__name__]
+    config = dict(unpacked.config, handler=dict(unpacked.config.get("handler") or {}, intraOpThreads=threads))
+    with open(os.path.join(unpacked.folder, "MAR-INF", "MANIFEST.json"), encoding="utf-8") as f:
+        manifest = json.load(f)
+    context = Context(unpacked.model_name, unpacked.folder, manifest, unpacked.batch_size, None, "0.12.0",
+                      model_yaml_config=config)
+    handler = cls()
+    handler.initialize(context)
+    return handler, context
+
+
+def decode_body(handler, body: Any, content_type: Optional[str] = None) -> Any:
+    """One request body (raw bytes, or a parsed JSON document) to its model-ready item, by the kind's own steps."""
+    return handler.decode(handler.read_input(body, content_type))
+
+
+def answer_items(handler, items: List[Any]) -> List[Any]:
+    """Decoded items to their answers as one batch: the kind's collate, forward pass and postprocess."""
+    from handlers.batch_handler import PreparedBatch
+
+    batch = PreparedBatch(items=list(items), owners=list(range(len(items))), topks=[None] * len(items))
+    return handler.postprocess(handler.inference(handler.collate(batch.items)), batch)

@@ -74,7 +74,7 @@ from benchkit.bench_report import formats_table, plot, ratios, table
 from tskit.admission import shared_note
 from tskit.load import wrk_available
 from tskit.server import private_server
-from tskit.kinds import family
+from tskit.kinds import KINDS
 
 
 def main_sections(args, groups, chosen_inputs, kinds, workloads, setups, rows: List[dict], summaries: List[dict],
@@ -105,7 +105,7 @@ def overload_section(args, workloads: Dict[str, dict], log) -> List[dict]:
     models = [m for m in args.overload_models if decls[m].kind in MAIN_WORKLOAD]
     kinds = {m: decls[m].kind for m in models}
     ours_dir, stock_dir = tempfile.mkdtemp(prefix="bench-overload-"), tempfile.mkdtemp(prefix="bench-stock-")
-    stock_models = [] if args.no_stock else [m for m in models if family(kinds[m]) == "image"]
+    stock_models = [] if args.no_stock else [m for m in models if KINDS[kinds[m]].stock_handler]
     os.makedirs(os.path.join(stock_dir, "model_store"), exist_ok=True)
     stock_names = {m: build_stock_archive(m, os.path.join(stock_dir, "model_store"), os.path.join(stock_dir, "stock", m))
                    for m in stock_models}
@@ -148,8 +148,8 @@ def settle(args, decls: Dict[str, object], served: List[str]) -> argparse.Namesp
         # a tiny (K): the image model, 48 requests per point, one (off, on) pair per stream
         args.cache_concurrency, args.cache_rounds = 4, 1
         args.cache_requests = min(args.cache_requests, 48)
-        args.cache_models = [m for m in args.cache_models if family(decls[m].kind) == "image"][:1]
-        image_models = [n for n in served if family(decls[n].kind) == "image"] or served[:1]
+        args.cache_models = [m for m in args.cache_models if KINDS[decls[m].kind].model_input.takes_photos][:1]
+        image_models = [n for n in served if KINDS[decls[n].kind].stock_handler] or served[:1]
         args.models, args.concurrency, args.seconds, args.warmup = image_models[:1], [4], 2, 0.5
         args.no_stock, args.workloads = True, ["jpeg_640x480"]
         args.format_models = args.format_models or image_models[:1]
@@ -172,7 +172,7 @@ def settle(args, decls: Dict[str, object], served: List[str]) -> argparse.Namesp
 
 def target_models(decls: Dict[str, object]) -> Dict[str, str]:
     """The models the targets cover: every served image and text model (model -> kind), in this run or not."""
-    return {n: d.kind for n, d in decls.items() if d.serve and family(d.kind) in ("image", "text")}
+    return {n: d.kind for n, d in decls.items() if d.serve and KINDS[d.kind].bench_workload}
 
 
 def write_reports(args, rows: List[dict], summaries: List[dict], overload_rows: List[dict], elapsed: float,
@@ -240,7 +240,7 @@ def run(args) -> int:
         log(f"skipped (no bench inputs for their kind): {', '.join(f'{m} ({kinds[m]})' for m in unknown)}")
         args.models = [m for m in args.models if m not in unknown]
         kinds = {m: kinds[m] for m in args.models}
-    image_models = [m for m in args.models if family(kinds[m]) == "image" and decls.get(m) and decls[m].serve]
+    image_models = [m for m in args.models if KINDS[kinds[m]].stock_handler and decls.get(m) and decls[m].serve]
     stock_for = [] if args.no_stock else image_models
     pipeline_for = [] if args.no_raw else image_models
     inputs = {name: w["kind"] for name, w in chosen_inputs.items()}

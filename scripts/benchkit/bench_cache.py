@@ -77,7 +77,7 @@ def cache_points(server: TorchServe, args, base: str, kind: str, names: Dict[str
         for round_index in range(args.cache_rounds):
             for side in (("off", "on") if round_index % 2 == 0 else ("on", "off")):
                 salt += 1  # new inputs for every point: nothing an earlier point stored can hit
-                if kinds.kind(kind).family == "image":
+                if kinds.kind(kind).model_input.takes_photos:
                     new = cache_bench.photo_variant(Image.open(workload["path"]).convert("RGB"), salt)
                 else:
                     with open(workload["path"], encoding="utf-8") as f:

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 
 from benchkit import agreement, inprocess, variants
 from benchkit.archives import unpack
-from benchkit.workloads import TEXTS, load_point, load_url
+from benchkit.workloads import TEXTS, WORKLOAD_KIND, load_point, load_url
 from benchkit.checks import answer_check, check_answer
 from benchkit.litserve_peer import LitServePeer
 from benchkit.bench_servers import declared, free_port
@@ -128,7 +128,7 @@ def job_workloads(args, base: str, kind: str, workload_name: str, rows: List[dic
     """The inputs (J) runs on: the model's main one; for a text model also every other text input (B) measured
     it on in this run (the per-length targets), except in --quick, which measures the main one only."""
     names = [workload_name]
-    if not args.quick and kinds.kind(kind).workload_family == "text":
+    if not args.quick and WORKLOAD_KIND[kind] == "text":
         names += sorted({r["workload"] for r in rows if r["setup"] == "B" and r["model"] == base
                          and r["workload"].startswith("text_") and r["workload"] != workload_name})
     return names

@@ -12,7 +12,7 @@ import torch
 from benchkit import generation_bench as gb
 from benchkit.bench_servers import declared
 from benchkit.llamacpp_peer import LlamaCppPeer, ensure_built
-from decoders import TorchDecoder
+from handlers.decoders import TorchDecoder
 from tskit import kinds
 from tskit.causal_lm import load_causal_lm, resolve_source
 from tskit.declaration import REPO
@@ -22,8 +22,8 @@ STORE = os.path.join(REPO, "model_store")
 
 
 def generators() -> List[str]:
-    """Served models whose kind generates text (their family, not a kind's name)."""
-    return [n for n, d in declared().items() if d.serve and kinds.family(d.kind) == "generator"]
+    """Served models whose kind generates text, every answer a stream of tokens (not a kind's name)."""
+    return [n for n, d in declared().items() if d.serve and kinds.kind(d.kind).streams_every_request]
 
 
 def served_part(name: str, work: str, concurrency: List[int], streams: int, log) -> dict:

@@ -4,7 +4,7 @@ from typing import List, Optional
 
 
 from benchkit.plan import PIPELINE_SUFFIX, STOCK_PREFIX, stock_b_layout_name
-from tskit.kinds import family
+from tskit.kinds import KINDS
 
 
 
@@ -88,8 +88,8 @@ def ratios(rows: List[dict], top_concurrency: int, summaries: Optional[List[dict
                 f"({chosen['format']} {chosen['precision']}): {chosen['throughput']:.1f} req/s, "
                 f"{chosen['speedup']:.2f}x the TorchScript fp32 archive ({ref['throughput']:.1f} req/s), p99 "
                 f"{chosen['p99_ms']:.0f} vs {ref['p99_ms']:.0f} ms")
-        if family(s["kind"]) == "image":  # the target set for the image model's formats
-            line += " (target >= 1.3x)"
+        if KINDS[s["kind"]].formats_target:  # the target set for the kind's formats
+            line += f" (target >= {KINDS[s['kind']].formats_target}x)"
         out.append(line)
         a = find("A", STOCK_PREFIX + s["model"], chosen["workload"], top_concurrency)
         if a and a["throughput"] > 0:

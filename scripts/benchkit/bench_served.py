@@ -12,7 +12,6 @@ from benchkit.checks import answer_check
 from benchkit.bench_servers import STORE, declared
 from benchkit.bench_points import checked_point
 from tskit.server import TorchServe
-from tskit.kinds import family
 
 
 # ---- (A), (A2), (B), (P), (C) -----------------------------------------------------------------------
@@ -57,5 +56,5 @@ def served_section(server: TorchServe, args, groups, inputs: Dict[str, dict], ki
                                      one_layout=args.quick)
             rows.append(dict(raw, setup="C", model=model, workload=group.workload, concurrency=None,
                              batch=int(decls[model].torchserve.get("batchSize", 1)) if model in decls else None,
-                             input="tensor_224" if family(kinds[model]) == "image" else group.workload))
+                             input=f"model input of {group.workload}"))
     progress.close()

@@ -50,8 +50,8 @@ def free_port() -> int:
 
 
 def build_stock_archive(model: str, store: str, work: str) -> str:
-    """The stock recipe for an image classifier: torch-model-archiver --handler image_classifier on the
-    plainly scripted model (its declared source, real weights) and its labels."""
+    """The stock recipe: torch-model-archiver --handler <the kind's stock handler> on the plainly scripted model
+    (its declared source, real weights) and its labels."""
     from tskit.formats import to_torchscript
     from tskit.sources import load_source
 
@@ -60,14 +60,14 @@ def build_stock_archive(model: str, store: str, work: str) -> str:
     os.makedirs(work, exist_ok=True)
     model_file, labels_file = os.path.join(work, "model.pt"), os.path.join(work, "index_to_name.json")
     settings = decl.settings()
-    example = (torch.randn(1, 3, settings.cropSize, settings.cropSize),)
+    example = kinds.kind(decl.kind).model_input.example(settings, batch=1)
     to_torchscript(loaded.module.eval(), decl.kind, example).save(model_file)
     with open(labels_file, "w", encoding="utf-8") as f:
         json.dump({str(i): name for i, name in enumerate(loaded.labels or [])}, f)
     name = STOCK_PREFIX + model
     subprocess.run([os.path.join(os.path.dirname(sys.executable), "torch-model-archiver"), "--force",
                     "--model-name", name, "--version", "1.0", "--serialized-file", model_file,
-                    "--handler", "image_classifier", "--extra-files", labels_file,
+                    "--handler", kinds.kind(decl.kind).stock_handler, "--extra-files", labels_file,
                     "--export-path", store], check=True, capture_output=True)
     return name
 

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional
 import requests
 import torch
 
-from benchkit.archives import STORE, unpack
+from benchkit.archives import STORE, in_process_handler, unpack
 from benchkit.bench_servers import declared
 from benchkit.inprocess import each_layout
 from tskit import kinds
@@ -48,19 +48,7 @@ def make_clip(seconds: int = SECONDS, fps: int = FPS, size=SIZE) -> bytes:
 # ---- (J): the archive's handler in process --------------------------------------------------------------
 def handler_in_process(mar: str, threads: int):
     """The archive's handler class, initialised from the unpacked archive with TorchServe's own Context."""
-    from ts.context import Context
-
-    unpacked = unpack(mar)
-    module = __import__(kinds.kind(unpacked.kind).handler_file[:-3])
-    [cls] = [c for c in vars(module).values() if isinstance(c, type) and c.__module__ == module.__name__]
-    config = dict(unpacked.config, handler=dict(unpacked.config.get("handler") or {}, intraOpThreads=threads))
-    with open(os.path.join(unpacked.folder, "MAR-INF", "MANIFEST.json"), encoding="utf-8") as f:
-        manifest = json.load(f)
-    context = Context(unpacked.model_name, unpacked.folder, manifest, unpacked.batch_size, None, "0.12.0",
-                      model_yaml_config=config)
-    handler = cls()
-    handler.initialize(context)
-    return handler, context
+    return in_process_handler(unpack(mar), threads)
 
 
 def answer_in_process(handler, context, document: dict) -> bytes:

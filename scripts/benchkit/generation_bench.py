@@ -49,7 +49,7 @@ def load_archive(mar: str, folder: str):
     from transformers import AutoTokenizer
 
     from benchkit.archives import unpack
-    from decoders import load_decoder
+    from handlers.decoders import load_decoder
 
     unpacked = unpack(mar, folder)
     settings = unpacked.settings
@@ -65,7 +65,7 @@ def prompt_ids(tokenizer, count: int) -> List[List[int]]:
 
 def in_process(decoder, prompts: List[List[int]], new: int = NEW) -> dict:
     """(J): the package's RunningBatch, the rows prefilled together then decoded together, `new` tokens each."""
-    from generation import RunningBatch
+    from handlers.generation import RunningBatch
 
     batch, started = RunningBatch(decoder), time.perf_counter()
     batch.last = torch.argmax(batch.prefill({str(i): ids for i, ids in enumerate(prompts)}), dim=-1)

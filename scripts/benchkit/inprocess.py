@@ -1,10 +1,11 @@
 """The work without a server, in process: (C) the model alone and (J) the whole job.
 
-(C) the file an archive serves, loaded as its worker loads it, run on one (batch size) batch of
-    ready tensors: no HTTP, no decoding; the ceiling of the model itself.
-(J) the whole job: decode + preprocess + model (+ top-k) for batches of the workload's request body,
-    with the archive's batch size, its settings and the handlers' own modules; what TorchServe's
-    frontend, IPC and batching add is (B) or (F) against this.
+(C) the archive's handler, initialised from the unpacked archive as its worker is, running only its forward pass
+    on one (batch size) batch of the workload's items, decoded and collated once: no HTTP, no decoding; the
+    ceiling of the model itself.
+(J) the whole job: the kind's own steps (the handler's read_input, decode, collate, forward, postprocess:
+    benchkit.archives.answer_items) for batches of the workload's request body, with the archive's batch size
+    and settings; what TorchServe's frontend, IPC and batching add is (B) or (F) against this.
 Both take the best of the layouts a server could use on this machine: one process on all cores and
 one single-threaded process per core, each process started fresh, all of them running at once.
 """
@@ -17,67 +18,25 @@ from typing import List, Tuple
 import psutil
 import torch
 
-from benchkit.archives import unpack
-from model_formats import load_model
-from tskit import kinds
+from benchkit.archives import answer_items, decode_body, in_process_handler, unpack
 
 
-def _load(mar: str, threads: int):
-    unpacked = unpack(mar)
-    settings = unpacked.settings
-    model = load_model(unpacked.model_file, settings.modelFormat, torch.device("cpu"), threads,
-                       settings.optimizeForInference)
-    return unpacked, settings, model
+def _whole_job(handler, body: bytes, batch: int):
+    return lambda: answer_items(handler, [decode_body(handler, body) for _ in range(batch)])
 
 
-def _image_job(unpacked, settings, model, body: bytes, batch: int):
-    from classification import load_labels, top_k_predictions
-    from image_decoding import decode_rgb
-    from image_transforms import collate_normalize, resize_and_crop
-
-    labels = load_labels(unpacked.file(settings.labelsFile))
-    reduced = settings.resizeSize if settings.reducedJpegDecode else None
-
-    def job():
-        crops = [resize_and_crop(decode_rgb(body, settings.maxImagePixels, reduced), settings.resizeSize,
-                                 settings.cropSize) for _ in range(batch)]
-        logits = model(collate_normalize(crops, settings.mean, settings.std, torch.device("cpu")))
-        top_k_predictions(logits, labels, [settings.topk] * batch)
-    return job
-
-
-def _text_job(unpacked, settings, model, body: bytes, batch: int):
-    from text_tokenization import collate_padded, load_tokenizer, tokenize
-
-    tokenizer = load_tokenizer(unpacked.file(settings.tokenizerFile), settings.maxTokens)
-    pad = tokenizer.token_to_id(settings.padToken)
-    text = body.decode("utf-8")
-
-    def job():
-        items = [tokenize(tokenizer, text, settings.maxTokens) for _ in range(batch)]
-        model(*collate_padded(items, pad, torch.device("cpu")))
-    return job
-
-
-def _model_job(unpacked, settings, model, body: bytes, batch: int):
-    if kinds.kind(unpacked.kind).family == "image":
-        inputs = (torch.randn(batch, 3, settings.cropSize, settings.cropSize),)
-    else:
-        from text_tokenization import collate_padded, load_tokenizer, tokenize
-
-        tokenizer = load_tokenizer(unpacked.file(settings.tokenizerFile), settings.maxTokens)
-        item = tokenize(tokenizer, body.decode("utf-8"), settings.maxTokens)
-        inputs = collate_padded([item] * batch, tokenizer.token_to_id(settings.padToken), torch.device("cpu"))
-    return lambda: model(*inputs)
+def _model_job(handler, body: bytes, batch: int):
+    inputs = handler.collate([decode_body(handler, body)] * batch)
+    return lambda: handler.inference(inputs)
 
 
 def _rate(what: str, mar: str, body: bytes, threads: int, seconds: float, ready, start, out) -> None:
     """One process: load, warm up, say ready, wait for the common start, run `seconds`; (items/s, ms per batch)."""
     torch.set_num_threads(threads)
-    unpacked, settings, model = _load(mar, threads)
+    unpacked = unpack(mar)
+    handler, _ = in_process_handler(unpacked, threads)
     batch = unpacked.batch_size
-    make = _model_job if what == "C" else (_image_job if kinds.kind(unpacked.kind).family == "image" else _text_job)
-    job = make(unpacked, settings, model, body, batch)
+    job = (_model_job if what == "C" else _whole_job)(handler, body, batch)
     with torch.inference_mode():
         for _ in range(3):
             job()

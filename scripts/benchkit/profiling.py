@@ -18,7 +18,7 @@ from typing import List
 from benchkit.agreement import Probe, headlines
 from tskit import declaration as declarations
 from tskit.closed_loop import Job, Loop
-from tskit.kinds import family
+from tskit import kinds
 from tskit.respec import with_settings
 from tskit.server import private_server, running
 
@@ -43,7 +43,7 @@ def profile(name: str, batches: int, work: str, store: str, concurrency: int = 8
 def inputs(kind: str) -> List[Probe]:
     """What a client sends, in the plain form with the model's default parameters: real photos as raw
     JPEG, or the labelled headlines as text/plain."""
-    if family(kind) in ("image", "detector"):
+    if kinds.kind(kind).model_input.takes_photos:
         from tskit.real_images import agreement_images
 
         return [Probe(name, data, "image/jpeg") for name, data in agreement_images(100)]

@@ -25,7 +25,7 @@ import zipfile
 from dataclasses import dataclass
 from typing import List, Optional
 
-from model_settings import FORMATS
+from handlers.model_settings import FORMATS
 from tskit.declaration import REPO, Declaration, declared
 from tskit.declaration import load as load_declaration
 from tskit import kinds

@@ -21,10 +21,12 @@ TEXTS = {
     "long": " ".join(["Researchers measured how the new battery chemistry ages over thousands of charge cycles, "
                       "reporting that capacity loss slowed markedly after the first few hundred cycles."] * 12),
 }
-# Looked up from tskit.kinds (each kind's module names its input), for the kinds the bench has inputs for:
-# the family of inputs a kind's model takes, and the input each kind's formats are compared on (and J, L),
+# The family of each input (make_inputs' files; its JSON form json_<name> shares it)
+INPUT_FAMILY = {"jpeg_640x480": "vision", "jpeg_2048x1536": "vision", **{f"text_{name}": "text" for name in TEXTS}}
+# Looked up from tskit.kinds (each kind's module names its bench input), for the kinds the bench has inputs for:
+# the family of the inputs a kind's model takes, and the input each kind's formats are compared on (and J, L),
 # the package's typical request.
-WORKLOAD_KIND = {k.name: k.workload_family for k in kinds.with_bench_inputs()}
+WORKLOAD_KIND = {k.name: INPUT_FAMILY[k.bench_workload] for k in kinds.with_bench_inputs()}
 MAIN_WORKLOAD = {k.name: k.bench_workload for k in kinds.with_bench_inputs()}
 
 def make_inputs(directory: str) -> Dict[str, dict]:
@@ -38,12 +40,13 @@ def make_inputs(directory: str) -> Dict[str, dict]:
     for name, size in (("jpeg_640x480", (640, 480)), ("jpeg_2048x1536", (2048, 1536))):
         path = os.path.join(directory, f"{name}.jpg")
         photo.resize(size, Image.Resampling.LANCZOS).save(path, "JPEG", quality=90)
-        workloads[name] = {"path": path, "content_type": "image/jpeg", "kind": "vision"}
+        workloads[name] = {"path": path, "content_type": "image/jpeg", "kind": INPUT_FAMILY[name]}
     for name, text in TEXTS.items():
         path = os.path.join(directory, f"text_{name}.txt")
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
-        workloads[f"text_{name}"] = {"path": path, "content_type": "text/plain; charset=utf-8", "kind": "text"}
+        workloads[f"text_{name}"] = {"path": path, "content_type": "text/plain; charset=utf-8",
+                                     "kind": INPUT_FAMILY[f"text_{name}"]}
     for name, workload in list(workloads.items()):
         with open(workload["path"], "rb") as f:
             raw = f.read()

@@ -19,9 +19,9 @@ from typing import List, Optional
 import torch
 import yaml
 
-from classification import load_labels
-from cpu_requirements import build_host_requirement
-from model_settings import check_labels
+from handlers.classification import load_labels
+from handlers.cpu_requirements import build_host_requirement
+from handlers.model_settings import check_labels
 from tskit import kinds
 from tskit.archive_queue import QUEUE_KEY
 from tskit.causal_lm import build_folder, check_caps, load_causal_lm
@@ -44,7 +44,7 @@ def build(declaration: Declaration, store: str = STORE_DIR, build_dir: Optional[
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     torch.manual_seed(0)
-    if kinds.kind(declaration.kind).family == "generator":
+    if kinds.kind(declaration.kind).model_input.builds_folder:
         return build_generator(declaration, store, work, version or declaration.version, archive_name, started)
     loaded = load_source(declaration.source, declaration.kind, declaration.folder)
     # the settings the worker will read (model-config.yaml), checkpoint limits included: the export's
@@ -99,7 +99,7 @@ def write_side_files(declaration: Declaration, loaded: LoadedSource, settings, w
         with open(path, "w", encoding="utf-8") as f:
             json.dump({str(i): name for i, name in enumerate(labels)}, f, indent=0, ensure_ascii=False)
         files.append(path)
-    if kinds.kind(declaration.kind).family == "text":
+    if kinds.kind(declaration.kind).model_input.checkpoint_folder:
         if not loaded.tokenizer_file:
             raise SourceError(f"{loaded.description} brings no tokenizer.json")
         path = os.path.join(work, settings.tokenizerFile)
@@ -134,7 +134,7 @@ def served_handler(declaration: Declaration, loaded: Optional[LoadedSource]) -> 
     handler = dict(declaration.handler, modelFormat=declaration.format)
     if declaration.format == "aoti":  # its kernels are compiled for this host's CPU: the worker checks its own
         handler["builtForIsa"], handler["requiredCpuFlags"] = build_host_requirement()
-    if kinds.kind(declaration.kind).family == "text":
+    if kinds.kind(declaration.kind).model_input.checkpoint_folder:
         handler.setdefault("maxTokens", loaded.max_tokens or 512)
         handler.setdefault("padToken", loaded.pad_token or "[PAD]")
     return handler
@@ -153,9 +153,18 @@ def write_model_config(declaration: Declaration, loaded: Optional[LoadedSource],
     return path
 
 
-def handler_modules(handler_file: str) -> List[str]:
-    """Every pure module of handlers/: the archive carries them all (small) so it needs nothing from this repo."""
-    return sorted(p for p in glob.glob(os.path.join(HANDLERS_DIR, "*.py")) if os.path.basename(p) != handler_file)
+def stage_runtime(handler_file: str, work: str) -> str:
+    """A folder holding the package `handlers/` (every module but the entry point): the archive carries it whole
+    (small), so it needs nothing from this repo. torch-model-archiver copies an extra-files folder's contents to
+    the archive's root, and TorchServe puts the model folder on the worker's PYTHONPATH (ahead of site-packages):
+    the entry module at the root imports `handlers.<module>` from the archive, as it does here from the repo."""
+    folder = os.path.join(work, "runtime")
+    package = os.path.join(folder, "handlers")
+    os.makedirs(package)
+    for path in sorted(glob.glob(os.path.join(HANDLERS_DIR, "*.py"))):
+        if os.path.basename(path) != handler_file:
+            shutil.copy2(path, package)
+    return folder
 
 
 def archive(declaration: Declaration, model_file: str, extra: List[str], config_file: str, store: str,
@@ -167,7 +176,7 @@ def archive(declaration: Declaration, model_file: str, extra: List[str], config_
     subprocess.run([
         archiver, "--force", "--model-name", declaration.name, "--version", version,
         "--serialized-file", model_file, "--handler", os.path.join(HANDLERS_DIR, declaration.handler_file),
-        "--extra-files", ",".join(handler_modules(declaration.handler_file) + extra),
+        "--extra-files", ",".join([stage_runtime(declaration.handler_file, work)] + extra),
         "--config-file", config_file, "--export-path", staging,
         # uncompressed: the weights deflate by only 8%, and `make config` rewrites the archive to stamp its
         # queue (tskit.archive_queue): 0.5 s for a 90 MB text model instead of 4.4 s with deflate

@@ -109,7 +109,7 @@ def _folder(path: str) -> CausalLM:
 
 def check_caps(lm: CausalLM, settings) -> None:
     """The declaration's token caps against the model's positions, at build time rather than at load."""
-    from model_settings import SettingsError, prompt_token_cap
+    from handlers.model_settings import SettingsError, prompt_token_cap
 
     try:
         prompt_token_cap(settings, getattr(lm.model.config, "max_position_embeddings", None))
@@ -146,7 +146,7 @@ def build_folder(lm: CausalLM, work: str, model_format: str = "transformers") ->
 
 def export_checked(lm: CausalLM, folder: str) -> str:
     """decoder.onnx in `folder`, served only if its greedy text equals the source's on AGREEMENT_PROMPTS."""
-    from decoders import onnx_decoder
+    from handlers.decoders import onnx_decoder
 
     path = export_graph(lm, folder)
     decoder = onnx_decoder(path, torch.device("cpu"), torch.get_num_threads())
@@ -165,7 +165,7 @@ def export_checked(lm: CausalLM, folder: str) -> str:
 def export_graph(lm: CausalLM, folder: str) -> str:
     """ONNX Runtime GenAI's fused graph where its builder has a recipe for the architecture (built from the
     saved folder), else the model's forward exported by torch.onnx."""
-    from decoders import export_onnx
+    from handlers.decoders import export_onnx
     from tskit.fused_graph import FusedUnavailable, build_fused
 
     try:
@@ -182,7 +182,7 @@ def export_graph(lm: CausalLM, folder: str) -> str:
 def greedy_decoder(decoder, tokenizer, prompts) -> dict:
     """Greedy tokens of each prompt from a decoder through the serving batch (handlers/generation.py), the
     prompts as rows of one batch (prefilled together, left-padded)."""
-    from generation import RunningBatch
+    from handlers.generation import RunningBatch
 
     batch = RunningBatch(decoder)
     logits = batch.prefill({p: tokenizer(p)["input_ids"] for p in prompts})

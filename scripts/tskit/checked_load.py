@@ -21,11 +21,11 @@ import requests
 from tskit.client import TorchServeClient
 from tskit.closed_loop import Job, Loop, Outcome, exchange
 from tskit.declaration import served
-from tskit.kinds import family
+from tskit import kinds
 
 # every one-shot model `make serve` loads, from its declaration; a text generator's answers stream for seconds
 # and are checked by their own tests and make bench (G), not by this load
-KIND_OF = {d.name: d.kind for d in served() if family(d.kind) != "generator"}
+KIND_OF = {d.name: d.kind for d in served() if not kinds.kind(d.kind).streams_every_request}
 MODELS = tuple(KIND_OF)
 CAT_LABELS = {"Egyptian cat", "tabby", "tiger cat"}
 TEXTS = [
@@ -59,7 +59,7 @@ def default_specs(models: Iterable[str] = MODELS) -> List[Spec]:
     from skimage import data as skimage_data
     specs = []
     for model in models:
-        if model in KIND_OF and family(KIND_OF[model]) == "image":
+        if model in KIND_OF and kinds.kind(KIND_OF[model]).model_input.takes_photos:
             imagenet = model == "mobilenet_v2"  # labels are checked where the model's classes are known
             cat, coffee = skimage_data.chelsea(), skimage_data.coffee()
             specs += [Spec("cat.jpg", model, _encode(cat, "JPEG"), "image/jpeg", CAT_LABELS if imagenet else None),

@@ -25,7 +25,7 @@ from typing import Dict, List, Optional
 
 import yaml
 
-from model_settings import FORMATS, SettingsError
+from handlers.model_settings import FORMATS, SettingsError
 from tskit import kinds
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

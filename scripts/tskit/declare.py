@@ -5,8 +5,7 @@ import os
 import re
 from typing import Optional
 
-from tskit import causal_lm, kinds
-from tskit.sources import ALL_FORMATS, FORMATS_OF_FILE, detector_formats
+from tskit import kinds
 from tskit.declaration import DECLARATION, MODELS_DIR, DeclarationError, load
 
 
@@ -32,13 +31,7 @@ handler:
 
 def source_formats(source: str, kind: str) -> tuple:
     """The formats a source can give, judged by its name (the build checks again with the model loaded)."""
-    if kinds.kind(kind).family == "detector":
-        return detector_formats(source)
-    if kinds.kind(kind).family == "generator":
-        return causal_lm.source_formats(source)
-    if source.startswith("python:") or os.path.isdir(source):
-        return ALL_FORMATS
-    return FORMATS_OF_FILE.get(os.path.splitext(source)[1], ())
+    return kinds.kind(kind).model_input.source_formats(source)
 
 
 def declare(name: str, kind: str, source: str, labels: Optional[str] = None, model_format: Optional[str] = None,
@@ -53,9 +46,7 @@ def declare(name: str, kind: str, source: str, labels: Optional[str] = None, mod
         raise DeclarationError(f"SOURCE={source} does not exist")
     formats = source_formats(source, kind)
     if not formats:
-        raise DeclarationError(f"SOURCE={source}: expected a .pt, .pt2 or .onnx file or a Hugging Face folder"
-                               + (" (a text-generator: a .gguf file or a Hugging Face folder)"
-                                  if kinds.kind(kind).family == "generator" else ""))
+        raise DeclarationError(f"SOURCE={source}: expected {kinds.kind(kind).model_input.sources}")
     model_format = model_format or ("torchscript" if "torchscript" in formats else formats[0])
     if model_format not in formats:
         raise DeclarationError(f"FORMAT={model_format}: {os.path.basename(source)} can give {', '.join(formats)}")

@@ -21,48 +21,20 @@ from typing import Tuple
 
 import torch
 
-from cpu_requirements import build_host_march
-from detection import compare
-from model_formats import load_model
+from handlers.cpu_requirements import build_host_march
+from handlers.detection import compare
+from handlers.model_formats import load_model
 from tskit import kinds
+from tskit.kinds.inputs import DETECTOR_IMAGE_SIZES, images_of_sizes
 from tskit.sources import LoadedSource, SourceError
 
 FILE_OF_FORMAT = {"torchscript": "model.pt", "aoti": "model.pt2", "onnx": "model.onnx", "openvino": "model.xml"}
-TEXT_INPUTS = ("input_ids", "attention_mask")
 PARITY_TOLERANCE = 1e-3  # largest |served - source| on logits / embeddings, relative to the outputs' scale
-# A detector's example images (height, width): different sizes and aspect ratios in one list, as batched
-DETECTOR_IMAGE_SIZES = ((240, 320), (320, 200), (300, 300))
 
 
-def image_batch(batch: int, size: int, seed: int = 0) -> Tuple[torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, 3, size, size, generator=generator),)
-
-
-def text_batch(batch: int, length: int, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Token ids in the ordinary vocabulary range; row i keeps length - i tokens (the rest is padding)."""
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1000, 2000, (batch, length), generator=generator)
-    mask = torch.ones(batch, length, dtype=torch.long)
-    for row in range(1, batch):
-        mask[row, max(1, length - row * 3):] = 0
-    ids[mask == 0] = 0
-    return ids, mask
-
-
-def detector_images(sizes, seed: int = 0):
-    """A list of float RGB images in [0, 1] of the given (height, width) sizes: a detector's input."""
-    generator = torch.Generator().manual_seed(seed)
-    return [torch.rand(3, height, width, generator=generator) for height, width in sizes]
-
-
-def example_inputs(kind: str, settings, batch: int = 2, length: int = 16, seed: int = 0):
-    family = kinds.kind(kind).family
-    if family == "detector":
-        return (detector_images(DETECTOR_IMAGE_SIZES[:batch], seed),)
-    if family == "image":
-        return image_batch(batch, settings.input_size, seed)
-    return text_batch(batch, min(length, settings.maxTokens), seed)
+def example_inputs(kind: str, settings, batch: int = 2, length: int = 16, seed: int = 0) -> tuple:
+    """The kind's example batch (kinds/inputs.py): the exporters trace it, the parity check runs it."""
+    return kinds.kind(kind).model_input.example(settings, batch, length, seed)
 
 
 def export(loaded: LoadedSource, kind: str, model_format: str, settings, out_dir: str) -> str:
@@ -94,15 +66,7 @@ def export(loaded: LoadedSource, kind: str, model_format: str, settings, out_dir
 def to_torchscript(module, kind: str, example) -> torch.jit.ScriptModule:
     if isinstance(module, torch.jit.ScriptModule):
         return module
-    family = kinds.kind(kind).family
-    if family == "detector":  # a trace would fix the number and sizes of the images
-        return torch.jit.script(module)
-    if family == "image" and not isinstance(module, torch.fx.GraphModule):
-        try:
-            return torch.jit.script(module)  # keeps control flow; device-neutral
-        except Exception:  # many modules do not script; a trace of a fixed-graph model is as good
-            pass
-    return torch.jit.trace(module, example, check_trace=False)
+    return kinds.kind(kind).model_input.to_torchscript(module, example)
 
 
 def to_onnx(loaded: LoadedSource, kind: str, example, path: str, settings=None) -> None:
@@ -113,9 +77,8 @@ def to_onnx(loaded: LoadedSource, kind: str, example, path: str, settings=None) 
         program = exported_program(loaded.module, kind, example, settings)
         torch.onnx.export(program, f=path, dynamo=True, opset_version=18, external_data=False)
         return
-    image = kinds.kind(kind).family == "image"
-    names = ["input"] if image else list(TEXT_INPUTS)
-    axes = {0: "batch"} if image else {0: "batch", 1: "sequence"}
+    model_input = kinds.kind(kind).model_input
+    names, axes = list(model_input.names), model_input.dynamic
     torch.onnx.export(loaded.module, example, path, dynamo=False, opset_version=17, input_names=names,
                       output_names=["output"], dynamic_axes={name: axes for name in names + ["output"]},
                       do_constant_folding=True)
@@ -135,11 +98,9 @@ def to_openvino(loaded: LoadedSource, kind: str, example, path: str, settings) -
             source = os.path.join(work, "model.onnx")
             to_onnx(loaded, kind, example, source, settings)
         model = openvino.convert_model(source)
-    if kinds.kind(kind).family == "image":
-        shapes = {model.input(0): openvino.PartialShape([-1, *example[0].shape[1:]])}
-    else:
-        shapes = {port: openvino.PartialShape([-1, -1]) for port in model.inputs}
-    model.reshape(shapes)
+    dynamic = kinds.kind(kind).model_input.dynamic  # those dimensions -1, the others as the example's
+    model.reshape({port: openvino.PartialShape([-1 if axis in dynamic else size for axis, size in enumerate(tensor.shape)])
+                   for port, tensor in zip(model.inputs, example)})
     if loaded.openvino_precision == "int8":
         model = openvino_int8(model, settings)
     elif loaded.openvino_precision == "bf16":  # read back by handlers/model_formats.OpenVinoModel
@@ -158,16 +119,10 @@ def openvino_int8(model, settings):
 
 
 def exported_program(module, kind: str, example, settings):
-    """torch.export with a dynamic batch (its range inferred: a .pt2 source keeps its own limits) and,
-    for text, a dynamic sequence up to the model's token limit."""
-    batch = torch.export.Dim.DYNAMIC
-    if kinds.kind(kind).family == "image":
-        shapes = ({0: batch},)
-    else:
-        sequence = torch.export.Dim("sequence", min=1, max=settings.maxTokens)
-        shapes = ({0: batch, 1: sequence}, {0: batch, 1: sequence})
+    """torch.export with the input's dynamic dimensions (kinds/inputs.py: the batch, its range inferred so a .pt2
+    source keeps its own limits; a text's sequence up to the model's token limit)."""
     with torch.no_grad():
-        return torch.export.export(module, example, dynamic_shapes=shapes)
+        return torch.export.export(module, example, dynamic_shapes=kinds.kind(kind).model_input.export_dims(settings))
 
 
 def to_aoti(loaded: LoadedSource, kind: str, example, settings, path: str) -> None:
@@ -184,19 +139,21 @@ def to_aoti(loaded: LoadedSource, kind: str, example, settings, path: str) -> No
 
 def parity(loaded: LoadedSource, kind: str, model_format: str, settings, path: str,
            strict: bool = True, reference_module=None) -> Tuple[float, int]:
-    """Largest |served - source| over several batch sizes (and text lengths), loaded as a worker loads it,
-    and the served model's output width (the number of classes, or the embedding size). The source is
-    `reference_module` where given (the fp32 module of an int8 or bf16 build), else loaded.module."""
-    family = kinds.kind(kind).family
-    if family == "detector":
-        return detector_parity(loaded, settings, path, strict)
+    """Largest |served - source| and the served model's output width (the number of classes, or the embedding
+    size), as the kind's input compares them (kinds/inputs.py: tensors here, a detector's detections)."""
+    return kinds.kind(kind).model_input.parity(loaded, model_format, settings, path, strict, reference_module)
+
+
+def tensor_parity(model_input, loaded: LoadedSource, model_format: str, settings, path: str,
+                  strict: bool = True, reference_module=None) -> Tuple[float, int]:
+    """Over several batch sizes (and text lengths), loaded as a worker loads it. The source is `reference_module`
+    where given (the fp32 module of an int8 or bf16 build), else loaded.module."""
     served = load_model(path, model_format, torch.device("cpu"), threads=torch.get_num_threads(),
                         optimize=settings.optimizeForInference)
-    shapes = [(1, 7), (3, 16), (5, 40)] if family != "image" else [(1, 0), (3, 0), (5, 0)]
     worst, scale = 0.0, 1.0
     with torch.inference_mode():
-        for seed, (batch, length) in enumerate(shapes):
-            inputs = example_inputs(kind, settings, batch, length, seed=seed + 1)
+        for seed, (batch, length) in enumerate(model_input.parity_shapes):
+            inputs = model_input.example(settings, batch, length, seed=seed + 1)
             reference, answer = (reference_module or loaded.module)(*inputs), served(*inputs)
             worst = max(worst, (answer.float() - reference.float()).abs().max().item())
             scale = max(scale, reference.float().abs().max().item())
@@ -211,7 +168,7 @@ def detector_parity(loaded: LoadedSource, settings, path: str, strict: bool = Tr
     """Largest box difference (pixels) between the served detector and its source, on one list of images
     of different sizes and on one image alone; scores must agree within PARITY_TOLERANCE and every
     detection must have its partner. Returns it and the model's class count."""
-    from detection import DetectionOptions, answer, model_detections
+    from handlers.detection import DetectionOptions, answer, model_detections
 
     served = load_model(path, "torchscript", torch.device("cpu"), threads=torch.get_num_threads(),
                         optimize=settings.optimizeForInference)
@@ -220,7 +177,7 @@ def detector_parity(loaded: LoadedSource, settings, path: str, strict: bool = Tr
     worst = None
     with torch.inference_mode():
         for seed, sizes in enumerate((DETECTOR_IMAGE_SIZES, DETECTOR_IMAGE_SIZES[:1])):
-            images = detector_images(sizes, seed + 1)
+            images = images_of_sizes(sizes, seed + 1)
             pairs = zip(model_detections(loaded.module(images)), model_detections(served(images)))
             for reference, answered in pairs:
                 difference = compare(answer(reference, labels, everything)["detections"],

@@ -25,8 +25,8 @@ import tempfile
 
 import numpy as np
 
-from decoders import ONNX_FILE as OUT
-from fused_decoder import ONE_ROW
+from handlers.decoders import ONNX_FILE as OUT
+from handlers.fused_decoder import ONE_ROW
 from tskit.exact_bits import one_row_graph
 from tskit.sources import SourceError
 

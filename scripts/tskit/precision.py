@@ -46,12 +46,14 @@ def to_precision(loaded: LoadedSource, declaration, settings, work: str) -> Load
     if loaded.module is None or loaded.onnx_file:
         raise SourceError(f"{loaded.description}: {precision} is made from a PyTorch source (.pt, .pt2, checkpoint)")
     if precision == "bf16":
-        return to_bf16(loaded, kind.family, unit_length=kind.answer == "embedding")
+        return to_bf16(loaded, kind)
     return to_int8(loaded, kind, settings, work)
 
 
 def to_int8(loaded: LoadedSource, kind, settings, work: str) -> LoadedSource:
-    if kind.family == "image":
+    """The kind's int8 form, made for the format it is served as: ONNX Runtime's static int8 calibrated on
+    photos, or TorchScript with PyTorch's dynamic int8 Linear layers."""
+    if kind.int8_format == "onnx":
         return _static_onnx_int8(loaded, kind.name, settings, work)
     return _dynamic_linear_int8(loaded)
 
@@ -102,13 +104,13 @@ class Bf16Text(torch.nn.Module):
         return torch.nn.functional.normalize(out, dim=-1) if self.unit_length else out
 
 
-def to_bf16(loaded: LoadedSource, family: str, unit_length: bool = False) -> LoadedSource:
-    """The module cast to bfloat16 (a copy: the caller's fp32 module stays as it is) behind a float32 face.
-    Only the PyTorch formats can give it: ONNX Runtime's CPU has no bf16 Conv or MatMul. `unit_length`: the
-    kind answers unit vectors (embeddings), so the output is L2-normalised again in float32: normalised in bf16
+def to_bf16(loaded: LoadedSource, kind) -> LoadedSource:
+    """The module cast to bfloat16 (a copy: the caller's fp32 module stays as it is) behind the float32 face of
+    the kind's input. Only the PyTorch formats can give it: ONNX Runtime's CPU has no bf16 Conv or MatMul. A kind
+    whose answers are unit vectors (embeddings) has the output L2-normalised again in float32: normalised in bf16
     its length is off by up to ~1e-3 (measured: served TorchScript bf16 embeddings failed the unit-length check)."""
     module = copy.deepcopy(loaded.module).eval().to(torch.bfloat16)
-    wrapped = (Bf16Images(module) if family == "image" else Bf16Text(module, unit_length)).eval()
+    wrapped = kind.model_input.bf16(module, kind.answer.unit_length).eval()
     formats = tuple(f for f in loaded.formats if f != "onnx")
     return dataclasses.replace(loaded, description=f"{loaded.description}, bf16", formats=formats, module=wrapped,
                                exported=None)

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from image_decoding import decode_rgb
-from image_transforms import collate_normalize, resize_and_crop
+from handlers.image_decoding import decode_rgb
+from handlers.image_transforms import collate_normalize, resize_and_crop
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

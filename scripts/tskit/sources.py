@@ -23,10 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from tskit import kinds
+from tskit.kinds.inputs import ALL_FORMATS, SOURCE_FILES as FORMATS_OF_FILE
 
 DETECTOR_FORMATS = ("torchscript",)
-ALL_FORMATS = ("torchscript", "aoti", "onnx", "openvino")  # what a PyTorch module (eager, checkpoint, python:) can give
-FORMATS_OF_FILE = {".pt": ("torchscript", "onnx", "openvino"), ".pt2": ALL_FORMATS, ".onnx": ("onnx", "openvino")}
 
 
 class SourceError(ValueError):
@@ -83,7 +82,7 @@ class SegmenterLogits(torch.nn.Module):
         self.model = model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        from segmentation import segmenter_logits
+        from handlers.segmentation import segmenter_logits
 
         return segmenter_logits(self.model(images))
 
@@ -109,14 +108,15 @@ def segmenter_module(module: Callable) -> Callable:
     return module if isinstance(module, SegmenterLogits) else SegmenterLogits(module)
 
 
+def segmenter_source(loaded: LoadedSource) -> LoadedSource:
+    """A segmenter's logits alone (an ONNX file's first output is served: torchvision's exported "out")."""
+    return loaded if loaded.onnx_file else dataclasses.replace(loaded, module=segmenter_module(loaded.module))
+
+
 def load_source(source: str, kind: str, base_dir: str) -> LoadedSource:
-    loaded = _load_source(source, kind, base_dir)
-    if kinds.kind(kind).family == "detector":
-        return as_detector(loaded)
-    # a segmenter's logits alone (an ONNX file's first output is served: torchvision's exported "out")
-    if kinds.kind(kind).answer == "mask" and loaded.onnx_file is None:
-        return dataclasses.replace(loaded, module=segmenter_module(loaded.module))
-    return loaded
+    """The source loaded, as the model that gives the kind's answer (kinds/answers.py: a classifier's head, a
+    detector's classes, a segmenter's logits)."""
+    return kinds.kind(kind).answer.adapt_source(_load_source(source, kind, base_dir))
 
 
 def _load_source(source: str, kind: str, base_dir: str) -> LoadedSource:
@@ -125,18 +125,17 @@ def _load_source(source: str, kind: str, base_dir: str) -> LoadedSource:
     path = source if os.path.isabs(source) else os.path.normpath(os.path.join(base_dir, source))
     if not os.path.exists(path):
         raise SourceError(f"source {path} does not exist")
-    family = kinds.kind(kind).family
-    if os.path.isdir(path) and kinds.kind(kind).answer == "mask":
+    model_input = kinds.kind(kind).model_input
+    if os.path.isdir(path) and model_input.checkpoint_folder:
+        return _hugging_face(path, kind)
+    if os.path.isdir(path):
         raise SourceError(f"an {kind} source is a .pt (TorchScript), .pt2 (torch.export.save) or .onnx file, "
                           f"not the folder {path}")
-    if os.path.isdir(path) and family != "detector":
-        return _hugging_face(path, kind)
-    if family == "text":
+    if model_input.checkpoint_folder:
         raise SourceError(f"a {kind} source is a Hugging Face checkpoint folder (config.json, weights, "
                           f"tokenizer.json), not the file {path}")
     suffix = os.path.splitext(path)[1]
-    if family == "detector":
-        detector_formats(path)  # refuses anything but a .pt
+    model_input.source_formats(path)  # a detector's refuses anything but a .pt
     if suffix == ".pt":
         module = torch.jit.load(path, map_location="cpu").eval()
         return LoadedSource(f"TorchScript {path}", FORMATS_OF_FILE[suffix], module=module, dependencies=[path])
@@ -161,7 +160,7 @@ def detector_formats(source: str) -> Tuple[str, ...]:
 
 def as_detector(loaded: LoadedSource) -> LoadedSource:
     """A detection model: its class count read from it, COCO's names as labels where it has COCO's 91."""
-    from detection import class_count
+    from handlers.detection import class_count
 
     classes = class_count(loaded.module)
     if classes is None:
@@ -206,30 +205,38 @@ def _python_source(source: str, kind: str, base_dir: str) -> LoadedSource:
 
 
 def _hugging_face(folder: str, kind: str) -> LoadedSource:
-    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
-    if kinds.kind(kind).family != "text":
-        raise SourceError(f"{folder} is a folder: an {kind} source is a .pt, .pt2 or .onnx file")
     tokenizer_file = os.path.join(folder, "tokenizer.json")
     for needed in ("config.json", "tokenizer.json"):
         if not os.path.isfile(os.path.join(folder, needed)):
             raise SourceError(f"{folder} has no {needed}: a Hugging Face checkpoint folder needs config.json, "
                               f"its weights and a fast tokenizer's tokenizer.json")
     config = AutoConfig.from_pretrained(folder)
-    labels = None
-    if kinds.kind(kind).answer == "labels":  # a classifier's logits, else an encoder's pooled embedding
-        if not any(a.endswith("ForSequenceClassification") for a in (config.architectures or [])):
-            raise SourceError(f"{folder}: config.json's architectures {config.architectures} name no "
-                              f"*ForSequenceClassification model")
-        model = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="eager")
-        module = SequenceClassifierLogits(model)
-        labels = [config.id2label[i] for i in range(config.num_labels)]
-    else:
-        module = MeanPooledEncoder(AutoModel.from_pretrained(folder, attn_implementation="eager"))
+    module, labels = kinds.kind(kind).answer.from_checkpoint(folder)  # a classifier's logits, an encoder's pooling
     files = [os.path.join(folder, f) for f in sorted(os.listdir(folder)) if os.path.isfile(os.path.join(folder, f))]
     return from_module(module, f"Hugging Face checkpoint {folder}", labels=labels, tokenizer_file=tokenizer_file,
                        max_tokens=_max_tokens(folder, config), pad_token=_pad_token(tokenizer_file, config),
                        dependencies=files)
+
+
+def sequence_classifier(folder: str) -> Tuple[torch.nn.Module, List[str]]:
+    """A checkpoint's *ForSequenceClassification model giving its logits, and its labels (id2label)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(folder)
+    if not any(a.endswith("ForSequenceClassification") for a in (config.architectures or [])):
+        raise SourceError(f"{folder}: config.json's architectures {config.architectures} name no "
+                          f"*ForSequenceClassification model")
+    model = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="eager")
+    return SequenceClassifierLogits(model), [config.id2label[i] for i in range(config.num_labels)]
+
+
+def mean_pooled_encoder(folder: str) -> torch.nn.Module:
+    """A checkpoint's encoder giving the L2-normalised mean of its token states (sentence-transformers')."""
+    from transformers import AutoModel
+
+    return MeanPooledEncoder(AutoModel.from_pretrained(folder, attn_implementation="eager"))
 
 
 def _max_tokens(folder: str, config) -> int:
@@ -256,6 +263,6 @@ def _pad_token(tokenizer_file: str, config) -> str:
 
 def _onnx_reference(path: str) -> Callable:
     """The ONNX file run by ONNX Runtime in process, for the parity check of what is served."""
-    from model_formats import OnnxModel
+    from handlers.model_formats import OnnxModel
 
     return OnnxModel(path, torch.device("cpu"), threads=1)

@@ -38,8 +38,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 import http_fuzz as hm
-import request_errors
-import video  # noqa: F401  (its InvalidVideo and VideoTooLarge are RequestErrors too)
+from handlers import request_errors
+from handlers import video  # noqa: F401  (its InvalidVideo and VideoTooLarge are RequestErrors too)
 from support import CAT_LABELS, encode, photo
 
 SEED = int(os.environ.get("HTTP_FUZZ_SEED", "20251717"))

@@ -23,10 +23,10 @@ from PIL import Image
 
 import own_models
 from conftest import Client
-from detection import compare
+from handlers.detection import compare
 from own_server import own_server
 from support import REPO, encode, photo
-from tskit.formats import DETECTOR_IMAGE_SIZES
+from tskit.kinds.inputs import DETECTOR_IMAGE_SIZES
 
 pytestmark = pytest.mark.heavy(seconds=60)  # seconds in a one-process run on 2 cores (tests/suite_order.py)
 
@@ -79,7 +79,7 @@ def images():
 
 
 def displayed_size(jpeg):
-    from image_decoding import decode_rgb
+    from handlers.image_decoding import decode_rgb
 
     height, width = decode_rgb(jpeg, 10 ** 8).shape[1:]
     return width, height

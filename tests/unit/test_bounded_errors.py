@@ -13,14 +13,14 @@ import struct
 
 import pytest
 
-from detection import DetectionOptions, request_options
-from image_classifier_handler import ImageClassifierHandler
-from protocols import HEADER_LENGTH, Answer
-from request_errors import MAX_MESSAGE_CHARS, InvalidField, RequestError, shown
-from request_payload import MAX_JSON_INT
+from handlers.detection import DetectionOptions, request_options
+from handlers.image_classifier_handler import ImageClassifierHandler
+from handlers.protocols import HEADER_LENGTH, Answer
+from handlers.request_errors import MAX_MESSAGE_CHARS, InvalidField, RequestError, shown
+from handlers.request_payload import MAX_JSON_INT
 from support import CAT_LABELS, encode, load_handler, make_context, photo, request_batch
-from text_classifier_handler import TextClassifierHandler
-from text_embedding_handler import TextEmbeddingHandler
+from handlers.text_classifier_handler import TextClassifierHandler
+from handlers.text_embedding_handler import TextEmbeddingHandler
 
 STRIKER = "The striker scored twice in the final"
 CAT = base64.b64encode(encode(photo("chelsea")[::4, ::4])).decode()

@@ -7,14 +7,14 @@ import random
 
 import pytest
 
-import image_decoding
-import text_batch_handler
+from handlers import image_decoding
+from handlers import text_batch_handler
 from hostile_inputs import png_declaring
-from image_classifier_handler import ImageClassifierHandler
-from request_budget import embedding_item_bytes, envelope_bytes, label_bytes, predictions_item_bytes
+from handlers.image_classifier_handler import ImageClassifierHandler
+from handlers.request_budget import embedding_item_bytes, envelope_bytes, label_bytes, predictions_item_bytes
 from support import CAT_LABELS, encode, load_handler, make_context, photo, request_batch, responses
-from text_classifier_handler import TextClassifierHandler
-from text_embedding_handler import TextEmbeddingHandler
+from handlers.text_classifier_handler import TextClassifierHandler
+from handlers.text_embedding_handler import TextEmbeddingHandler
 
 STRIKER = "The striker scored twice in the final"
 
@@ -213,8 +213,8 @@ def test_classifier_estimates_use_the_longest_label_and_k(vision, topics):
 def test_a_v2_request_of_several_images_reads_each_once(vision, monkeypatch):
     """Each element is base64-decoded once and its header read once: the pixel budget and the decoder take
     what was read (before, the budget check decoded the base64 and read the header, and decode did both again)."""
-    import image_classifier_handler
-    import request_payload
+    from handlers import image_classifier_handler
+    from handlers import request_payload
 
     calls = {"b64": 0, "header": 0}
 

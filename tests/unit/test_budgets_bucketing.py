@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from text_tokenization import length_buckets
+from handlers.text_tokenization import length_buckets
 
 
 def reference_buckets(lengths, pass_overhead_tokens):

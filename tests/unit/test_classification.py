@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from classification import load_labels, top_k_predictions
+from handlers.classification import load_labels, top_k_predictions
 
 LABELS = ["zero", "one", "two", "three"]
 

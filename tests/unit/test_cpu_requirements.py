@@ -11,11 +11,11 @@ import pytest
 import shutil
 import subprocess
 
-import cpu_requirements
-from cpu_requirements import (ARCH_FLAG_CPUINFO, MARCH_FLAGS, X86_64_V3, UnsupportedCpu, check_cpu, cpuinfo_flags,
+from handlers import cpu_requirements
+from handlers.cpu_requirements import (ARCH_FLAG_CPUINFO, MARCH_FLAGS, X86_64_V3, UnsupportedCpu, check_cpu, cpuinfo_flags,
                               isa_cpu_flags, isa_march, read_cpuinfo)
-from image_classifier_handler import ImageClassifierHandler
-from model_settings import SettingsError
+from handlers.image_classifier_handler import ImageClassifierHandler
+from handlers.model_settings import SettingsError
 from support import make_context
 from tskit import archive, formats
 from tskit.declaration import load

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from detection import (
+from handlers.detection import (
     DETECTOR_OUTPUTS,
     DetectionItem,
     DetectionOptions,
@@ -15,8 +15,8 @@ from detection import (
     model_images,
     request_options,
 )
-from protocols import ModelInfo, V2Request
-from request_errors import InvalidField
+from handlers.protocols import ModelInfo, V2Request
+from handlers.request_errors import InvalidField
 from support import encode, photo
 
 DEFAULTS = DetectionOptions(0.5, 100)

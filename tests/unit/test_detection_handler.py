@@ -14,9 +14,9 @@ import yaml
 from PIL import Image
 
 import own_models
-from detection import compare
-from model_settings import SettingsError
-from object_detector_handler import ObjectDetectorHandler
+from handlers.detection import compare
+from handlers.model_settings import SettingsError
+from handlers.object_detector_handler import ObjectDetectorHandler
 from support import encode, extract_archive, make_context, photo, request_batch, responses
 from tskit.archive import build
 from tskit.kinds import parse_settings

@@ -311,7 +311,7 @@ def run_in_venv(jobs):
             json.dump(jobs, f)
         done = subprocess.run([PYTHON, "-c", HELPER, jobs_file, out_file], cwd=REPO, capture_output=True, text=True,
                               timeout=120, env={**os.environ, "COLUMNS": "200", "PYTHONPATH": os.pathsep.join(
-                                  [str(REPO / "scripts"), str(REPO / "handlers"), os.environ.get("PYTHONPATH", "")])})
+                                  [str(REPO / "scripts"), str(REPO), os.environ.get("PYTHONPATH", "")])})
         assert done.returncode == 0, done.stderr[-3000:]
         with open(out_file) as f:
             return json.load(f)

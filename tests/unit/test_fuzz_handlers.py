@@ -11,12 +11,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hostile_inputs import png_declaring
-from image_classifier_handler import ImageClassifierHandler
-from protocols import parse_request
-from request_errors import RequestError
+from handlers.image_classifier_handler import ImageClassifierHandler
+from handlers.protocols import parse_request
+from handlers.request_errors import RequestError
 from support import encode, extract_archive, make_context, photo, request_batch, responses
-from text_classifier_handler import TextClassifierHandler
-from text_embedding_handler import TextEmbeddingHandler
+from handlers.text_classifier_handler import TextClassifierHandler
+from handlers.text_embedding_handler import TextEmbeddingHandler
 
 CONTENT_TYPES = [None, "", "application/json", "application/octet-stream", "text/plain", "text/plain; charset=utf-8",
                  "image/jpeg", "image/png", "application/x-www-form-urlencoded", "multipart/form-data", "x/y"]

@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from decoders import OnnxDecoder, TorchDecoder, export_onnx, use_packed_gqa
-from generation import RunningBatch, Sampling, Sequence, held_back, make_generator, next_tokens, sample
-from generation_engine import Engine, prefill_groups
-from generation_protocols import ChatStream, CompletionStream, NativeStream, NativeWhole, Result
-from generation_request import Limits, PromptTooLong, check_prompt_size, read_messages, read_options, read_prompt
-from request_errors import EmptyText, InvalidField, InvalidUTF8
+from handlers.decoders import OnnxDecoder, TorchDecoder, export_onnx, use_packed_gqa
+from handlers.generation import RunningBatch, Sampling, Sequence, held_back, make_generator, next_tokens, sample
+from handlers.generation_engine import Engine, prefill_groups
+from handlers.generation_protocols import ChatStream, CompletionStream, NativeStream, NativeWhole, Result
+from handlers.generation_request import Limits, PromptTooLong, check_prompt_size, read_messages, read_options, read_prompt
+from handlers.request_errors import EmptyText, InvalidField, InvalidUTF8
 
 LIMITS = Limits(max_new_tokens=512, max_prompt_tokens=2048, max_prompt_chars=32000, default_max_tokens=128)
 EOS = 2
@@ -95,7 +95,7 @@ def test_the_fused_graph_decodes_what_generate_does_with_its_cache_updated_in_pl
     """ONNX Runtime GenAI's builder graph, adapted for left-padded rows (format onnx for a Llama): prompts of
     different lengths prefilled together, rows joining, leaving and cut, the cache buffers written in place
     between joins and regrown when full: the same greedy tokens as generate."""
-    import fused_decoder
+    from handlers import fused_decoder
 
     model = tiny("llama")
     decoder = build_tiny_fused(model, tmp_path)
@@ -134,7 +134,7 @@ def build_tiny_fused(model, folder):
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    from decoders import onnx_decoder
+    from handlers.decoders import onnx_decoder
     from tskit.fused_graph import build_fused
 
     model.save_pretrained(folder)

@@ -14,18 +14,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from image_classifier_handler import ImageClassifierHandler
+import importlib
+
 from support import REPO, encode, extract_archive, make_context, photo, request_batch, responses
-from text_classifier_handler import TextClassifierHandler
-from text_embedding_handler import TextEmbeddingHandler
+from tskit import kinds
 from tskit.kinds import of_handler
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 STORES = [os.environ.get("GPU_ARCHIVES", ""), os.path.join(REPO, "model_store"),
           os.path.join(REPO, "build", "bench", "model_store")]
-HANDLERS = {"image-classifier": ImageClassifierHandler, "text-classifier": TextClassifierHandler,
-            "text-embedding": TextEmbeddingHandler}
 PROBABILITY_TOLERANCE = 5e-3  # cuDNN convolutions use TF32 on Ampere+ by default (seen: 1.1e-3 on an H100)
 EMBEDDING_MIN_COSINE = 0.9999
 TEXTS = ["The striker scored twice in the final minutes", "Central bank raises interest rates again",
@@ -44,7 +42,9 @@ def archives():
 def load(mar, store, tmp_path, gpu):
     model_dir, manifest, config = extract_archive(mar, str(tmp_path / f"{mar}-{gpu}"), store)
     kind = config["handler"].get("kind") or _kind_of(manifest)
-    handler = HANDLERS[kind]()
+    module = importlib.import_module(kinds.kind(kind).handler_module)
+    [cls] = [c for c in vars(module).values() if isinstance(c, type) and c.__module__ == module.__name__]
+    handler = cls()
     handler.initialize(make_context(model_dir, manifest, config, gpu=gpu))
     return handler, (model_dir, manifest, config), kind
 
@@ -54,7 +54,7 @@ def _kind_of(manifest):
 
 
 def batch(kind):
-    if kind == "image-classifier":
+    if kinds.kind(kind).model_input.takes_photos:
         good = [("body", encode(photo(n)), "image/jpeg") for n in ("chelsea", "coffee", "astronaut")]
         return good + [("body", b"\xff\xd8\xff\xe0 not a jpeg", "image/jpeg")]
     return [("body", t.encode(), "text/plain") for t in TEXTS] + [("body", b"\xff\xfe\xfa", "text/plain")]
@@ -90,7 +90,7 @@ def test_the_gpu_answers_as_the_cpu(mar, store, tmp_path):
 
 
 def compare(kind, gpu_answer, cpu_answer):
-    if kind == "text-embedding":
+    if not kinds.kind(kind).answer.labelled:  # an embedding
         cosine = F.cosine_similarity(torch.tensor(gpu_answer["embedding"]), torch.tensor(cpu_answer["embedding"]), dim=0)
         assert cosine.item() >= EMBEDDING_MIN_COSINE
         return

@@ -5,7 +5,7 @@ import base64
 import pytest
 import torch
 
-from image_classifier_handler import ImageClassifierHandler
+from handlers.image_classifier_handler import ImageClassifierHandler
 from support import CAT_LABELS, encode, extract_archive, make_context, photo, request_batch, responses
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from image_decoding import decode_rgb, read_header
-from request_errors import CorruptImage, ImageTooLarge, UnsupportedMediaType
+from handlers.image_decoding import decode_rgb, read_header
+from handlers.request_errors import CorruptImage, ImageTooLarge, UnsupportedMediaType
 from support import encode, photo
 
 LIMIT = 40_000_000

@@ -36,8 +36,8 @@ from hostile_inputs import (
     png_with_zeroed_idat,
     with_orientation,
 )
-from image_decoding import apply_orientation, decode_rgb
-from request_errors import CorruptImage
+from handlers.image_decoding import apply_orientation, decode_rgb
+from handlers.request_errors import CorruptImage
 from support import REPO, encode
 
 LIMIT = 40_000_000
@@ -45,8 +45,8 @@ LIMIT = 40_000_000
 CHILD = """
 import json, sys
 sys.path[:0] = sys.argv[1:3]
-from image_decoding import decode_rgb
-from request_errors import RequestError
+from handlers.image_decoding import decode_rgb
+from handlers.request_errors import RequestError
 out = {}
 for path in sys.argv[3:]:
     try:

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 from torchvision.models import MobileNet_V2_Weights
 
-from image_decoding import decode_rgb
-from image_transforms import collate_normalize, resize_and_crop
+from handlers.image_decoding import decode_rgb
+from handlers.image_transforms import collate_normalize, resize_and_crop
 from support import encode, photo
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -13,10 +13,9 @@ import os
 import pytest
 import yaml
 
-from benchkit import agreement
 from benchkit.optimize_choice import BAR_OF_METRIC
 from benchkit.workloads import make_inputs
-from model_settings import FORMATS, SettingsError
+from handlers.model_settings import FORMATS, SettingsError
 from support import REPO
 from tskit import kinds
 from tskit.declaration import DeclarationError
@@ -32,7 +31,9 @@ def test_the_kinds_are_registered_in_the_order_messages_list_them():
     assert list(KINDS) == ["image-classifier", "text-classifier", "text-embedding", "object-detector",
                            "image-segmenter", "text-generator"]
     assert all(isinstance(k, Kind) and KINDS[k.name] is k for k in KINDS.values())
-    modules = {f for f in os.listdir(KIND_MODULES) if f.endswith(".py")} - {"__init__.py", "text.py"}
+    # besides the kinds: the package, the text kinds' shared template, the input and answer forms
+    modules = {f for f in os.listdir(KIND_MODULES) if f.endswith(".py")} - {"__init__.py", "text.py", "inputs.py",
+                                                                           "answers.py"}
     assert {name.replace("-", "_") + ".py" for name in KINDS} == modules  # every kind module is registered
 
 
@@ -47,7 +48,7 @@ def test_the_handler_file_is_an_entry_module_of_one_class(name):
 @pytest.mark.parametrize("name", ALL)
 def test_the_handler_class_names_its_kind_and_settings(name):
     k = kinds.kind(name)
-    module = importlib.import_module(k.handler_file.removesuffix(".py"))
+    module = importlib.import_module(k.handler_module)
     (handler,) = [c for c in vars(module).values() if isinstance(c, type) and c.__module__ == module.__name__]
     assert handler.kind == k.name
     assert handler.settings_class is k.settings
@@ -58,7 +59,7 @@ def test_the_handler_class_names_its_kind_and_settings(name):
 def test_make_model_writes_a_declaration_the_settings_class_reads(name, tmp_path):
     """`make model`'s own code path: the kind's template becomes the declaration's `handler:` section,
     read back (declare loads it) as the kind's settings class."""
-    source = tmp_path / ("m.gguf" if kinds.kind(name).family == "generator" else "m.pt")
+    source = tmp_path / ("m.gguf" if kinds.kind(name).model_input.builds_folder else "m.pt")
     source.write_bytes(b"not loaded: make model judges a source by its name")
     path = declare("m", name, str(source), models_dir=str(tmp_path / "models"))
     with open(path, encoding="utf-8") as f:
@@ -83,9 +84,9 @@ def test_the_bench_inputs_and_measures_exist(tmp_path):
         assert k.precision_formats("fp32") == () and k.precision_formats("bf16") == k.bf16_formats + openvino["bf16"]
         assert k.precision_formats("int8") == ((k.int8_format,) if k.int8_format else ()) + openvino["int8"]
         if k.bench_workload:
-            assert inputs[k.bench_workload]["kind"] == k.workload_family, k.name
+            assert k.bench_workload in inputs, k.name
         if k.agreement_metric:
-            assert k.bench_workload and k.answer in agreement.MEASURES and k.agreement_metric in BAR_OF_METRIC, k.name
+            assert k.agreement_metric == k.answer.metric and k.agreement_metric in BAR_OF_METRIC, k.name
 
 
 def test_an_unknown_kind_is_a_clear_error(tmp_path):
@@ -128,3 +129,24 @@ def test_kind_names_and_handler_files_are_written_only_in_the_kind_modules():
             if isinstance(node, ast.Constant) and node.value in names and not _allowed(path, node, lines):
                 found.append(f"{os.path.relpath(path, REPO)}:{node.lineno}: {node.value!r}")
     assert not found, "look the kind up in tskit.kinds instead:\n" + "\n".join(found)
+
+
+def _is_form_name(node) -> bool:
+    """`<x>.model_input.name` or `<x>.answer.name`: a kind's input or answer form by its name."""
+    return (isinstance(node, ast.Attribute) and node.attr == "name" and isinstance(node.value, ast.Attribute)
+            and node.value.attr in ("model_input", "answer"))
+
+
+def test_no_tool_branches_on_a_kinds_input_or_answer_form():
+    """What differs between forms is a method or an attribute of the form's object (kinds/inputs.py,
+    kinds/answers.py); a comparison with a form's name outside them would be a second place to edit."""
+    found = []
+    for path in _python_files():
+        if os.path.dirname(path) == KIND_MODULES:
+            continue
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Compare) and any(map(_is_form_name, [node.left, *node.comparators])):
+                found.append(f"{os.path.relpath(path, REPO)}:{node.lineno}")
+    assert not hasattr(Kind, "family") and not found, "ask the kind's model_input or answer instead:\n" + "\n".join(found)

@@ -10,8 +10,8 @@ import os
 import pytest
 import yaml
 
-from image_classifier_handler import ImageClassifierHandler
-from model_settings import (
+from handlers.image_classifier_handler import ImageClassifierHandler
+from handlers.model_settings import (
     ImageClassifierSettings,
     SettingsError,
     TextClassifierSettings,

@@ -7,7 +7,7 @@ import openvino
 import pytest
 import torch
 
-from model_formats import load_model
+from handlers.model_formats import load_model
 from tskit.formats import build_model_file
 from tskit.kinds import parse_settings
 from tskit.sources import LoadedSource

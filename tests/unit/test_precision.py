@@ -8,7 +8,8 @@ import dataclasses
 import pytest
 import torch
 
-from model_formats import load_model
+from handlers.model_formats import load_model
+from tskit import kinds
 from tskit.declaration import Declaration
 from tskit.precision import to_bf16, to_precision
 from tskit.sources import SourceError, from_module
@@ -47,7 +48,7 @@ def close_to_fp32(got: torch.Tensor, want: torch.Tensor) -> None:
 def test_bf16_image_model_takes_and_gives_float32_close_to_fp32():
     torch.manual_seed(0)
     fp32 = TinyImageModel().eval()
-    loaded = to_bf16(from_module(fp32, "tiny"), "image")
+    loaded = to_bf16(from_module(fp32, "tiny"), kinds.kind("image-classifier"))
     images = torch.randn(3, 3, 16, 16)
     with torch.inference_mode():
         close_to_fp32(loaded.module(images), fp32(images))
@@ -58,7 +59,7 @@ def test_bf16_image_model_takes_and_gives_float32_close_to_fp32():
 def test_bf16_text_model_keeps_int64_ids_and_gives_float32():
     torch.manual_seed(0)
     fp32 = TinyTextModel().eval()
-    loaded = to_bf16(from_module(fp32, "tiny text"), "text")
+    loaded = to_bf16(from_module(fp32, "tiny text"), kinds.kind("text-classifier"))
     ids = torch.randint(1, 100, (2, 7))
     mask = torch.ones(2, 7, dtype=torch.long)
     mask[1, 4:] = 0
@@ -82,7 +83,7 @@ def test_bf16_embeddings_are_unit_length_in_float32_and_scriptable(tmp_path):
     fp32 = TinyEmbedder().eval()
     ids, mask = torch.randint(1, 100, (4, 9)), torch.ones(4, 9, dtype=torch.long)
     path = str(tmp_path / "embedder.pt")
-    torch.jit.script(to_bf16(from_module(fp32, "tiny embedder"), "text", unit_length=True).module).save(path)
+    torch.jit.script(to_bf16(from_module(fp32, "tiny embedder"), kinds.kind("text-embedding")).module).save(path)
     served = load_model(path, "torchscript", torch.device("cpu"), threads=1, optimize=True)
     with torch.inference_mode():
         got, want = served(ids, mask), fp32(ids, mask)
@@ -94,7 +95,7 @@ def test_bf16_embeddings_are_unit_length_in_float32_and_scriptable(tmp_path):
 def test_bf16_torchscript_loads_frozen_and_optimized_as_a_worker_does(tmp_path):
     torch.manual_seed(0)
     fp32 = TinyImageModel().eval()
-    loaded = to_bf16(from_module(fp32, "tiny"), "image")
+    loaded = to_bf16(from_module(fp32, "tiny"), kinds.kind("image-classifier"))
     images = torch.randn(2, 3, 16, 16)
     path = str(tmp_path / "model.pt")
     torch.jit.script(loaded.module).save(path)

@@ -10,11 +10,11 @@ import struct
 
 import pytest
 
-from classification import CLASSIFIER_OUTPUTS
-from protocols import (BINARY_TYPE, HEADER_LENGTH, KServeV1Request, ModelInfo, Output, PlainRequest, V2Request,
+from handlers.classification import CLASSIFIER_OUTPUTS
+from handlers.protocols import (BINARY_TYPE, HEADER_LENGTH, KServeV1Request, ModelInfo, Output, PlainRequest, V2Request,
                        parse_request)
-from request_errors import InvalidField, InvalidJSON, InvalidUTF8
-from request_payload import text_request
+from handlers.request_errors import InvalidField, InvalidJSON, InvalidUTF8
+from handlers.request_payload import text_request
 
 V2 = {"id": "7", "inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": ["a b", "c"]}]}
 ANSWERS = [{"predictions": [{"label": "x", "index": 1, "probability": 0.75}, {"label": "y", "index": 0, "probability": 0.25}],

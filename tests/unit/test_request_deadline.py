@@ -2,8 +2,8 @@
 
 import pytest
 
-from request_deadline import check_deadline, started_at
-from request_errors import InvalidField, RequestExpired
+from handlers.request_deadline import check_deadline, started_at
+from handlers.request_errors import InvalidField, RequestExpired
 
 NOW = 1_800_000_000.0  # 2027-01-15, seconds since the epoch
 
@@ -66,7 +66,7 @@ def test_an_expired_request_is_answered_503_alone_and_the_model_never_sees_it(tm
     import json
     import time
 
-    from image_classifier_handler import ImageClassifierHandler
+    from handlers.image_classifier_handler import ImageClassifierHandler
     from support import CAT_LABELS, encode, load_handler, make_context, photo, request_batch
 
     handler, archive = load_handler(ImageClassifierHandler, "mobilenet_v2.mar", str(tmp_path), maxQueueMs=5000)

@@ -4,8 +4,8 @@ import base64
 
 import pytest
 
-from request_errors import EmptyBody, InvalidBase64, InvalidField, InvalidJSON, UnsupportedMediaType
-from request_payload import image_request, request_body
+from handlers.request_errors import EmptyBody, InvalidBase64, InvalidField, InvalidJSON, UnsupportedMediaType
+from handlers.request_payload import image_request, request_body
 
 JPEG = b"\xff\xd8\xff\xe0fake-jpeg\xff\xd9"
 

@@ -7,10 +7,10 @@ import os
 import pytest
 import torch
 
-from image_classifier_handler import ImageClassifierHandler
-from response_cache import ResponseCache
+from handlers.image_classifier_handler import ImageClassifierHandler
+from handlers.response_cache import ResponseCache
 from support import encode, load_handler, make_context, photo, request_batch
-from text_classifier_handler import TextClassifierHandler
+from handlers.text_classifier_handler import TextClassifierHandler
 
 
 # ---- the cache alone ----------------------------------------------------------------------------

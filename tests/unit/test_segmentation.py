@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.io import decode_png
 
-from model_settings import SettingsError
-from segmentation import (
+from handlers.model_settings import SettingsError
+from handlers.segmentation import (
     SEGMENTER_OUTPUTS,
     answer,
     class_map,

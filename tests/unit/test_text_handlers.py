@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from support import REPO, load_handler, make_context, request_batch, responses
-from text_classifier_handler import TextClassifierHandler
-from text_embedding_handler import TextEmbeddingHandler
+from handlers.text_classifier_handler import TextClassifierHandler
+from handlers.text_embedding_handler import TextEmbeddingHandler
 from text_reference import TEXTS, load_reference, reference_embeddings, reference_topic_probabilities
 
 # Floor for the topic test set (48 headlines written for this project, 12 per label). Measured

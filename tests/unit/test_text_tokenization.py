@@ -5,8 +5,8 @@ import os
 import pytest
 import torch
 
-from request_errors import EmptyText
-from text_tokenization import collate_padded, load_tokenizer, tokenize
+from handlers.request_errors import EmptyText
+from handlers.text_tokenization import collate_padded, load_tokenizer, tokenize
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_dynamic_padding_to_the_longest_of_the_batch(tokenizer):
 
 
 def test_length_buckets_split_only_when_padding_waste_outweighs_a_pass():
-    from text_tokenization import length_buckets
+    from handlers.text_tokenization import length_buckets
 
     # seven short texts and one at the limit: two passes
     assert length_buckets([10, 12, 256, 9, 11, 10, 12, 10], 32) == [[3, 0, 5, 7, 4, 1, 6], [2]]

@@ -8,9 +8,9 @@ import av
 import numpy as np
 import pytest
 
-from request_errors import InvalidField, UnsupportedMediaType
+from handlers.request_errors import InvalidField, UnsupportedMediaType
 from support import encode, photo
-from video import InvalidVideo, VideoInput, VideoLimits, VideoOptions, VideoReader, VideoTooLarge, video_input
+from handlers.video import InvalidVideo, VideoInput, VideoLimits, VideoOptions, VideoReader, VideoTooLarge, video_input
 from videos import content_type, decoded_frames, make_video
 
 ROOMY = VideoLimits(max_seconds=60, max_frames=100, max_frame_pixels=1920 * 1080, max_decoded_bytes=2**30)

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from image_classifier_handler import ImageClassifierHandler
+from handlers.image_classifier_handler import ImageClassifierHandler
 from support import encode, extract_archive, make_context, photo, request_batch
 from videos import decoded_frames, make_video
 

@@ -11,7 +11,7 @@ import struct
 import pytest
 from ts.protocol.otf_message_handler import retrieve_msg
 
-from worker_log import DropPerBatchNoise, drop_per_batch_noise
+from handlers.worker_log import DropPerBatchNoise, drop_per_batch_noise
 
 
 class Lines(logging.Handler):

@@ -1,13 +1,16 @@
 """The model kinds: one module per kind holds everything about it; every other module looks a kind up by name.
 
     kind(name)          the Kind of a declaration's `kind:` (UnknownKind, listing the known kinds, otherwise)
-    family(name)        its input family: image, text or detector
     KINDS               name -> Kind, in the order messages list them
     parse_settings      a `handler:` section read as the kind's typed settings (handlers/model_settings.py)
     of_handler          the Kind an archive's handler file serves
 
-Adding a kind: its module here (a `KIND = Kind(...)`, registered in _registered() below), its handler entry module
-and typed settings class in handlers/, and its tests (tests/unit/test_kinds.py checks that it is complete).
+A Kind's `model_input` (kinds/inputs.py: what the model takes) and `answer` (kinds/answers.py: what an answer
+carries) are objects the tools ask: the exporters, the sources, the precisions, the bench's checks and
+make optimize's agreement follow them, and no tool tests a kind's name or form. Adding a kind: its module here
+(a `KIND = Kind(...)`, registered in _registered() below), its handler entry module and typed settings class in
+handlers/, and its tests (tests/unit/test_kinds.py checks that it is complete); a new input or answer form is
+one class in inputs.py or answers.py.
 The handlers themselves never import this package (the runtime imports nothing from scripts/): a handler
 class names its own `kind` and `settings_class`, which test_kinds checks against the Kind.
 """
@@ -15,10 +18,10 @@ class names its own `kind` and `settings_class`, which test_kinds checks against
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple, Type
 
-from model_settings import CommonSettings, SettingsError, read_settings
+from handlers.model_settings import CommonSettings, SettingsError, read_settings
 
-FAMILIES = ("image", "text", "detector", "generator")
-ANSWERS = ("labels", "embedding", "detections", "text", "mask")
+from tskit.kinds.answers import Answer
+from tskit.kinds.inputs import ModelInput
 
 
 class UnknownKind(SettingsError):
@@ -30,14 +33,8 @@ class Kind:
     name: str                        # a declaration's `kind:`
     handler_file: str                # handlers/<file>: the archive's TorchServe entry point
     settings: Type[CommonSettings]   # the `handler:` section's typed settings
-    # What the model takes: "image" a float batch [N, 3, H, W]; "text" (input_ids, attention_mask) int64
-    # [N, L]; "detector" a list of images of any sizes (TorchScript only). The exporters, the int8 form,
-    # the sources and the in-process jobs follow the input, not the kind.
-    family: str
-    # What an answer carries: "labels" {"predictions": [...]}, "embedding" {"embedding": [...]},
-    # "detections" {"detections": [...]}, "text" generated text, "mask" {"classes": [...], "mask": {PNG}}. Agreement, answer checks and the LitServe
-    # peer follow it. A "generator" (a causal LM) is built as a Hugging Face folder (tskit.causal_lm).
-    answer: str
+    model_input: ModelInput          # what the model takes (kinds/inputs.py)
+    answer: Answer                   # what an answer carries (kinds/answers.py)
     template: str                    # `make model`'s `handler:` section, every setting spelt out to edit
     max_batch_delay: int             # `make model`'s torchserve.maxBatchDelay (ms to wait for a batch)
     v2_outputs: Tuple[str, ...]      # the v2 output tensors of an answer, in order (the handler's `outputs`)
@@ -46,12 +43,14 @@ class Kind:
     bf16_formats: Tuple[str, ...] = ()
     bench_workload: Optional[str] = None   # benchkit.workloads' input the bench, tune and optimize send;
                                            # None: they have no inputs or answer checks for the kind
-    agreement_metric: Optional[str] = None  # benchkit.agreement's measure of a variant against fp32;
-                                            # None: make optimize has no agreement measure for the kind
     torchserve_template: Optional[str] = None  # `make model`'s torchserve: section; None: the shared one
     # the reduced precisions OpenVINO's IR is also made in (tskit.formats.to_openvino): bf16 an inference hint
     # compiled in, int8 NNCF's post-training quantisation on the calibration photos
     openvino_precisions: Tuple[str, ...] = ()
+    # TorchServe's own handler for the kind (the bench's stock setups A, A2 serve the same weights with it);
+    # None: the bench has no stock peer for it
+    stock_handler: Optional[str] = None
+    formats_target: Optional[float] = None  # make bench's target for the fastest agreeing format vs TorchScript fp32
     # takes a video too (handlers/video_batch_handler.py): `make model` declares continuous batching, so a video
     # is answered frame by frame in steps and never holds the worker
     takes_video: bool = False
@@ -59,9 +58,10 @@ class Kind:
     # counts whole answers, so the autoscaling signal leaves the model out (an image kind's videos are a minority)
     streams_every_request: bool = False
 
-    def __post_init__(self):
-        if self.family not in FAMILIES or self.answer not in ANSWERS:
-            raise ValueError(f"kind {self.name}: family {self.family!r} / answer {self.answer!r} unknown")
+    @property
+    def handler_module(self) -> str:
+        """The handler's importable name (the runtime package `handlers`)."""
+        return "handlers." + self.handler_file.removesuffix(".py")
 
     def parse_settings(self, section: Optional[dict]) -> CommonSettings:
         return read_settings(self.settings, section, self.name)
@@ -74,19 +74,19 @@ class Kind:
         return (self.bf16_formats if precision == "bf16" else ()) + openvino
 
     @property
-    def workload_family(self) -> str:
-        """benchkit.workloads' input family ("vision" / "text") the kind's bench inputs come from."""
-        return "text" if self.family == "text" else "vision"
-
-    @property
     def bench_int8(self) -> Optional[str]:
-        """The int8 format the bench measures: it judges int8 by top-1 agreement, so classifiers only."""
-        return self.int8_format if self.answer == "labels" else None
+        """The int8 format the bench measures: it judges int8 by top-1 agreement, so labelled answers only."""
+        return self.int8_format if self.answer.labelled else None
 
     @property
     def known_answers(self) -> bool:
         """The bench's input has a right answer every variant must give (a label), not just a shape."""
-        return self.answer == "labels" and self.bench_workload is not None
+        return self.answer.labelled and self.bench_workload is not None
+
+    @property
+    def agreement_metric(self) -> Optional[str]:
+        """make optimize's agreement measure of a variant against fp32; None: the kind has none (or no inputs)."""
+        return self.answer.metric if self.bench_workload else None
 
 
 def _registered() -> Dict[str, Kind]:
@@ -106,11 +106,6 @@ def kind(name: str) -> Kind:
     if name not in KINDS:
         raise UnknownKind(f"kind {name!r} is not one of {', '.join(KINDS)}")
     return KINDS[name]
-
-
-def family(name: str) -> str:
-    """The input family of kind `name` (for callers whose own variable is called `kinds`)."""
-    return kind(name).family
 
 
 def parse_settings(name: str, section: Optional[dict]) -> CommonSettings:

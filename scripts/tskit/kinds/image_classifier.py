@@ -1,7 +1,9 @@
 """image-classifier: ImageNet-style classifiers in any model format; an image in, the top-k labels out."""
 
-from model_settings import ImageClassifierSettings
+from handlers.model_settings import ImageClassifierSettings
 from tskit.kinds import Kind
+from tskit.kinds.answers import LABELS
+from tskit.kinds.inputs import IMAGE_BATCH
 
 TEMPLATE = """\
   topk: 5                     # predictions per answer (capped at the number of classes)
@@ -21,8 +23,8 @@ KIND = Kind(
     name="image-classifier",
     handler_file="image_classifier_handler.py",
     settings=ImageClassifierSettings,
-    family="image",
-    answer="labels",
+    model_input=IMAGE_BATCH,
+    answer=LABELS,
     template=TEMPLATE,
     max_batch_delay=20,  # what `make tune` chose for mobilenet_v2 (docs/performance.md)
     v2_outputs=("labels", "indices", "probabilities"),
@@ -32,6 +34,7 @@ KIND = Kind(
     bf16_formats=("aoti",),
     openvino_precisions=("bf16", "int8"),
     bench_workload="jpeg_640x480",  # a real photo at a typical camera size
-    agreement_metric="top1_agreement",
+    stock_handler="image_classifier",
+    formats_target=1.3,
     takes_video=True,
 )

@@ -2,12 +2,15 @@
 
 The model takes [N, 3, inputSize, inputSize] (the image resized without a crop) and gives logits
 [N, classes, h, w], or torchvision's {"out": ...}; the answer is the class map at the image's own size as an
-8-bit PNG and each class's fraction (handlers/segmentation.py). fp32 only (no int8 or bf16 form), and neither
-the bench nor make optimize has inputs or an agreement measure for it yet.
+8-bit PNG and each class's fraction (handlers/segmentation.py). fp32 only (no int8 or bf16 form). make bench
+sends it the bench's photo and checks its largest class under load; make optimize keeps a format whose class map
+agrees with fp32's on >= 99% of the pixels of every agreement photo.
 """
 
-from model_settings import ImageSegmenterSettings
+from handlers.model_settings import ImageSegmenterSettings
 from tskit.kinds import Kind
+from tskit.kinds.answers import MASK
+from tskit.kinds.inputs import IMAGE_BATCH
 
 TEMPLATE = """\
   inputSize: 520              # the model's input is [N, 3, inputSize, inputSize]: resized, never cropped
@@ -25,10 +28,11 @@ KIND = Kind(
     name="image-segmenter",
     handler_file="image_segmenter_handler.py",
     settings=ImageSegmenterSettings,
-    family="image",
-    answer="mask",
+    model_input=IMAGE_BATCH,
+    answer=MASK,
     template=TEMPLATE,
     max_batch_delay=20,  # the image classifier's: no tuned segmenter yet
     v2_outputs=("mask", "width", "height", "labels", "indices", "fractions"),
+    bench_workload="jpeg_640x480",  # the bench's photo; make optimize's agreement: the share of equal pixels
     takes_video=True,
 )

@@ -3,8 +3,10 @@
 fp32 only (no int8 form), and neither the bench nor make optimize has inputs or an agreement measure for it.
 """
 
-from model_settings import ObjectDetectorSettings
+from handlers.model_settings import ObjectDetectorSettings
 from tskit.kinds import Kind
+from tskit.kinds.answers import DETECTIONS
+from tskit.kinds.inputs import IMAGE_LIST
 
 TEMPLATE = """\
   scoreThreshold: 0.5         # the lowest score answered (a request's JSON "threshold" overrides it)
@@ -20,8 +22,8 @@ KIND = Kind(
     name="object-detector",
     handler_file="object_detector_handler.py",
     settings=ObjectDetectorSettings,
-    family="detector",
-    answer="detections",
+    model_input=IMAGE_LIST,
+    answer=DETECTIONS,
     template=TEMPLATE,
     max_batch_delay=20,  # the image classifier's: no tuned detector yet
     v2_outputs=("labels", "indices", "scores", "boxes", "count"),

@@ -1,15 +1,17 @@
 """text-classifier: a Hugging Face *ForSequenceClassification checkpoint; a text in, every label's probability out."""
 
-from model_settings import TextClassifierSettings
+from handlers.model_settings import TextClassifierSettings
 from tskit.kinds import Kind
+from tskit.kinds.answers import LABELS
+from tskit.kinds.inputs import TOKEN_BATCH
 from tskit.kinds.text import TEXT_TEMPLATE
 
 KIND = Kind(
     name="text-classifier",
     handler_file="text_classifier_handler.py",
     settings=TextClassifierSettings,
-    family="text",
-    answer="labels",
+    model_input=TOKEN_BATCH,
+    answer=LABELS,
     template=TEXT_TEMPLATE,
     max_batch_delay=5,  # what `make tune` chose for the MiniLM models (docs/performance.md)
     v2_outputs=("labels", "indices", "probabilities", "truncated"),
@@ -19,5 +21,4 @@ KIND = Kind(
     bf16_formats=("torchscript", "aoti"),
     openvino_precisions=("bf16",),  # int8: the dynamic TorchScript form
     bench_workload="text_medium",  # a news paragraph: the package's typical request
-    agreement_metric="top1_agreement",
 )

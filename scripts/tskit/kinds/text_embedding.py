@@ -1,15 +1,17 @@
 """text-embedding: a Hugging Face encoder, mean-pooled and L2-normalised (sentence-transformers' definition)."""
 
-from model_settings import TextEmbeddingSettings
+from handlers.model_settings import TextEmbeddingSettings
 from tskit.kinds import Kind
+from tskit.kinds.answers import EMBEDDING
+from tskit.kinds.inputs import TOKEN_BATCH
 from tskit.kinds.text import TEXT_TEMPLATE
 
 KIND = Kind(
     name="text-embedding",
     handler_file="text_embedding_handler.py",
     settings=TextEmbeddingSettings,
-    family="text",
-    answer="embedding",
+    model_input=TOKEN_BATCH,
+    answer=EMBEDDING,
     template=TEXT_TEMPLATE,
     max_batch_delay=5,  # as the text classifier (tuned on the same MiniLM)
     v2_outputs=("embedding", "truncated"),
@@ -17,5 +19,4 @@ KIND = Kind(
     bf16_formats=("torchscript", "aoti"),  # as the text classifier (the same encoder)
     openvino_precisions=("bf16",),  # int8: the dynamic TorchScript form
     bench_workload="text_medium",
-    agreement_metric="min_cosine",  # no label to agree on: the worst cosine between the two embeddings
 )

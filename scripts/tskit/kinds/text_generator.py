@@ -1,8 +1,10 @@
 """text-generator: a causal language model (Llama, Qwen2, SmolLM, GPT-2 families); a prompt or a chat in, text
 out, whole or streamed token by token (handlers/text_generator_handler.py, docs/generation.md)."""
 
-from model_settings import TextGeneratorSettings
+from handlers.model_settings import TextGeneratorSettings
 from tskit.kinds import Kind
+from tskit.kinds.answers import TEXT
+from tskit.kinds.inputs import CAUSAL_LM
 
 TEMPLATE = """\
   intraOpThreads: 2           # one worker decodes every running sequence in one batch: give it the cores
@@ -31,8 +33,8 @@ KIND = Kind(
     name="text-generator",
     handler_file="text_generator_handler.py",
     settings=TextGeneratorSettings,
-    family="generator",
-    answer="text",
+    model_input=CAUSAL_LM,
+    answer=TEXT,
     template=TEMPLATE,
     max_batch_delay=5,
     v2_outputs=("text", "finish_reason", "completion_tokens"),
