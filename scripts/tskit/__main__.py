@@ -56,6 +56,7 @@ def main(argv=None) -> int:
     listing = commands.add_parser("list", help="declared models")
     listing.add_argument("--served", action="store_true")
     listing.add_argument("--kind")
+    commands.add_parser("kinds", help="the kinds `make model KIND=...` takes: what each model takes and answers")
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
@@ -161,7 +162,16 @@ def run_list(args) -> int:
     return 0
 
 
-COMMANDS = {"model": run_model, "build": run_build, "config": run_config, "list": run_list}
+def run_kinds(args) -> int:
+    from tskit import kinds
+
+    for k in kinds.KINDS.values():
+        video = ", videos too" if k.takes_video else ""
+        print(f"{k.name:17} source: {k.model_input.sources}; answers: {k.answer.name}{video}")
+    return 0
+
+
+COMMANDS = {"model": run_model, "build": run_build, "config": run_config, "list": run_list, "kinds": run_kinds}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -27,9 +27,7 @@ KIND_MODULES = os.path.join(REPO, "scripts", "tskit", "kinds")
 ALL = sorted(KINDS)
 
 
-def test_the_kinds_are_registered_in_the_order_messages_list_them():
-    assert list(KINDS) == ["image-classifier", "text-classifier", "text-embedding", "object-detector",
-                           "image-segmenter", "text-generator"]
+def test_every_kind_module_is_registered():
     assert all(isinstance(k, Kind) and KINDS[k.name] is k for k in KINDS.values())
     # besides the kinds: the package, the text kinds' shared template, the input and answer forms
     modules = {f for f in os.listdir(KIND_MODULES) if f.endswith(".py")} - {"__init__.py", "text.py", "inputs.py",
@@ -90,7 +88,7 @@ def test_the_bench_inputs_and_measures_exist(tmp_path):
 
 
 def test_an_unknown_kind_is_a_clear_error(tmp_path):
-    known = "image-classifier, text-classifier, text-embedding, object-detector"
+    known = ", ".join(KINDS)  # in the order _registered() gives
     with pytest.raises(UnknownKind, match=f"kind 'speech' is not one of {known}"):
         kinds.kind("speech")
     with pytest.raises(SettingsError, match="kind 'speech' is not one of"):  # where settings errors are caught

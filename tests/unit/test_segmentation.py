@@ -1,6 +1,7 @@
 """The image-segmenter's pure steps (handlers/segmentation.py) and its settings, without a server."""
 
 import base64
+import json
 
 import pytest
 import torch
@@ -80,3 +81,19 @@ def test_the_settings_are_checked():
                          ({"maxPixelsPerRequest": 10, "maxImagePixels": 20}, "maxPixelsPerRequest")]:
         with pytest.raises(SettingsError, match=message):
             parse_settings("image-segmenter", bad)
+
+
+def test_make_optimize_agreement_counts_the_pixels_given_the_same_class():
+    """The segmenter's agreement (tskit.kinds.answers.MASK): per probe the share of equal pixels; the worst probe."""
+    from tskit.kinds import kind
+
+    reference = torch.zeros(4, 10, dtype=torch.uint8)
+    moved = reference.clone()
+    moved[0, :4] = 1  # 4 of 40 pixels change class
+    pairs = [(None, answer(reference, LABELS), answer(reference, LABELS)),
+             (None, answer(reference, LABELS), answer(moved, LABELS))]
+    measured = kind("image-segmenter").answer.agreement(pairs)
+    assert measured == {"pixel_agreement": 0.9, "mean_pixel_agreement": 0.95}
+    check = kind("image-segmenter").answer.check(answer(moved, LABELS), None)  # make bench's check under load
+    assert check.verify(json.dumps(answer(reference, LABELS)).encode()) and not check.verify(
+        json.dumps(answer(reference + 2, LABELS)).encode())

@@ -32,7 +32,7 @@ class ModelInput:
     checkpoint_folder = False
     takes_photos = False   # a request carries a photo (image/jpeg, {"image": base64}), else text
     builds_folder = False  # the model is a folder (tskit.causal_lm), not one file exported from a module
-    sources = "a .pt, .pt2 or .onnx file or a Hugging Face folder"  # what a source may be, in messages
+    sources = "a .pt, .pt2 or .onnx file (or python:<module>:<function>)"  # what a source may be, in messages
 
     def example(self, settings, batch: int = 2, length: int = 16, seed: int = 0) -> tuple:
         raise NotImplementedError
@@ -103,6 +103,7 @@ class TokenBatch(ModelInput):
     dynamic = {0: "batch", 1: "sequence"}
     parity_shapes = ((1, 7), (3, 16), (5, 40))
     checkpoint_folder = True
+    sources = "a Hugging Face checkpoint folder (or python:<module>:<function>)"
 
     def example(self, settings, batch: int = 2, length: int = 16, seed: int = 0) -> tuple:
         """Token ids in the ordinary vocabulary range; row i keeps length - i*3 tokens (the rest is padding)."""
@@ -126,6 +127,7 @@ class TokenBatch(ModelInput):
 class ImageList(ModelInput):
     name = "detector"
     takes_photos = True
+    sources = "a torchvision detection model saved with torch.jit.script (.pt)"
 
     def example(self, settings, batch: int = 2, length: int = 16, seed: int = 0) -> tuple:
         return (images_of_sizes(DETECTOR_IMAGE_SIZES[:batch], seed),)
