@@ -375,6 +375,14 @@ class BatchHandler(BaseHandler):
             self.context.set_response_header(idx, "ts_stream_next", "false")
         return answer.body
 
+    def mark_streams(self, stops: Dict[int, Optional[bool]]) -> None:
+        """Continuous batching's marks: TorchServe's codec asks each request's criterion after the handler returns:
+        True writes ts_stream_next "false" (the last reply), False "true" (more to come), None nothing (an ordinary
+        reply). A call with no stream in it sets none."""
+        streams = any(stop is not None for stop in stops.values())
+        self.context.stopping_criteria = ({idx: (lambda _, stop=stop: stop) for idx, stop in stops.items()}
+                                          if streams else None)
+
     def came_by_grpc(self, idx: int) -> bool:
         """gRPC requests carry no HTTP headers: only the input fields' (per-part) entries."""
         headers = self.context.get_all_request_header(idx) or {}

@@ -221,9 +221,7 @@ class TextGeneratorHandler(BatchHandler):
             self.context.set_response_content_type(idx, content_type)
             stops[idx] = stop
             bodies.append(body)
-        # TorchServe's codec asks each request's criterion after the handler returns: True writes
-        # ts_stream_next "false" (the last reply), False "true" (more to come), None nothing (an ordinary reply)
-        self.context.stopping_criteria = {idx: (lambda _, stop=stop: stop) for idx, stop in stops.items()}
+        self.mark_streams(stops)
         return bodies
 
     def report(self, size: int, errors: Dict[int, RequestError]) -> None:

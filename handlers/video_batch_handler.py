@@ -218,11 +218,7 @@ class VideoBatchHandler(BatchHandler):
             else:
                 bodies.append(self.encode(idx, answers[idx], protocols.get(idx)))
                 stops[idx] = None
-        # TorchServe's codec asks each request's criterion after the handler returns: True writes
-        # ts_stream_next "false" (the last reply), False "true" (more to come), None nothing (an ordinary reply)
-        streams = any(stop is not None for stop in stops.values())
-        self.context.stopping_criteria = ({idx: (lambda _, stop=stop: stop) for idx, stop in stops.items()}
-                                          if streams else None)
+        self.mark_streams(stops)
         return bodies
 
     def video_reply(self, idx: int, seq: str) -> Tuple[bytes, Optional[bool]]:

@@ -76,13 +76,13 @@ def _rate(mar: str, document: dict, threads: int, seconds: float, ready, start, 
 def inprocess_rate(mar: str, clip: bytes, seconds: float) -> dict:
     """(J): frames/s of the best layout, each layout's figure, and one whole answer (the reference)."""
     document = {"video": base64.b64encode(clip).decode(), "sample_fps": 0, "stream": False}
-    best, tried = None, {}
+    best, tried, by_processes = None, {}, {}
     for layout, results in each_layout(_rate, (mar, document), seconds):
         rate = sum(r for r, _ in results)
-        tried[layout] = round(rate, 1)
+        tried[layout], by_processes[len(results)] = round(rate, 1), rate  # one result per process
         if best is None or rate > best["fps"]:
             best = {"layout": layout, "fps": rate, "reference": results[0][1]}
-    best["layouts"] = tried
+    best["layouts"], best["by_processes"] = tried, by_processes
     return best
 
 
@@ -148,7 +148,7 @@ def model_part(name: str, work: str, clip: bytes, concurrency: List[int], second
         served_point(url, headers, clip, reference, 1, 0.1)  # warm-up: one whole video
         for clients in concurrency:
             point = served_point(url, headers, clip, reference, clients, seconds)
-            point["inprocess_fps"] = inprocess_for(inprocess["layouts"], clients)
+            point["inprocess_fps"] = inprocess_for(inprocess["by_processes"], clients)
             point["ratio"] = point["fps"] / point["inprocess_fps"]
             points.append(point)
             log(f"(V) {name} x{clients}: {point['fps']:.1f} frames/s served = x{point['ratio']:.2f} of (J), "
@@ -156,10 +156,10 @@ def model_part(name: str, work: str, clip: bytes, concurrency: List[int], second
     return {"model": name, "inprocess": inprocess, "served": points, "frames_per_video": len(reference)}
 
 
-def inprocess_for(layouts: Dict[str, float], videos: int) -> float:
+def inprocess_for(by_processes: Dict[int, float], videos: int) -> float:
     """(J) for `videos` at once: the best layout with at most that many processes (one process per video: a
     video's frames are decoded in order, so one video cannot use two processes)."""
-    return max(fps for layout, fps in layouts.items() if int(layout.split("x")[0]) <= videos)
+    return max(fps for processes, fps in by_processes.items() if processes <= videos)
 
 
 def verdicts(parts: List[dict]) -> List[str]:

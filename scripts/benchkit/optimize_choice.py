@@ -101,7 +101,7 @@ def bf16_entry(decl: Declaration, host: dict) -> Optional[dict]:
         return None
     fmt = next(iter(kinds.kind(decl.kind).bf16_formats), None)
     if not fmt:
-        reason = f"tskit.precision makes no bf16 form of a {decl.kind}"
+        reason = f"tskit.precision makes no bf16 form for the {decl.kind} kind"
     else:
         reason = "this CPU has neither avx512_bf16 nor AMX (bf16 would be emulated, slower than fp32): not built"
     return entry(f"{decl.name}_{fmt or 'any'}_bf16", fmt or "any", "bf16", status=NOT_AVAILABLE, reason=reason)
@@ -124,8 +124,9 @@ def bar(kind: str) -> Tuple[str, float]:
 
 
 def threshold_of(kind: str, top1_bar: float, cosine_bar: float) -> float:
-    """The bar of the kind's measure, from the caller's bars for each measure."""
-    return {"top1_agreement": top1_bar, "min_cosine": cosine_bar}[bar(kind)[0]]
+    """The bar of the kind's measure, from the caller's bars for top-1 and cosine (the others': BAR_OF_METRIC)."""
+    metric, default = bar(kind)
+    return {"top1_agreement": top1_bar, "min_cosine": cosine_bar}.get(metric, default)
 
 
 def classify(e: dict, kind: str, top1_bar: float = TOP1_BAR, cosine_bar: float = COSINE_BAR) -> dict:
@@ -151,9 +152,7 @@ def classify(e: dict, kind: str, top1_bar: float = TOP1_BAR, cosine_bar: float =
 
 
 def fmt_agreement(value: Optional[float], kind: str) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.5f}" if bar(kind)[0] == "min_cosine" else f"{value:.1%}"  # cosines near 1: digits, not %
+    return kinds.kind(kind).answer.shown(value)
 
 
 def tie(e: dict, fastest: dict, tie_margin: float = TIE_MARGIN) -> bool:

@@ -8,6 +8,7 @@ from typing import List
 from benchkit.optimize_choice import BELOW_BAR, CHOSEN, KEPT, fmt_agreement, bar
 from benchkit.optimize_tune import NO_POINT, SKIPPED, TUNED
 from benchkit.tune import frontier_table
+from tskit import kinds
 from tskit.declaration import REPO
 
 
@@ -44,18 +45,10 @@ def markdown(report: dict) -> str:
              f"kept: {metric.replace('_', ' ')} >= {fmt_agreement(threshold, kind)} and no failed request"
              + (" (quick form)" if report.get("quick") else ""), "",
              "| variant | status | req/s (rounds) | x reference | p99 ms | "
-             + ("min cosine | mean cosine" if metric == "min_cosine" else "top-1 agreement | max prob change")
-             + " | build s | note |",
+             + " | ".join(kinds.kind(kind).answer.columns) + " | build s | note |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for e in report["variants"]:
-        a = e["agreement"]
-        if metric == "min_cosine":
-            agree = f"{fmt_agreement(a.get('min_cosine'), kind)} | {fmt_agreement(a.get('mean_cosine'), kind)}"
-        else:
-            agree = (f"{fmt_agreement(a.get('top1_agreement'), kind)}"
-                     + (f" (accuracy {a['accuracy']:.1%})" if a.get("accuracy") is not None else "")
-                     + f" | {a['max_prob_change']:.3f}" if a.get("max_prob_change") is not None
-                     else f"{fmt_agreement(a.get('top1_agreement'), kind)} | -")
+        agree = " | ".join(kinds.kind(kind).answer.cells(e["agreement"]))
         speed = (f"{e['throughput']:.1f} ({', '.join(f'{r:.1f}' for r in e['rounds'])})"
                  if e.get("throughput") is not None else "-")
         build = "-" if e.get("build_s") is None else f"{e['build_s']:.1f}" + (" (cached)" if e.get("build_cached") else "")

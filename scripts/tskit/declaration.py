@@ -3,7 +3,7 @@
     kind: image-classifier            # one of tskit.kinds (one module per kind: scripts/tskit/kinds/)
     source: /path/to/model.pt2        # .pt (TorchScript), .pt2 (torch.export), .onnx, a Hugging Face
                                       # checkpoint folder, or python:<module>:<function> (returns a module)
-    format: torchscript               # how it is served: torchscript | aoti | onnx
+    format: torchscript               # how it is served: torchscript | aoti | onnx | openvino
     precision: fp32                   # or int8: static for image models (ONNX Runtime, calibrated on
                                       # real photos), dynamic Linear layers for text (TorchScript);
                                       # or bf16: the module in bfloat16 behind a float32 face (aoti for

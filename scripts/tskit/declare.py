@@ -62,7 +62,7 @@ def declare(name: str, kind: str, source: str, labels: Optional[str] = None, mod
         labels_line = "labels: labels.json         # a JSON list of class names, or an index_to_name.json map\n"
     text = DECLARATION_TEMPLATE.format(
         name=name, kind=kind, source=_yaml_string(source), format=model_format,
-        format_note=f"           # torchscript | aoti | onnx; this source can give {', '.join(formats)}",
+        format_note=f"           # torchscript | aoti | onnx | openvino; this source can give {', '.join(formats)}",
         labels_line=labels_line, torchserve=torchserve_section(kind), handler=kinds.kind(kind).template)
     text = text.replace("precision: fp32", f"precision: {precision}", 1)
     path = os.path.join(folder, DECLARATION)

@@ -131,6 +131,19 @@ def test_embeddings_are_judged_by_their_smallest_cosine():
     assert choose([odd], EMBEDDING, ("onnx", "fp32"))[0] is None and odd["status"] != KEPT
 
 
+
+def test_segmenters_are_judged_by_the_share_of_equal_pixels_in_their_worst_probe():
+    def mask(fmt, throughput, pixels):
+        e = measured(fmt, "fp32", throughput)
+        e["agreement"].update(pixel_agreement=pixels, mean_pixel_agreement=pixels)
+        return e
+
+    entries = [mask("torchscript", 100, 1.0), mask("onnx", 130, 0.995), mask("openvino", 150, 0.98)]
+    winner, _ = choose(entries, "image-segmenter", ("torchscript", "fp32"))
+    assert winner["format"] == "onnx"
+    assert by_name(entries)["openvino fp32"]["status"] == BELOW_BAR
+    assert "pixel agreement 98.000% < 99.000%" in by_name(entries)["openvino fp32"]["reason"]
+
 # ---- bf16 -------------------------------------------------------------------------------------------------
 BF16_HOST = {"model": "Bf16 CPU", "flags": ["avx2", "avx512f", "avx512_bf16", "amx_bf16"], "bf16": True}
 AVX2_HOST = {"model": "AVX2 CPU", "flags": ["avx2", "fma"], "bf16": False}

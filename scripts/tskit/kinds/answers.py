@@ -31,6 +31,15 @@ class Answer:
     labelled = False               # answers name the model's labels (its top-1 can be known right)
     unit_length = False            # answers are unit vectors: a bf16 form is normalised again in float32
     probe_options: Dict[str, int] = {}  # what each agreement probe asks for beyond its input
+    columns: Tuple[str, str] = ("", "")  # make optimize's report: the agreement's two columns
+
+    def shown(self, value: Optional[float]) -> str:
+        """An agreement value as the reports write it."""
+        return "-" if value is None else f"{value:.1%}"
+
+    def cells(self, agreement: dict) -> Tuple[str, str]:
+        """The report's two agreement columns of one variant."""
+        return self.shown(agreement.get(self.metric)), "-"
 
     def adapt_source(self, loaded):
         """The loaded source as the model that gives this answer (tskit.sources)."""
@@ -59,6 +68,13 @@ class Labels(Answer):
     metric = "top1_agreement"
     labelled = True
     probe_options = {"topk": ALL_CLASSES}  # every class's probability, to measure the largest change
+    columns = ("top-1 agreement", "max prob change")
+
+    def cells(self, agreement: dict) -> Tuple[str, str]:
+        accuracy = agreement.get("accuracy")
+        change = agreement.get("max_prob_change")
+        return (self.shown(agreement.get("top1_agreement")) + (f" (accuracy {accuracy:.1%})" if accuracy is not None
+                                                               else ""), "-" if change is None else f"{change:.3f}")
 
     def from_checkpoint(self, folder: str):
         from tskit.sources import sequence_classifier
@@ -93,6 +109,13 @@ class Embedding(Answer):
     name = "embedding"
     metric = "min_cosine"
     unit_length = True
+    columns = ("min cosine", "mean cosine")
+
+    def shown(self, value: Optional[float]) -> str:
+        return "-" if value is None else f"{value:.5f}"  # cosines near 1: digits, not %
+
+    def cells(self, agreement: dict) -> Tuple[str, str]:
+        return self.shown(agreement.get("min_cosine")), self.shown(agreement.get("mean_cosine"))
 
     def from_checkpoint(self, folder: str):
         from tskit.sources import mean_pooled_encoder
@@ -124,6 +147,13 @@ class Detections(Answer):
 class Mask(Answer):
     name = "mask"
     metric = "pixel_agreement"
+    columns = ("equal pixels (worst photo)", "equal pixels (all)")
+
+    def shown(self, value: Optional[float]) -> str:
+        return "-" if value is None else f"{value:.3%}"  # one pixel in 100,000 still shows
+
+    def cells(self, agreement: dict) -> Tuple[str, str]:
+        return self.shown(agreement.get("pixel_agreement")), self.shown(agreement.get("mean_pixel_agreement"))
 
     def adapt_source(self, loaded):
         from tskit.sources import segmenter_source
