@@ -17,6 +17,7 @@ import yaml
 from benchkit.archives import copy_archive, unpack
 from benchkit.plan import PIPELINE_SUFFIX, STOCK_PREFIX, base_of, stock_b_layout_name
 from tskit import declaration as declarations
+from tskit import kinds
 from tskit.server import REPO, TorchServe, free_ports, private_server
 
 
@@ -56,18 +57,19 @@ def build_stock_archive(model: str, store: str, work: str) -> str:
     from tskit.sources import load_source
 
     decl = declarations.load(model)
-    loaded = load_source(decl.source, decl.kind, decl.folder)
+    kind = kinds.kind(decl.kind)
+    loaded = load_source(decl.source, kind, decl.folder)
     os.makedirs(work, exist_ok=True)
     model_file, labels_file = os.path.join(work, "model.pt"), os.path.join(work, "index_to_name.json")
     settings = decl.settings()
-    example = kinds.kind(decl.kind).model_input.example(settings, batch=1)
-    to_torchscript(loaded.module.eval(), decl.kind, example).save(model_file)
+    example = kind.model_input.example(settings, batch=1)
+    to_torchscript(loaded.module.eval(), kind, example).save(model_file)
     with open(labels_file, "w", encoding="utf-8") as f:
         json.dump({str(i): name for i, name in enumerate(loaded.labels or [])}, f)
     name = STOCK_PREFIX + model
     subprocess.run([os.path.join(os.path.dirname(sys.executable), "torch-model-archiver"), "--force",
                     "--model-name", name, "--version", "1.0", "--serialized-file", model_file,
-                    "--handler", kinds.kind(decl.kind).stock_handler, "--extra-files", labels_file,
+                    "--handler", kind.stock_handler, "--extra-files", labels_file,
                     "--export-path", store], check=True, capture_output=True)
     return name
 

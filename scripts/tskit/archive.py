@@ -46,15 +46,16 @@ def build(declaration: Declaration, store: str = STORE_DIR, build_dir: Optional[
     torch.manual_seed(0)
     if kinds.kind(declaration.kind).model_input.builds_folder:
         return build_generator(declaration, store, work, version or declaration.version, archive_name, started)
-    loaded = load_source(declaration.source, declaration.kind, declaration.folder)
+    kind = kinds.kind(declaration.kind)
+    loaded = load_source(declaration.source, kind, declaration.folder)
     # the settings the worker will read (model-config.yaml), checkpoint limits included: the export's
     # dynamic sequence range and the parity check must use the same maxTokens as the server
-    settings = kinds.parse_settings(declaration.kind, served_handler(declaration, loaded))
+    settings = kind.parse_settings(served_handler(declaration, loaded))
     fp32_module = loaded.module
-    loaded = to_precision(loaded, declaration, settings, work)
+    loaded = to_precision(loaded, kind, declaration, settings, work)
     # int8 and bf16 differ from fp32 by design: their difference from the fp32 source is reported
     # (build.json's max_abs_diff), not refused; agreement on real data is judged by make bench / make optimize
-    report = build_model_file(loaded, declaration.kind, declaration.format, settings, work,
+    report = build_model_file(loaded, kind, declaration.format, settings, work,
                               strict=declaration.precision == "fp32", reference_module=fp32_module)
     extra = write_side_files(declaration, loaded, settings, work, report["outputs"]) + report.pop("extra")
     config_file = write_model_config(declaration, loaded, work)

@@ -78,7 +78,7 @@ def minilm_topics() -> LoadedSource:
     with open(spec_file, encoding="utf-8") as f:
         spec = json.load(f)
     # the head sits on the checkpoint's sentence embedding: loaded as a text-embedding source is
-    encoder = load_source(minilm_checkpoint(), text_embedding.KIND.name, MODELS_DIR)
+    encoder = load_source(minilm_checkpoint(), text_embedding.KIND, MODELS_DIR)
     centroids = label_centroids(encoder.module, encoder.tokenizer_file, encoder.max_tokens, spec["labels"])
     module = ZeroShotClassifier(encoder.module, centroids, float(spec["temperature"]))
     return from_module(module, "all-MiniLM-L6-v2 + zero-shot topic head", labels=list(spec["labels"]),

@@ -24,20 +24,18 @@ import torch
 from handlers.cpu_requirements import build_host_march
 from handlers.detection import compare
 from handlers.model_formats import load_model
-from tskit import kinds
-from tskit.kinds.inputs import DETECTOR_IMAGE_SIZES, images_of_sizes
 from tskit.sources import LoadedSource, SourceError
 
 FILE_OF_FORMAT = {"torchscript": "model.pt", "aoti": "model.pt2", "onnx": "model.onnx", "openvino": "model.xml"}
 PARITY_TOLERANCE = 1e-3  # largest |served - source| on logits / embeddings, relative to the outputs' scale
 
 
-def example_inputs(kind: str, settings, batch: int = 2, length: int = 16, seed: int = 0) -> tuple:
+def example_inputs(kind, settings, batch: int = 2, length: int = 16, seed: int = 0) -> tuple:
     """The kind's example batch (kinds/inputs.py): the exporters trace it, the parity check runs it."""
-    return kinds.kind(kind).model_input.example(settings, batch, length, seed)
+    return kind.model_input.example(settings, batch, length, seed)
 
 
-def export(loaded: LoadedSource, kind: str, model_format: str, settings, out_dir: str) -> str:
+def export(loaded: LoadedSource, kind, model_format: str, settings, out_dir: str) -> str:
     """Write the serving file for `model_format` into out_dir; its path."""
     if model_format not in loaded.formats:
         raise SourceError(f"{loaded.description} cannot be served as {model_format}: it can give "
@@ -63,13 +61,13 @@ def export(loaded: LoadedSource, kind: str, model_format: str, settings, out_dir
     return path
 
 
-def to_torchscript(module, kind: str, example) -> torch.jit.ScriptModule:
+def to_torchscript(module, kind, example) -> torch.jit.ScriptModule:
     if isinstance(module, torch.jit.ScriptModule):
         return module
-    return kinds.kind(kind).model_input.to_torchscript(module, example)
+    return kind.model_input.to_torchscript(module, example)
 
 
-def to_onnx(loaded: LoadedSource, kind: str, example, path: str, settings=None) -> None:
+def to_onnx(loaded: LoadedSource, kind, example, path: str, settings=None) -> None:
     if loaded.onnx_file:
         shutil.copy(loaded.onnx_file, path)
         return
@@ -77,14 +75,14 @@ def to_onnx(loaded: LoadedSource, kind: str, example, path: str, settings=None) 
         program = exported_program(loaded.module, kind, example, settings)
         torch.onnx.export(program, f=path, dynamo=True, opset_version=18, external_data=False)
         return
-    model_input = kinds.kind(kind).model_input
+    model_input = kind.model_input
     names, axes = list(model_input.names), model_input.dynamic
     torch.onnx.export(loaded.module, example, path, dynamo=False, opset_version=17, input_names=names,
                       output_names=["output"], dynamic_axes={name: axes for name in names + ["output"]},
                       do_constant_folding=True)
 
 
-def to_openvino(loaded: LoadedSource, kind: str, example, path: str, settings) -> None:
+def to_openvino(loaded: LoadedSource, kind, example, path: str, settings) -> None:
     """OpenVINO's IR (path: model.xml, beside it model.bin) from the same source the other formats use: an ONNX
     file or a torch.export program as they are, else the ONNX graph the `onnx` format would serve (OpenVINO's
     PyTorch frontend could not convert a scripted module wrapped to pick torchvision's {"out": ...}); the
@@ -98,7 +96,7 @@ def to_openvino(loaded: LoadedSource, kind: str, example, path: str, settings) -
             source = os.path.join(work, "model.onnx")
             to_onnx(loaded, kind, example, source, settings)
         model = openvino.convert_model(source)
-    dynamic = kinds.kind(kind).model_input.dynamic  # those dimensions -1, the others as the example's
+    dynamic = kind.model_input.dynamic  # those dimensions -1, the others as the example's
     model.reshape({port: openvino.PartialShape([-1 if axis in dynamic else size for axis, size in enumerate(tensor.shape)])
                    for port, tensor in zip(model.inputs, example)})
     if loaded.openvino_precision == "int8":
@@ -118,14 +116,14 @@ def openvino_int8(model, settings):
     return nncf.quantize(model, nncf.Dataset(batches), subset_size=sum(len(b) for b in batches))
 
 
-def exported_program(module, kind: str, example, settings):
+def exported_program(module, kind, example, settings):
     """torch.export with the input's dynamic dimensions (kinds/inputs.py: the batch, its range inferred so a .pt2
     source keeps its own limits; a text's sequence up to the model's token limit)."""
     with torch.no_grad():
-        return torch.export.export(module, example, dynamic_shapes=kinds.kind(kind).model_input.export_dims(settings))
+        return torch.export.export(module, example, dynamic_shapes=kind.model_input.export_dims(settings))
 
 
-def to_aoti(loaded: LoadedSource, kind: str, example, settings, path: str) -> None:
+def to_aoti(loaded: LoadedSource, kind, example, settings, path: str) -> None:
     import torch._inductor
 
     program = exported_program(loaded.module, kind, example, settings)
@@ -137,11 +135,11 @@ def to_aoti(loaded: LoadedSource, kind: str, example, settings, path: str) -> No
         torch._inductor.aoti_compile_and_package(program, package_path=path, inductor_configs=configs)
 
 
-def parity(loaded: LoadedSource, kind: str, model_format: str, settings, path: str,
+def parity(loaded: LoadedSource, kind, model_format: str, settings, path: str,
            strict: bool = True, reference_module=None) -> Tuple[float, int]:
     """Largest |served - source| and the served model's output width (the number of classes, or the embedding
     size), as the kind's input compares them (kinds/inputs.py: tensors here, a detector's detections)."""
-    return kinds.kind(kind).model_input.parity(loaded, model_format, settings, path, strict, reference_module)
+    return kind.model_input.parity(loaded, model_format, settings, path, strict, reference_module)
 
 
 def tensor_parity(model_input, loaded: LoadedSource, model_format: str, settings, path: str,
@@ -164,9 +162,9 @@ def tensor_parity(model_input, loaded: LoadedSource, model_format: str, settings
     return worst, int(answer.shape[1] if answer.dim() == 4 else answer.shape[-1])
 
 
-def detector_parity(loaded: LoadedSource, settings, path: str, strict: bool = True) -> Tuple[float, int]:
-    """Largest box difference (pixels) between the served detector and its source, on one list of images
-    of different sizes and on one image alone; scores must agree within PARITY_TOLERANCE and every
+def detector_parity(model_input, loaded: LoadedSource, settings, path: str, strict: bool = True) -> Tuple[float, int]:
+    """Largest box difference (pixels) between the served detector and its source, on the input's example list of
+    images of different sizes and on one image alone; scores must agree within PARITY_TOLERANCE and every
     detection must have its partner. Returns it and the model's class count."""
     from handlers.detection import DetectionOptions, answer, model_detections
 
@@ -176,20 +174,21 @@ def detector_parity(loaded: LoadedSource, settings, path: str, strict: bool = Tr
     everything = DetectionOptions(0.0, 1_000_000)
     worst = None
     with torch.inference_mode():
-        for seed, sizes in enumerate((DETECTOR_IMAGE_SIZES, DETECTOR_IMAGE_SIZES[:1])):
-            images = images_of_sizes(sizes, seed + 1)
+        for seed, count in enumerate((3, 1)):
+            (images,) = model_input.example(settings, batch=count, seed=seed + 1)
+            largest = max(max(image.shape[1:]) for image in images)
             pairs = zip(model_detections(loaded.module(images)), model_detections(served(images)))
             for reference, answered in pairs:
                 difference = compare(answer(reference, labels, everything)["detections"],
                                      answer(answered, labels, everything)["detections"])
                 worst = difference if worst is None or difference.box > worst.box else worst
-                if strict and (difference.box > PARITY_TOLERANCE * max(max(s) for s in sizes)
+                if strict and (difference.box > PARITY_TOLERANCE * largest
                                or difference.score > PARITY_TOLERANCE or difference.unmatched):
                     raise SourceError(f"the served detector differs from its source: {difference}: not served")
     return worst.box, loaded.classes
 
 
-def build_model_file(loaded: LoadedSource, kind: str, model_format: str, settings, out_dir: str,
+def build_model_file(loaded: LoadedSource, kind, model_format: str, settings, out_dir: str,
                      strict: bool = True, reference_module=None) -> dict:
     """Export, then check; a report of the file, its build time and its parity with the source.
     `strict=False` (int8, bf16) reports the difference from `reference_module` (their fp32 source) without

@@ -22,16 +22,14 @@ import os
 
 import torch
 
-from tskit import kinds
 from tskit.sources import LoadedSource, SourceError
 
 
-def to_precision(loaded: LoadedSource, declaration, settings, work: str) -> LoadedSource:
+def to_precision(loaded: LoadedSource, kind, declaration, settings, work: str) -> LoadedSource:
     """The source in the declaration's precision (fp32: as it is); refused where the kind has no such form,
     the declaration's format is not the one it is served as, or the source is not a PyTorch module."""
     if declaration.precision == "fp32":
         return loaded
-    kind = kinds.kind(declaration.kind)
     precision = declaration.precision
     wanted = kind.precision_formats(precision)
     if not wanted:
@@ -54,11 +52,11 @@ def to_int8(loaded: LoadedSource, kind, settings, work: str) -> LoadedSource:
     """The kind's int8 form, made for the format it is served as: ONNX Runtime's static int8 calibrated on
     photos, or TorchScript with PyTorch's dynamic int8 Linear layers."""
     if kind.int8_format == "onnx":
-        return _static_onnx_int8(loaded, kind.name, settings, work)
+        return _static_onnx_int8(loaded, kind, settings, work)
     return _dynamic_linear_int8(loaded)
 
 
-def _static_onnx_int8(loaded: LoadedSource, kind: str, settings, work: str) -> LoadedSource:
+def _static_onnx_int8(loaded: LoadedSource, kind, settings, work: str) -> LoadedSource:
     from tskit.formats import to_onnx, example_inputs
     from tskit.quantize import quantize_image_classifier_int8
     from tskit.real_images import calibration_batches

@@ -22,10 +22,9 @@ from typing import Callable, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from tskit import kinds
-from tskit.kinds.inputs import ALL_FORMATS, SOURCE_FILES as FORMATS_OF_FILE
-
 DETECTOR_FORMATS = ("torchscript",)
+ALL_FORMATS = ("torchscript", "aoti", "onnx", "openvino")  # what a PyTorch module (eager, checkpoint, python:) can give
+FORMATS_OF_FILE = {".pt": ("torchscript", "onnx", "openvino"), ".pt2": ALL_FORMATS, ".onnx": ("onnx", "openvino")}
 
 
 class SourceError(ValueError):
@@ -113,26 +112,26 @@ def segmenter_source(loaded: LoadedSource) -> LoadedSource:
     return loaded if loaded.onnx_file else dataclasses.replace(loaded, module=segmenter_module(loaded.module))
 
 
-def load_source(source: str, kind: str, base_dir: str) -> LoadedSource:
-    """The source loaded, as the model that gives the kind's answer (kinds/answers.py: a classifier's head, a
-    detector's classes, a segmenter's logits)."""
-    return kinds.kind(kind).answer.adapt_source(_load_source(source, kind, base_dir))
+def load_source(source: str, kind, base_dir: str) -> LoadedSource:
+    """The source loaded, as the model that gives the answer of `kind` (a tskit.kinds.Kind; kinds/answers.py: a
+    classifier's head, a detector's classes, a segmenter's logits)."""
+    return kind.answer.adapt_source(_load_source(source, kind, base_dir))
 
 
-def _load_source(source: str, kind: str, base_dir: str) -> LoadedSource:
+def _load_source(source: str, kind, base_dir: str) -> LoadedSource:
     if source.startswith("python:"):
         return _python_source(source, kind, base_dir)
     path = source if os.path.isabs(source) else os.path.normpath(os.path.join(base_dir, source))
     if not os.path.exists(path):
         raise SourceError(f"source {path} does not exist")
-    model_input = kinds.kind(kind).model_input
+    model_input = kind.model_input
     if os.path.isdir(path) and model_input.checkpoint_folder:
         return _hugging_face(path, kind)
     if os.path.isdir(path):
-        raise SourceError(f"an {kind} source is a .pt (TorchScript), .pt2 (torch.export.save) or .onnx file, "
+        raise SourceError(f"an {kind.name} source is a .pt (TorchScript), .pt2 (torch.export.save) or .onnx file, "
                           f"not the folder {path}")
     if model_input.checkpoint_folder:
-        raise SourceError(f"a {kind} source is a Hugging Face checkpoint folder (config.json, weights, "
+        raise SourceError(f"a {kind.name} source is a Hugging Face checkpoint folder (config.json, weights, "
                           f"tokenizer.json), not the file {path}")
     suffix = os.path.splitext(path)[1]
     model_input.source_formats(path)  # a detector's refuses anything but a .pt
@@ -184,7 +183,7 @@ def from_module(module: torch.nn.Module, description: str, **extra) -> LoadedSou
     return LoadedSource(description, ALL_FORMATS, module=module.eval(), **extra)
 
 
-def _python_source(source: str, kind: str, base_dir: str) -> LoadedSource:
+def _python_source(source: str, kind, base_dir: str) -> LoadedSource:
     try:
         module_name, function_name = source[len("python:"):].split(":")
         function = getattr(importlib.import_module(module_name), function_name)
@@ -204,7 +203,7 @@ def _python_source(source: str, kind: str, base_dir: str) -> LoadedSource:
     return loaded
 
 
-def _hugging_face(folder: str, kind: str) -> LoadedSource:
+def _hugging_face(folder: str, kind) -> LoadedSource:
     from transformers import AutoConfig
 
     tokenizer_file = os.path.join(folder, "tokenizer.json")
@@ -213,7 +212,7 @@ def _hugging_face(folder: str, kind: str) -> LoadedSource:
             raise SourceError(f"{folder} has no {needed}: a Hugging Face checkpoint folder needs config.json, "
                               f"its weights and a fast tokenizer's tokenizer.json")
     config = AutoConfig.from_pretrained(folder)
-    module, labels = kinds.kind(kind).answer.from_checkpoint(folder)  # a classifier's logits, an encoder's pooling
+    module, labels = kind.answer.from_checkpoint(folder)  # a classifier's logits, an encoder's pooling
     files = [os.path.join(folder, f) for f in sorted(os.listdir(folder)) if os.path.isfile(os.path.join(folder, f))]
     return from_module(module, f"Hugging Face checkpoint {folder}", labels=labels, tokenizer_file=tokenizer_file,
                        max_tokens=_max_tokens(folder, config), pad_token=_pad_token(tokenizer_file, config),

@@ -19,7 +19,7 @@ from handlers.model_settings import SettingsError
 from support import make_context
 from tskit import archive, formats
 from tskit.declaration import load
-from tskit.kinds import parse_settings
+from tskit.kinds import kind, parse_settings
 from tskit.sources import LoadedSource
 
 # torch._inductor.cpu_vec_isa's str() and build_arch_flags() of each x86 ISA (VecAMX on a host with AVX512_BF16)
@@ -104,7 +104,7 @@ def test_aoti_is_compiled_at_the_level_the_archive_records(monkeypatch):
     monkeypatch.setattr(formats, "exported_program", lambda *args: "program")
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package",
                         lambda program, package_path, inductor_configs: seen.update(inductor_configs))
-    formats.to_aoti(LoadedSource("x", ("aoti",)), "image-classifier", None, None, "model.pt2")
+    formats.to_aoti(LoadedSource("x", ("aoti",)), kind("image-classifier"), None, None, "model.pt2")
     assert seen == {"freezing": True, "cpp.march": "x86-64-v4"}
 
 

@@ -9,7 +9,7 @@ import torch
 
 from handlers.model_formats import load_model
 from tskit.formats import build_model_file
-from tskit.kinds import parse_settings
+from tskit.kinds import kind, parse_settings
 from tskit.sources import LoadedSource
 
 
@@ -34,7 +34,7 @@ def test_the_ir_answers_what_the_module_does_at_any_batch(tmp_path, source):
         exported = torch.export.export(module, (torch.rand(2, 3, 64, 64),),
                                        dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
     loaded = LoadedSource("tiny", ("openvino",), module=module, exported=exported)
-    report = build_model_file(loaded, "image-classifier", "openvino", settings, str(tmp_path))
+    report = build_model_file(loaded, kind("image-classifier"), "openvino", settings, str(tmp_path))
     assert os.path.basename(report["file"]) == "model.xml" and report["extra"] == [str(tmp_path / "model.bin")]
     assert report["outputs"] == 5 and report["max_abs_diff"] < 1e-5
     served = load_model(report["file"], "openvino", torch.device("cpu"), threads=1, optimize=True)
@@ -54,7 +54,7 @@ def test_bf16_and_int8_are_made_as_the_ir_is_written(tmp_path):
     images = torch.rand(4, 3, 64, 64)
     for precision in ("bf16", "int8"):
         loaded = LoadedSource("tiny", ("openvino",), module=module, openvino_precision=precision)
-        report = build_model_file(loaded, "image-classifier", "openvino", settings, str(tmp_path / precision),
+        report = build_model_file(loaded, kind("image-classifier"), "openvino", settings, str(tmp_path / precision),
                                   strict=False, reference_module=module)
         served = load_model(report["file"], "openvino", torch.device("cpu"), threads=1, optimize=True)
         assert served.precision == ("bf16" if precision == "bf16" else "f32")

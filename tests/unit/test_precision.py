@@ -116,12 +116,15 @@ def declaration(kind: str, fmt: str, precision: str) -> Declaration:
 ])
 def test_bf16_in_a_form_the_kind_does_not_make_is_refused(kind, fmt, message):
     with pytest.raises(SourceError, match=message):
-        to_precision(from_module(TinyImageModel(), "tiny"), declaration(kind, fmt, "bf16"), None, "/nowhere")
+        to_precision(from_module(TinyImageModel(), "tiny"), kinds.kind(kind), declaration(kind, fmt, "bf16"), None,
+                     "/nowhere")
 
 
 def test_fp32_is_the_source_itself_and_an_onnx_source_has_no_bf16_form():
     loaded = from_module(TinyImageModel(), "tiny")
-    assert to_precision(loaded, declaration("image-classifier", "onnx", "fp32"), None, "/nowhere") is loaded
+    assert to_precision(loaded, kinds.kind("image-classifier"), declaration("image-classifier", "onnx", "fp32"), None,
+                        "/nowhere") is loaded
     onnx = dataclasses.replace(loaded, onnx_file="/m.onnx", formats=("onnx",))
     with pytest.raises(SourceError, match="bf16 is made from a PyTorch source"):
-        to_precision(onnx, declaration("image-classifier", "aoti", "bf16"), None, "/nowhere")
+        to_precision(onnx, kinds.kind("image-classifier"), declaration("image-classifier", "aoti", "bf16"), None,
+                     "/nowhere")

@@ -17,9 +17,6 @@ from typing import Dict, Tuple
 
 # A detector's example images (height, width): different sizes and aspect ratios in one list, as batched
 DETECTOR_IMAGE_SIZES = ((240, 320), (320, 200), (300, 300))
-SOURCE_FILES = {".pt": ("torchscript", "onnx", "openvino"), ".pt2": ("torchscript", "aoti", "onnx", "openvino"),
-                ".onnx": ("onnx", "openvino")}
-ALL_FORMATS = ("torchscript", "aoti", "onnx", "openvino")  # what a PyTorch module (eager, checkpoint, python:) gives
 
 
 class ModelInput:
@@ -39,9 +36,11 @@ class ModelInput:
 
     def source_formats(self, source: str) -> Tuple[str, ...]:
         """The formats a source can give, judged by its name (the build checks again with the model loaded)."""
+        from tskit.sources import ALL_FORMATS, FORMATS_OF_FILE
+
         if source.startswith("python:") or os.path.isdir(source):  # a folder is refused with its reason when loaded
             return ALL_FORMATS
-        return SOURCE_FILES.get(os.path.splitext(source)[1], ())
+        return FORMATS_OF_FILE.get(os.path.splitext(source)[1], ())
 
     def to_torchscript(self, module, example):
         import torch
@@ -145,7 +144,7 @@ class ImageList(ModelInput):
     def parity(self, loaded, model_format: str, settings, path: str, strict: bool, reference_module):
         from tskit.formats import detector_parity
 
-        return detector_parity(loaded, settings, path, strict)
+        return detector_parity(self, loaded, settings, path, strict)
 
 
 class CausalLMInput(ModelInput):
