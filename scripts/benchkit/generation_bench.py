@@ -19,7 +19,6 @@ was told not to build it) its targets are reported "not measured".
 """
 
 import json
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional
