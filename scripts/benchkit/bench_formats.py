@@ -8,7 +8,7 @@ from typing import Dict, List, Optional
 
 
 from benchkit import agreement, inprocess, variants
-from benchkit.archives import unpack
+from tskit.unpacked import unpack
 from benchkit.workloads import TEXTS, WORKLOAD_KIND, load_point, load_url
 from benchkit.checks import answer_check, check_answer
 from benchkit.litserve_peer import LitServePeer

@@ -14,7 +14,8 @@ import psutil
 import torch
 import yaml
 
-from benchkit.archives import copy_archive, unpack
+from benchkit.archives import copy_archive
+from tskit.unpacked import unpack
 from benchkit.plan import PIPELINE_SUFFIX, STOCK_PREFIX, base_of, stock_b_layout_name
 from tskit import declaration as declarations
 from tskit import kinds

@@ -23,7 +23,8 @@ from typing import Dict, List, Optional
 import requests
 import torch
 
-from benchkit.archives import STORE, in_process_handler, unpack
+from benchkit.archives import STORE
+from tskit.unpacked import in_process_handler, unpack
 from benchkit.bench_servers import declared
 from benchkit.inprocess import each_layout
 from tskit import kinds

@@ -47,7 +47,7 @@ def load_archive(mar: str, folder: str):
     its manifest names, with its handler settings (format, threads, dtype)."""
     from transformers import AutoTokenizer
 
-    from benchkit.archives import unpack
+    from tskit.unpacked import unpack
     from handlers.decoders import load_decoder
 
     unpacked = unpack(mar, folder)

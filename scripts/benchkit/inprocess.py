@@ -4,7 +4,7 @@
     on one (batch size) batch of the workload's items, decoded and collated once: no HTTP, no decoding; the
     ceiling of the model itself.
 (J) the whole job: the kind's own steps (the handler's read_input, decode, collate, forward, postprocess:
-    benchkit.archives.answer_items) for batches of the workload's request body, with the archive's batch size
+    tskit.unpacked.answer_items) for batches of the workload's request body, with the archive's batch size
     and settings; what TorchServe's frontend, IPC and batching add is (B) or (F) against this.
 Both take the best of the layouts a server could use on this machine: one process on all cores and
 one single-threaded process per core, each process started fresh, all of them running at once.
@@ -18,7 +18,7 @@ from typing import List, Tuple
 import psutil
 import torch
 
-from benchkit.archives import answer_items, decode_body, in_process_handler, unpack
+from tskit.unpacked import answer_items, decode_body, in_process_handler, unpack
 
 
 def _whole_job(handler, body: bytes, batch: int):

@@ -6,7 +6,7 @@ from typing import List
 
 import litserve as ls
 
-from benchkit.archives import Unpacked, answer_items, decode_body, in_process_handler
+from tskit.unpacked import Unpacked, answer_items, decode_body, in_process_handler
 
 JSON = "application/json"
 

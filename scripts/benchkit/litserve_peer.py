@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import litserve as ls
 
-    from benchkit.archives import unpack
+    from tskit.unpacked import unpack
     from benchkit.litserve_api import ArchiveAPI
 
     unpacked = unpack(args.archive)

@@ -1,0 +1,95 @@
+"""A built .mar, unpacked, and its own handler run in process: what the bench's in-process jobs, the LitServe
+peer and the KServe engine serve.
+
+`unpack` gives the model file, its format and the handler's typed settings (the archive's model-config.yaml);
+`in_process_handler` initialises the archive's handler class with TorchServe's own Context from the unpacked
+folder, so the kind's own steps (read_input, decode, collate, forward, postprocess) run without TorchServe.
+"""
+
+import importlib
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from typing import Any, List, Optional
+
+import yaml
+
+from tskit import kinds
+
+
+@dataclass
+class Unpacked:
+    folder: str
+    model_name: str
+    kind: str
+    model_file: str
+    config: dict  # model-config.yaml: TorchServe's keys at the top, `handler:` below
+
+    @property
+    def settings(self):
+        return kinds.parse_settings(self.kind, self.config.get("handler"))
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.config.get("batchSize", 1))
+
+    @property
+    def max_batch_delay_ms(self) -> int:
+        return int(self.config.get("maxBatchDelay", 100))
+
+    @property
+    def workers(self) -> int:
+        return int(self.config.get("minWorkers", 1))
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.folder, name)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def unpack(mar: str, folder: str = None) -> Unpacked:
+    folder = folder or tempfile.mkdtemp(prefix="bench-mar-")
+    with zipfile.ZipFile(mar) as archive:
+        archive.extractall(folder)
+    with open(os.path.join(folder, "MAR-INF", "MANIFEST.json"), encoding="utf-8") as f:
+        manifest = json.load(f)["model"]
+    config = {}
+    if manifest.get("configFile"):
+        with open(os.path.join(folder, manifest["configFile"]), encoding="utf-8") as f:
+            config = yaml.safe_load(f) or {}
+    kind = kinds.of_handler(os.path.basename(manifest["handler"])).name
+    return Unpacked(folder, manifest["modelName"], kind, os.path.join(folder, manifest["serializedFile"]), config)
+
+
+def in_process_handler(unpacked: Unpacked, threads: int):
+    """The archive's handler class, initialised from the unpacked archive with TorchServe's own Context and
+    `threads` intra-op threads; (handler, context)."""
+    from ts.context import Context
+
+    module = importlib.import_module(kinds.kind(unpacked.kind).handler_module)
+    [cls] = [c for c in vars(module).values() if isinstance(c, type) and c.__module__ == module.__name__]
+    config = dict(unpacked.config, handler=dict(unpacked.config.get("handler") or {}, intraOpThreads=threads))
+    with open(os.path.join(unpacked.folder, "MAR-INF", "MANIFEST.json"), encoding="utf-8") as f:
+        manifest = json.load(f)
+    context = Context(unpacked.model_name, unpacked.folder, manifest, unpacked.batch_size, None, "0.12.0",
+                      model_yaml_config=config)
+    handler = cls()
+    handler.initialize(context)
+    return handler, context
+
+
+def decode_body(handler, body: Any, content_type: Optional[str] = None) -> Any:
+    """One request body (raw bytes, or a parsed JSON document) to its model-ready item, by the kind's own steps."""
+    return handler.decode(handler.read_input(body, content_type))
+
+
+def answer_items(handler, items: List[Any]) -> List[Any]:
+    """Decoded items to their answers as one batch: the kind's collate, forward pass and postprocess."""
+    from handlers.batch_handler import PreparedBatch
+
+    batch = PreparedBatch(items=list(items), owners=list(range(len(items))), topks=[None] * len(items))
+    return handler.postprocess(handler.inference(handler.collate(batch.items)), batch)
