@@ -98,11 +98,13 @@ $(GRPC_STUBS): $(VENV)/.installed
 	$(PY) -m tskit.grpc_client
 
 # ---- server ----------------------------------------------------------------------------------
+# ENGINE=kserve: the same archives and key file served by KServe's ModelServer on 127.0.0.1:9080 (docs/engines.md)
+ENGINE ?= torchserve
 serve: check-java archives $(GRPC_STUBS)
-	$(PY) scripts/ts_server.py start $(SERVER_ARGS) --timeout $(SERVE_TIMEOUT)
+	$(PY) scripts/ts_server.py start $(SERVER_ARGS) --timeout $(SERVE_TIMEOUT) --engine $(ENGINE)
 
 stop: $(VENV)/.installed
-	$(PY) scripts/ts_server.py stop $(SERVER_ARGS)
+	$(PY) scripts/ts_server.py stop $(SERVER_ARGS) --engine $(ENGINE)
 
 # ---- tests -----------------------------------------------------------------------------------
 # Three pytest processes (pytest-xdist): a module and the server it shares stay in one (--dist loadfile), and

@@ -5,6 +5,7 @@ A door over tskit.server (the TorchServe class the tools and tests use):
     python scripts/ts_server.py start [--config config.properties] [--workdir DIR] [--timeout 300]
     python scripts/ts_server.py stop [--config ...] [--workdir DIR]
     python scripts/ts_server.py status [--config ...] [--workdir DIR]
+    python scripts/ts_server.py start|stop|status --engine kserve [...]   KServe's ModelServer (tskit.kserve_server)
 
 --workdir: the server's own working dir (key_file.json, logs) and temp dir (DIR/tmp: its pid file and
 worker sockets), for a second server beside `make serve`'s; the default is the repo root and the system's.
@@ -14,6 +15,7 @@ import argparse
 import os
 import sys
 
+from tskit.kserve_server import KServeEngine, one_shot_models
 from tskit.server import REPO, TorchServe
 
 
@@ -23,6 +25,7 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default=os.path.join(REPO, "config.properties"))
     parser.add_argument("--workdir", help="the server's working dir; its temp dir is <workdir>/tmp")
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--engine", choices=["torchserve", "kserve"], default="torchserve")
     args = parser.parse_args(argv)
     if args.workdir:
         os.makedirs(os.path.join(args.workdir, "tmp"), exist_ok=True)
@@ -30,6 +33,10 @@ def main(argv=None) -> int:
     else:
         server = TorchServe(args.config)
     models = server.expected_models()
+    if args.engine == "kserve":  # the same archives and key file, the workdir's
+        store = server.props.get("model_store", os.path.join(REPO, "model_store"))
+        return kserve(args.action, KServeEngine(os.path.join(REPO, store), server.workdir), one_shot_models(models),
+                      args.timeout)
 
     if args.action == "stop":
         print("TorchServe stopped." if server.stop() else "TorchServe is not running.")
@@ -52,6 +59,25 @@ def main(argv=None) -> int:
     print(f"Ready: {', '.join(models)} on {server.inference_url} "
           f"(management {server.management_url}, metrics {server.metrics_url}); "
           f"tokens in {server.key_file}")
+    return 0
+
+
+def kserve(action: str, engine: KServeEngine, models, timeout: float) -> int:
+    if action == "stop":
+        print("The KServe engine stopped." if engine.stop() else "The KServe engine is not running.")
+        return 0
+    if action == "status":
+        print(f"running (pid {engine.pid()}), models ready: {engine.ready(models)}" if engine.pid() else "not running")
+        return 0 if engine.pid() else 1
+    if not engine.pid():
+        engine.start(models)
+    try:
+        seconds = engine.wait_ready(models, timeout)
+    except RuntimeError as err:
+        print(f"make serve ENGINE=kserve failed: {err}", file=sys.stderr)
+        return 1
+    print(f"Ready (KServe engine, {seconds:.1f} s): {', '.join(models)} on {engine.url} (v1, v2); "
+          f"tokens in {engine.key_file}")
     return 0
 
 

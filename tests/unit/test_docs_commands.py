@@ -39,7 +39,7 @@ ARGPARSE_MODULES = {"tskit"}      # `python -m` modules whose command line is ar
 EXTERNAL = {"curl", "kubectl", "aws", "echo", "base64", "date", "nc", "source", "cd", "export", "pip", "promtool",
             "helm", "wrk", "apt-get", "java", "cat", "ls"}
 PORT_ROUTES = {8080: ("/ping", "/predictions/", "/v1/models/", "/v2/"), 8081: ("/models", "/token"),
-               8082: ("/metrics",)}
+               8082: ("/metrics",), 9080: ("/v1/models/", "/v2/")}  # 9080: the KServe engine (docs/engines.md)
 SPLIT = {"&&", "||", ";", "|", "&", "(", ")"}
 REDIRECT = {">", ">>", "<", ">&", "&>", "2>"}
 SUBSTITUTION = re.compile(r"""\$\(((?:[^()'"]|'[^']*'|"[^"]*")*)\)""")

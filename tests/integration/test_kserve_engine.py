@@ -1,0 +1,109 @@
+"""The KServe engine (`make serve ENGINE=kserve`, tskit.kserve_engine): KServe's ModelServer serving the archives
+`make archives` built, each with its own handler, on 127.0.0.1 only. Held against the shared TorchServe on the
+same archives: the same v1 and v2 answers byte for byte, the same error bodies and statuses, the same key."""
+
+import base64
+import json
+import os
+import re
+import shutil
+
+import psutil
+import pytest
+import requests
+
+from support import REPO, STRIKER, encode, photo
+from tskit.kserve_server import KServeEngine
+from tskit.server import free_ports
+
+MODELS = ["mobilenet_v2", "minilm_topics", "minilm_embedding"]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory, client):
+    workdir = tmp_path_factory.mktemp("kserve-engine")
+    shutil.copy(client.server.key_file, workdir / "key_file.json")  # the same inference key as TorchServe's
+    started = KServeEngine(os.path.join(REPO, "model_store"), str(workdir), free_ports(1)[0])
+    started.start(MODELS)
+    try:
+        started.wait_ready(MODELS, timeout=180)
+        yield started
+    finally:
+        started.stop()
+
+
+def both(engine, client, path, document, token=True):
+    """The same request to the engine and to TorchServe: (engine's response, TorchServe's)."""
+    key = client.server.keys()["inference"]
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if token else {})}
+    ours = requests.post(engine.url + path, data=json.dumps(document), headers=headers, timeout=60)
+    theirs = client.infer("POST", path, auth=token, data=json.dumps(document), headers={"Content-Type": "application/json"})
+    return ours, theirs
+
+
+CAT = {"instances": [{"data": base64.b64encode(encode(photo("chelsea"))).decode()}]}
+TOPICS_V2 = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [STRIKER]}]}
+CASES = [("mobilenet_v2 v1", "/v1/models/mobilenet_v2:predict", CAT),
+         ("minilm_topics v2", "/v2/models/minilm_topics/infer", TOPICS_V2),
+         ("minilm_embedding v1", "/v1/models/minilm_embedding:predict", {"instances": [{"data": STRIKER}]})]
+
+
+@pytest.mark.parametrize("name,path,document", CASES, ids=[c[0] for c in CASES])
+def test_answers_are_torchserves_byte_for_byte(engine, client, name, path, document):
+    ours, theirs = both(engine, client, path, document)
+    assert (ours.status_code, ours.headers["content-type"]) == (200, "application/json")
+    assert ours.content == theirs.content and theirs.status_code == 200
+
+
+BAD = [("not an image", "/v1/models/mobilenet_v2:predict", {"instances": [{"data": "aGVsbG8="}]}, 415),
+       ("no text field", "/v2/models/minilm_topics/infer", {"inputs": [{"name": "text", "shape": [1],
+                                                                      "datatype": "FP32", "data": [1.5]}]}, 400)]
+
+
+@pytest.mark.parametrize("name,path,document,status", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_gets_torchserves_status_and_body(engine, client, name, path, document, status):
+    ours, theirs = both(engine, client, path, document)
+    assert (ours.status_code, ours.json()) == (status, theirs.json()) and theirs.status_code == status
+
+
+def test_the_inference_key_is_required_and_probes_stay_open(engine, client):
+    ours, theirs = both(engine, client, "/v1/models/minilm_topics:predict", {"instances": [{"data": STRIKER}]},
+                        token=False)
+    assert (ours.status_code, ours.json()) == (400, theirs.json()) and ours.json()["type"] == "InvalidKeyException"
+    assert requests.get(engine.url + "/v2/health/ready", timeout=10).json() == {"ready": True}
+    assert requests.get(f"{engine.url}/v2/models/minilm_topics/ready", timeout=10).status_code == 200
+
+
+def handled_batches(engine):
+    """The sizes of the batches the handlers reported in the engine's log (`handled batch size=N`), in order."""
+    with open(os.path.join(engine.workdir, "logs", "kserve_engine.log"), encoding="utf-8") as f:
+        return [int(m.group(1)) for m in re.finditer(r"handled batch size=(\d+)", f.read())]
+
+
+def test_a_batch_of_concurrent_requests_is_answered_each_right(engine, client):
+    """Requests arriving together are run in the declaration's batches (batchSize 4, never more), each request
+    once, and each answer is its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    key = client.server.keys()["inference"]
+    texts = [STRIKER, "Central bank raises interest rates", "New telescope images reveal a galaxy", STRIKER] * 3
+    alone = {t: client.infer("POST", "/v1/models/minilm_topics:predict", json={"instances": [{"data": t}]}).json()
+             for t in set(texts)}
+
+    def ask(text):
+        return requests.post(engine.url + "/v1/models/minilm_topics:predict", json={"instances": [{"data": text}]},
+                             headers={"Authorization": f"Bearer {key}"}, timeout=60).json()
+
+    before = len(handled_batches(engine))
+    with ThreadPoolExecutor(len(texts)) as pool:
+        answers = list(pool.map(ask, texts))
+    sizes = handled_batches(engine)[before:]
+    assert sum(sizes) == len(texts) and max(sizes) <= 4, sizes
+    for text, answer in zip(texts, answers):
+        assert [p["label"] for p in answer["predictions"][0]["predictions"]] == \
+            [p["label"] for p in alone[text]["predictions"][0]["predictions"]]
+
+
+def test_it_listens_on_loopback_only(engine):
+    listening = [c.laddr for c in psutil.Process(engine.pid()).connections("inet") if c.status == "LISTEN"]
+    assert listening and all(address.ip == "127.0.0.1" for address in listening), listening
