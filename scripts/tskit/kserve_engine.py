@@ -81,12 +81,9 @@ class HandlerBatcher:
 
     def handle(self, batch: List[Pending]) -> List[Tuple[int, bytes]]:
         """One handle() call, as a TorchServe worker makes it: rows, each request's headers on the Context."""
-        from ts.context import Context, RequestProcessor
+        from ts.context import RequestProcessor
 
-        u = self.unpacked
-        with open(os.path.join(u.folder, "MAR-INF", "MANIFEST.json"), encoding="utf-8") as f:
-            manifest = json.load(f)
-        context = Context(u.model_name, u.folder, manifest, u.batch_size, None, "0.12.0", model_yaml_config=u.config)
+        context = self.unpacked.context()
         context.request_processor = [RequestProcessor({"body": {"content-type": JSON}, **p.headers}) for p in batch]
         outputs = self.handler.handle([{"body": p.body} for p in batch], context)
         return [((context.get_response_status(i) or (200,))[0] or 200, out if isinstance(out, bytes) else

@@ -27,6 +27,14 @@ class Unpacked:
     kind: str
     model_file: str
     config: dict  # model-config.yaml: TorchServe's keys at the top, `handler:` below
+    manifest: dict  # MAR-INF/MANIFEST.json, read once
+
+    def context(self, config: Optional[dict] = None):
+        """A TorchServe Context for this archive, as its worker builds one (`config`: another model-config)."""
+        from ts.context import Context
+
+        return Context(self.model_name, self.folder, self.manifest, self.batch_size, None, "0.12.0",
+                       model_yaml_config=self.config if config is None else config)
 
     @property
     def settings(self):
@@ -56,27 +64,24 @@ def unpack(mar: str, folder: str = None) -> Unpacked:
     with zipfile.ZipFile(mar) as archive:
         archive.extractall(folder)
     with open(os.path.join(folder, "MAR-INF", "MANIFEST.json"), encoding="utf-8") as f:
-        manifest = json.load(f)["model"]
+        whole = json.load(f)
+    manifest = whole["model"]
     config = {}
     if manifest.get("configFile"):
         with open(os.path.join(folder, manifest["configFile"]), encoding="utf-8") as f:
             config = yaml.safe_load(f) or {}
     kind = kinds.of_handler(os.path.basename(manifest["handler"])).name
-    return Unpacked(folder, manifest["modelName"], kind, os.path.join(folder, manifest["serializedFile"]), config)
+    return Unpacked(folder, manifest["modelName"], kind, os.path.join(folder, manifest["serializedFile"]), config,
+                    whole)
 
 
 def in_process_handler(unpacked: Unpacked, threads: int):
     """The archive's handler class, initialised from the unpacked archive with TorchServe's own Context and
     `threads` intra-op threads; (handler, context)."""
-    from ts.context import Context
-
     module = importlib.import_module(kinds.kind(unpacked.kind).handler_module)
     [cls] = [c for c in vars(module).values() if isinstance(c, type) and c.__module__ == module.__name__]
     config = dict(unpacked.config, handler=dict(unpacked.config.get("handler") or {}, intraOpThreads=threads))
-    with open(os.path.join(unpacked.folder, "MAR-INF", "MANIFEST.json"), encoding="utf-8") as f:
-        manifest = json.load(f)
-    context = Context(unpacked.model_name, unpacked.folder, manifest, unpacked.batch_size, None, "0.12.0",
-                      model_yaml_config=config)
+    context = unpacked.context(config)
     handler = cls()
     handler.initialize(context)
     return handler, context
