@@ -8,7 +8,7 @@ from typing import Dict, List, Optional
 
 
 from benchkit import agreement, inprocess, variants
-from tskit.unpacked import unpack
+from tskit.unpacked import peek
 from benchkit.workloads import TEXTS, WORKLOAD_KIND, load_point, load_url
 from benchkit.checks import answer_check, check_answer
 from benchkit.litserve_peer import LitServePeer
@@ -219,6 +219,4 @@ def job_row(args, variant: variants.Variant, workload_name: str, workload: dict,
 
 
 def unpack_batch(mar: str) -> int:
-    unpacked = unpack(mar)
-    unpacked.cleanup()
-    return unpacked.batch_size
+    return peek(mar).batch_size

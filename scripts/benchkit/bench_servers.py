@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from benchkit.archives import copy_archive
-from tskit.unpacked import unpack
+from tskit.unpacked import peek
 from benchkit.plan import PIPELINE_SUFFIX, STOCK_PREFIX, base_of, stock_b_layout_name
 from tskit import declaration as declarations
 from tskit import kinds
@@ -41,9 +41,7 @@ def kind_of(model: str, decls: Dict[str, declarations.Declaration]) -> str:
 
 
 def unpack_kind(model: str) -> str:
-    unpacked = unpack(os.path.join(STORE, f"{model}.mar"))
-    unpacked.cleanup()
-    return unpacked.kind
+    return peek(os.path.join(STORE, f"{model}.mar")).kind
 
 
 # ---- the bench server -------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ read with request_payload as the TorchServe handlers read the same body; it answ
 
 import argparse
 import sys
+import tempfile
 
 import requests
 
@@ -24,13 +25,14 @@ def main(argv=None) -> int:
     parser.add_argument("--archive", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--api-servers", type=int, default=1)
+    parser.add_argument("--unpack-dir", required=True, help="the archive is unpacked here (its starter removes it)")
     args = parser.parse_args(argv)
     import litserve as ls
 
     from tskit.unpacked import unpack
     from benchkit.litserve_api import ArchiveAPI
 
-    unpacked = unpack(args.archive)
+    unpacked = unpack(args.archive, args.unpack_dir)
     api = ArchiveAPI(unpacked, max_batch_size=unpacked.batch_size, batch_timeout=unpacked.max_batch_delay_ms / 1000)
     server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=unpacked.workers, timeout=60)
     server.run(host="127.0.0.1", port=args.port, num_api_servers=args.api_servers, log_level="warning",
@@ -42,9 +44,11 @@ class LitServePeer(PeerProcess):
     """The peer in a subprocess of its own (benchkit.peer_process)."""
 
     def __init__(self, archive: str, port: int, log_path: str, api_servers: int = 1):
+        scratch = tempfile.mkdtemp(prefix="litserve-mar-")
         super().__init__("LitServe", [sys.executable, "-m", "benchkit.litserve_peer", "--archive", archive,
-                                      "--port", str(port), "--api-servers", str(api_servers)],
-                         f"http://127.0.0.1:{port}/health", log_path)
+                                      "--port", str(port), "--api-servers", str(api_servers),
+                                      "--unpack-dir", scratch],
+                         f"http://127.0.0.1:{port}/health", log_path, scratch=scratch)
         self.port = port
 
     @property

@@ -1,6 +1,7 @@
 """A peer server in a subprocess of its own session, ready when its health URL answers 200; stopped by pid (it
 and its children), never by name. LitServe and llama.cpp's server run through it."""
 
+import shutil
 import subprocess
 import time
 from typing import List, Optional
@@ -10,8 +11,10 @@ import requests
 
 
 class PeerProcess:
-    def __init__(self, name: str, command: List[str], health_url: str, log_path: str):
+    def __init__(self, name: str, command: List[str], health_url: str, log_path: str, scratch: str = None):
+        """`scratch`: a folder the peer works in, removed when it stops."""
         self.name, self.command, self.health_url, self.log_path = name, command, health_url, log_path
+        self.scratch = scratch
         self.process: Optional[subprocess.Popen] = None
 
     def start(self, timeout: float = 300) -> None:
@@ -56,3 +59,5 @@ class PeerProcess:
         self.process.wait(timeout=timeout)
         self._log.close()
         self.process = None
+        if self.scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)

@@ -108,7 +108,7 @@ def v2_document(request) -> dict:
     return document
 
 
-def archive_model(name: str, mar: str):
+def archive_model(name: str, mar: str, folder: str):
     """A kserve.Model serving `mar` with its own handler (its class is made here: kserve is imported only by
     this engine's process)."""
     import kserve
@@ -118,7 +118,7 @@ def archive_model(name: str, mar: str):
 
     class ArchiveModel(kserve.Model):
         def load(self) -> bool:
-            unpacked = unpack(mar)
+            unpacked = unpack(mar, folder)
             handler, _ = in_process_handler(unpacked, unpacked.settings.intraOpThreads)
             self.batcher = HandlerBatcher(handler, unpacked)
             self.ready = True
@@ -191,12 +191,14 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", required=True)
     parser.add_argument("--key-file", required=True, help="key_file.json: its inference key is required")
     parser.add_argument("--http-port", type=int, default=9080)
+    parser.add_argument("--unpack-dir", required=True, help="each archive is unpacked in a folder of its name here")
     args = parser.parse_args(argv)
     from kserve.model_server import app
 
     with open(args.key_file, encoding="utf-8") as f:
         wire_app(app, json.load(f)["inference"]["key"])
-    models = [archive_model(name, os.path.join(args.store, f"{name}.mar")) for name in args.models]
+    models = [archive_model(name, os.path.join(args.store, f"{name}.mar"),
+                            os.path.join(args.unpack_dir, name)) for name in args.models]
     print(f"loaded {', '.join(args.models)}", flush=True)
     server = loopback_server(args.http_port)  # configures KServe's logging: the handlers' lines are added after
     log_handlers()

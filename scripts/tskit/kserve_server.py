@@ -11,6 +11,7 @@ stopped by the pid it was started with (never by name).
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,6 +44,11 @@ class KServeEngine:
     def key_file(self) -> str:
         return os.path.join(self.workdir, KEY_FILE)
 
+    @property
+    def unpack_dir(self) -> str:
+        """The archives unpacked while the engine runs (removed when it stops)."""
+        return os.path.join(self.workdir, "kserve_models")
+
     def ensure_key_file(self) -> None:
         if os.path.exists(self.key_file):
             return
@@ -65,8 +71,10 @@ class KServeEngine:
         self.ensure_key_file()
         logs = os.path.join(self.workdir, "logs")
         os.makedirs(logs, exist_ok=True)
+        shutil.rmtree(self.unpack_dir, ignore_errors=True)
         command = [sys.executable, "-m", "tskit.kserve_engine", "--store", self.store, "--models", *models,
-                   "--key-file", self.key_file, "--http-port", str(self.http_port)]
+                   "--key-file", self.key_file, "--http-port", str(self.http_port),
+                   "--unpack-dir", self.unpack_dir]
         with open(os.path.join(logs, "kserve_engine.log"), "ab") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
                                        start_new_session=True)
@@ -102,4 +110,5 @@ class KServeEngine:
             process.kill()
             process.wait(10)
         os.remove(os.path.join(self.workdir, PID_FILE))
+        shutil.rmtree(self.unpack_dir, ignore_errors=True)
         return True

@@ -6,6 +6,7 @@ peer and the KServe engine serve.
 folder, so the kind's own steps (read_input, decode, collate, forward, postprocess) run without TorchServe.
 """
 
+import atexit
 import importlib
 import json
 import os
@@ -60,16 +61,26 @@ class Unpacked:
 
 
 def unpack(mar: str, folder: str = None) -> Unpacked:
-    folder = folder or tempfile.mkdtemp(prefix="bench-mar-")
+    """`mar` extracted into `folder`; with no folder, into a temporary one removed when this process exits (a
+    long-lived server passes a folder its starter removes: a SIGTERM skips atexit)."""
+    if folder is None:
+        folder = tempfile.mkdtemp(prefix="bench-mar-")
+        atexit.register(shutil.rmtree, folder, True)
     with zipfile.ZipFile(mar) as archive:
         archive.extractall(folder)
-    with open(os.path.join(folder, "MAR-INF", "MANIFEST.json"), encoding="utf-8") as f:
-        whole = json.load(f)
+        return _described(archive, folder)
+
+
+def peek(mar: str) -> Unpacked:
+    """The archive's name, kind and config read from the zip, nothing extracted (its `folder` is empty)."""
+    with zipfile.ZipFile(mar) as archive:
+        return _described(archive, "")
+
+
+def _described(archive: zipfile.ZipFile, folder: str) -> Unpacked:
+    whole = json.loads(archive.read("MAR-INF/MANIFEST.json"))
     manifest = whole["model"]
-    config = {}
-    if manifest.get("configFile"):
-        with open(os.path.join(folder, manifest["configFile"]), encoding="utf-8") as f:
-            config = yaml.safe_load(f) or {}
+    config = (yaml.safe_load(archive.read(manifest["configFile"])) or {}) if manifest.get("configFile") else {}
     kind = kinds.of_handler(os.path.basename(manifest["handler"])).name
     return Unpacked(folder, manifest["modelName"], kind, os.path.join(folder, manifest["serializedFile"]), config,
                     whole)
