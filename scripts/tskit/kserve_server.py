@@ -24,7 +24,7 @@ import requests
 from tskit import kinds
 from tskit.declaration import served
 
-HTTP_PORT = 9080
+HTTP_PORT, GRPC_PORT = 9080, 9081
 PID_FILE = "kserve_engine.pid"
 KEY_FILE = "key_file.json"
 
@@ -36,13 +36,26 @@ def one_shot_models(names: List[str]) -> List[str]:
 
 
 class KServeEngine:
-    def __init__(self, store: str, workdir: str, http_port: int = HTTP_PORT):
-        self.store, self.workdir, self.http_port = store, workdir, http_port
+    def __init__(self, store: str, workdir: str, http_port: int = HTTP_PORT, grpc_port: int = GRPC_PORT):
+        self.store, self.workdir, self.http_port, self.grpc_port = store, workdir, http_port, grpc_port
         self.url = f"http://127.0.0.1:{http_port}"
 
     @property
     def key_file(self) -> str:
         return os.path.join(self.workdir, KEY_FILE)
+
+    @property
+    def inference_url(self) -> str:
+        return self.url
+
+    @property
+    def grpc_address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def auth_headers(self, kind: str = "inference") -> dict:
+        """The HTTP header the engine requires on inference (the same key_file.json key as TorchServe's)."""
+        with open(self.key_file, encoding="utf-8") as f:
+            return {"Authorization": f"Bearer {json.load(f)[kind]['key']}"}
 
     @property
     def unpack_dir(self) -> str:
@@ -74,6 +87,7 @@ class KServeEngine:
         shutil.rmtree(self.unpack_dir, ignore_errors=True)
         command = [sys.executable, "-m", "tskit.kserve_engine", "--store", self.store, "--models", *models,
                    "--key-file", self.key_file, "--http-port", str(self.http_port),
+                   "--grpc-port", str(self.grpc_port),
                    "--unpack-dir", self.unpack_dir]
         with open(os.path.join(logs, "kserve_engine.log"), "ab") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,

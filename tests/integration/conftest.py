@@ -4,12 +4,15 @@ It serves the archives `make archives` built into model_store/, with the repo's 
 except for the addresses, so it can run beside a `make serve` server. It is always stopped.
 """
 
+import os
+import shutil
 import time
 
 import pytest
 
 from tskit.declaration import served
-from tskit.server import TorchServe, private_config, private_server, running
+from tskit.kserve_server import KServeEngine, one_shot_models
+from tskit.server import REPO, TorchServe, free_ports, private_config, private_server, running
 
 
 def test_config(workdir, **overrides):
@@ -66,6 +69,27 @@ def server(tmp_path_factory):
     load = ",".join(f"{m}.mar" for m in ONE_SHOT)
     with running(private_server(str(tmp_path_factory.mktemp("torchserve")), load_models=load)) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def kserve_engine(tmp_path_factory, server):
+    """The second engine (`make serve ENGINE=kserve`) on the same archives, with the TorchServe server's key."""
+    workdir = tmp_path_factory.mktemp("kserve-engine")
+    shutil.copy(server.key_file, workdir / "key_file.json")
+    engine = KServeEngine(os.path.join(REPO, "model_store"), str(workdir), *free_ports(2))
+    models = one_shot_models(ONE_SHOT)
+    engine.start(models)
+    try:
+        engine.wait_ready(models, timeout=180)
+        yield engine
+    finally:
+        engine.stop()
+
+
+@pytest.fixture(scope="session", params=["torchserve", "kserve"])
+def v2_server(request):
+    """Either engine, for the clients' tests (both answer v2 and v1 at `inference_url` with `auth_headers`)."""
+    return request.getfixturevalue("server" if request.param == "torchserve" else "kserve_engine")
 
 
 @pytest.fixture(scope="session")

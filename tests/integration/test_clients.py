@@ -32,9 +32,9 @@ def infer(server, model, element, binary, outputs=None, parameters=None):
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 @pytest.mark.parametrize("model", sorted(KIND_OF))
-def test_tritonclient_gets_the_plain_answer(client, server, model, binary):
+def test_tritonclient_gets_the_plain_answer(client, v2_server, model, binary):
     before, element, reference, names = v2_case(client, model, KIND_OF[model], binary)
-    result = infer(server, model, element, binary, outputs=names)
+    result = infer(v2_server, model, element, binary, outputs=names)
     if "embedding" in reference:
         vector = result.as_numpy("embedding")
         assert vector.shape == (1, len(reference["embedding"]))
@@ -53,17 +53,25 @@ def test_tritonclient_gets_the_plain_answer(client, server, model, binary):
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
-def test_parameters_topk_is_honoured(server, binary):
+def test_parameters_topk_is_honoured(v2_server, binary):
     model = next(m for m, kind in KIND_OF.items() if kind == "image-classifier")
     element, _ = v2_input("image-classifier", binary)
-    result = infer(server, model, element, binary, outputs=["labels", "indices"], parameters={"topk": 2})
+    result = infer(v2_server, model, element, binary, outputs=["labels", "indices"], parameters={"topk": 2})
     assert result.as_numpy("labels").shape == (1, 2) and result.as_numpy("indices").shape == (1, 2)
 
 
-def test_a_bad_element_is_a_4xx_in_the_contracts_words(server):
+def test_a_bad_element_is_a_4xx_in_the_contracts_words(v2_server):
     # tritonclient shows v2's {"error": ...}: v2 errors carry it beside the contract's code/type/message
     model = next(m for m, kind in KIND_OF.items() if kind == "image-classifier")
     with pytest.raises(InferenceServerException) as raised:
-        infer(server, model, b"not an image at all", True, outputs=["labels"])
+        infer(v2_server, model, b"not an image at all", True, outputs=["labels"])
     assert str(raised.value.status()) == "415"
     assert "not a recognised image" in raised.value.message()
+
+
+def test_tritonclient_health_on_the_kserve_engine(kserve_engine):
+    """Against TorchServe these are false (v2 health needs its OIP switch, which breaks its gRPC); the KServe
+    engine has them."""
+    triton_http = triton_client(kserve_engine)
+    assert triton_http.is_server_live() and triton_http.is_server_ready()
+    assert [triton_http.is_model_ready(m) for m in sorted(KIND_OF)] == [True] * len(KIND_OF)

@@ -3,33 +3,23 @@
 same archives: the same v1 and v2 answers byte for byte, the same error bodies and statuses, the same key."""
 
 import base64
+import ipaddress
 import json
 import os
 import re
-import shutil
 
 import psutil
 import pytest
 import requests
 
-from support import REPO, STRIKER, encode, photo
-from tskit.kserve_server import KServeEngine
-from tskit.server import free_ports
+from support import STRIKER, encode, photo
 
 MODELS = ["mobilenet_v2", "minilm_topics", "minilm_embedding"]
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory, client):
-    workdir = tmp_path_factory.mktemp("kserve-engine")
-    shutil.copy(client.server.key_file, workdir / "key_file.json")  # the same inference key as TorchServe's
-    started = KServeEngine(os.path.join(REPO, "model_store"), str(workdir), free_ports(1)[0])
-    started.start(MODELS)
-    try:
-        started.wait_ready(MODELS, timeout=180)
-        yield started
-    finally:
-        started.stop()
+def engine(kserve_engine):
+    return kserve_engine
 
 
 def both(engine, client, path, document, token=True):
@@ -105,5 +95,9 @@ def test_a_batch_of_concurrent_requests_is_answered_each_right(engine, client):
 
 
 def test_it_listens_on_loopback_only(engine):
+    """HTTP and gRPC, each on loopback only (gRPC's socket is IPv6 holding the IPv4-mapped 127.0.0.1)."""
     listening = [c.laddr for c in psutil.Process(engine.pid()).connections("inet") if c.status == "LISTEN"]
-    assert listening and all(address.ip == "127.0.0.1" for address in listening), listening
+    assert sorted(address.port for address in listening) == sorted([engine.http_port, engine.grpc_port])
+    for address in listening:
+        ip = ipaddress.ip_address(address.ip)
+        assert (getattr(ip, "ipv4_mapped", None) or ip) == ipaddress.ip_address("127.0.0.1"), listening

@@ -50,9 +50,9 @@ def text(values):
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 @pytest.mark.parametrize("model", sorted(KIND_OF))
-def test_kserve_sdk_gets_the_plain_answer(client, server, model, binary):
+def test_kserve_sdk_gets_the_plain_answer(client, v2_server, model, binary):
     before, element, reference, names = v2_case(client, model, KIND_OF[model], binary)
-    result, answer_headers = infer(server, model, element, binary, outputs=names)
+    result, answer_headers = infer(v2_server, model, element, binary, outputs=names)
     assert (BINARY_HEADER in answer_headers) == binary  # outputs came back in the form asked for
     assert result.model_name == model
     if "embedding" in reference:
@@ -73,11 +73,11 @@ def test_kserve_sdk_gets_the_plain_answer(client, server, model, binary):
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
-def test_parameters_topk_is_honoured(client, server, binary):
+def test_parameters_topk_is_honoured(client, v2_server, binary):
     model = next(m for m, kind in KIND_OF.items() if kind == "image-classifier")
     element, (body, content_type) = v2_input("image-classifier", binary)
     reference = client.predict(model, body, content_type).json()["predictions"][:2]
-    result, _ = infer(server, model, element, binary, outputs=["labels", "indices"], parameters={"topk": 2})
+    result, _ = infer(v2_server, model, element, binary, outputs=["labels", "indices"], parameters={"topk": 2})
     assert text(output(result, "labels")[0]) == [p["label"] for p in reference]
     assert output(result, "indices")[0].tolist() == [p["index"] for p in reference]
 
@@ -87,12 +87,12 @@ def test_parameters_topk_is_honoured(client, server, binary):
     ("image-classifier", b"not base64 !!", False, 400, "InvalidBase64"),
     ("text-classifier", b"caf\xe9", True, 400, "InvalidUTF8"),
 ], ids=["image-not-an-image", "image-json-not-base64", "text-not-utf8"])
-def test_a_bad_element_is_a_4xx_in_the_contracts_words(client, server, kind, element, binary, status, error):
+def test_a_bad_element_is_a_4xx_in_the_contracts_words(client, v2_server, kind, element, binary, status, error):
     # the SDK raises httpx.HTTPStatusError; its text shows the contract's message, which is what the user reads
     model = next(m for m, k in KIND_OF.items() if k == kind)
     before = worker_ids(client, model)
     with pytest.raises(httpx.HTTPStatusError) as raised:
-        infer(server, model, element, binary)
+        infer(v2_server, model, element, binary)
     answer = raised.value.response
     assert answer.status_code == status
     assert answer.json()["code"] == status and answer.json()["type"] == error
@@ -121,3 +121,15 @@ def test_server_health_as_the_sdk_sees_it(server):
 
     expected = True if oip else 404
     assert asyncio.run(health()) == {"live": expected, "ready": expected, "model_ready": False}
+
+
+def test_the_kserve_engines_health_as_the_sdk_sees_it(kserve_engine):
+    """The KServe engine has v2 health and per-model readiness (they are KServe's own routes)."""
+    async def health():
+        async with InferenceRESTClient(RESTConfig(protocol="v2", timeout=60)) as sdk:
+            url, headers = kserve_engine.inference_url, kserve_engine.auth_headers()
+            return {"live": await sdk.is_server_live(url, headers=headers),
+                    "ready": await sdk.is_server_ready(url, headers=headers),
+                    "model_ready": [await sdk.is_model_ready(url, m, headers=headers) for m in sorted(KIND_OF)]}
+
+    assert asyncio.run(health()) == {"live": True, "ready": True, "model_ready": [True] * len(KIND_OF)}
