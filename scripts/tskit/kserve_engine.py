@@ -87,12 +87,23 @@ class HandlerBatcher:
                        {"content-type": JSON, **context.get_response_headers(i)}) for i, out in enumerate(outputs)]
 
 
+def grpc_response(document: dict):
+    """The handler's v2 JSON answer as KServe's InferResponse with every output in raw_output_contents, as Triton
+    answers: tritonclient's gRPC reads numbers only from there (never from contents.fp32_contents)."""
+    from kserve.protocol.infer_type import InferOutput, InferResponse
+
+    outputs = [InferOutput(o["name"], list(o["shape"]), o["datatype"], o["data"], o.get("parameters"))
+               for o in document["outputs"]]
+    return InferResponse(document.get("id"), document.get("model_name"), outputs,
+                         model_version=document.get("model_version"), parameters=document.get("parameters"),
+                         use_binary_outputs=True)
+
+
 def archive_model(name: str, mar: str, folder: str):
     """A kserve.Model serving `mar` with its own handler (its class is made here: kserve is imported only by
     this engine's process). HTTP requests reach its batcher straight from tskit.kserve_wire; KServe's gRPC
     servicer calls predict() with its InferRequest."""
     import kserve
-    from kserve.protocol.infer_type import InferResponse
 
     from tskit.unpacked import in_process_handler, unpack
 
@@ -112,7 +123,7 @@ def archive_model(name: str, mar: str, folder: str):
             answer = await self.batcher.submit(row)
             if answer.status != 200:
                 raise grpc_failure(answer.status, answer.body)
-            return InferResponse.from_rest(json.loads(answer.body))
+            return grpc_response(json.loads(answer.body))
 
     model = ArchiveModel(name)
     model.load()

@@ -37,7 +37,8 @@ def one_shot_models(names: List[str]) -> List[str]:
 
 class KServeEngine:
     def __init__(self, store: str, workdir: str, http_port: int = HTTP_PORT, grpc_port: int = GRPC_PORT):
-        self.store, self.workdir, self.http_port, self.grpc_port = store, workdir, http_port, grpc_port
+        self.store, self.workdir = os.path.abspath(store), os.path.abspath(workdir)  # the engine runs in workdir
+        self.http_port, self.grpc_port = http_port, grpc_port
         self.url = f"http://127.0.0.1:{http_port}"
 
     @property
@@ -76,7 +77,10 @@ class KServeEngine:
                 pid = int(f.read().strip())
         except (OSError, ValueError):
             return None
-        return pid if psutil.pid_exists(pid) else None
+        try:  # a child that ended stays a zombie until reaped: it no longer runs
+            return pid if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE else None
+        except psutil.Error:
+            return None
 
     def start(self, models: List[str]) -> None:
         if self.pid():

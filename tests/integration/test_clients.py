@@ -6,6 +6,10 @@ extension (JSON header, then raw tensors) and reads binary outputs back the same
 equal the plain /predictions answer of the same input (the reference), and no worker may restart.
 """
 
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -75,3 +79,33 @@ def test_tritonclient_health_on_the_kserve_engine(kserve_engine):
     triton_http = triton_client(kserve_engine)
     assert triton_http.is_server_live() and triton_http.is_server_ready()
     assert [triton_http.is_model_ready(m) for m in sorted(KIND_OF)] == [True] * len(KIND_OF)
+
+
+def triton_grpc(engine, model, element: bytes, outputs, tmp_path, key=True):
+    """tests/triton_grpc_probe.py in a process of its own (see its docstring): its JSON document."""
+    element_file = tmp_path / "element"
+    element_file.write_bytes(element)
+    sent = engine.auth_headers()["Authorization"].removeprefix("Bearer ") if key else ""
+    done = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "..", "triton_grpc_probe.py"),
+                           engine.grpc_address, sent, model, str(element_file), *outputs],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("model", sorted(KIND_OF))
+def test_tritonclient_over_grpc_on_the_kserve_engine(client, kserve_engine, model, tmp_path):
+    _, element, reference, names = v2_case(client, model, KIND_OF[model], True)
+    answer = triton_grpc(kserve_engine, model, element, names, tmp_path)
+    assert (answer["live"], answer["ready"], answer["model_ready"]) == (True, True, True)
+    if "embedding" in reference:
+        np.testing.assert_allclose(answer["outputs"]["embedding"][0], reference["embedding"], atol=1e-6)
+    else:
+        assert answer["outputs"]["labels"][0] == [p["label"] for p in reference["predictions"]]
+
+
+def test_tritonclient_over_grpc_sees_the_contracts_error(kserve_engine, tmp_path):
+    model = next(m for m, kind in KIND_OF.items() if kind == "image-classifier")
+    answer = triton_grpc(kserve_engine, model, b"not an image at all", ["labels"], tmp_path)
+    assert answer["error"]["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert json.loads(answer["error"]["details"])["type"] == "UnsupportedMediaType"

@@ -9,11 +9,13 @@ input (the reference), and no worker may restart.
 """
 
 import asyncio
+import json
 
+import grpc
 import httpx
 import numpy as np
 import pytest
-from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRequest, RESTConfig
 from kserve.protocol.infer_type import RequestedOutput
 
 from support import CAT_LABELS, v2_case, v2_input, worker_ids
@@ -133,3 +135,68 @@ def test_the_kserve_engines_health_as_the_sdk_sees_it(kserve_engine):
                     "model_ready": [await sdk.is_model_ready(url, m, headers=headers) for m in sorted(KIND_OF)]}
 
     assert asyncio.run(health()) == {"live": True, "ready": True, "model_ready": [True] * len(KIND_OF)}
+
+
+# ---- gRPC v2 (the KServe engine's 127.0.0.1:9081; TorchServe's own gRPC APIs are tests/integration/test_grpc.py)
+def grpc_infer(engine, model, element, binary, token=True):
+    """One call of the SDK's InferenceGRPCClient: binary puts the element in raw_input_contents, else in
+    contents.bytes_contents (given as data: the SDK's set_data_from_numpy refuses non-UTF-8 bytes there); the
+    answer as an InferResponse."""
+    if binary:
+        tensor = InferInput("input", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([element], dtype=np.object_), binary_data=True)
+    else:
+        tensor = InferInput("input", [1], "BYTES", data=[element])
+    request = InferRequest(model_name=model, infer_inputs=[tensor])
+    metadata = [(k.lower(), v) for k, v in engine.auth_headers().items()] if token else []
+
+    async def call():
+        sdk = InferenceGRPCClient(engine.grpc_address, timeout=120, retries=0)
+        try:
+            return await sdk.infer(request, headers=metadata)
+        finally:
+            await sdk.close()
+
+    return asyncio.run(call())
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["raw", "contents"])
+@pytest.mark.parametrize("model", sorted(KIND_OF))
+def test_kserve_sdk_over_grpc_gets_the_plain_answer(client, kserve_engine, model, binary):
+    # gRPC's BYTES are raw in either form (no base64, unlike v2 JSON): the binary case's element for both
+    _, element, reference, _ = v2_case(client, model, KIND_OF[model], True)
+    result = grpc_infer(kserve_engine, model, element, binary)
+    assert result.model_name == model
+    if "embedding" in reference:
+        np.testing.assert_allclose(output(result, "embedding")[0], reference["embedding"], atol=1e-6)
+    else:
+        assert text(output(result, "labels")[0]) == [p["label"] for p in reference["predictions"]]
+        np.testing.assert_allclose(output(result, "probabilities")[0],
+                                   [p["probability"] for p in reference["predictions"]], atol=1e-6)
+
+
+def test_a_bad_element_over_grpc_is_invalid_argument_with_the_contracts_body(kserve_engine):
+    model = next(m for m, k in KIND_OF.items() if k == "image-classifier")
+    with pytest.raises(grpc.RpcError) as raised:
+        grpc_infer(kserve_engine, model, b"not an image at all", True)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    body = json.loads(raised.value.details())
+    assert (body["code"], body["type"]) == (415, "UnsupportedMediaType")
+
+
+def test_grpc_inference_needs_the_key_and_health_does_not(kserve_engine):
+    model = next(m for m, k in KIND_OF.items() if k == "text-classifier")
+    with pytest.raises(grpc.RpcError) as raised:
+        grpc_infer(kserve_engine, model, b"The striker scored twice", True, token=False)
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert json.loads(raised.value.details())["type"] == "InvalidKeyException"
+
+    async def health():
+        sdk = InferenceGRPCClient(kserve_engine.grpc_address, timeout=30, retries=0)
+        try:
+            return (await sdk.is_server_live(), await sdk.is_server_ready(),
+                    [await sdk.is_model_ready(m) for m in sorted(KIND_OF)])
+        finally:
+            await sdk.close()
+
+    assert asyncio.run(health()) == (True, True, [True] * len(KIND_OF))
