@@ -35,8 +35,9 @@ def main(argv=None) -> int:
     models = server.expected_models()
     if args.engine == "kserve":  # the same archives and key file, the workdir's
         store = server.props.get("model_store", os.path.join(REPO, "model_store"))
-        return kserve(args.action, KServeEngine(os.path.join(REPO, store), server.workdir), one_shot_models(models),
-                      args.timeout)
+        engine = KServeEngine(os.path.join(REPO, store), server.workdir,
+                              max_request_size=int(server.props.get("max_request_size", 6553500)))
+        return kserve(args.action, engine, one_shot_models(models), args.timeout)
 
     if args.action == "stop":
         print("TorchServe stopped." if server.stop() else "TorchServe is not running.")
@@ -76,7 +77,8 @@ def kserve(action: str, engine: KServeEngine, models, timeout: float) -> int:
     except RuntimeError as err:
         print(f"make serve ENGINE=kserve failed: {err}", file=sys.stderr)
         return 1
-    print(f"Ready (KServe engine, {seconds:.1f} s): {', '.join(models)} on {engine.url} (v1, v2); "
+    print(f"Ready (KServe engine, {seconds:.1f} s): {', '.join(models)} on {engine.url} (plain, v1, v2; gRPC v2 "
+          f"{engine.grpc_address}); "
           f"tokens in {engine.key_file}")
     return 0
 

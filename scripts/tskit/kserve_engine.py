@@ -15,29 +15,29 @@ Not yet here (issue 28): Prometheus metrics of our own, the generator, several w
 
 import argparse
 import asyncio
+import contextvars
+import itertools
 import json
 import logging
 import os
 import sys
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 from handlers.request_errors import RequestError
 from tskit.kserve_rows import Row, grpc_row
-from tskit.kserve_wire import JSON, grpc_failure, loopback_server, wire_app
+from tskit.kserve_streams import Answer, FrameSink, Streamed
+from tskit.kserve_wire import JSON, QueueFull, error_body, grpc_failure, loopback_server, wire_app
 
-
-@dataclass
-class Answer:
-    status: int
-    body: bytes
-    headers: Dict[str, str]
+SERVING = contextvars.ContextVar("serving", default="-")  # the model whose batch this thread runs
 
 
 @dataclass
 class Pending:
     row: Row
     future: asyncio.Future
+    request_id: str
+    chunks: Optional[asyncio.Queue] = None
 
 
 class HandlerBatcher:
@@ -47,13 +47,18 @@ class HandlerBatcher:
         self.handler, self.unpacked = handler, unpacked
         self.batch_size, self.delay = unpacked.batch_size, unpacked.max_batch_delay_ms / 1000
         self.queue: Optional[asyncio.Queue] = None
+        self.running: Dict[str, Pending] = {}  # request id -> the request, while its batch runs
+        self.count = itertools.count()
 
-    async def submit(self, row: Row) -> Answer:
+    async def submit(self, row: Row) -> Union[Answer, Streamed]:
         if self.queue is None:  # made in the server's event loop, on its first request
-            self.queue = asyncio.Queue()
+            self.queue = asyncio.Queue(self.unpacked.job_queue_size)
             asyncio.get_running_loop().create_task(self.run())
-        pending = Pending(row, asyncio.get_running_loop().create_future())
-        await self.queue.put(pending)
+        pending = Pending(row, asyncio.get_running_loop().create_future(), f"kserve-{next(self.count)}")
+        try:
+            self.queue.put_nowait(pending)
+        except asyncio.QueueFull:
+            raise QueueFull() from None
         return await pending.future
 
     async def run(self) -> None:
@@ -66,25 +71,53 @@ class HandlerBatcher:
                     batch.append(await asyncio.wait_for(self.queue.get(), remaining))
                 except asyncio.TimeoutError:
                     break
+            self.running = {p.request_id: p for p in batch}
             try:
-                answers = await asyncio.to_thread(self.handle, batch)
+                SERVING.set(self.unpacked.model_name)  # to_thread copies the context: the batch's log lines
+                answers = await asyncio.to_thread(self.handle, batch, loop)
             except Exception as err:  # the handler isolates requests; this is the glue failing: answer them all
                 failure = json.dumps({"code": 500, "type": "InternalError", "message": str(err)}).encode()
                 answers = [Answer(500, failure, {"content-type": JSON}) for _ in batch]
             for pending, answer in zip(batch, answers):
-                if not pending.future.done():
+                if pending.chunks is not None:  # a stream: its final answer is its last chunk
+                    pending.chunks.put_nowait(answer.body)
+                    pending.chunks.put_nowait(None)
+                elif not pending.future.done():
                     pending.future.set_result(answer)
 
-    def handle(self, batch: List[Pending]) -> List[Answer]:
-        """One handle() call, as a TorchServe worker makes it: the rows, each request's headers on the Context."""
+    def handle(self, batch: List[Pending], loop) -> List[Answer]:
+        """One handle() call, as a TorchServe worker makes it: the rows, each request's id and headers on the
+        Context, and a socket that takes intermediate answers (tskit.kserve_streams)."""
         from ts.context import RequestProcessor
 
         context = self.unpacked.context()
         context.request_processor = [RequestProcessor(p.row.headers) for p in batch]
+        context.request_ids = {i: p.request_id for i, p in enumerate(batch)}
+        context.cl_socket = FrameSink(lambda rid, chunk, headers: loop.call_soon_threadsafe(self.stream, rid, chunk,
+                                                                                          headers))
         outputs = self.handler.handle([p.row.parts for p in batch], context)
         return [Answer((context.get_response_status(i) or (200,))[0] or 200,
                        out if isinstance(out, bytes) else str(out).encode(),
                        {"content-type": JSON, **context.get_response_headers(i)}) for i, out in enumerate(outputs)]
+
+    def stream(self, request_id: str, chunk: bytes, headers: Dict[str, str]) -> None:
+        """An intermediate answer (on the event loop): the request's answer becomes a stream, this its chunk."""
+        pending = self.running.get(request_id)
+        if pending is None:
+            return
+        if pending.chunks is None:
+            pending.chunks = asyncio.Queue()
+            pending.future.set_result(Streamed({k: v for k, v in headers.items() if k != "ts_stream_next"},
+                                               pending.chunks))
+        pending.chunks.put_nowait(chunk)
+
+
+async def gathered(streamed: Streamed) -> Answer:
+    """A streamed answer whole (gRPC v2 has no NDJSON stream): its chunks joined."""
+    chunks = []
+    while (chunk := await streamed.chunks.get()) is not None:
+        chunks.append(chunk)
+    return Answer(200, b"".join(chunks), streamed.headers)
 
 
 def grpc_response(document: dict):
@@ -110,6 +143,9 @@ def archive_model(name: str, mar: str, folder: str):
     class ArchiveModel(kserve.Model):
         def load(self) -> bool:
             unpacked = unpack(mar, folder)
+            # This engine does not batch continuously: a handler that would stream across calls (a video under
+            # continuous batching) answers within its call, its steps sent as intermediate answers.
+            unpacked.config.pop("continuousBatching", None)
             handler, _ = in_process_handler(unpacked, unpacked.settings.intraOpThreads)
             self.batcher = HandlerBatcher(handler, unpacked)
             self.ready = True
@@ -120,7 +156,13 @@ def archive_model(name: str, mar: str, folder: str):
                 row = grpc_row(payload, self.name)
             except RequestError as err:
                 raise grpc_failure(400, json.dumps(err.to_dict()).encode()) from None
-            answer = await self.batcher.submit(row)
+            try:
+                answer = await self.batcher.submit(row)
+                if isinstance(answer, Streamed):
+                    answer = await gathered(answer)
+            except QueueFull:
+                raise grpc_failure(503, error_body(503, "ServiceUnavailableException",
+                                                   f'Model "{self.name}" has no worker: its queue is full.')) from None
             if answer.status != 200:
                 raise grpc_failure(answer.status, answer.body)
             return grpc_response(json.loads(answer.body))
@@ -137,6 +179,7 @@ def main(argv=None) -> int:
     parser.add_argument("--key-file", required=True, help="key_file.json: its inference key is required")
     parser.add_argument("--http-port", type=int, default=9080)
     parser.add_argument("--grpc-port", type=int, default=9081)
+    parser.add_argument("--max-request-size", type=int, default=6553500, help="config.properties' max_request_size")
     parser.add_argument("--unpack-dir", required=True, help="each archive is unpacked in a folder of its name here")
     args = parser.parse_args(argv)
     from kserve.model_server import app
@@ -145,7 +188,7 @@ def main(argv=None) -> int:
         key = json.load(f)["inference"]["key"]
     models = [archive_model(name, os.path.join(args.store, f"{name}.mar"),
                             os.path.join(args.unpack_dir, name)) for name in args.models]
-    wire_app(app, key, {model.name: model.batcher for model in models})
+    wire_app(app, key, {model.name: model.batcher for model in models}, args.max_request_size)
     print(f"loaded {', '.join(args.models)}", flush=True)
     server = loopback_server(args.http_port, args.grpc_port, key)  # sets KServe's logging: ours are added after
     log_handlers()
@@ -155,13 +198,19 @@ def main(argv=None) -> int:
 
 def log_handlers() -> None:
     """The handlers' own log lines (each batch: `handled batch size=N invalid=M`) to this process's output, as a
-    TorchServe worker writes them to the model log."""
+    TorchServe worker writes them to the model log, each with its model's name (one process serves them all)."""
     out = logging.StreamHandler(sys.stdout)
-    out.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    out.setFormatter(logging.Formatter("%(asctime)s [%(model)s] %(name)s %(levelname)s %(message)s"))
+    out.addFilter(name_the_model)
     logger = logging.getLogger("handlers")
     logger.setLevel(logging.INFO)
     logger.addHandler(out)
     logger.propagate = False
+
+
+def name_the_model(record: logging.LogRecord) -> bool:
+    record.model = SERVING.get()
+    return True
 
 
 if __name__ == "__main__":

@@ -11,11 +11,12 @@ Nothing here imports kserve or ts: the engine passes what they parsed.
 
 import json
 import struct
+from urllib.parse import parse_qsl
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from handlers.protocols import HEADER_LENGTH
-from handlers.request_errors import InvalidField
+from handlers.request_errors import InvalidField, RequestError
 from handlers.request_payload import RAW_BODY_KEY
 
 STRUCT_CODES = {"BOOL": "?", "UINT8": "B", "UINT16": "H", "UINT32": "I", "UINT64": "Q", "INT8": "b", "INT16": "h",
@@ -50,7 +51,7 @@ def worker_decoded(value: bytes, content_type: Optional[str]) -> object:
             return json.loads(value.decode("utf-8"))
         if content_type.startswith("text"):
             return value.decode("utf-8")
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # TorchServe catches every Exception here
         pass
     return bytes(value)
 
@@ -59,24 +60,77 @@ def is_form(content_type: Optional[str]) -> bool:
     return (content_type or "").split(";")[0].strip().lower() in FORMS
 
 
-async def http_row(request) -> Row:
-    """A Starlette request as TorchServe's row: the raw body under "body", or a form's fields by name (a field's
-    value as bytes with no content type, a file's with its own, as TorchServe's frontend passes them)."""
+class RequestTooLarge(RequestError):
+    """A body over max_request_size (TorchServe's frontend answers these with a bare 413)."""
+
+    status = 413
+
+
+async def http_row(request, max_request_size: int) -> Row:
+    """A Starlette request as TorchServe's row: the raw body under "body", or a form's fields by name, each
+    part's bytes as sent with its own content type (as TorchServe's frontend passes them). A body over
+    `max_request_size` bytes is refused before more of it is read."""
     headers = dict(request.headers.items())
     content_type = request.headers.get("content-type")
+    body = await capped_body(request, max_request_size)
     if not is_form(content_type):
-        return Row.of([(RAW_BODY_KEY, await request.body(), content_type)], headers)
+        return Row.of([(RAW_BODY_KEY, body, content_type)], headers)
     try:
-        form = await request.form()
-    except Exception as err:  # python-multipart's and Starlette's parse errors have no common base
-        raise InvalidField(f"the form body cannot be read: {err}") from None
-    parts = []
-    for name, value in form.multi_items():
-        if isinstance(value, str):
-            parts.append((name, value.encode("utf-8"), None))
-        else:
-            parts.append((name, await value.read(), value.content_type))
-    return Row.of(parts, headers)
+        if content_type.split(";")[0].strip().lower() == "multipart/form-data":
+            return Row.of(multipart_parts(body, content_type), headers)
+        return Row.of([(name.decode("utf-8", "replace"), value, None)
+                       for name, value in parse_qsl(body, keep_blank_values=True, strict_parsing=bool(body))],
+                      headers)
+    except ValueError as err:  # python-multipart's parse errors are ValueErrors too
+        raise InvalidField(f"the form body cannot be read: {str(err)[:200]}") from None
+
+
+def multipart_parts(body: bytes, content_type: str) -> List[Tuple[str, bytes, Optional[str]]]:
+    """(name, bytes, content type) of every part, the bytes exactly as sent (Starlette's form parser decodes
+    fields without a filename as text)."""
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    boundary = parse_options_header(content_type)[1].get(b"boundary")
+    if not boundary:
+        raise InvalidField("multipart body without a boundary")
+    parts, part, names, values = [], {}, [], []
+
+    def header_end():
+        part["headers"][b"".join(names).strip().lower()] = b"".join(values).strip()
+        names.clear()
+        values.clear()
+
+    def part_end():
+        disposition = parse_options_header(part["headers"].get(b"content-disposition", b""))[1]
+        if b"name" not in disposition:
+            raise InvalidField("a multipart part has no name (its Content-Disposition names none)")
+        kind = part["headers"].get(b"content-type")
+        parts.append((disposition[b"name"].decode("utf-8", "replace"), b"".join(part["data"]),
+                      kind.decode("latin-1") if kind else None))
+
+    callbacks = {"on_part_begin": lambda: part.update(headers={}, data=[]),
+                 "on_header_field": lambda data, start, end: names.append(data[start:end]),
+                 "on_header_value": lambda data, start, end: values.append(data[start:end]),
+                 "on_header_end": header_end,
+                 "on_part_data": lambda data, start, end: part["data"].append(data[start:end]),
+                 "on_part_end": part_end}
+    parser = MultipartParser(boundary, callbacks)
+    parser.write(body)
+    parser.finalize()
+    return parts
+
+
+async def capped_body(request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise RequestTooLarge(f"the body of {int(declared):,} bytes is over max_request_size ({limit:,} bytes)")
+    chunks, size = [], 0
+    async for chunk in request.stream():  # chunked bodies declare no length: counted as they come
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge(f"the body is over max_request_size ({limit:,} bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def grpc_row(request, model: str) -> Row:

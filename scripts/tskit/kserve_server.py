@@ -36,9 +36,11 @@ def one_shot_models(names: List[str]) -> List[str]:
 
 
 class KServeEngine:
-    def __init__(self, store: str, workdir: str, http_port: int = HTTP_PORT, grpc_port: int = GRPC_PORT):
+    def __init__(self, store: str, workdir: str, http_port: int = HTTP_PORT, grpc_port: int = GRPC_PORT,
+                 max_request_size: int = 6553500):
+        """`max_request_size`: config.properties' (TorchServe's default otherwise): larger bodies get 413."""
         self.store, self.workdir = os.path.abspath(store), os.path.abspath(workdir)  # the engine runs in workdir
-        self.http_port, self.grpc_port = http_port, grpc_port
+        self.http_port, self.grpc_port, self.max_request_size = http_port, grpc_port, max_request_size
         self.url = f"http://127.0.0.1:{http_port}"
 
     @property
@@ -91,7 +93,7 @@ class KServeEngine:
         shutil.rmtree(self.unpack_dir, ignore_errors=True)
         command = [sys.executable, "-m", "tskit.kserve_engine", "--store", self.store, "--models", *models,
                    "--key-file", self.key_file, "--http-port", str(self.http_port),
-                   "--grpc-port", str(self.grpc_port),
+                   "--grpc-port", str(self.grpc_port), "--max-request-size", str(self.max_request_size),
                    "--unpack-dir", self.unpack_dir]
         with open(os.path.join(logs, "kserve_engine.log"), "ab") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,

@@ -1,7 +1,8 @@
 """The KServe engine's two doors, on 127.0.0.1 only, with TorchServe's key and the handlers' own answers.
 
     HTTP 9080   KServe's FastAPI app. Inference POSTs (`/v1/models/<m>:predict`, `/v2/models/<m>[/versions/<v>]
-                /infer`) go from the raw request to the model's batcher (tskit.kserve_rows.http_row): the handler
+                /infer`, and TorchServe's `/predictions/<m>`) go from the raw request to the model's batcher
+                (tskit.kserve_rows.http_row; a body over max_request_size is 413, a full queue 503): the handler
                 reads the body once, as under TorchServe, so its answers, 4xx bodies, binary v2 and budgets are
                 TorchServe's byte for byte; a body KServe would have parsed first (and answered 500 or KServe's
                 own {"error"} 400) never reaches KServe's parser. Health, metadata and readiness are KServe's.
@@ -20,35 +21,107 @@ from typing import Dict
 JSON = "application/json"
 INVALID_KEY = json.dumps({"code": 400, "type": "InvalidKeyException", "message": "Token Authorization failed. "
                           "Token either incorrect, expired, or not provided correctly"}).encode()
-PROTECTED = ("/v1/models/", "/v2/models/")  # inference routes; their GET (metadata, ready) stays open
-INFER = re.compile(r"^/v1/models/(?P<v1>[^/:]+):predict$|^/v2/models/(?P<v2>[^/]+)(?:/versions/[^/]+)?/infer$")
+PROTECTED = ("/predictions/", "/v1/models/", "/v2/models/")  # inference; their GETs (metadata, ready) stay open
+INFER = re.compile(r"^/predictions/(?P<plain>[^/]+)(?:/[^/]+)?$|^/v1/models/(?P<v1>[^/:]+):predict$"
+                   r"|^/v2/models/(?P<v2>[^/]+)(?:/versions/[^/]+)?/infer$")
 GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
-def wire_app(app, inference_key: str, batchers: Dict[str, object]) -> None:
-    """KServe's FastAPI app: the key on the inference routes, and their requests straight to the batchers."""
-    from fastapi.responses import Response
+class QueueFull(Exception):
+    """A model's queue holds its jobQueueSize already: the request is refused at once (TorchServe's 503)."""
+
+
+def error_body(status: int, kind: str, message: str) -> bytes:
+    return json.dumps({"code": status, "type": kind, "message": message}).encode()
+
+
+def wire_app(app, inference_key: str, batchers: Dict[str, object], max_request_size: int) -> None:
+    """KServe's FastAPI app: the key on the inference routes, and their requests straight to the batchers;
+    TorchServe's plain route (`/predictions/<m>`) and `/ping` beside KServe's v1 and v2."""
+    from fastapi.responses import Response, StreamingResponse
 
     from handlers.request_errors import RequestError
     from tskit.kserve_rows import http_row
+    from tskit.kserve_streams import Streamed
+
+    def answer(body: bytes, status: int) -> Response:
+        return Response(body, status_code=status, media_type=JSON)
 
     async def serve_inference(request, call_next):
-        if request.method != "POST" or not request.url.path.startswith(PROTECTED):
+        path = request.url.path
+        if path == "/ping":
+            return answer(json.dumps({"status": "Healthy"}).encode(), 200)
+        match = INFER.match(path)
+        if not path.startswith(PROTECTED) or (request.method != "POST" and not match):
             return await call_next(request)
         if request.headers.get("authorization", "") != f"Bearer {inference_key}":
-            return Response(INVALID_KEY, status_code=400, media_type=JSON)
-        match = INFER.match(request.url.path)
-        batcher = batchers.get(match["v1"] or match["v2"]) if match else None
-        if batcher is None:  # another route, or a model this engine does not serve: KServe answers
+            return answer(INVALID_KEY, 400)
+        if match is None:  # another POST under the models' paths: KServe's (repository load, explain)
             return await call_next(request)
+        model = match["plain"] or match["v1"] or match["v2"]
+        if request.method != "POST":
+            return answer(error_body(405, "MethodNotAllowedException", f"{request.method} is not allowed"), 405)
+        if model not in batchers:
+            return answer(error_body(404, "ModelNotFoundException", f"Model not found: {model}"), 404)
         try:
-            row = await http_row(request)
+            result = await batchers[model].submit(await http_row(request, max_request_size))
         except RequestError as err:
-            return Response(json.dumps(err.to_dict()).encode(), status_code=err.status, media_type=JSON)
-        answer = await batcher.submit(row)
-        return Response(answer.body, status_code=answer.status, headers=answer.headers)
+            return answer(json.dumps(err.to_dict()).encode(), err.status)
+        except QueueFull:
+            return answer(error_body(503, "ServiceUnavailableException", f'Model "{model}" has no worker to '
+                                     "serve inference request: its queue is full."), 503)
+        if isinstance(result, Streamed):  # intermediate answers (a video's lines): sent as they come
+            return StreamingResponse(chunks_of(result.chunks), status_code=200, headers=result.headers)
+        return Response(result.body, status_code=result.status, headers=result.headers)
 
     app.middleware("http")(serve_inference)
+    app.router.redirect_slashes = False  # `/infer/` is not `/infer`: 404, as TorchServe, never a 307
+
+
+async def chunks_of(queue: asyncio.Queue):
+    while (chunk := await queue.get()) is not None:
+        yield chunk
+
+
+def contract_http_protocol():
+    """Uvicorn's HTTP protocol (httptools where installed) whose answer to a request it cannot parse is the
+    contract's JSON, as TorchServe's (uvicorn's own is plain text)."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class ContractErrors(AutoHTTPProtocol):
+        def send_400_response(self, msg: str) -> None:
+            body = error_body(400, "BadRequestException", f"Invalid HTTP message: {msg}")
+            self.transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+                                 + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body)
+            self.transport.close()
+
+    return ContractErrors
+
+
+def contract_errors(app) -> None:
+    """Every error KServe's app answers itself (an unknown path or method, a model it does not know, an
+    explainer it has not), in the contract's body with its status, never KServe's {"error"} or FastAPI's
+    {"detail"}."""
+    from fastapi.responses import Response
+    from kserve import errors
+    from starlette.exceptions import HTTPException
+
+    by_status = {404: "ResourceNotFoundException", 405: "MethodNotAllowedException", 500: "InternalServerException"}
+
+    def handler(status: int, kind: str = None):
+        async def answer(request, error):
+            code = getattr(error, "status_code", status)
+            return Response(error_body(code, kind or by_status.get(code, "BadRequestException"),
+                                       str(getattr(error, "detail", None) or error)[:500]),
+                            status_code=code, media_type=JSON)
+        return answer
+
+    app.add_exception_handler(HTTPException, handler(404))
+    app.add_exception_handler(Exception, handler(500))
+    app.add_exception_handler(errors.ModelNotFound, handler(404, "ModelNotFoundException"))
+    app.add_exception_handler(errors.ModelNotReady, handler(503, "ServiceUnavailableException"))
+    app.add_exception_handler(errors.InvalidInput, handler(400, "BadRequestException"))
+    app.add_exception_handler(NotImplementedError, handler(404, "ResourceNotFoundException"))
 
 
 def grpc_failure(status: int, body: bytes) -> Exception:
@@ -99,6 +172,11 @@ def loopback_server(http_port: int, grpc_port: int, inference_key: str):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.config.host = "127.0.0.1"
+            self.config.http = contract_http_protocol()
+
+        def _add_exception_handlers(self, app) -> None:  # KServe's, then ours over them
+            super()._add_exception_handlers(app)
+            contract_errors(app)
 
     class LoopbackGRPCServer(GRPCServer):
         async def start(self, max_workers):

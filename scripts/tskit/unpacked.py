@@ -50,6 +50,11 @@ class Unpacked:
         return int(self.config.get("maxBatchDelay", 100))
 
     @property
+    def job_queue_size(self) -> int:
+        """The requests that may wait for the model (TorchServe's per-model jobQueueSize; its default 100)."""
+        return int(self.config.get("jobQueueSize", 100))
+
+    @property
     def workers(self) -> int:
         return int(self.config.get("minWorkers", 1))
 

@@ -76,7 +76,8 @@ def kserve_engine(tmp_path_factory, server):
     """The second engine (`make serve ENGINE=kserve`) on the same archives, with the TorchServe server's key."""
     workdir = tmp_path_factory.mktemp("kserve-engine")
     shutil.copy(server.key_file, workdir / "key_file.json")
-    engine = KServeEngine(os.path.join(REPO, "model_store"), str(workdir), *free_ports(2))
+    engine = KServeEngine(os.path.join(REPO, "model_store"), str(workdir), *free_ports(2),
+                          max_request_size=int(server.props["max_request_size"]))
     models = one_shot_models(ONE_SHOT)
     engine.start(models)
     try:

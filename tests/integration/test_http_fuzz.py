@@ -33,9 +33,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
+import pytest
 
 import http_fuzz as hm
 from handlers import request_errors
@@ -275,6 +276,8 @@ def judge(request: hm.Request, answer: Answer, max_request_size: int) -> Tuple[s
         return "frontend 417 (Expect)", None
     if status < 400:
         return f"{status}", f"unexpected status {status}: {body[:200]!r}"
+    if request.method == "HEAD" and status < 500 and not body:  # HTTP gives HEAD's answer no body
+        return f"HEAD {status}", None
     if len(body) > MAX_ERROR_BYTES:
         return "oversized error", f"{status} error answer of {len(body):,} bytes (it repeats the input)"
     error = contract_error(body, status)
@@ -291,12 +294,40 @@ def judge(request: hm.Request, answer: Answer, max_request_size: int) -> Tuple[s
 
 
 # ---- the run --------------------------------------------------------------------------------------
-def batches(server, model: str) -> List[Tuple[int, int]]:
-    """(size, invalid) of every batch the model's handler logged."""
-    with open(server.model_log, encoding="utf-8", errors="replace") as f:
-        log = f.read()
-    pattern = rf"-{re.escape(model)}_[0-9.]+-stdout MODEL_LOG - handled batch size=(\d+) invalid=(\d+)"
-    return [(int(n), int(bad)) for n, bad in re.findall(pattern, log)]
+@dataclass
+class Target:
+    """An engine under fuzzing: where to send, its limits, its serving processes and its handlers' batch log."""
+
+    name: str
+    url: str
+    token: str
+    max_request_size: int
+    workers: Callable[[float], dict]  # quiet seconds -> the serving processes, settled
+    log_path: str
+    log_pattern: str  # one (size, invalid) per batch; {model} is the model's name, escaped
+
+    def batches(self, model: str) -> List[Tuple[int, int]]:
+        """(size, invalid) of every batch the model's handler logged."""
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            log = f.read()
+        return [(int(n), int(bad)) for n, bad in re.findall(self.log_pattern.format(model=re.escape(model)), log)]
+
+
+def torchserve_target(client, server) -> Target:
+    return Target("torchserve", server.inference_url, server.keys()["inference"], int(server.props["max_request_size"]),
+                  lambda quiet: settled_workers(client, quiet=quiet), server.model_log,
+                  r"-{model}_[0-9.]+-stdout MODEL_LOG - handled batch size=(\d+) invalid=(\d+)")
+
+
+def kserve_target(engine) -> Target:
+    """The KServe engine: one process serves every model (its pid is what must not change)."""
+    def workers(quiet: float) -> dict:
+        time.sleep(quiet)
+        return {"engine": engine.pid()}
+
+    return Target("kserve", engine.inference_url, engine.auth_headers()["Authorization"].removeprefix("Bearer "),
+                  engine.max_request_size, workers, os.path.join(engine.workdir, "logs", "kserve_engine.log"),
+                  r"\[{model}\] \S+ INFO handled batch size=(\d+) invalid=(\d+)")
 
 
 def references(client) -> dict:
@@ -341,18 +372,26 @@ def summary(requests: List[hm.Request], answers: List[Answer], outcomes: List[st
     return "\n".join(lines)
 
 
-def test_http_fuzz_of_every_route_and_model(client, server, capsys):
-    max_request_size = int(server.props["max_request_size"])
+@pytest.fixture(params=["torchserve", "kserve"])
+def target(request, client, server) -> Target:
+    if request.param == "torchserve":
+        return torchserve_target(client, server)
+    return kserve_target(request.getfixturevalue("kserve_engine"))
+
+
+def test_http_fuzz_of_every_route_and_model(client, target, capsys):
+    """Either engine: TorchServe, or the KServe engine on the same archives (whose HTTP door is ours)."""
+    max_request_size = target.max_request_size
     refs = references(client)
     pool = hm.templates(encode(photo("chelsea")))
     ctx = {"max_request_size": max_request_size}
     requests = [hm.job(SEED, i, pool, ctx) for i in range(REQUESTS)]
-    sender = Sender(server.inference_url, server.keys()["inference"])
+    sender = Sender(target.url, target.token)
     with capsys.disabled():
-        print(f"\nHTTP fuzz: seed {SEED} (HTTP_FUZZ_SEED), {REQUESTS} requests (HTTP_FUZZ_REQUESTS)", flush=True)
+        print(f"\nHTTP fuzz ({target.name}): seed {SEED} (HTTP_FUZZ_SEED), {REQUESTS} requests (HTTP_FUZZ_REQUESTS)", flush=True)
 
-    pids = settled_workers(client, quiet=0)
-    logged = {m: len(batches(server, m)) for m in hm.MODELS}
+    pids = target.workers(0)
+    logged = {m: len(target.batches(m)) for m in hm.MODELS}
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=THREADS) as pool_of_threads:
         answers = list(pool_of_threads.map(sender.send, requests))
@@ -370,10 +409,10 @@ def test_http_fuzz_of_every_route_and_model(client, server, capsys):
             failures.append(f"#{index} {request.method} {hm.path_of(request.route, request.model)} [{request.form}] "
                             f"{request.mutation}: {problem}")
 
-    after = settled_workers(client)  # (its quiet wait also lets the frontend's thread write model_log.log)
+    after = target.workers(2.0)  # (its quiet wait also lets the frontend's thread write model_log.log)
     mixed = {}
     for model in hm.MODELS:
-        logged_now = batches(server, model)[logged[model]:]
+        logged_now = target.batches(model)[logged[model]:]
         mixed[model] = (sum(0 < bad < size for size, bad in logged_now), len(logged_now))
     with capsys.disabled():
         print(summary(requests, answers, outcomes, failures, mixed, seconds, after == pids), flush=True)
