@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from support import STRIKER, encode, photo
+from videos import make_video
 
 MODELS = ["mobilenet_v2", "minilm_topics", "minilm_embedding"]
 
@@ -101,3 +102,22 @@ def test_it_listens_on_loopback_only(engine):
     for address in listening:
         ip = ipaddress.ip_address(address.ip)
         assert (getattr(ip, "ipv4_mapped", None) or ip) == ipaddress.ip_address("127.0.0.1"), listening
+
+
+def test_a_video_streams_on_the_engine_as_on_torchserve(engine, client):
+    """A raw video to TorchServe's plain route on the engine: the same NDJSON chunks as TorchServe sends (8
+    frames a step, then the rest and the end), each line equal to TorchServe's."""
+    clip = make_video(("chelsea", "coffee", "astronaut") * 4, 1.0, 5, "mp4")
+    ours = requests.post(engine.url + "/predictions/mobilenet_v2", data=clip, stream=True, timeout=120,
+                         headers={"Content-Type": "video/mp4", **engine.auth_headers()})
+    assert ours.status_code == 200 and ours.headers["content-type"] == "application/x-ndjson"
+    chunks = [[json.loads(line) for line in chunk.decode().splitlines()] for chunk in ours.iter_content(None)]
+    assert [[line.get("frame") for line in chunk] for chunk in chunks] == [list(range(8)), [8, 9, 10, 11, None]]
+    theirs = client.predict("mobilenet_v2", clip, "video/mp4")
+    expected = [json.loads(line) for line in theirs.text.splitlines()]
+    got = [line for chunk in chunks for line in chunk]
+    assert [line.get("frame") for line in got] == [line.get("frame") for line in expected]
+    for line, reference in zip(got[:-1], expected[:-1]):
+        assert [p["index"] for p in line["predictions"]] == [p["index"] for p in reference["predictions"]]
+        assert [p["probability"] for p in line["predictions"]] == pytest.approx(
+            [p["probability"] for p in reference["predictions"]], abs=1e-5)
