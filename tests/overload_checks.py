@@ -8,6 +8,7 @@ whose queues share the heap budget.
 import json
 import os
 import time
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 from support import CAT_LABELS, encode, photo
@@ -44,22 +45,52 @@ def is_cat(answer: dict) -> bool:
     return answer["predictions"][0]["label"] in CAT_LABELS
 
 
-def worker_pids(server: TorchServe, model: str) -> Dict[str, List[int]]:
-    return {model: sorted(w["pid"] for w in server.client().describe(model)[0]["workers"])}
+@dataclass
+class Target:
+    """A server under load: where to send, its key and body limit, its serving processes, whether it lives."""
+
+    url: str
+    token: str
+    max_request_size: int
+    pids: Callable[[str], Dict[str, List[int]]]
+    alive: Callable[[], bool]
+    memory_errors: Callable[[], bool]
 
 
-def check_4x_answered(server: TorchServe, model: str, body: bytes, content_type: str,
+def torchserve(server: TorchServe) -> Target:
+    def pids(model: str) -> Dict[str, List[int]]:
+        return {model: sorted(w["pid"] for w in server.client().describe(model)[0]["workers"])}
+
+    def memory_errors() -> bool:
+        with open(os.path.join(server.log_dir, "ts_log.log"), encoding="utf-8", errors="replace") as f:
+            return "OutOfMemoryError" in f.read()
+
+    return Target(server.inference_url, server.keys()["inference"], int(server.props["max_request_size"]), pids,
+                  lambda: server.client().request("inference", "GET", "/ping").status_code == 200, memory_errors)
+
+
+def kserve_engine(engine) -> Target:
+    """The KServe engine (tskit.kserve_server.KServeEngine): one process serves every model."""
+    import requests
+
+    return Target(engine.inference_url, engine.auth_headers()["Authorization"].removeprefix("Bearer "),
+                  engine.max_request_size, lambda model: {model: [engine.pid()]},
+                  lambda: requests.get(f"{engine.inference_url}/v2/health/live", timeout=10).status_code == 200,
+                  lambda: False)  # a Python process has no heap of its own to exhaust
+
+
+def check_4x_answered(target: Target, model: str, body: bytes, content_type: str,
                       right: Callable[[dict], bool]) -> None:
     """4x the tuned concurrency, 3 requests per connection: every answer 200 and right, the workers the same."""
-    pids = worker_pids(server, model)
+    pids = target.pids(model)
     connections = 4 * TUNED_CONCURRENCY
-    answers = hammer(f"{server.inference_url}/predictions/{model}", server.keys()["inference"], body, content_type,
+    answers = hammer(f"{target.url}/predictions/{model}", target.token, body, content_type,
                      connections, per_connection=3, judge=answered(right))
     statuses = [o.status for o in answers]
     assert len(answers) == 3 * connections
     assert statuses == [200] * len(answers), {s: statuses.count(s) for s in set(statuses)}
     assert not [o for o in answers if o.error], [o.error for o in answers if o.error][:5]
-    assert worker_pids(server, model) == pids
+    assert target.pids(model) == pids
 
 
 def flood_body(size: int) -> bytes:
@@ -67,14 +98,14 @@ def flood_body(size: int) -> bytes:
     return b"\xff\xd8\xff\xe0" + b"\x00" * (size - 4)
 
 
-def check_flood(server: TorchServe, model: str) -> str:
+def check_flood(target: Target, model: str) -> str:
     """32 clients at once sending bodies just under max_request_size and 8 just over it, while one client
     sends small good images: each flood body the contract's 4xx (or 503 with its JSON), each over-limit one
     the frontend's 413, every good image answered right, the frontend alive with the same workers and no
     OutOfMemoryError in its log. A line saying what was sent."""
-    limit, token = int(server.props["max_request_size"]), server.keys()["inference"]
-    url = f"{server.inference_url}/predictions/{model}"
-    pids = worker_pids(server, model)
+    limit, token = target.max_request_size, target.token
+    url = f"{target.url}/predictions/{model}"
+    pids = target.pids(model)
     at_limit, over_limit = flood_body(limit - 1024), flood_body(limit + 1)
     good = encode(photo("chelsea"))
     started = time.monotonic()
@@ -91,9 +122,8 @@ def check_flood(server: TorchServe, model: str) -> str:
     good_answers = good_load.outcomes
     assert len(good_answers) >= 3 and not [o for o in good_answers if o.error], \
         [o.error for o in good_answers if o.error][:3]
-    assert server.client().request("inference", "GET", "/ping").status_code == 200
-    assert worker_pids(server, model) == pids
-    with open(os.path.join(server.log_dir, "ts_log.log"), encoding="utf-8", errors="replace") as f:
-        assert "OutOfMemoryError" not in f.read()
+    assert target.alive()
+    assert target.pids(model) == pids
+    assert not target.memory_errors()
     return (f"{len(flood)} bodies of {limit - 1024:,} bytes from 32 clients + {len(over)} over the limit in "
             f"{took:.1f} s; {len(good_answers)} good requests answered 200 meanwhile")

@@ -41,10 +41,12 @@ class Pending:
 
 
 class HandlerBatcher:
-    """The requests of one model, run by its handler in the declaration's batches (TorchServe's batching)."""
+    """The requests of one model, run by its handlers in the declaration's batches (TorchServe's batching): one
+    handler per worker of the declaration (minWorkers), each taking the next batch from the one queue, as
+    TorchServe's workers do; each its own instance (a handler keeps its call's Context on itself)."""
 
-    def __init__(self, handler, unpacked):
-        self.handler, self.unpacked = handler, unpacked
+    def __init__(self, handlers: list, unpacked):
+        self.handlers, self.unpacked = handlers, unpacked
         self.batch_size, self.delay = unpacked.batch_size, unpacked.max_batch_delay_ms / 1000
         self.queue: Optional[asyncio.Queue] = None
         self.running: Dict[str, Pending] = {}  # request id -> the request, while its batch runs
@@ -53,7 +55,8 @@ class HandlerBatcher:
     async def submit(self, row: Row) -> Union[Answer, Streamed]:
         if self.queue is None:  # made in the server's event loop, on its first request
             self.queue = asyncio.Queue(self.unpacked.job_queue_size)
-            asyncio.get_running_loop().create_task(self.run())
+            for handler in self.handlers:
+                asyncio.get_running_loop().create_task(self.run(handler))
         pending = Pending(row, asyncio.get_running_loop().create_future(), f"kserve-{next(self.count)}")
         try:
             self.queue.put_nowait(pending)
@@ -61,7 +64,7 @@ class HandlerBatcher:
             raise QueueFull() from None
         return await pending.future
 
-    async def run(self) -> None:
+    async def run(self, handler) -> None:
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self.queue.get()]
@@ -71,21 +74,22 @@ class HandlerBatcher:
                     batch.append(await asyncio.wait_for(self.queue.get(), remaining))
                 except asyncio.TimeoutError:
                     break
-            self.running = {p.request_id: p for p in batch}
+            self.running.update({p.request_id: p for p in batch})
             try:
                 SERVING.set(self.unpacked.model_name)  # to_thread copies the context: the batch's log lines
-                answers = await asyncio.to_thread(self.handle, batch, loop)
+                answers = await asyncio.to_thread(self.handle, handler, batch, loop)
             except Exception as err:  # the handler isolates requests; this is the glue failing: answer them all
                 failure = json.dumps({"code": 500, "type": "InternalError", "message": str(err)}).encode()
                 answers = [Answer(500, failure, {"content-type": JSON}) for _ in batch]
             for pending, answer in zip(batch, answers):
+                self.running.pop(pending.request_id, None)
                 if pending.chunks is not None:  # a stream: its final answer is its last chunk
                     pending.chunks.put_nowait(answer.body)
                     pending.chunks.put_nowait(None)
                 elif not pending.future.done():
                     pending.future.set_result(answer)
 
-    def handle(self, batch: List[Pending], loop) -> List[Answer]:
+    def handle(self, handler, batch: List[Pending], loop) -> List[Answer]:
         """One handle() call, as a TorchServe worker makes it: the rows, each request's id and headers on the
         Context, and a socket that takes intermediate answers (tskit.kserve_streams)."""
         from ts.context import RequestProcessor
@@ -95,7 +99,7 @@ class HandlerBatcher:
         context.request_ids = {i: p.request_id for i, p in enumerate(batch)}
         context.cl_socket = FrameSink(lambda rid, chunk, headers: loop.call_soon_threadsafe(self.stream, rid, chunk,
                                                                                           headers))
-        outputs = self.handler.handle([p.row.parts for p in batch], context)
+        outputs = handler.handle([p.row.parts for p in batch], context)
         return [Answer((context.get_response_status(i) or (200,))[0] or 200,
                        out if isinstance(out, bytes) else str(out).encode(),
                        {"content-type": JSON, **context.get_response_headers(i)}) for i, out in enumerate(outputs)]
@@ -146,8 +150,9 @@ def archive_model(name: str, mar: str, folder: str):
             # This engine does not batch continuously: a handler that would stream across calls (a video under
             # continuous batching) answers within its call, its steps sent as intermediate answers.
             unpacked.config.pop("continuousBatching", None)
-            handler, _ = in_process_handler(unpacked, unpacked.settings.intraOpThreads)
-            self.batcher = HandlerBatcher(handler, unpacked)
+            threads = unpacked.settings.intraOpThreads
+            self.batcher = HandlerBatcher([in_process_handler(unpacked, threads)[0] for _ in range(unpacked.workers)],
+                                          unpacked)
             self.ready = True
             return True
 

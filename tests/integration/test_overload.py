@@ -10,24 +10,32 @@ import time
 
 import pytest
 
-from overload_checks import check_4x_answered, check_flood, is_cat
+from overload_checks import check_4x_answered, check_flood, is_cat, kserve_engine, torchserve
 from support import CAT_LABELS, encode, photo
 from tskit.declaration import served
 
 pytestmark = pytest.mark.heavy(seconds=30)  # seconds in a one-process run on 2 cores (tests/suite_order.py)
 
 
+@pytest.fixture(scope="module", params=["torchserve", "kserve"])
+def target(request, server):
+    """Either engine on the same archives (the KServe engine's HTTP door, queue and body limit are ours)."""
+    if request.param == "torchserve":
+        return torchserve(server)
+    return kserve_engine(request.getfixturevalue("kserve_engine"))
+
+
 @pytest.mark.parametrize("model, body, content_type, right", [
     ("mobilenet_v2", encode(photo("chelsea")), "image/jpeg", is_cat),
 ])  # the text models at 4x: the soak's 4x phase (test_soak.py), over all three models at once
-def test_4x_the_tuned_concurrency_is_all_answered_right_without_a_restart(server, model, body, content_type, right):
-    check_4x_answered(server, model, body, content_type, right)
+def test_4x_the_tuned_concurrency_is_all_answered_right_without_a_restart(target, model, body, content_type, right):
+    check_4x_answered(target, model, body, content_type, right)
 
 
-def test_a_flood_of_maximum_size_bodies_leaves_good_requests_answered_and_the_frontend_alive(server):
+def test_a_flood_of_maximum_size_bodies_leaves_good_requests_answered_and_the_frontend_alive(target):
     """On the shared server (the repo's config): a flood that passes leaves it as it was, which is the test."""
     model = [d.name for d in served() if d.kind == "image-classifier"][0]
-    print(check_flood(server, model))
+    print(check_flood(target, model))
 
 
 def test_a_request_that_waited_past_its_patience_is_refused_before_the_model(client, server):

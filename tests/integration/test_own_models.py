@@ -34,7 +34,7 @@ import torch.nn.functional as F
 import own_models
 import text_reference
 from conftest import Client
-from overload_checks import check_4x_answered, check_flood, is_cat
+from overload_checks import check_4x_answered, check_flood, is_cat, torchserve
 from support import MODEL_STORE, REPO, encode, photo
 from tskit import admission
 from tskit.declaration import served
@@ -385,8 +385,8 @@ def test_each_models_queue_is_its_share_of_the_one_heap_budget(built, client):
 
 
 def test_4x_the_tuned_concurrency_is_answered_right_with_seventeen_models_loaded(server):
-    check_4x_answered(server, "mobilenet_v2", encode(photo("chelsea")), "image/jpeg", is_cat)
+    check_4x_answered(torchserve(server), "mobilenet_v2", encode(photo("chelsea")), "image/jpeg", is_cat)
 
 
 def test_a_flood_of_maximum_size_bodies_leaves_the_seventeen_model_server_alive(server):
-    measured["flood"] = check_flood(server, "mobilenet_v2")
+    measured["flood"] = check_flood(torchserve(server), "mobilenet_v2")
