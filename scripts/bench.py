@@ -55,6 +55,8 @@ def build_parser(decls: Dict[str, object]) -> argparse.ArgumentParser:
                              "all-unique one (benchkit.cache_bench)")
     parser.add_argument("--cache-only", action="store_true", help="(K) alone: no (A)/(B)/(P)/(C), no formats")
     parser.add_argument("--no-overload", action="store_true", help="skip (O), the overload section")
+    parser.add_argument("--no-engine", action="store_true",
+                        help="(O) without the KServe engine beside TorchServe (docs/engines.md)")
     parser.add_argument("--overload-only", action="store_true", help="(O) alone")
     parser.add_argument("--no-generation", action="store_true", help="skip (G), the text generators' section")
     parser.add_argument("--generation-only", action="store_true", help="(G) alone")

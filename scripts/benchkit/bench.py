@@ -73,7 +73,8 @@ from benchkit.bench_video import video_section
 from benchkit.bench_report import formats_table, plot, ratios, table
 from tskit.admission import shared_note
 from tskit.load import wrk_available
-from tskit.server import private_server
+from tskit.kserve_server import KServeEngine, one_shot_models
+from tskit.server import REPO, free_ports, private_server
 from tskit.kinds import KINDS
 
 
@@ -100,7 +101,8 @@ def main_sections(args, groups, chosen_inputs, kinds, workloads, setups, rows: L
 
 # ---- (O): overload ------------------------------------------------------------------------------------
 def overload_section(args, workloads: Dict[str, dict], log) -> List[dict]:
-    """(O) on servers of its own: ours (the repo's config) and, for image models, stock TorchServe's defaults."""
+    """(O) on servers of its own: ours (the repo's config), the KServe engine on the same archives (--no-engine
+    skips it) and, for image models, stock TorchServe's defaults."""
     decls = declared()
     models = [m for m in args.overload_models if decls[m].kind in MAIN_WORKLOAD]
     kinds = {m: decls[m].kind for m in models}
@@ -116,12 +118,20 @@ def overload_section(args, workloads: Dict[str, dict], log) -> List[dict]:
     stock = private_server(stock_dir, **overload.stock_config(stock_dir),
                            load_models=",".join(f"{n}.mar" for n in stock_names.values())) if stock_names else None
     load = lambda url, token, workload, c, seconds, check: load_url(url, token, workload, c, seconds, args.generator, check)
+    engine, engine_rows = None, []
     try:
         for server in filter(None, (ours, stock)):
+            started = time.monotonic()
             server.start()
             server.wait_ready(timeout=600)
-        sides = {m: [overload.Side("ours", ours, m, m, int(decls[m].torchserve.get("responseTimeout", 120)))]
-                 + ([overload.Side("stock", stock, stock_names[m], m, 120)] if m in stock_names else [])
+            if server is ours:
+                ready_s = time.monotonic() - started
+        if not args.no_engine:
+            engine, engine_rows = start_engine(ours, loaded, ready_s, log)
+        timeout = {m: int(decls[m].torchserve.get("responseTimeout", 120)) for m in models}
+        sides = {m: [overload.torchserve_side("ours", ours, m, m, timeout[m])]
+                 + ([overload.engine_side(engine, m, timeout[m])] if engine else [])
+                 + ([overload.torchserve_side("stock", stock, stock_names[m], m, 120)] if m in stock_names else [])
                  for m in models}
         # what the targets depend on: how much of its stated wait each queue holds beside the other models
         queues = shared_note(ours.props, [decls[m] for m in loaded])
@@ -129,12 +139,35 @@ def overload_section(args, workloads: Dict[str, dict], log) -> List[dict]:
         rows = overload.run(sides, workloads, {m: MAIN_WORKLOAD[kinds[m]] for m in models}, kinds,
                             args.tuned_concurrency, args.overload_seconds, load, args.overload_factors, log,
                             args.overload_rounds)
-        return [dict(row, queues=queues) for row in rows]
+        if engine:  # memory after the load, the larger of idle and loaded
+            one_shot = one_shot_models(loaded)
+            for row, pids in zip(engine_rows, (overload.torchserve_pids(ours, one_shot), [engine.pid()])):
+                row["rss_mb"] = max(row["rss_mb"], overload.rss_mb(pids))
+        return [dict(row, queues=queues) for row in rows] + engine_rows
     finally:
+        if engine:
+            engine.stop()
         for server in filter(None, (ours, stock)):
             server.stop()
         shutil.rmtree(ours_dir, ignore_errors=True)
         shutil.rmtree(stock_dir, ignore_errors=True)
+
+
+def start_engine(ours, loaded: List[str], torchserve_ready_s: float, log):
+    """The KServe engine on the same archives and key as `ours` (its own ports), and the "E" rows: time to ready
+    and memory of each engine for the models the engine serves (TorchServe: its frontend and their workers)."""
+    one_shot = one_shot_models(loaded)
+    engine = KServeEngine(os.path.join(REPO, "model_store"), ours.workdir, *free_ports(2),
+                          max_request_size=int(ours.props["max_request_size"]))
+    engine.start(one_shot)
+    ready_s = engine.wait_ready(one_shot, timeout=300)
+    rows = [{"setup": "E", "server": "ours", "ready_s": torchserve_ready_s, "models": one_shot,
+             "rss_mb": overload.rss_mb(overload.torchserve_pids(ours, one_shot))},
+            {"setup": "E", "server": "kserve", "ready_s": ready_s, "models": one_shot,
+             "rss_mb": overload.rss_mb([engine.pid()])}]
+    log(f"O engines: TorchServe ready in {torchserve_ready_s:.1f} s, {rows[0]['rss_mb']:.0f} MB for {one_shot}; "
+        f"KServe engine ready in {ready_s:.1f} s, {rows[1]['rss_mb']:.0f} MB")
+    return engine, rows
 
 
 # ---- main --------------------------------------------------------------------------------------------
@@ -187,7 +220,8 @@ def write_reports(args, rows: List[dict], summaries: List[dict], overload_rows: 
     cache_rows = [r for r in rows if r["setup"] == "K"]
     cache_report = cache_bench.cache_rows_table(cache_rows) if cache_rows else ""
     summary += cache_bench.cache_summary(cache_rows)
-    overload_report = (overload.table(overload_rows) + "\n\n" + "\n".join(f"- {line}" for line in overload.verdicts(overload_rows))
+    overload_report = (overload.table(overload_rows) + "\n\n" + "\n".join(
+        f"- {line}" for line in overload.verdicts(overload_rows) + overload.engine_verdicts(overload_rows))
                        + "".join(f"\n- queues: {q}" for q in sorted({r["queues"] for r in overload_rows if "queues" in r}))
                        if overload_rows else "")
     with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
@@ -260,6 +294,7 @@ def run(args) -> int:
 
     write_reports(args, rows, summaries, overload_rows, time.monotonic() - started, host, target_models(decls))
     # a variant that does not build (e.g. AOTInductor on some model) is reported, not a failure of the bench
-    broken = [r for r in overload_rows if r["server"] == "ours" and (r["restarts"] or r["other_errors"] or r["refused_bad"])]
+    broken = [r for r in overload_rows if r["setup"] == "O" and r["server"] in ("ours", "kserve")
+              and (r["restarts"] or r["other_errors"] or r["refused_bad"])]
     return 1 if failed_rows(rows, stock_stalls=False) or broken else 0
 

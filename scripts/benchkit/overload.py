@@ -17,12 +17,18 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
-from benchkit.checks import answer_check
+import requests
+
+from benchkit.checks import check_answer
 from tskit.load import LoadResult
 from tskit.server import TorchServe
 
 FACTORS = (1, 4, 16)
 MIN_GOODPUT_AT_16X = 0.8
+# The second engine (docs/engines.md): at the top factor, goodput at least this share of TorchServe's on the same
+# archive; every bundled model ready within this many seconds; less memory than TorchServe for the same models.
+ENGINE_GOODPUT_OF_TORCHSERVE = 0.9
+ENGINE_READY_S = 20
 # What a user gets from `torchserve --start` with no config: the keys this package sets, back to
 # TorchServe's defaults (job_queue_size 100, max_request_size 6553500, netty threads = cores, no -Xmx).
 # default_workers_per_model 0: one worker per core; `models` empty: the stock archive's own settings.
@@ -34,27 +40,47 @@ STOCK_DEFAULTS = {"job_queue_size": "100", "max_request_size": "6553500", "numbe
 class Side:
     """One server and the model on it that the overload points load."""
 
-    name: str          # "ours" or "stock"
-    server: TorchServe
+    name: str          # "ours" (TorchServe, this package's config), "stock" or "kserve" (the second engine)
     model: str
     base: str          # the declared model it stands for
     response_timeout_s: int
+    url: str           # the model's prediction URL
+    key: Callable[[], str]
+    pids: Callable[[], List[int]]  # the processes serving the model: a restart changes them
+    ask: Callable[[bytes, str], requests.Response]  # one lone request: the answer check's reference
 
 
-def worker_pids(server: TorchServe, model: str) -> List[int]:
-    described = server.client().describe(model)[0]
-    return sorted(w["pid"] for w in described.get("workers", []))
+def torchserve_side(name: str, server: TorchServe, model: str, base: str, response_timeout_s: int) -> Side:
+    client = server.client()
+
+    def pids() -> List[int]:
+        return sorted(w["pid"] for w in client.describe(model)[0].get("workers", []))
+
+    return Side(name, model, base, response_timeout_s, client.prediction_url(model), lambda: client.key("inference"),
+                pids, lambda body, content_type: client.infer(model, body, content_type, timeout=120))
+
+
+def engine_side(engine, model: str, response_timeout_s: int) -> Side:
+    """The KServe engine (tskit.kserve_server.KServeEngine) on the same archive: one process serves every model."""
+    url = f"{engine.inference_url}/predictions/{model}"
+
+    def ask(body: bytes, content_type: str) -> requests.Response:
+        return requests.post(url, data=body, headers={"Content-Type": content_type, **engine.auth_headers()},
+                             timeout=120)
+
+    return Side("kserve", model, model, response_timeout_s, url,
+                lambda: engine.auth_headers()["Authorization"].removeprefix("Bearer "), lambda: [engine.pid()], ask)
 
 
 def point(side: Side, workload_name: str, workload: dict, kind: str, connections: int, seconds: float,
           load: Callable[..., LoadResult]) -> dict:
-    """One overload point: the load, then what it did to the workers."""
-    client = side.server.client()
-    check = answer_check(client, side.model, workload_name, workload, kind, stock=side.name == "stock")
-    before = worker_pids(side.server, side.model)
-    result = load(client.prediction_url(side.model), client.key("inference"), workload, connections, seconds,
-                  check=check)
-    after = worker_pids(side.server, side.model)
+    """One overload point: the load, then what it did to the serving processes."""
+    with open(workload["path"], "rb") as f:
+        lone = side.ask(f.read(), workload["content_type"])
+    check = check_answer(lone, side.url, workload_name, kind, stock=side.name == "stock")
+    before = side.pids()
+    result = load(side.url, side.key(), workload, connections, seconds, check=check)
+    after = side.pids()
     refused = result.refused
     return {"setup": "O", "server": side.name, "model": side.base, "workload": workload_name,
             "concurrency": connections, "requests": result.requests, "goodput": result.throughput,
@@ -87,7 +113,7 @@ def run(sides: Dict[str, List[Side]], workloads: Dict[str, dict], inputs: Dict[s
 def combined(rows: List[dict]) -> List[dict]:
     """One row per (model, server, factor): goodput averaged over the rounds, counts summed, worst p99."""
     groups: Dict[tuple, List[dict]] = {}
-    for row in rows:
+    for row in (r for r in rows if r["setup"] == "O"):  # (the engines' "E" rows: engine_verdicts)
         groups.setdefault((row["model"], row["server"], row["factor"]), []).append(row)
     out = []
     for (model, server, factor), group in groups.items():
@@ -109,6 +135,29 @@ def verdicts(rows: List[dict]) -> List[str]:
         base = by_factor.get(1)
         for factor, row in sorted(by_factor.items()):
             lines.append(f"{model} x{factor}: " + "; ".join(target_checks(row, base)))
+    return lines
+
+
+def engine_verdicts(rows: List[dict]) -> List[str]:
+    """The KServe engine beside TorchServe ("ours"): goodput at the top factor, time to ready, memory ("E" rows)."""
+    lines, by = [], {(r["model"], r["server"], r["factor"]): r for r in combined(rows)}
+    for model, _, factor in sorted(k for k in by if k[1] == "kserve"):
+        theirs, ours = by[(model, "kserve", factor)], by.get((model, "ours", factor))
+        if ours and ours["goodput"] and factor == max(f for m, s, f in by if m == model and s == "kserve"):
+            share = theirs["goodput"] / ours["goodput"]
+            lines.append(f"{model} x{factor}: KServe engine goodput {share:.2f} of TorchServe's, p99 "
+                         f"{theirs['p99_ms']:.0f} vs {ours['p99_ms']:.0f} ms" + (
+                             "" if share >= ENGINE_GOODPUT_OF_TORCHSERVE else
+                             f" (MISSED: target {ENGINE_GOODPUT_OF_TORCHSERVE:.1f})"))
+    sides = {e["server"]: e for e in rows if e["setup"] == "E"}
+    if "kserve" in sides and "ours" in sides:
+        engine, torchserve = sides["kserve"], sides["ours"]
+        lines.append(f"KServe engine ready in {engine['ready_s']:.1f} s for {', '.join(engine['models'])} (TorchServe: "
+                     f"{torchserve['ready_s']:.1f} s for every served model, the text generator included)"
+                     + ("" if engine["ready_s"] <= ENGINE_READY_S else f" (MISSED: target {ENGINE_READY_S} s)"))
+        lines.append(f"memory for the same models: KServe engine {engine['rss_mb']:.0f} MB, TorchServe "
+                     f"{torchserve['rss_mb']:.0f} MB" + ("" if engine["rss_mb"] < torchserve["rss_mb"] else
+                                                          " (MISSED: target less than TorchServe)"))
     return lines
 
 
@@ -138,6 +187,29 @@ def table(rows: List[dict]) -> str:
              f"{r['refused']} of {r['requests']} | {r['refused_bad']} | {r['other_errors']} | {r['p99_ms']:.0f} | "
              f"{r['restarts']} |" for r in combined(rows)]
     return "\n".join([head] + lines)
+
+
+def rss_mb(pids: List[int]) -> float:
+    """Resident memory of these processes and their children, in MB."""
+    import psutil
+
+    total, seen = 0, set()
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            for member in [process] + process.children(recursive=True):
+                if member.pid not in seen:
+                    seen.add(member.pid)
+                    total += member.memory_info().rss
+        except psutil.Error:
+            continue
+    return total / 1e6
+
+
+def torchserve_pids(server: TorchServe, models: List[str]) -> List[int]:
+    """The frontend and the workers of `models` (not those of other models the server holds)."""
+    client = server.client()
+    return [server.pid()] + [w["pid"] for m in models for w in client.describe(m)[0].get("workers", [])]
 
 
 def stock_config(workdir: str) -> Dict[str, str]:
