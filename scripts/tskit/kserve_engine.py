@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Union
 
 from handlers.request_errors import RequestError
+from tskit.kserve_metrics import QueueCounters, register
 from tskit.kserve_rows import Row, grpc_row
 from tskit.kserve_streams import Answer, FrameSink, Streamed
 from tskit.kserve_wire import JSON, QueueFull, error_body, grpc_failure, loopback_server, wire_app
@@ -37,6 +38,7 @@ class Pending:
     row: Row
     future: asyncio.Future
     request_id: str
+    enqueued: float  # the event loop's clock when it joined the queue
     chunks: Optional[asyncio.Queue] = None
 
 
@@ -50,18 +52,26 @@ class HandlerBatcher:
         self.batch_size, self.delay = unpacked.batch_size, unpacked.max_batch_delay_ms / 1000
         self.queue: Optional[asyncio.Queue] = None
         self.running: Dict[str, Pending] = {}  # request id -> the request, while its batch runs
+        self.counters = QueueCounters()  # tskit.kserve_metrics
         self.count = itertools.count()
+
+    @property
+    def depth(self) -> int:
+        return self.queue.qsize() if self.queue is not None else 0
 
     async def submit(self, row: Row) -> Union[Answer, Streamed]:
         if self.queue is None:  # made in the server's event loop, on its first request
             self.queue = asyncio.Queue(self.unpacked.job_queue_size)
             for handler in self.handlers:
                 asyncio.get_running_loop().create_task(self.run(handler))
-        pending = Pending(row, asyncio.get_running_loop().create_future(), f"kserve-{next(self.count)}")
+        loop = asyncio.get_running_loop()
+        pending = Pending(row, loop.create_future(), f"kserve-{next(self.count)}", loop.time())
         try:
             self.queue.put_nowait(pending)
         except asyncio.QueueFull:
+            self.counters.refused += 1
             raise QueueFull() from None
+        self.counters.requests += 1
         return await pending.future
 
     async def run(self, handler) -> None:
@@ -75,6 +85,8 @@ class HandlerBatcher:
                 except asyncio.TimeoutError:
                     break
             self.running.update({p.request_id: p for p in batch})
+            began = loop.time()
+            self.counters.queue_wait_us += sum(began - p.enqueued for p in batch) * 1e6
             try:
                 SERVING.set(self.unpacked.model_name)  # to_thread copies the context: the batch's log lines
                 answers = await asyncio.to_thread(self.handle, handler, batch, loop)
@@ -193,7 +205,9 @@ def main(argv=None) -> int:
         key = json.load(f)["inference"]["key"]
     models = [archive_model(name, os.path.join(args.store, f"{name}.mar"),
                             os.path.join(args.unpack_dir, name)) for name in args.models]
-    wire_app(app, key, {model.name: model.batcher for model in models}, args.max_request_size)
+    batchers = {model.name: model.batcher for model in models}
+    wire_app(app, key, batchers, args.max_request_size)
+    register({name: b.counters for name, b in batchers.items()}, lambda name: batchers[name].depth)
     print(f"loaded {', '.join(args.models)}", flush=True)
     server = loopback_server(args.http_port, args.grpc_port, key)  # sets KServe's logging: ours are added after
     log_handlers()

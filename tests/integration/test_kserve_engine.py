@@ -7,12 +7,14 @@ import ipaddress
 import json
 import os
 import re
+import subprocess
+import sys
 
 import psutil
 import pytest
 import requests
 
-from support import STRIKER, encode, photo
+from support import REPO, STRIKER, encode, photo
 from videos import make_video
 
 MODELS = ["mobilenet_v2", "minilm_topics", "minilm_embedding"]
@@ -121,3 +123,21 @@ def test_a_video_streams_on_the_engine_as_on_torchserve(engine, client):
         assert [p["index"] for p in line["predictions"]] == [p["index"] for p in reference["predictions"]]
         assert [p["probability"] for p in line["predictions"]] == pytest.approx(
             [p["probability"] for p in reference["predictions"]], abs=1e-5)
+
+
+def tsctl(url, key_file, *args):
+    return subprocess.run([sys.executable, os.path.join(REPO, "scripts", "tsctl.py"), "--inference-url", url,
+                           "--key-file", key_file, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_tsctl_predicts_and_pings_on_either_engine_alike(engine, client, tmp_path):
+    """tsctl's inference commands against the engine (TorchServe's plain route and /ping, the same key file)
+    print what they print against TorchServe."""
+    image = tmp_path / "cat.jpg"
+    image.write_bytes(encode(photo("chelsea")))
+    for args in (("predict", "mobilenet_v2", str(image)), ("predict", "minilm_topics", "--text", STRIKER),
+                 ("ping",)):
+        ours = tsctl(engine.inference_url, engine.key_file, *args)
+        theirs = tsctl(client.server.inference_url, client.server.key_file, *args)
+        assert ours.returncode == theirs.returncode == 0, ours.stderr + theirs.stderr
+        assert json.loads(ours.stdout) == json.loads(theirs.stdout), args
