@@ -56,6 +56,10 @@ class HandlerBatcher:
         self.count = itertools.count()
 
     @property
+    def full(self) -> bool:
+        return self.queue is not None and self.queue.full()
+
+    @property
     def depth(self) -> int:
         return self.queue.qsize() if self.queue is not None else 0
 
@@ -69,7 +73,6 @@ class HandlerBatcher:
         try:
             self.queue.put_nowait(pending)
         except asyncio.QueueFull:
-            self.counters.refused += 1
             raise QueueFull() from None
         self.counters.requests += 1
         return await pending.future

@@ -36,46 +36,74 @@ def error_body(status: int, kind: str, message: str) -> bytes:
 
 
 def wire_app(app, inference_key: str, batchers: Dict[str, object], max_request_size: int) -> None:
-    """KServe's FastAPI app: the key on the inference routes, and their requests straight to the batchers;
-    TorchServe's plain route (`/predictions/<m>`) and `/ping` beside KServe's v1 and v2."""
-    from fastapi.responses import Response, StreamingResponse
+    """KServe's FastAPI app: the inference door in front of it, and no slash redirects (`/infer/` is not
+    `/infer`: 404 as TorchServe, never a 307)."""
+    app.add_middleware(InferenceDoor, inference_key=inference_key, batchers=batchers,
+                       max_request_size=max_request_size)
+    app.router.redirect_slashes = False
 
-    from handlers.request_errors import RequestError
-    from tskit.kserve_rows import http_row
-    from tskit.kserve_streams import Streamed
 
-    def answer(body: bytes, status: int) -> Response:
-        return Response(body, status_code=status, media_type=JSON)
+class InferenceDoor:
+    """The inference routes, answered before KServe's app: the key, then the request straight to its model's
+    batcher; TorchServe's plain route (`/predictions/<m>`) and `/ping` beside KServe's v1 and v2. A plain ASGI
+    middleware (Starlette's BaseHTTPMiddleware costs a task and a stream per request); a full queue is refused
+    before the body is read, so refusals stay cheap under overload."""
 
-    async def serve_inference(request, call_next):
+    def __init__(self, app, inference_key: str, batchers: Dict[str, object], max_request_size: int):
+        self.app, self.key, self.batchers, self.max_request_size = app, inference_key, batchers, max_request_size
+
+    async def __call__(self, scope, receive, send) -> None:
+        from starlette.requests import Request
+
+        response = await self.answer(Request(scope, receive)) if scope["type"] == "http" else None
+        if response is None:
+            await self.app(scope, receive, send)
+        else:
+            await response(scope, receive, send)
+
+    async def answer(self, request):
+        """The response to an inference request; None for what KServe's app answers (health, metadata, ...)."""
+        from starlette.responses import Response, StreamingResponse
+
+        from handlers.request_errors import RequestError
+        from tskit.kserve_rows import http_row
+        from tskit.kserve_streams import Streamed
+
         path = request.url.path
         if path == "/ping":
-            return answer(json.dumps({"status": "Healthy"}).encode(), 200)
+            return Response(json.dumps({"status": "Healthy"}), media_type=JSON)
         match = INFER.match(path)
         if not path.startswith(PROTECTED) or (request.method != "POST" and not match):
-            return await call_next(request)
-        if request.headers.get("authorization", "") != f"Bearer {inference_key}":
-            return answer(INVALID_KEY, 400)
+            return None
+        if request.headers.get("authorization", "") != f"Bearer {self.key}":
+            return Response(INVALID_KEY, status_code=400, media_type=JSON)
         if match is None:  # another POST under the models' paths: KServe's (repository load, explain)
-            return await call_next(request)
+            return None
         model = match["plain"] or match["v1"] or match["v2"]
         if request.method != "POST":
-            return answer(error_body(405, "MethodNotAllowedException", f"{request.method} is not allowed"), 405)
-        if model not in batchers:
-            return answer(error_body(404, "ModelNotFoundException", f"Model not found: {model}"), 404)
+            return failure(405, "MethodNotAllowedException", f"{request.method} is not allowed")
+        if model not in self.batchers:
+            return failure(404, "ModelNotFoundException", f"Model not found: {model}")
+        batcher = self.batchers[model]
         try:
-            result = await batchers[model].submit(await http_row(request, max_request_size))
+            if batcher.full:
+                raise QueueFull()
+            result = await batcher.submit(await http_row(request, self.max_request_size))
         except RequestError as err:
-            return answer(json.dumps(err.to_dict()).encode(), err.status)
+            return Response(json.dumps(err.to_dict()), status_code=err.status, media_type=JSON)
         except QueueFull:
-            return answer(error_body(503, "ServiceUnavailableException", f'Model "{model}" has no worker to '
-                                     "serve inference request: its queue is full."), 503)
+            batcher.counters.refused += 1
+            return failure(503, "ServiceUnavailableException",
+                           f'Model "{model}" has no worker to serve inference request: its queue is full.')
         if isinstance(result, Streamed):  # intermediate answers (a video's lines): sent as they come
             return StreamingResponse(chunks_of(result.chunks), status_code=200, headers=result.headers)
         return Response(result.body, status_code=result.status, headers=result.headers)
 
-    app.middleware("http")(serve_inference)
-    app.router.redirect_slashes = False  # `/infer/` is not `/infer`: 404, as TorchServe, never a 307
+
+def failure(status: int, kind: str, message: str):
+    from starlette.responses import Response
+
+    return Response(error_body(status, kind, message), status_code=status, media_type=JSON)
 
 
 async def chunks_of(queue: asyncio.Queue):

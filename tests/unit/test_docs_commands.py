@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tskit.kserve_server import HTTP_PORT as KSERVE_HTTP_PORT
+
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 DOCS = [README, *sorted((REPO / "docs").glob("*.md"))]
@@ -39,7 +41,8 @@ ARGPARSE_MODULES = {"tskit"}      # `python -m` modules whose command line is ar
 EXTERNAL = {"curl", "kubectl", "aws", "echo", "base64", "date", "nc", "source", "cd", "export", "pip", "promtool",
             "helm", "wrk", "apt-get", "java", "cat", "ls"}
 PORT_ROUTES = {8080: ("/ping", "/predictions/", "/v1/models/", "/v2/"), 8081: ("/models", "/token"),
-               8082: ("/metrics",), 9080: ("/v1/models/", "/v2/")}  # 9080: the KServe engine (docs/engines.md)
+               8082: ("/metrics",),
+               KSERVE_HTTP_PORT: ("/ping", "/predictions/", "/v1/models/", "/v2/", "/metrics")}  # docs/engines.md
 SPLIT = {"&&", "||", ";", "|", "&", "(", ")"}
 REDIRECT = {">", ">>", "<", ">&", "&>", "2>"}
 SUBSTITUTION = re.compile(r"""\$\(((?:[^()'"]|'[^']*'|"[^"]*")*)\)""")
