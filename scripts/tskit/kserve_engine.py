@@ -30,6 +30,7 @@ from tskit.kserve_rows import Row, grpc_row
 from tskit.kserve_streams import Answer, FrameSink, Streamed
 from tskit.kserve_wire import JSON, QueueFull, error_body, grpc_failure, loopback_server, wire_app
 
+ADMISSION_WAIT_S = 2.0  # how long a request waits for a place in a full queue: the stated wait (tskit.admission)
 SERVING = contextvars.ContextVar("serving", default="-")  # the model whose batch this thread runs
 
 
@@ -38,7 +39,7 @@ class Pending:
     row: Row
     future: asyncio.Future
     request_id: str
-    enqueued: float  # the event loop's clock when it joined the queue
+    enqueued: float  # the event loop's clock when it arrived (its wait for a place counts as queue wait)
     chunks: Optional[asyncio.Queue] = None
 
 
@@ -51,29 +52,41 @@ class HandlerBatcher:
         self.handlers, self.unpacked = handlers, unpacked
         self.batch_size, self.delay = unpacked.batch_size, unpacked.max_batch_delay_ms / 1000
         self.queue: Optional[asyncio.Queue] = None
+        self.slots: Optional[asyncio.Semaphore] = None  # the queue's places: jobQueueSize
         self.running: Dict[str, Pending] = {}  # request id -> the request, while its batch runs
         self.counters = QueueCounters()  # tskit.kserve_metrics
         self.count = itertools.count()
 
     @property
-    def full(self) -> bool:
-        return self.queue is not None and self.queue.full()
-
-    @property
     def depth(self) -> int:
         return self.queue.qsize() if self.queue is not None else 0
 
-    async def submit(self, row: Row) -> Union[Answer, Streamed]:
-        if self.queue is None:  # made in the server's event loop, on its first request
-            self.queue = asyncio.Queue(self.unpacked.job_queue_size)
-            for handler in self.handlers:
-                asyncio.get_running_loop().create_task(self.run(handler))
+    async def admit(self, wait: float) -> float:
+        """A place in the queue (jobQueueSize of them), waiting up to `wait` seconds for one: under overload a
+        request waits, and is refused (QueueFull: 503) only past that. Called before the body is read, so a
+        waiting request holds no body. The event loop's clock when it arrived."""
         loop = asyncio.get_running_loop()
-        pending = Pending(row, loop.create_future(), f"kserve-{next(self.count)}", loop.time())
+        if self.queue is None:  # made in the server's event loop, on the first request
+            self.queue, self.slots = asyncio.Queue(), asyncio.Semaphore(self.unpacked.job_queue_size)
+            for handler in self.handlers:
+                loop.create_task(self.run(handler))
+        arrived = loop.time()
         try:
-            self.queue.put_nowait(pending)
-        except asyncio.QueueFull:
+            await asyncio.wait_for(self.slots.acquire(), wait)
+        except asyncio.TimeoutError:
+            self.counters.refused += 1
             raise QueueFull() from None
+        return arrived
+
+    def leave(self) -> None:
+        """An admitted request that will not be queued (its body could not be read) gives its place back."""
+        self.slots.release()
+
+    async def submit(self, row: Row, arrived: float) -> Union[Answer, Streamed]:
+        """An admitted request's row to the queue: its answer (or its stream) once its batch has run."""
+        loop = asyncio.get_running_loop()
+        pending = Pending(row, loop.create_future(), f"kserve-{next(self.count)}", arrived)
+        self.queue.put_nowait(pending)
         self.counters.requests += 1
         return await pending.future
 
@@ -87,6 +100,8 @@ class HandlerBatcher:
                     batch.append(await asyncio.wait_for(self.queue.get(), remaining))
                 except asyncio.TimeoutError:
                     break
+            for _ in batch:  # out of the queue: their places are free
+                self.slots.release()
             self.running.update({p.request_id: p for p in batch})
             began = loop.time()
             self.counters.queue_wait_us += sum(began - p.enqueued for p in batch) * 1e6
@@ -177,7 +192,8 @@ def archive_model(name: str, mar: str, folder: str):
             except RequestError as err:
                 raise grpc_failure(400, json.dumps(err.to_dict()).encode()) from None
             try:
-                answer = await self.batcher.submit(row)
+                arrived = await self.batcher.admit(ADMISSION_WAIT_S)
+                answer = await self.batcher.submit(row, arrived)
                 if isinstance(answer, Streamed):
                     answer = await gathered(answer)
             except QueueFull:
@@ -209,7 +225,7 @@ def main(argv=None) -> int:
     models = [archive_model(name, os.path.join(args.store, f"{name}.mar"),
                             os.path.join(args.unpack_dir, name)) for name in args.models]
     batchers = {model.name: model.batcher for model in models}
-    wire_app(app, key, batchers, args.max_request_size)
+    wire_app(app, key, batchers, args.max_request_size, ADMISSION_WAIT_S)
     register({name: b.counters for name, b in batchers.items()}, lambda name: batchers[name].depth)
     print(f"loaded {', '.join(args.models)}", flush=True)
     server = loopback_server(args.http_port, args.grpc_port, key)  # sets KServe's logging: ours are added after

@@ -7,7 +7,7 @@ engine as they read TorchServe:
                                                   exposed untyped as TorchServe writes it: prometheus_client would
                                                   add `_total` to a counter's name, and the rule reads this one)
     kserve_engine_queue_depth{model_name}         requests waiting now (a gauge: what TorchServe 0.12 lacks)
-    kserve_engine_refused_total{model_name}       requests refused at once because the queue was full
+    kserve_engine_refused_total{model_name}       requests refused: the queue stayed full for the admission wait
 """
 
 from dataclasses import dataclass

@@ -35,22 +35,27 @@ def error_body(status: int, kind: str, message: str) -> bytes:
     return json.dumps({"code": status, "type": kind, "message": message}).encode()
 
 
-def wire_app(app, inference_key: str, batchers: Dict[str, object], max_request_size: int) -> None:
+def wire_app(app, inference_key: str, batchers: Dict[str, object], max_request_size: int,
+             admission_wait: float) -> None:
     """KServe's FastAPI app: the inference door in front of it, and no slash redirects (`/infer/` is not
     `/infer`: 404 as TorchServe, never a 307)."""
     app.add_middleware(InferenceDoor, inference_key=inference_key, batchers=batchers,
-                       max_request_size=max_request_size)
+                       max_request_size=max_request_size, admission_wait=admission_wait)
     app.router.redirect_slashes = False
 
 
 class InferenceDoor:
     """The inference routes, answered before KServe's app: the key, then the request straight to its model's
     batcher; TorchServe's plain route (`/predictions/<m>`) and `/ping` beside KServe's v1 and v2. A plain ASGI
-    middleware (Starlette's BaseHTTPMiddleware costs a task and a stream per request); a full queue is refused
-    before the body is read, so refusals stay cheap under overload."""
+    middleware (Starlette's BaseHTTPMiddleware costs a task and a stream per request). A request first gets a
+    place in its model's queue, waiting up to `admission_wait` seconds when it is full (503 past that), before
+    its body is read: under overload requests wait instead of coming straight back refused, and a waiting
+    request holds no body."""
 
-    def __init__(self, app, inference_key: str, batchers: Dict[str, object], max_request_size: int):
-        self.app, self.key, self.batchers, self.max_request_size = app, inference_key, batchers, max_request_size
+    def __init__(self, app, inference_key: str, batchers: Dict[str, object], max_request_size: int,
+                 admission_wait: float):
+        self.app, self.key, self.batchers = app, inference_key, batchers
+        self.max_request_size, self.admission_wait = max_request_size, admission_wait
 
     async def __call__(self, scope, receive, send) -> None:
         from starlette.requests import Request
@@ -86,15 +91,16 @@ class InferenceDoor:
             return failure(404, "ModelNotFoundException", f"Model not found: {model}")
         batcher = self.batchers[model]
         try:
-            if batcher.full:
-                raise QueueFull()
-            result = await batcher.submit(await http_row(request, self.max_request_size))
-        except RequestError as err:
-            return Response(json.dumps(err.to_dict()), status_code=err.status, media_type=JSON)
+            arrived = await batcher.admit(self.admission_wait)
         except QueueFull:
-            batcher.counters.refused += 1
-            return failure(503, "ServiceUnavailableException",
-                           f'Model "{model}" has no worker to serve inference request: its queue is full.')
+            return failure(503, "ServiceUnavailableException", f'Model "{model}" has no worker to serve inference '
+                           f"request: its queue stayed full for {self.admission_wait:g} s.")
+        try:
+            row = await http_row(request, self.max_request_size)
+        except RequestError as err:
+            batcher.leave()
+            return Response(json.dumps(err.to_dict()), status_code=err.status, media_type=JSON)
+        result = await batcher.submit(row, arrived)
         if isinstance(result, Streamed):  # intermediate answers (a video's lines): sent as they come
             return StreamingResponse(chunks_of(result.chunks), status_code=200, headers=result.headers)
         return Response(result.body, status_code=result.status, headers=result.headers)
