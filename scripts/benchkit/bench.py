@@ -189,7 +189,7 @@ def settle(args, decls: Dict[str, object], served: List[str]) -> argparse.Namesp
         args.formats, args.no_int8, args.format_rounds = args.formats or ["torchscript", "onnx"], True, 1
         args.agreement_images = min(args.agreement_images, 24)
     args.overload_models = args.overload_models or served
-    if args.quick:  # a tiny (O): the image model at x1 and x4, ours only
+    if args.quick:  # a tiny (O): the image model at x1 and x4, ours and the KServe engine
         args.overload_models, args.overload_factors, args.overload_seconds = args.models[:1], [1, 4], 2
         args.overload_rounds = 1
     if args.cache_only or args.overload_only or args.generation_only or args.video_only:

@@ -78,11 +78,15 @@ def check_cache_and_overload(report: dict, rows: list, table: str) -> None:
     unique = cache[("unique", "on")]
     assert unique["hits"] == 0 and unique["misses"] == unique["requests"], unique
     assert "## Response cache" in table and any("cache repeat30" in line for line in report["ratios"])
-    # (O): the image model at its tuned concurrency and at 4x, on a server of its own: every request answered
-    # right (a sample checked), none refused, no worker restarted
-    overload = {r["factor"]: r for r in report["overload"]}
-    assert set(overload) == {1, 4} and all(r["server"] == "ours" for r in overload.values())
-    assert overload[4]["concurrency"] == 4 * overload[1]["concurrency"]
+    # (O): the image model at its tuned concurrency and at 4x, on TorchServe of its own and on the KServe engine
+    # beside it (the same archives): every request answered right (a sample checked), none refused, no restart
+    overload = {(r["server"], r["factor"]): r for r in report["overload"] if r["setup"] == "O"}
+    assert set(overload) == {("ours", 1), ("ours", 4), ("kserve", 1), ("kserve", 4)}, set(overload)
+    assert overload[("ours", 4)]["concurrency"] == 4 * overload[("ours", 1)]["concurrency"]
     assert all(r["refused"] == r["other_errors"] == r["restarts"] == r["wrong"] == 0 < r["checked"]
                for r in overload.values()), overload
     assert "## Overload" in table and "x4: all answered 200" in table
+    # the engines' time to ready and memory for the same models, and the engine's verdict lines
+    engines = {r["server"]: r for r in report["overload"] if r["setup"] == "E"}
+    assert set(engines) == {"ours", "kserve"} and all(r["ready_s"] > 0 and r["rss_mb"] > 0 for r in engines.values())
+    assert "KServe engine goodput" in table and "KServe engine ready in" in table
