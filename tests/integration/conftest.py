@@ -9,6 +9,7 @@ import shutil
 import time
 
 import pytest
+from filelock import FileLock
 
 from tskit.declaration import served
 from tskit.kserve_server import KServeEngine, one_shot_models
@@ -71,23 +72,27 @@ def server(tmp_path_factory):
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kserve_engine(tmp_path_factory, server):
-    """The second engine (`make serve ENGINE=kserve`) on the same archives, with the TorchServe server's key."""
+    """The second engine (`make serve ENGINE=kserve`) on the same archives, with the TorchServe server's key.
+    One module at a time across the xdist workers holds one (a file lock in the run's shared temp dir): an engine
+    holds ~1.4 GB beside each worker's TorchServe, and three at once beside the rest ran a 23 GB host out of
+    memory (the kernel killed workers)."""
     workdir = tmp_path_factory.mktemp("kserve-engine")
     shutil.copy(server.key_file, workdir / "key_file.json")
     engine = KServeEngine(os.path.join(REPO, "model_store"), str(workdir), *free_ports(2),
                           max_request_size=int(server.props["max_request_size"]))
     models = one_shot_models(ONE_SHOT)
-    engine.start(models)
-    try:
-        engine.wait_ready(models, timeout=180)
-        yield engine
-    finally:
-        engine.stop()
+    with FileLock(str(tmp_path_factory.getbasetemp().parent / "kserve-engine.lock")):
+        engine.start(models)
+        try:
+            engine.wait_ready(models, timeout=180)
+            yield engine
+        finally:
+            engine.stop()
 
 
-@pytest.fixture(scope="session", params=["torchserve", "kserve"])
+@pytest.fixture(scope="module", params=["torchserve", "kserve"])
 def v2_server(request):
     """Either engine, for the clients' tests (both answer v2 and v1 at `inference_url` with `auth_headers`)."""
     return request.getfixturevalue("server" if request.param == "torchserve" else "kserve_engine")
