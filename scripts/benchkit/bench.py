@@ -126,8 +126,8 @@ def overload_section(args, workloads: Dict[str, dict], log) -> List[dict]:
             server.wait_ready(timeout=600)
             if server is ours:
                 ready_s = time.monotonic() - started
-        if not args.no_engine:
-            engine, engine_rows = start_engine(ours, loaded, ready_s, log)
+        if not args.no_engine:  # the models this (O) loads (--quick: the image model alone: less memory)
+            engine, engine_rows = start_engine(ours, models, ready_s, log)
         timeout = {m: int(decls[m].torchserve.get("responseTimeout", 120)) for m in models}
         sides = {m: [overload.torchserve_side("ours", ours, m, m, timeout[m])]
                  + ([overload.engine_side(engine, m, timeout[m])] if engine else [])
@@ -140,7 +140,7 @@ def overload_section(args, workloads: Dict[str, dict], log) -> List[dict]:
                             args.tuned_concurrency, args.overload_seconds, load, args.overload_factors, log,
                             args.overload_rounds)
         if engine:  # memory after the load, the larger of idle and loaded
-            one_shot = one_shot_models(loaded)
+            one_shot = one_shot_models(models)
             for row, pids in zip(engine_rows, (overload.torchserve_pids(ours, one_shot), [engine.pid()])):
                 row["rss_mb"] = max(row["rss_mb"], overload.rss_mb(pids))
         return [dict(row, queues=queues) for row in rows] + engine_rows
@@ -153,10 +153,11 @@ def overload_section(args, workloads: Dict[str, dict], log) -> List[dict]:
         shutil.rmtree(stock_dir, ignore_errors=True)
 
 
-def start_engine(ours, loaded: List[str], torchserve_ready_s: float, log):
-    """The KServe engine on the same archives and key as `ours` (its own ports), and the "E" rows: time to ready
-    and memory of each engine for the models the engine serves (TorchServe: its frontend and their workers)."""
-    one_shot = one_shot_models(loaded)
+def start_engine(ours, models: List[str], torchserve_ready_s: float, log):
+    """The KServe engine serving `models` from the same archives with the same key as `ours` (its own ports), and
+    the "E" rows: time to ready and memory of each engine for those models (TorchServe: its frontend and their
+    workers)."""
+    one_shot = one_shot_models(models)
     engine = KServeEngine(os.path.join(REPO, "model_store"), ours.workdir, *free_ports(2),
                           max_request_size=int(ours.props["max_request_size"]))
     engine.start(one_shot)

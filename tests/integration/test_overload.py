@@ -10,19 +10,18 @@ import time
 
 import pytest
 
-from overload_checks import check_4x_answered, check_flood, is_cat, kserve_engine, torchserve
+from overload_checks import check_4x_answered, check_flood, is_cat, torchserve
 from support import CAT_LABELS, encode, photo
 from tskit.declaration import served
 
 pytestmark = pytest.mark.heavy(seconds=30)  # seconds in a one-process run on 2 cores (tests/suite_order.py)
 
 
-@pytest.fixture(scope="module", params=["torchserve", "kserve"])
-def target(request, server):
-    """Either engine on the same archives (the KServe engine's HTTP door, queue and body limit are ours)."""
-    if request.param == "torchserve":
-        return torchserve(server)
-    return kserve_engine(request.getfixturevalue("kserve_engine"))
+@pytest.fixture(scope="module")
+def target(server):
+    """TorchServe here; the KServe engine gets the same checks in test_kserve_engine_load.py (not a heavy module:
+    its engine's memory stays out of the heavy modules' start of the suite)."""
+    return torchserve(server)
 
 
 @pytest.mark.parametrize("model, body, content_type, right", [
