@@ -28,7 +28,7 @@ from handlers.request_errors import RequestError
 from tskit.kserve_metrics import QueueCounters, register
 from tskit.kserve_rows import Row, grpc_row
 from tskit.kserve_streams import Answer, FrameSink, Streamed
-from tskit.kserve_wire import JSON, QueueFull, error_body, grpc_failure, loopback_server, wire_app
+from tskit.kserve_wire import JSON, QueueFull, bound_server, error_body, grpc_failure, wire_app
 
 ADMISSION_WAIT_S = 2.0  # how long a request waits for a place in a full queue: the stated wait (tskit.admission)
 SERVING = contextvars.ContextVar("serving", default="-")  # the model whose batch this thread runs
@@ -208,27 +208,48 @@ def archive_model(name: str, mar: str, folder: str):
     return model
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The engine's command line (deploy/clusterservingruntime-engine.yaml's args are checked against it)."""
     parser = argparse.ArgumentParser(prog="python -m tskit.kserve_engine", description=__doc__.splitlines()[0])
     parser.add_argument("--store", required=True, help="the folder of the .mar archives")
-    parser.add_argument("--models", nargs="+", required=True)
-    parser.add_argument("--key-file", required=True, help="key_file.json: its inference key is required")
+    parser.add_argument("--models", nargs="+", help="default: every archive in the store that is not continuously "
+                        "batched (the generator needs TorchServe)")
+    keys = parser.add_mutually_exclusive_group(required=True)
+    keys.add_argument("--key-file", help="key_file.json: its inference key is required")
+    keys.add_argument("--no-key", action="store_true", help="no key (a cluster whose mesh authenticates, as the "
+                      "cluster TorchServe config of tskit.deploy runs without tokens)")
+    parser.add_argument("--host", default="127.0.0.1", help="the address both doors bind (a pod: 0.0.0.0)")
     parser.add_argument("--http-port", type=int, default=9080)
     parser.add_argument("--grpc-port", type=int, default=9081)
     parser.add_argument("--max-request-size", type=int, default=6553500, help="config.properties' max_request_size")
     parser.add_argument("--unpack-dir", required=True, help="each archive is unpacked in a folder of its name here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def store_models(store: str) -> List[str]:
+    """The archives in `store` this engine serves: every one that is not continuously batched."""
+    from tskit.unpacked import peek
+
+    names = sorted(name[:-len(".mar")] for name in os.listdir(store) if name.endswith(".mar"))
+    return [n for n in names if not peek(os.path.join(store, f"{n}.mar")).config.get("continuousBatching")]
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     from kserve.model_server import app
 
-    with open(args.key_file, encoding="utf-8") as f:
-        key = json.load(f)["inference"]["key"]
+    key = None
+    if args.key_file:
+        with open(args.key_file, encoding="utf-8") as f:
+            key = json.load(f)["inference"]["key"]
+    names = args.models or store_models(args.store)
     models = [archive_model(name, os.path.join(args.store, f"{name}.mar"),
-                            os.path.join(args.unpack_dir, name)) for name in args.models]
+                            os.path.join(args.unpack_dir, name)) for name in names]
     batchers = {model.name: model.batcher for model in models}
     wire_app(app, key, batchers, args.max_request_size, ADMISSION_WAIT_S)
     register({name: b.counters for name, b in batchers.items()}, lambda name: batchers[name].depth)
-    print(f"loaded {', '.join(args.models)}", flush=True)
-    server = loopback_server(args.http_port, args.grpc_port, key)  # sets KServe's logging: ours are added after
+    print(f"loaded {', '.join(names)}", flush=True)
+    server = bound_server(args.host, args.http_port, args.grpc_port, key)  # sets KServe's logging: ours after
     log_handlers()
     server.start(models)
     return 0

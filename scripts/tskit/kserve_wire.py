@@ -1,4 +1,5 @@
-"""The KServe engine's two doors, on 127.0.0.1 only, with TorchServe's key and the handlers' own answers.
+"""The KServe engine's two doors, on 127.0.0.1 unless told otherwise, with TorchServe's key and the handlers' own
+answers.
 
     HTTP 9080   KServe's FastAPI app. Inference POSTs (`/v1/models/<m>:predict`, `/v2/models/<m>[/versions/<v>]
                 /infer`, and TorchServe's `/predictions/<m>`) go from the raw request to the model's batcher
@@ -10,13 +11,14 @@
                 a handler's 4xx is INVALID_ARGUMENT with the contract's JSON body as details.
     the key     `authorization: Bearer <inference key>` on every inference call, HTTP header or gRPC metadata;
                 TorchServe's InvalidKeyException body otherwise (400 / UNAUTHENTICATED). Probes stay open.
-KServe binds 0.0.0.0 and [::] in code: the loopback servers below are subclasses that bind 127.0.0.1.
+KServe binds 0.0.0.0 and [::] in code: the servers below are subclasses that bind the engine's --host (127.0.0.1
+by default; a pod in a cluster passes 0.0.0.0). With no key (--no-key) neither door asks for one.
 """
 
 import asyncio
 import json
 import re
-from typing import Dict
+from typing import Dict, Optional
 
 JSON = "application/json"
 INVALID_KEY = json.dumps({"code": 400, "type": "InvalidKeyException", "message": "Token Authorization failed. "
@@ -35,7 +37,7 @@ def error_body(status: int, kind: str, message: str) -> bytes:
     return json.dumps({"code": status, "type": kind, "message": message}).encode()
 
 
-def wire_app(app, inference_key: str, batchers: Dict[str, object], max_request_size: int,
+def wire_app(app, inference_key: Optional[str], batchers: Dict[str, object], max_request_size: int,
              admission_wait: float) -> None:
     """KServe's FastAPI app: the inference door in front of it, and no slash redirects (`/infer/` is not
     `/infer`: 404 as TorchServe, never a 307)."""
@@ -52,7 +54,7 @@ class InferenceDoor:
     its body is read: under overload requests wait instead of coming straight back refused, and a waiting
     request holds no body."""
 
-    def __init__(self, app, inference_key: str, batchers: Dict[str, object], max_request_size: int,
+    def __init__(self, app, inference_key: Optional[str], batchers: Dict[str, object], max_request_size: int,
                  admission_wait: float):
         self.app, self.key, self.batchers = app, inference_key, batchers
         self.max_request_size, self.admission_wait = max_request_size, admission_wait
@@ -80,7 +82,7 @@ class InferenceDoor:
         match = INFER.match(path)
         if not path.startswith(PROTECTED) or (request.method != "POST" and not match):
             return None
-        if request.headers.get("authorization", "") != f"Bearer {self.key}":
+        if self.key is not None and request.headers.get("authorization", "") != f"Bearer {self.key}":
             return Response(INVALID_KEY, status_code=400, media_type=JSON)
         if match is None:  # another POST under the models' paths: KServe's (repository load, explain)
             return None
@@ -189,8 +191,8 @@ def key_interceptor(inference_key: str):
     return KeyInterceptor()
 
 
-def loopback_server(http_port: int, grpc_port: int, inference_key: str):
-    """KServe's ModelServer with REST and gRPC on 127.0.0.1 only (kserve 0.21's single-process start path)."""
+def bound_server(host: str, http_port: int, grpc_port: int, inference_key: Optional[str]):
+    """KServe's ModelServer with REST and gRPC on `host` only (kserve 0.21's single-process start path)."""
     from concurrent import futures
 
     from grpc import aio
@@ -202,39 +204,40 @@ def loopback_server(http_port: int, grpc_port: int, inference_key: str):
     from kserve.protocol.grpc.servicer import InferenceServicer
     from kserve.protocol.rest.server import RESTServer
 
-    class LoopbackRESTServer(RESTServer):
+    class BoundRESTServer(RESTServer):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            self.config.host = "127.0.0.1"
+            self.config.host = host
             self.config.http = contract_http_protocol()
 
         def _add_exception_handlers(self, app) -> None:  # KServe's, then ours over them
             super()._add_exception_handlers(app)
             contract_errors(app)
 
-    class LoopbackGRPCServer(GRPCServer):
+    class BoundGRPCServer(GRPCServer):
         async def start(self, max_workers):
             self._server = aio.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                                      interceptors=(key_interceptor(inference_key), ExceptionToStatusInterceptor()))
+                                      interceptors=(*([key_interceptor(inference_key)] if inference_key else []),
+                                                    ExceptionToStatusInterceptor()))
             grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
                 InferenceServicer(self._data_plane, self._model_repository_extension), self._server)
-            self._server.add_insecure_port(f"127.0.0.1:{self._port}")
+            self._server.add_insecure_port(f"{host}:{self._port}")
             await self._server.start()
             await self._server.wait_for_termination()
 
-    class LoopbackModelServer(ModelServer):
+    class BoundModelServer(ModelServer):
         def start(self, models) -> None:
             self._register_and_check_atleast_one_model_is_ready(models)
-            self._rest_server = LoopbackRESTServer(
+            self._rest_server = BoundRESTServer(
                 FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension, self.http_port,
                 access_log_format=self.access_log_format, workers=1, grace_period=self.grace_period,
                 event_loop=self.event_loop, timeout_keep_alive=self.timeout_keep_alive)
             self.servers.append(self._rest_server.start())
-            self._grpc_server = LoopbackGRPCServer(self.grpc_port, self.dataplane, self.model_repository_extension,
+            self._grpc_server = BoundGRPCServer(self.grpc_port, self.dataplane, self.model_repository_extension,
                                                    kwargs={}, grace_period=self.grace_period)
             self.servers.append(self._grpc_server.start(self.max_threads))
             self.setup_event_loop()
             self.register_signal_handler()
             asyncio.run(self._serve())
 
-    return LoopbackModelServer(http_port=http_port, grpc_port=grpc_port, enable_grpc=True, workers=1)
+    return BoundModelServer(http_port=http_port, grpc_port=grpc_port, enable_grpc=True, workers=1)
