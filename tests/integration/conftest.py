@@ -98,16 +98,18 @@ def v2_server(request):
     return request.getfixturevalue("server" if request.param == "torchserve" else "kserve_engine")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def generator_server(tmp_path_factory):
     """The served text generators alone (tests/integration/test_generator*.py): their worker decodes with two
-    threads and holds ~1.4 GB, which no other module's server needs to carry."""
+    threads and holds ~1.4 GB, which no other module's server needs to carry. Per module: a session-long one in
+    each xdist worker that ran a generator module (two: ~2.7 GB each with the JVM) stayed to the end of the suite
+    and, beside the rest, ran the 23 GB host out of memory."""
     load = ",".join(f"{m}.mar" for m in GENERATORS)
     with running(private_server(str(tmp_path_factory.mktemp("torchserve_generator")), load_models=load)) as server:
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def generator_client(generator_server):
     return Client(generator_server)
 
