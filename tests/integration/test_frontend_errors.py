@@ -26,7 +26,8 @@ import pytest
 
 import http_fuzz as hm
 from support import encode, photo
-from test_http_fuzz import Sender, check_good, contract_error, references, settled_workers
+from fuzz_targets import settled_workers
+from test_http_fuzz import Sender, check_good, contract_error, references
 
 pytestmark = pytest.mark.heavy(seconds=40)  # seconds in a one-process run on 2 cores (tests/suite_order.py)
 
