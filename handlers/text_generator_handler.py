@@ -31,7 +31,7 @@ from handlers.generation_protocols import (ROUTES, V2_OUTPUTS, Framing, NativeSt
 from handlers.generation_request import (Limits, Options, Prompt, UnknownRoute, check_prompt_size, read_messages,
                                 read_options, read_prompt)
 from handlers.model_settings import TextGeneratorSettings, prompt_token_cap
-from handlers.protocols import JSON_TYPE, Answer, ModelInfo, PlainRequest, V2Request, parse_request
+from handlers.protocols import HEADER_LENGTH, JSON_TYPE, Answer, ModelInfo, PlainRequest, V2Request, parse_request
 from handlers.request_errors import InternalError, InvalidField, InvalidJSON, RequestError
 from handlers.request_payload import request_body, text_request
 
@@ -139,7 +139,7 @@ class TextGeneratorHandler(BatchHandler):
         if route == "v1/models":
             return Answer(models_list(self.context.model_name, self.created))
         key, body = request_body(row)
-        request = parse_request(body, self.content_type(idx, key), None)
+        request = parse_request(body, self.content_type(idx, key), self.request_header(idx, HEADER_LENGTH))
         prompt, options, framing = self.read(route, request, seq_id)
         tokens = self.encode_prompt(prompt)
         in_call = isinstance(framing, V2Whole) or self.came_by_grpc(idx)

@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from tskit.kserve_server import KServeEngine, one_shot_models
+from tskit.kserve_server import KServeEngine
 from tskit.server import REPO, TorchServe
 
 
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
         store = server.props.get("model_store", os.path.join(REPO, "model_store"))
         engine = KServeEngine(os.path.join(REPO, store), server.workdir,
                               max_request_size=int(server.props.get("max_request_size", 6553500)))
-        return kserve(args.action, engine, one_shot_models(models), args.timeout)
+        return kserve(args.action, engine, models, args.timeout)
 
     if args.action == "stop":
         print("TorchServe stopped." if server.stop() else "TorchServe is not running.")

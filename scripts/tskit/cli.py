@@ -15,6 +15,8 @@
     tsctl.py compare minilm_topics minilm_topics_int8 --inputs DIR [--concurrency 4]   A/B report (md + PNG)
     tsctl.py rollout mobilenet_v2 mobilenet_v2_v2.0.mar [--probe cat.jpg] [--workers N] [--keep-old]
     tsctl.py --grpc predict|ping|list|describe|scale ...   the same over TorchServe's gRPC APIs (7070/7071)
+    tsctl.py --engine kserve --inference-url URL --management-url URL rollout mobilenet_v2 mobilenet_v2_v2.0.mar
+                                              the same rollout on the KServe engine (docs/engines.md)
 
 `rollout` replaces the serving version with zero failed requests: it registers the new archive
 beside the old version (workers READY before anything else changes), optionally checks it with
@@ -69,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=60)
     parser.add_argument("--grpc", action="store_true",
                         help="use TorchServe's gRPC APIs (predict, ping, list, describe, scale)")
+    parser.add_argument("--engine", choices=["torchserve", "kserve"], default="torchserve",
+                        help="kserve: the KServe engine (make serve ENGINE=kserve): pass its URL as --inference-url "
+                             "and --management-url; `rollout` is then its load route")
     parser.add_argument("--grpc-inference", default=os.environ.get("TS_GRPC_INFERENCE", addresses.served().grpc_inference))
     parser.add_argument("--grpc-management",
                         default=os.environ.get("TS_GRPC_MANAGEMENT", addresses.served().grpc_management))
@@ -194,6 +199,11 @@ def run_grpc(args: argparse.Namespace, client: TorchServeClient) -> object:
 
 
 def run_rollout(args: argparse.Namespace, client: TorchServeClient) -> dict:
+    if args.engine == "kserve":  # one call: the engine loads, swaps and drains (tskit.kserve_rollout)
+        if args.probe or args.workers or args.keep_old:
+            raise ClientError("--probe, --workers and --keep-old are TorchServe's: the KServe engine starts the "
+                              "archive's declared workers and swaps once they are up")
+        return client.engine_load(args.model, args.url)
     probe = None
     if args.probe:
         probe = lambda version: client.predict_file(args.model, args.probe, version=version)  # noqa: E731

@@ -288,6 +288,12 @@ class TorchServeClient:
         params = {"min_worker": min_workers, "max_worker": max_workers or min_workers, "synchronous": "true"}
         return self.call("management", "PUT", path, params=params)
 
+    def engine_load(self, model: str, archive: str) -> dict:
+        """The KServe engine's rollout (tskit.kserve_rollout): `archive`, a file of its store, replaces `model`'s
+        serving version; the answer once the old one has drained. Its management route is on its one port."""
+        return self.call("management", "POST", f"/v2/repository/models/{model}/load",
+                         json={"archive": store_archive(archive)}, timeout=max(self.timeout, 600))
+
     def set_default(self, model: str, version: str) -> dict:
         return self.call("management", "PUT", f"/models/{model}/{version}/set-default")
 

@@ -41,6 +41,11 @@ class Row:
             row.headers[name] = {"content-type": content_type or ""}
         return row
 
+    def cached_headers(self) -> Dict[str, object]:
+        """The headers TorchServe sends again with a request cached in the worker (continuous batching): the
+        request's own, without the per-part entries its body's parameters made."""
+        return {name: value for name, value in self.headers.items() if isinstance(value, str)}
+
 
 def worker_decoded(value: bytes, content_type: Optional[str]) -> object:
     """A part's value as TorchServe 0.12's worker hands it (ts/protocol/otf_message_handler._retrieve_input_data):
@@ -66,11 +71,12 @@ class RequestTooLarge(RequestError):
     status = 413
 
 
-async def http_row(request, max_request_size: int) -> Row:
+async def http_row(request, max_request_size: int, added: Optional[Dict[str, str]] = None) -> Row:
     """A Starlette request as TorchServe's row: the raw body under "body", or a form's fields by name, each
-    part's bytes as sent with its own content type (as TorchServe's frontend passes them). A body over
-    `max_request_size` bytes is refused before more of it is read."""
-    headers = dict(request.headers.items())
+    part's bytes as sent with its own content type (as TorchServe's frontend passes them), `added` beside the
+    request's headers (TorchServe's `url_path`). A body over `max_request_size` bytes is refused before more
+    of it is read."""
+    headers = {**dict(request.headers.items()), **(added or {})}
     content_type = request.headers.get("content-type")
     body = await capped_body(request, max_request_size)
     if not is_form(content_type):
@@ -141,10 +147,10 @@ def grpc_row(request, model: str) -> Row:
     for tensor in request.inputs:
         chunk = tensor_bytes(tensor)
         entry = {"name": tensor.name, "shape": list(tensor.shape), "datatype": tensor.datatype,
-                 "parameters": {**dict(tensor.parameters or {}), "binary_data_size": len(chunk)}}
+                 "parameters": {**plain_parameters(tensor.parameters), "binary_data_size": len(chunk)}}
         inputs.append(entry)
         chunks.append(chunk)
-    document = {"inputs": inputs, "parameters": {**dict(request.parameters or {}), "binary_data_output": False}}
+    document = {"inputs": inputs, "parameters": {**plain_parameters(request.parameters), "binary_data_output": False}}
     if request.id:
         document["id"] = request.id
     if request.request_outputs:
@@ -169,3 +175,15 @@ def tensor_bytes(tensor) -> bytes:
         return struct.pack(f"<{len(values)}{STRUCT_CODES[tensor.datatype]}", *values)
     except struct.error as err:
         raise InvalidField(f"v2 request: input {tensor.name!r} holds a value its {tensor.datatype} cannot: {err}") from None
+
+
+def plain_parameters(parameters) -> Dict[str, object]:
+    """v2 parameters as JSON values. Over gRPC each is an InferParameter message holding one of bool, int64 or
+    string (KServe's proto has no double: a fraction can only travel as a string there)."""
+    plain = {}
+    for name, value in dict(parameters or {}).items():
+        if hasattr(value, "WhichOneof"):  # a gRPC InferParameter (None when it holds nothing)
+            which = value.WhichOneof("parameter_choice")
+            value = getattr(value, which) if which else None
+        plain[name] = value
+    return plain

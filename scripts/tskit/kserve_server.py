@@ -30,7 +30,7 @@ KEY_FILE = "key_file.json"
 
 
 def one_shot_models(names: List[str]) -> List[str]:
-    """The models this engine serves today: not yet the generators (their answers stream: issue 28)."""
+    """Of `names`, those answered in one shot (not the text generators): what (O)'s side-by-side load sends."""
     streaming = {d.name for d in served() if kinds.kind(d.kind).streams_every_request}
     return [n for n in names if n not in streaming]
 
@@ -61,6 +61,11 @@ class KServeEngine:
             return {"Authorization": f"Bearer {json.load(f)[kind]['key']}"}
 
     @property
+    def log_file(self) -> str:
+        """The engine's output: KServe's log and the handlers' own lines, each with its model's name."""
+        return os.path.join(self.workdir, "logs", "kserve_engine.log")
+
+    @property
     def unpack_dir(self) -> str:
         """The archives unpacked while the engine runs (removed when it stops)."""
         return os.path.join(self.workdir, "kserve_models")
@@ -88,14 +93,13 @@ class KServeEngine:
         if self.pid():
             raise RuntimeError(f"the KServe engine already runs (pid {self.pid()})")
         self.ensure_key_file()
-        logs = os.path.join(self.workdir, "logs")
-        os.makedirs(logs, exist_ok=True)
+        os.makedirs(os.path.dirname(self.log_file), exist_ok=True)
         shutil.rmtree(self.unpack_dir, ignore_errors=True)
         command = [sys.executable, "-m", "tskit.kserve_engine", "--store", self.store, "--models", *models,
                    "--key-file", self.key_file, "--http-port", str(self.http_port),
                    "--grpc-port", str(self.grpc_port), "--max-request-size", str(self.max_request_size),
                    "--unpack-dir", self.unpack_dir]
-        with open(os.path.join(logs, "kserve_engine.log"), "ab") as log:
+        with open(self.log_file, "ab") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
                                        start_new_session=True)
         with open(os.path.join(self.workdir, PID_FILE), "w", encoding="utf-8") as f:
@@ -112,7 +116,7 @@ class KServeEngine:
         started = time.monotonic()
         while not self.ready(models):
             if not self.pid():
-                raise RuntimeError(f"the KServe engine stopped: see {self.workdir}/logs/kserve_engine.log")
+                raise RuntimeError(f"the KServe engine stopped: see {self.log_file}")
             if time.monotonic() - started > timeout:
                 raise RuntimeError(f"the KServe engine was not ready within {timeout:.0f} s")
             time.sleep(0.2)

@@ -18,14 +18,17 @@ class Answer:
     status: int
     body: bytes
     headers: Dict[str, str]
+    more: bool = False  # a reply with more to come (continuous batching's `ts_stream_next: true`)
 
 
 @dataclass
 class Streamed:
-    """A request whose handler sent intermediate answers: its chunks, the final one last, then None."""
+    """A request whose handler sent intermediate answers: its chunks, the final one last, then None.
+    `left()` says its client went away (continuous batching then stops sending it to the handler)."""
 
     headers: Dict[str, str]
     chunks: asyncio.Queue
+    left: Callable[[], None] = lambda: None
 
 
 class FrameReader:

@@ -24,9 +24,14 @@ JSON = "application/json"
 INVALID_KEY = json.dumps({"code": 400, "type": "InvalidKeyException", "message": "Token Authorization failed. "
                           "Token either incorrect, expired, or not provided correctly"}).encode()
 PROTECTED = ("/predictions/", "/v1/models/", "/v2/models/")  # inference; their GETs (metadata, ready) stay open
-INFER = re.compile(r"^/predictions/(?P<plain>[^/]+)(?:/[^/]+)?$|^/v1/models/(?P<v1>[^/:]+):predict$"
-                   r"|^/v2/models/(?P<v2>[^/]+)(?:/versions/[^/]+)?/infer$")
+# TorchServe's route takes every method and hands what follows the version to the handler as `url_path` (the
+# generator's OpenAI routes: /predictions/<m>/<version>/v1/chat/completions, GET .../v1/models)
+PLAIN = re.compile(r"^/predictions/(?P<plain>[^/]+)(?:/[^/]+(?:/(?P<url_path>.+))?)?$")
+INFER = re.compile(r"^/v1/models/(?P<v1>[^/:]+):predict$|^/v2/models/(?P<v2>[^/]+)(?:/versions/[^/]+)?/infer$")
 GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
+GRPC_REPOSITORY = "/inference.GRPCInferenceService/Repository"
+REPOSITORY = "/v2/repository/"  # KServe's model repository extension: the management key (tskit.kserve_rollout)
+LOAD = re.compile(r"^/v2/repository/models/(?P<model>[^/]+)/load$")
 
 
 class QueueFull(Exception):
@@ -37,11 +42,12 @@ def error_body(status: int, kind: str, message: str) -> bytes:
     return json.dumps({"code": status, "type": kind, "message": message}).encode()
 
 
-def wire_app(app, inference_key: Optional[str], batchers: Dict[str, object], max_request_size: int,
+def wire_app(app, keys: Dict[str, Optional[str]], batchers: Dict[str, object], rollouts, max_request_size: int,
              admission_wait: float) -> None:
     """KServe's FastAPI app: the inference door in front of it, and no slash redirects (`/infer/` is not
-    `/infer`: 404 as TorchServe, never a 307)."""
-    app.add_middleware(InferenceDoor, inference_key=inference_key, batchers=batchers,
+    `/infer`: 404 as TorchServe, never a 307). `keys`: key_file.json's inference and management keys (None:
+    none asked)."""
+    app.add_middleware(InferenceDoor, keys=keys, batchers=batchers, rollouts=rollouts,
                        max_request_size=max_request_size, admission_wait=admission_wait)
     app.router.redirect_slashes = False
 
@@ -54,10 +60,14 @@ class InferenceDoor:
     its body is read: under overload requests wait instead of coming straight back refused, and a waiting
     request holds no body."""
 
-    def __init__(self, app, inference_key: Optional[str], batchers: Dict[str, object], max_request_size: int,
-                 admission_wait: float):
-        self.app, self.key, self.batchers = app, inference_key, batchers
+    def __init__(self, app, keys: Dict[str, Optional[str]], batchers: Dict[str, object], rollouts,
+                 max_request_size: int, admission_wait: float):
+        self.app, self.keys, self.batchers, self.rollouts = app, keys, batchers, rollouts
         self.max_request_size, self.admission_wait = max_request_size, admission_wait
+
+    def refused(self, request, kind: str) -> bool:
+        key = self.keys.get(kind)
+        return key is not None and request.headers.get("authorization", "") != f"Bearer {key}"
 
     async def __call__(self, scope, receive, send) -> None:
         from starlette.requests import Request
@@ -70,25 +80,33 @@ class InferenceDoor:
 
     async def answer(self, request):
         """The response to an inference request; None for what KServe's app answers (health, metadata, ...)."""
+        from starlette.responses import Response
+
+        path = request.url.path
+        if path == "/ping":
+            return Response(json.dumps({"status": "Healthy"}), media_type=JSON)
+        if path.startswith(REPOSITORY):
+            return await self.repository(request)
+        plain, match = PLAIN.match(path), INFER.match(path)
+        if not path.startswith(PROTECTED) or (request.method != "POST" and not match and not plain):
+            return None
+        if self.refused(request, "inference"):
+            return Response(INVALID_KEY, status_code=400, media_type=JSON)
+        if plain is None and match is None:  # another POST under the models' paths: KServe's (repository, explain)
+            return None
+        model = plain["plain"] if plain else match["v1"] or match["v2"]
+        if request.method != "POST" and not plain:
+            return failure(405, "MethodNotAllowedException", f"{request.method} is not allowed")
+        return await self.infer(request, model, {"url_path": plain["url_path"] or ""} if plain else {})
+
+    async def infer(self, request, model: str, added: dict):
+        """The request through its model's queue: its answer, streamed when the handler streams it."""
         from starlette.responses import Response, StreamingResponse
 
         from handlers.request_errors import RequestError
         from tskit.kserve_rows import http_row
         from tskit.kserve_streams import Streamed
 
-        path = request.url.path
-        if path == "/ping":
-            return Response(json.dumps({"status": "Healthy"}), media_type=JSON)
-        match = INFER.match(path)
-        if not path.startswith(PROTECTED) or (request.method != "POST" and not match):
-            return None
-        if self.key is not None and request.headers.get("authorization", "") != f"Bearer {self.key}":
-            return Response(INVALID_KEY, status_code=400, media_type=JSON)
-        if match is None:  # another POST under the models' paths: KServe's (repository load, explain)
-            return None
-        model = match["plain"] or match["v1"] or match["v2"]
-        if request.method != "POST":
-            return failure(405, "MethodNotAllowedException", f"{request.method} is not allowed")
         if model not in self.batchers:
             return failure(404, "ModelNotFoundException", f"Model not found: {model}")
         batcher = self.batchers[model]
@@ -98,14 +116,41 @@ class InferenceDoor:
             return failure(503, "ServiceUnavailableException", f'Model "{model}" has no worker to serve inference '
                            f"request: its queue stayed full for {self.admission_wait:g} s.")
         try:
-            row = await http_row(request, self.max_request_size)
+            row = await http_row(request, self.max_request_size, added)
         except RequestError as err:
             batcher.leave()
             return Response(json.dumps(err.to_dict()), status_code=err.status, media_type=JSON)
         result = await batcher.submit(row, arrived)
-        if isinstance(result, Streamed):  # intermediate answers (a video's lines): sent as they come
-            return StreamingResponse(chunks_of(result.chunks), status_code=200, headers=result.headers)
+        if isinstance(result, Streamed):  # a video's lines, a generator's tokens: sent as they come
+            return StreamingResponse(chunks_of(result), status_code=200, headers=result.headers)
         return Response(result.body, status_code=result.status, headers=result.headers)
+
+
+    async def repository(self, request):
+        """KServe's model repository routes, with the management key: `load` is a rollout
+        (tskit.kserve_rollout); the engine unloads nothing (it serves what it was started with)."""
+        from starlette.responses import Response
+
+        from handlers.request_errors import RequestError
+
+        if self.refused(request, "management"):
+            return Response(INVALID_KEY, status_code=400, media_type=JSON)
+        found = LOAD.match(request.url.path)
+        if found is None or request.method != "POST":
+            return failure(405 if found else 404, "MethodNotAllowedException" if found else "ResourceNotFoundException",
+                           f"{request.method} {request.url.path}: the engine takes POST "
+                           f"{REPOSITORY}models/<model>/load (a rollout) only")
+        if found["model"] not in self.batchers:
+            return failure(404, "ModelNotFoundException", f"Model not found: {found['model']}")
+        try:
+            body = await request.body()
+            archive = (json.loads(body) if body.strip() else {}).get("archive")
+            done = await self.rollouts.load(found["model"], archive)
+        except (ValueError, AttributeError, RecursionError):
+            return failure(400, "BadRequestException", 'the body is JSON {"archive": "<file in the store>"} or empty')
+        except RequestError as err:
+            return Response(json.dumps(err.to_dict()), status_code=err.status, media_type=JSON)
+        return Response(json.dumps(done), media_type=JSON)
 
 
 def failure(status: int, kind: str, message: str):
@@ -114,9 +159,17 @@ def failure(status: int, kind: str, message: str):
     return Response(error_body(status, kind, message), status_code=status, media_type=JSON)
 
 
-async def chunks_of(queue: asyncio.Queue):
-    while (chunk := await queue.get()) is not None:
-        yield chunk
+async def chunks_of(streamed):
+    """A stream's chunks as they come; a client that leaves before its end is told to the batcher (Starlette
+    closes this generator when the connection drops)."""
+    ended = False
+    try:
+        while (chunk := await streamed.chunks.get()) is not None:
+            yield chunk
+        ended = True
+    finally:
+        if not ended:
+            streamed.left()
 
 
 def contract_http_protocol():
@@ -172,17 +225,25 @@ def grpc_failure(status: int, body: bytes) -> Exception:
     return exceptions.Internal(details)
 
 
-def key_interceptor(inference_key: str):
-    """A gRPC interceptor refusing ModelInfer without the inference key (health and metadata stay open)."""
+def key_interceptor(inference_key: Optional[str]):
+    """A gRPC interceptor refusing ModelInfer without the inference key (health and metadata stay open), and
+    KServe's repository calls always (its unload would drop a model from gRPC unasked; a rollout is HTTP's
+    `POST /v2/repository/models/<m>/load` with the management key)."""
     import grpc
     from grpc.aio import ServerInterceptor
 
     async def refuse(request, context):
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, INVALID_KEY.decode())
 
+    async def not_here(request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the engine's repository is HTTP: POST "
+                            "/v2/repository/models/<model>/load with the management key (a rollout)")
+
     class KeyInterceptor(ServerInterceptor):
         async def intercept_service(self, continuation, details):
-            if details.method == GRPC_INFER:
+            if details.method.startswith(GRPC_REPOSITORY):
+                return grpc.unary_unary_rpc_method_handler(not_here)
+            if details.method == GRPC_INFER and inference_key is not None:
                 sent = dict(details.invocation_metadata or ()).get("authorization", "")
                 if sent != f"Bearer {inference_key}":
                     return grpc.unary_unary_rpc_method_handler(refuse)
@@ -217,8 +278,7 @@ def bound_server(host: str, http_port: int, grpc_port: int, inference_key: Optio
     class BoundGRPCServer(GRPCServer):
         async def start(self, max_workers):
             self._server = aio.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                                      interceptors=(*([key_interceptor(inference_key)] if inference_key else []),
-                                                    ExceptionToStatusInterceptor()))
+                                      interceptors=(key_interceptor(inference_key), ExceptionToStatusInterceptor()))
             grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
                 InferenceServicer(self._data_plane, self._model_repository_extension), self._server)
             self._server.add_insecure_port(f"{host}:{self._port}")

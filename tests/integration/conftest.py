@@ -4,7 +4,10 @@ It serves the archives `make archives` built into model_store/, with the repo's 
 except for the addresses, so it can run beside a `make serve` server. It is always stopped.
 """
 
+import contextlib
+import json
 import os
+import zipfile
 import shutil
 import time
 
@@ -12,7 +15,7 @@ import pytest
 from filelock import FileLock
 
 from tskit.declaration import served
-from tskit.kserve_server import KServeEngine, one_shot_models
+from tskit.kserve_server import KServeEngine
 from tskit.server import REPO, TorchServe, free_ports, private_config, private_server, running
 
 
@@ -72,17 +75,17 @@ def server(tmp_path_factory):
         yield server
 
 
-@pytest.fixture(scope="module")
-def kserve_engine(tmp_path_factory, server):
-    """The second engine (`make serve ENGINE=kserve`) on the same archives, with the TorchServe server's key.
-    One module at a time across the xdist workers holds one (a file lock in the run's shared temp dir): an engine
-    holds ~1.4 GB beside each worker's TorchServe, and three at once beside the rest ran a 23 GB host out of
-    memory (the kernel killed workers)."""
+@contextlib.contextmanager
+def engine_running(tmp_path_factory, models, key_file=None, max_request_size=6553500,
+                   store=os.path.join(REPO, "model_store")):
+    """The second engine (`make serve ENGINE=kserve`) on the archives, with TorchServe's key file where given
+    (else one of its own). One module at a time across the xdist workers holds one (a file lock in the run's
+    shared temp dir): an engine holds ~1.4 GB beside each worker's TorchServe, and three at once beside the rest
+    ran a 23 GB host out of memory (the kernel killed workers)."""
     workdir = tmp_path_factory.mktemp("kserve-engine")
-    shutil.copy(server.key_file, workdir / "key_file.json")
-    engine = KServeEngine(os.path.join(REPO, "model_store"), str(workdir), *free_ports(2),
-                          max_request_size=int(server.props["max_request_size"]))
-    models = one_shot_models(ONE_SHOT)
+    if key_file:
+        shutil.copy(key_file, workdir / "key_file.json")
+    engine = KServeEngine(store, str(workdir), *free_ports(2), max_request_size=max_request_size)
     with FileLock(str(tmp_path_factory.getbasetemp().parent / "kserve-engine.lock")):
         engine.start(models)
         try:
@@ -90,6 +93,20 @@ def kserve_engine(tmp_path_factory, server):
             yield engine
         finally:
             engine.stop()
+
+
+@pytest.fixture(scope="module")
+def kserve_engine(tmp_path_factory, server):
+    """The engine serving the one-shot models with the shared TorchServe's key and max_request_size."""
+    with engine_running(tmp_path_factory, ONE_SHOT, server.key_file, int(server.props["max_request_size"])) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="module")
+def kserve_generator(tmp_path_factory):
+    """The engine serving the text generators alone (tests/integration/test_kserve_generator.py)."""
+    with engine_running(tmp_path_factory, GENERATORS) as engine:
+        yield engine
 
 
 @pytest.fixture(scope="module", params=["torchserve", "kserve"])
@@ -117,3 +134,36 @@ def generator_client(generator_server):
 @pytest.fixture(scope="session")
 def client(server):
     return Client(server)
+
+
+@pytest.fixture(scope="module")
+def generator_reference(tmp_path_factory):
+    """{json.dumps(request): its answer} for tests/generator_checks.py's PROMPTS, and "generate" itself:
+    transformers' greedy generate in process on the model's declared source (the GGUF, dequantised as the
+    build does) with the archive's tokenizer: the archive serves ONNX, so its own folder holds no eager weights."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from generator_checks import MODEL, NEW, PROMPTS
+    from tskit.causal_lm import load_causal_lm
+    from tskit.declaration import load as load_declaration
+
+    folder = tmp_path_factory.mktemp("smollm2_archive")
+    with zipfile.ZipFile(os.path.join(REPO, "model_store", f"{MODEL}.mar")) as archive:
+        archive.extractall(folder, [n for n in archive.namelist() if not n.endswith((".py", ".onnx", ".data"))])
+    declaration = load_declaration(MODEL)
+    model = load_causal_lm(declaration.source, declaration.folder).model
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+    def generate(request: dict, new: int = NEW) -> str:
+        if "messages" in request:
+            ids = tokenizer.apply_chat_template(request["messages"], add_generation_prompt=True, tokenize=True,
+                                                return_dict=False)
+        else:
+            ids = tokenizer(request["prompt"])["input_ids"]
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 max_new_tokens=new, do_sample=False)
+        return tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+
+    return {json.dumps(p): generate(p) for p in PROMPTS} | {"generate": generate}
