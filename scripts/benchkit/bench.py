@@ -289,7 +289,7 @@ def run(args) -> int:
     overload_rows = [] if args.no_overload else overload_section(args, workloads, log)
     if not args.no_generation:  # (G): its own report, generation.md (benchkit.bench_generation)
         generation_section(args.out, args.generation_concurrency, args.generation_streams, log,
-                           peer=not args.no_llamacpp)
+                           peer=not args.no_llamacpp, engine=not args.no_engine)
     if not args.no_video:  # (V): its own report, video.json and docs/video.md (benchkit.bench_video)
         video_section(args.out, args.video_concurrency, args.video_seconds, log)
 

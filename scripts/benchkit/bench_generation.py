@@ -1,6 +1,7 @@
 """make bench's section (G) for every served text generator (benchkit.generation_bench has the pieces):
 the served streams on a TorchServe of the bench's own loaded with that model alone; with the server stopped,
-llama.cpp's server on the same GGUF (P, benchkit.llamacpp_peer); then the same archive in process (J), the
+the same streams on the KServe engine (K, tskit.kserve_engine) and llama.cpp's server on the same GGUF (P,
+benchkit.llamacpp_peer); then the same archive in process (J), the
 same engine over eager PyTorch (J eager) and eager `generate` (E) with the worker's threads."""
 
 import json
@@ -16,6 +17,7 @@ from handlers.decoders import TorchDecoder
 from tskit import kinds
 from tskit.causal_lm import load_causal_lm, resolve_source
 from tskit.declaration import REPO
+from tskit.kserve_server import KServeEngine
 from tskit.server import free_ports, private_server, running
 
 STORE = os.path.join(REPO, "model_store")
@@ -43,6 +45,25 @@ def served_part(name: str, work: str, concurrency: List[int], streams: int, log)
         m = gb.memory_growth(url, headers, pid, streams)
         log(f"(M) {name}: {m}")
     return {"G": g, "I": i, "M": m}
+
+
+def engine_part(name: str, work: str, concurrency: List[int], log) -> dict:
+    """(K): the same archive on the KServe engine (tskit.kserve_engine) alone, the same streams as (G)."""
+    engine = KServeEngine(STORE, os.path.join(work, "engine"), *free_ports(2))
+    os.makedirs(engine.workdir, exist_ok=True)
+    engine.start([name])
+    try:
+        ready_s = engine.wait_ready([name], timeout=300)
+        url, headers = f"{engine.inference_url}/predictions/{name}", engine.auth_headers("inference")
+        gb.stream(url, headers, {"prompt": "warm up", "max_tokens": 8})
+        k = {}
+        for c in concurrency:
+            k[c] = gb.served_point(url, headers, c)
+            log(f"(K) KServe engine {name} x{c}: {k[c]['tok_s']} tok/s, TTFT p50 {k[c]['ttft_p50_ms']} ms, "
+                f"TPOT p50 {k[c]['tpot_p50_ms']} ms, failed {k[c]['failed']}")
+    finally:
+        engine.stop()
+    return {"K": k, "K_note": f"the KServe engine, ready in {ready_s:.1f} s"}
 
 
 def gguf_source(name: str) -> Optional[str]:
@@ -91,20 +112,24 @@ def in_process_part(name: str, work: str, batches: List[int], threads: int, log)
     return {"J": j, "J_eager": j_eager, "E": e, "threads": threads, "format": declaration.format}
 
 
-def generation_section(out: str, concurrency: List[int], streams: int, log, peer: bool = True) -> Dict[str, dict]:
+def generation_section(out: str, concurrency: List[int], streams: int, log, peer: bool = True,
+                       engine: bool = True) -> Dict[str, dict]:
     """Every served generator measured; writes out/generation.md and generation.json; returns the results."""
     results, report = {}, []
     for name in generators():
         work = os.path.join(out, f"generation-{name}")
         threads = declared()[name].handler.get("intraOpThreads", 2)
         result = served_part(name, work, concurrency, streams, log)
+        result.update(engine_part(name, work, concurrency, log) if engine
+                      else {"K": {}, "K_note": "not measured (--no-engine)"})
         result.update(peer_part(name, work, concurrency, threads, log) if peer
                       else {"P": {}, "P_note": "not measured (--no-llamacpp)"})
         result.update(in_process_part(name, work, concurrency, threads, log))
         result["targets"] = gb.judge(result)
         results[name] = result
         report += [f"## Generation (G): {name}", "", f"prompts ~30 tokens (chat), {gb.NEW} new tokens, greedy; "
-                   f"served as {result['format']}; in process with {threads} threads; (P): {result['P_note']}",
+                   f"served as {result['format']}; in process with {threads} threads; (P): {result['P_note']}; "
+                   f"(K): {result['K_note']}",
                    "", gb.table(result), "", f"- (I) {result['I']}", f"- (M) {result['M']}", "",
                    gb.faster_step(result), "", "Targets:", ""]
         report += [f"- {t}" for t in result["targets"]] + [""]

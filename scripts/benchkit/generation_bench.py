@@ -206,6 +206,11 @@ def judge(r: dict) -> List[str]:
         line(m["growth_mb"] < 50, f"(M) worker memory growth {m['growth_mb']} MB after {m['streams']} streams "
                                   f"({m['dropped']} dropped) < 50 MB"),
     ]
+    k = r.get("K") or {}
+    if top in k:
+        lines.append(line(k[top]["tok_s"] >= 0.9 * g[top]["tok_s"] and k[top]["failed"] == 0,
+                          f"(K) the KServe engine {k[top]['tok_s']} tok/s at {top} streams >= 0.9 x TorchServe's "
+                          f"(G) {g[top]['tok_s']}, {k[top]['failed']} failed"))
     if top in p and 1 in p:
         lines += [line(g[top]["tok_s"] > p[top]["tok_s"], f"(G) {g[top]['tok_s']} tok/s at {top} streams ahead of "
                                                           f"llama.cpp's server {p[top]['tok_s']}"),
@@ -219,11 +224,14 @@ def judge(r: dict) -> List[str]:
 
 def table(r: dict) -> str:
     g, j, e, p, other = r["G"], r["J"], r["E"], r.get("P") or {}, r.get("J_eager") or {}
+    k = r.get("K") or {}
     rows = ["| streams / batch | (G) served tok/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | failed | "
             "(J) in process tok/s | (J) prefill ms | (J) step ms | (J eager) step ms | (E) eager generate tok/s | "
-            "(P) llama.cpp tok/s | (P) TTFT / TPOT p50 ms |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "(K) KServe engine tok/s | (K) TTFT / TPOT p50 ms | (P) llama.cpp tok/s | (P) TTFT / TPOT p50 ms |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n in sorted(g):
         peer = (f"{p[n]['tok_s']} | {p[n]['ttft_p50_ms']} / {p[n]['tpot_p50_ms']}" if n in p else "- | -")
+        peer = (f"{k[n]['tok_s']} | {k[n]['ttft_p50_ms']} / {k[n]['tpot_p50_ms']} | " if n in k else "- | - | ") + peer
         rows.append(f"| {n} | {g[n]['tok_s']} | {g[n]['ttft_p50_ms']} / {g[n]['ttft_p99_ms']} | "
                     f"{g[n]['tpot_p50_ms']} / {g[n]['tpot_p99_ms']} | {g[n]['failed']} of {g[n]['streams']} | "
                     f"{j[n]['tok_s']} | {j[n]['prefill_ms']} | {j[n]['step_ms']} | "

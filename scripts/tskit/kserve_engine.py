@@ -11,6 +11,7 @@ v2, JSON and binary) are the handler's. What TorchServe did around the handler i
                     one batch at a time per model on a thread of its own (one TorchServe worker's behaviour);
                     StepBatcher: a continuously batched archive's steps (ContinuousBatching.java's behaviour)
     the doors       tskit.kserve_wire: HTTP 9080 and gRPC 9081 on 127.0.0.1, the inference key, error answers
+    rollouts        tskit.kserve_rollout: a model's next archive swapped in with no request failed
 """
 
 import argparse

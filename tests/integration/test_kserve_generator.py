@@ -2,8 +2,9 @@
 stepped as TorchServe's continuous batching steps it (tskit.kserve_engine.StepBatcher). The same checks as
 against TorchServe (tests/generator_checks.py): greedy answers equal transformers' generate alone and beside
 other streams, NDJSON lines as they are made, the `openai` client's chat, completions, SSE streams and models,
-every bad option a 4xx before any token, a client that leaves freed at the next step, KServe v2, `tsctl generate`;
-and over the engine's gRPC v2 (KServe's SDK) a whole answer, as TorchServe's gRPC gives."""
+every bad option a 4xx before any token, a client that leaves freed at the next step, KServe v2, `tsctl generate`,
+the generator's fuzz run (tests/generator_fuzzing.py); and over the engine's gRPC v2 (KServe's SDK) a whole
+answer, as TorchServe's gRPC gives."""
 
 import asyncio
 
@@ -12,6 +13,7 @@ import pytest
 
 import generator_checks as checks
 from generator_checks import MODEL, NEW, PROMPTS, expected
+from generator_fuzzing import SEED, fuzzed
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +77,12 @@ def test_a_seed_repeats_a_sampled_answer_and_stop_cuts_it(engine, reference):
 
 def test_tsctl_generate_prints_the_text_as_it_comes(engine, reference):
     checks.tsctl_generate_prints_the_text_as_it_comes(engine, reference)
+
+
+def test_generator_routes_fuzzed_on_the_engine(engine):
+    pid = engine.pid()
+    failures, statuses, sent = fuzzed(engine)
+    print(f"\n[generator fuzz, KServe engine] seed {SEED}, {sent} requests, statuses {statuses}, "
+          f"{len(failures)} failures")
+    assert not failures, "\n".join(failures[:20])
+    assert engine.pid() == pid
