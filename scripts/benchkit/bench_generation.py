@@ -28,18 +28,24 @@ def generators() -> List[str]:
     return [n for n, d in declared().items() if d.serve and kinds.kind(d.kind).streams_every_request]
 
 
+def streams_at(label: str, url: str, headers: dict, concurrency: List[int], log) -> dict:
+    """After a warm-up stream, gb.served_point at each concurrency (NDJSON streams to `url`), logged."""
+    gb.stream(url, headers, {"prompt": "warm up", "max_tokens": 8})
+    points = {}
+    for c in concurrency:
+        points[c] = point = gb.served_point(url, headers, c)
+        log(f"{label} x{c}: {point['tok_s']} tok/s, TTFT p50 {point['ttft_p50_ms']} ms, "
+            f"TPOT p50 {point['tpot_p50_ms']} ms, failed {point['failed']}")
+    return points
+
+
 def served_part(name: str, work: str, concurrency: List[int], streams: int, log) -> dict:
     server = private_server(os.path.join(work, "server"), load_models=f"{name}.mar")
     with running(server, timeout=300):
         url = f"{server.inference_url}/predictions/{name}"
         headers = server.auth_headers("inference")
         pid = server.client().describe(name)[0]["workers"][0]["pid"]
-        gb.stream(url, headers, {"prompt": "warm up", "max_tokens": 8})
-        g = {}
-        for c in concurrency:
-            g[c] = gb.served_point(url, headers, c)
-            log(f"(G) {name} x{c}: {g[c]['tok_s']} tok/s, TTFT p50 {g[c]['ttft_p50_ms']} ms, "
-                f"TPOT p50 {g[c]['tpot_p50_ms']} ms, failed {g[c]['failed']}")
+        g = streams_at(f"(G) {name}", url, headers, concurrency, log)
         i = gb.interference(url, headers)
         log(f"(I) {name}: {i}")
         m = gb.memory_growth(url, headers, pid, streams)
@@ -54,13 +60,8 @@ def engine_part(name: str, work: str, concurrency: List[int], log) -> dict:
     engine.start([name])
     try:
         ready_s = engine.wait_ready([name], timeout=300)
-        url, headers = f"{engine.inference_url}/predictions/{name}", engine.auth_headers("inference")
-        gb.stream(url, headers, {"prompt": "warm up", "max_tokens": 8})
-        k = {}
-        for c in concurrency:
-            k[c] = gb.served_point(url, headers, c)
-            log(f"(K) KServe engine {name} x{c}: {k[c]['tok_s']} tok/s, TTFT p50 {k[c]['ttft_p50_ms']} ms, "
-                f"TPOT p50 {k[c]['tpot_p50_ms']} ms, failed {k[c]['failed']}")
+        k = streams_at(f"(K) KServe engine {name}", f"{engine.inference_url}/predictions/{name}",
+                       engine.auth_headers("inference"), concurrency, log)
     finally:
         engine.stop()
     return {"K": k, "K_note": f"the KServe engine, ready in {ready_s:.1f} s"}

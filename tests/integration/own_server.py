@@ -18,7 +18,7 @@ from typing import Dict, Iterable, Iterator, List, Optional
 import requests
 
 from conftest import Client, test_config
-from support import MODEL_STORE
+from support import MODEL_STORE, REPO
 from tskit.server import TorchServe, running
 from tskit.client import ClientError
 from tskit.declaration import served
@@ -108,3 +108,15 @@ def build_broken_archive(directory: str, model_name: str, version: str, message:
     subprocess.run([archiver, "--force", "--model-name", model_name, "--version", version, "--handler", handler,
                     "--config-file", config, "--export-path", directory], check=True, timeout=120)
     return os.path.join(directory, f"{model_name}.mar")
+
+
+def build_version_archive(base: str, store: str, version: str = "2.0") -> str:
+    """`make archive-version MOBILENET_VERSION=<version>` into `store` (its build folder under `base`: nothing
+    written into the repo); the archive's path."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # under `make test`
+    make = subprocess.run(["make", "--no-print-directory", "archive-version", f"MOBILENET_VERSION={version}",
+                           f"STORE={store}", f"BUILD={base}/build"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert make.returncode == 0, make.stdout + make.stderr
+    assert os.path.isdir(os.path.join(base, "build", f"mobilenet_v2_v{version}")), "make did not build into BUILD"
+    return os.path.join(store, f"mobilenet_v2_v{version}.mar")

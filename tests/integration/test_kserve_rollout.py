@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from conftest import engine_running
-from own_server import build_broken_archive
+from own_server import build_broken_archive, build_version_archive
 from support import REPO
 from tskit.checked_load import LoadClient, default_specs
 
@@ -26,11 +26,7 @@ MODEL = "mobilenet_v2"
 def engine(tmp_path_factory):
     base = str(tmp_path_factory.mktemp("engine-rollout"))
     store = os.path.join(base, "store")
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # under `make test`
-    make = subprocess.run(["make", "--no-print-directory", "archive-version", "MOBILENET_VERSION=2.0",
-                           f"STORE={store}", f"BUILD={base}/build"],  # nothing written into the repo
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert make.returncode == 0, make.stdout + make.stderr
+    build_version_archive(base, store)
     shutil.copy(os.path.join(REPO, "model_store", f"{MODEL}.mar"), store)
     broken = build_broken_archive(os.path.join(base, "broken"), MODEL, "9.0", "mobilenet_v2 9.0 cannot start")
     shutil.copy(broken, os.path.join(store, f"{MODEL}_v9.0.mar"))

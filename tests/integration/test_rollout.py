@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest import Client
-from own_server import build_broken_archive, own_server, wait_until
+from own_server import build_broken_archive, build_version_archive, own_server, wait_until
 from tskit.checked_load import LoadClient, default_specs
 from support import REPO
 
@@ -26,14 +26,7 @@ MODEL = "mobilenet_v2"
 @pytest.fixture(scope="module")
 def rollout_server(tmp_path_factory):
     base = str(tmp_path_factory.mktemp("rollout"))
-    built = os.path.join(base, "built")
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # under `make test`
-    make = subprocess.run(["make", "--no-print-directory", "archive-version", "MOBILENET_VERSION=2.0",
-                           f"STORE={built}", f"BUILD={base}/build"],  # nothing written into the repo
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert make.returncode == 0, make.stdout + make.stderr
-    assert os.path.isdir(os.path.join(base, "build", "mobilenet_v2_v2.0")), "make did not build into BUILD"
-    archive = os.path.join(built, "mobilenet_v2_v2.0.mar")
+    archive = build_version_archive(base, os.path.join(base, "built"))
     with own_server(base, models=[MODEL], extra={"mobilenet_v2_v2.0.mar": archive}) as server:
         client = Client(server)
         wait_until(lambda: all(w["status"] == "READY" for w in client.describe(MODEL)["workers"])
