@@ -2,7 +2,7 @@
 test_kserve_generator.py against the KServe engine): the same checks, each request sent to a `target` that has
 `inference_url` and `auth_headers(kind)` (tskit.server.TorchServe and tskit.kserve_server.KServeEngine both do).
 The answers are held against transformers' greedy `generate` in process on the same weights (`reference`:
-tests/integration/conftest.py's generator_reference)."""
+tests/integration/conftest.py's generator_reference, made once per run)."""
 
 import json
 import os
@@ -19,6 +19,7 @@ from support import REPO
 
 MODEL = "smollm2_chat"
 NEW = 16
+LONG = 48  # the streamed check's answer: long enough that its lines' spread is measurable
 PROMPTS = [{"prompt": "The capital of France is"}, {"prompt": "def fibonacci(n):"},
            {"messages": [{"role": "user", "content": "Write a haiku about the sea."}]},
            {"messages": [{"role": "system", "content": "Answer briefly."},
@@ -63,19 +64,19 @@ def greedy_alone_and_beside_other_streams(target, reference) -> None:
     assert answers == [expected(reference, r) for r in PROMPTS]
 
 
-def stream_lines_arrive_as_made(target, reference, new=48) -> None:
+def stream_lines_arrive_as_made(target, reference) -> None:
     """Streamed, the first line comes soon and the rest step by step: from the first line to the last passes
     most of the answer's time (a server that sent the lines at the end would send them all at once)."""
     started = time.perf_counter()
-    response = post(target, greedy(PROMPTS[1], new, stream=True), stream=True)  # code: it runs to `new` tokens
+    response = post(target, greedy(PROMPTS[1], LONG, stream=True), stream=True)  # code: it runs to LONG tokens
     assert response.status_code == 200 and response.headers["Content-Type"] == "application/x-ndjson"
     lines, arrivals = [], []
     for line in response.iter_lines(chunk_size=1):  # each line as it arrives, not 512 bytes at a time
         lines.append(json.loads(line))
         arrivals.append(time.perf_counter() - started)
-    assert len(lines) >= new // 2 and arrivals[-1] - arrivals[0] > 0.5 * arrivals[-1], arrivals
-    assert "".join(line["text"] for line in lines) == reference["generate"](PROMPTS[1], new)
-    assert lines[-1]["finish_reason"] == "length" and lines[-1]["usage"]["completion_tokens"] == new
+    assert len(lines) >= LONG // 2 and arrivals[-1] - arrivals[0] > 0.5 * arrivals[-1], arrivals
+    assert "".join(line["text"] for line in lines) == reference["long"]
+    assert lines[-1]["finish_reason"] == "length" and lines[-1]["usage"]["completion_tokens"] == LONG
     assert all(set(line) == {"text"} for line in lines[:-1])
 
 

@@ -136,26 +136,54 @@ def client(server):
     return Client(server)
 
 
+def run_dir(tmp_path_factory):
+    """This run's temp dir, shared by its xdist workers (each has a basetemp of its own below it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="module")
+def mobilenet_2_0(tmp_path_factory) -> str:
+    """mobilenet_v2 2.0 as `make archive-version MOBILENET_VERSION=2.0` builds it (nothing written into the repo),
+    built once per run for both rollout modules (TorchServe's and the KServe engine's)."""
+    from own_server import build_version_archive
+
+    base = run_dir(tmp_path_factory) / "mobilenet_v2_2.0"
+    with FileLock(str(base) + ".lock"):
+        archive = base / "store" / "mobilenet_v2_v2.0.mar"
+        if not archive.exists():
+            build_version_archive(str(base), str(base / "store"))
+    return str(archive)
+
+
 @pytest.fixture(scope="module")
 def generator_reference(tmp_path_factory):
-    """{json.dumps(request): its answer} for tests/generator_checks.py's PROMPTS, and "generate" itself:
-    transformers' greedy generate in process on the model's declared source (the GGUF, dequantised as the
-    build does) with the archive's tokenizer: the archive serves ONNX, so its own folder holds no eager weights."""
+    """{json.dumps(request): its greedy answer} for tests/generator_checks.py's PROMPTS (NEW tokens), and "long":
+    PROMPTS[1]'s answer of LONG tokens: transformers' greedy generate in process on the model's declared source
+    (the GGUF, dequantised as the build does) with the archive's tokenizer (the archive serves ONNX: its own
+    folder holds no eager weights). Made once per run: both engines' generator modules read the same file."""
+    path = run_dir(tmp_path_factory) / "generator_reference.json"
+    with FileLock(str(path) + ".lock"):
+        if not path.exists():
+            path.write_text(json.dumps(greedy_references(tmp_path_factory.mktemp("smollm2_archive"))))
+    return json.loads(path.read_text())
+
+
+def greedy_references(folder) -> dict:
     import torch
     from transformers import AutoTokenizer
 
-    from generator_checks import MODEL, NEW, PROMPTS
+    from generator_checks import LONG, MODEL, NEW, PROMPTS
     from tskit.causal_lm import load_causal_lm
     from tskit.declaration import load as load_declaration
 
-    folder = tmp_path_factory.mktemp("smollm2_archive")
     with zipfile.ZipFile(os.path.join(REPO, "model_store", f"{MODEL}.mar")) as archive:
         archive.extractall(folder, [n for n in archive.namelist() if not n.endswith((".py", ".onnx", ".data"))])
     declaration = load_declaration(MODEL)
     model = load_causal_lm(declaration.source, declaration.folder).model
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
-    def generate(request: dict, new: int = NEW) -> str:
+    def generate(request: dict, new: int) -> str:
         if "messages" in request:
             ids = tokenizer.apply_chat_template(request["messages"], add_generation_prompt=True, tokenize=True,
                                                 return_dict=False)
@@ -166,4 +194,4 @@ def generator_reference(tmp_path_factory):
                                  max_new_tokens=new, do_sample=False)
         return tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
 
-    return {json.dumps(p): generate(p) for p in PROMPTS} | {"generate": generate}
+    return {json.dumps(p): generate(p, NEW) for p in PROMPTS} | {"long": generate(PROMPTS[1], LONG)}

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from conftest import engine_running
-from own_server import build_broken_archive, build_version_archive
+from own_server import build_broken_archive
 from support import REPO
 from tskit.checked_load import LoadClient, default_specs
 
@@ -23,10 +23,11 @@ MODEL = "mobilenet_v2"
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
+def engine(tmp_path_factory, mobilenet_2_0):
     base = str(tmp_path_factory.mktemp("engine-rollout"))
     store = os.path.join(base, "store")
-    build_version_archive(base, store)
+    os.makedirs(store)
+    shutil.copy(mobilenet_2_0, store)
     shutil.copy(os.path.join(REPO, "model_store", f"{MODEL}.mar"), store)
     broken = build_broken_archive(os.path.join(base, "broken"), MODEL, "9.0", "mobilenet_v2 9.0 cannot start")
     shutil.copy(broken, os.path.join(store, f"{MODEL}_v9.0.mar"))

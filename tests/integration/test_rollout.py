@@ -1,7 +1,7 @@
 """Rollout of mobilenet_v2 2.0 with `tsctl.py rollout` while load runs: zero failed requests.
 
-The 2.0 archive is built by the Makefile (`make archive-version MOBILENET_VERSION=2.0`, here into the
-test's own model store and build folder) and served by a server of this module's own, beside 1.0; `rollout`
+The 2.0 archive is built by the Makefile (`make archive-version MOBILENET_VERSION=2.0`, once per run into the
+run's temp dir: conftest's mobilenet_2_0) and served by a server of this module's own, beside 1.0; `rollout`
 registers it, makes it the default and unregisters 1.0. A second rollout, of an archive whose
 handler cannot start, must fail and leave the serving version alone, again without a failed request.
 """
@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest import Client
-from own_server import build_broken_archive, build_version_archive, own_server, wait_until
+from own_server import build_broken_archive, own_server, wait_until
 from tskit.checked_load import LoadClient, default_specs
 from support import REPO
 
@@ -24,9 +24,9 @@ MODEL = "mobilenet_v2"
 
 
 @pytest.fixture(scope="module")
-def rollout_server(tmp_path_factory):
+def rollout_server(tmp_path_factory, mobilenet_2_0):
     base = str(tmp_path_factory.mktemp("rollout"))
-    archive = build_version_archive(base, os.path.join(base, "built"))
+    archive = mobilenet_2_0
     with own_server(base, models=[MODEL], extra={"mobilenet_v2_v2.0.mar": archive}) as server:
         client = Client(server)
         wait_until(lambda: all(w["status"] == "READY" for w in client.describe(MODEL)["workers"])

@@ -40,8 +40,8 @@ def as_script(*args):
 
 
 def listed_subcommands(help_text: str):
-    """The `{a,b,...}` choices of the usage line argparse prints."""
-    found = re.search(r"\{([a-z,-]+)\}", help_text)
+    """The subcommands' `{a,b,...} ...` of the usage line argparse prints (an option's choices have no `...`)."""
+    found = re.search(r"\{([a-z,-]+)\}\s+\.\.\.", help_text)
     assert found, help_text
     return sorted(found.group(1).split(","))
 
