@@ -11,7 +11,7 @@ every queue slot and every batch slot in a worker holding a body of `max_request
 must fit HEAP_SHARE of the heap (-Xmx, or -XX:MaxRAMPercentage of the host's memory). The budget is ONE
 figure for the whole server, shared among the models:
 
-    slots    = HEAP_SHARE x heap // max_request_size             (864 for 9 GiB and 8 MiB)
+    slots    = HEAP_SHARE x heap // max_request_size             (960 for 10 GiB and 8 MiB)
     reserve  = job_queue_size + the largest batch slots          (one version registered by hand: a rollout)
     room     = slots - reserve - sum of every model's batch slots (maxWorkers x batchSize)
     queue_i  = want_i x room / sum of wants, when the wants do not fit the room; else want_i
