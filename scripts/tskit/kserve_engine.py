@@ -98,9 +98,22 @@ class HandlerBatcher:
             await asyncio.sleep(0.05)
 
     def stop(self) -> None:
-        """Its handlers' tasks cancelled, their archive's folder removed (a rollout's old version)."""
+        """Its handlers' tasks cancelled, their archive's folder removed (a rollout's old version). A request
+        still here after the drain's timeout is answered, never left hanging: a stream ends where it is, one
+        not begun gets 503."""
         for task in self.tasks:
             task.cancel()
+        left = [*self.going, *self.running.values()]
+        while self.queue is not None and not self.queue.empty():
+            left.append(self.queue.get_nowait())
+        gone = error_body(503, "ServiceUnavailableException", f'Model "{self.unpacked.model_name}": the version '
+                          "serving this request was replaced before it was answered; send it again.")
+        for pending in left:
+            if pending.chunks is not None:
+                pending.chunks.put_nowait(None)
+            elif not pending.future.done():
+                pending.future.set_result(Answer(503, gone, {"content-type": JSON}))
+        self.going, self.running = [], {}
         self.handlers = []
         self.unpacked.cleanup()
 
