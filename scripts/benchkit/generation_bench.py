@@ -230,12 +230,12 @@ def table(r: dict) -> str:
             "(K) KServe engine tok/s | (K) TTFT / TPOT p50 ms | (P) llama.cpp tok/s | (P) TTFT / TPOT p50 ms |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n in sorted(g):
-        peer = (f"{p[n]['tok_s']} | {p[n]['ttft_p50_ms']} / {p[n]['tpot_p50_ms']}" if n in p else "- | -")
-        peer = (f"{k[n]['tok_s']} | {k[n]['ttft_p50_ms']} / {k[n]['tpot_p50_ms']} | " if n in k else "- | - | ") + peer
+        peers = " | ".join(f"{x[n]['tok_s']} | {x[n]['ttft_p50_ms']} / {x[n]['tpot_p50_ms']}" if n in x else "- | -"
+                           for x in (k, p))  # (K), then (P)
         rows.append(f"| {n} | {g[n]['tok_s']} | {g[n]['ttft_p50_ms']} / {g[n]['ttft_p99_ms']} | "
                     f"{g[n]['tpot_p50_ms']} / {g[n]['tpot_p99_ms']} | {g[n]['failed']} of {g[n]['streams']} | "
                     f"{j[n]['tok_s']} | {j[n]['prefill_ms']} | {j[n]['step_ms']} | "
-                    f"{other[n]['step_ms'] if n in other else '-'} | {e[n]['tok_s']} | {peer} |")
+                    f"{other[n]['step_ms'] if n in other else '-'} | {e[n]['tok_s']} | {peers} |")
     return "\n".join(rows)
 
 

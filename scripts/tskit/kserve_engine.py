@@ -129,20 +129,17 @@ class HandlerBatcher:
         """Up to `room` requests from the queue, their places freed. `wait`: the first as it comes and more within
         maxBatchDelay (TorchServe's batch); otherwise only those already waiting (continuous batching's joiners,
         taken without delaying the running requests' next step)."""
-        batch = [await self.queue.get()] if wait and room > 0 else []
-        deadline = loop.time() + self.delay
-        while len(batch) < room:
-            if not wait:
-                if self.queue.empty():
+        batch = []
+        if wait and room > 0:
+            batch.append(await self.queue.get())
+            deadline = loop.time() + self.delay
+            while len(batch) < room and (remaining := deadline - loop.time()) > 0:
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                except asyncio.TimeoutError:
                     break
-                batch.append(self.queue.get_nowait())
-                continue
-            if (remaining := deadline - loop.time()) <= 0:
-                break
-            try:
-                batch.append(await asyncio.wait_for(self.queue.get(), remaining))
-            except asyncio.TimeoutError:
-                break
+        while not wait and len(batch) < room and not self.queue.empty():
+            batch.append(self.queue.get_nowait())
         for _ in batch:  # out of the queue: their places are free
             self.slots.release()
         self.admitted -= len(batch)
@@ -163,8 +160,7 @@ class HandlerBatcher:
             SERVING.set(self.unpacked.model_name)  # to_thread copies the context: the batch's log lines
             return await asyncio.to_thread(self.handle, handler, batch, loop)
         except Exception as err:  # the handler isolates requests; this is the glue failing: answer them all
-            failure = json.dumps({"code": 500, "type": "InternalError", "message": str(err)}).encode()
-            return [Answer(500, failure, {"content-type": JSON}) for _ in batch]
+            return [Answer(500, error_body(500, "InternalError", str(err)), {"content-type": JSON}) for _ in batch]
         finally:
             for pending in batch:
                 self.running.pop(pending.request_id, None)

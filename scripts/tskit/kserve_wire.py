@@ -91,7 +91,7 @@ class InferenceDoor:
         if not path.startswith(PROTECTED) or (request.method != "POST" and not match and not plain):
             return None
         if self.refused(request, "inference"):
-            return Response(INVALID_KEY, status_code=400, media_type=JSON)
+            return answer_of(400, INVALID_KEY)
         if plain is None and match is None:  # another POST under the models' paths: KServe's (repository, explain)
             return None
         model = plain["plain"] if plain else match["v1"] or match["v2"]
@@ -119,12 +119,11 @@ class InferenceDoor:
             row = await http_row(request, self.max_request_size, added)
         except RequestError as err:
             batcher.leave()
-            return Response(json.dumps(err.to_dict()), status_code=err.status, media_type=JSON)
+            return answer_of(err.status, json.dumps(err.to_dict()).encode())
         result = await batcher.submit(row, arrived)
         if isinstance(result, Streamed):  # a video's lines, a generator's tokens: sent as they come
             return StreamingResponse(chunks_of(result), status_code=200, headers=result.headers)
         return Response(result.body, status_code=result.status, headers=result.headers)
-
 
     async def repository(self, request):
         """KServe's model repository routes, with the management key: `load` is a rollout
@@ -134,7 +133,7 @@ class InferenceDoor:
         from handlers.request_errors import RequestError
 
         if self.refused(request, "management"):
-            return Response(INVALID_KEY, status_code=400, media_type=JSON)
+            return answer_of(400, INVALID_KEY)
         found = LOAD.match(request.url.path)
         if found is None or request.method != "POST":
             return failure(405 if found else 404, "MethodNotAllowedException" if found else "ResourceNotFoundException",
@@ -149,14 +148,19 @@ class InferenceDoor:
         except (ValueError, AttributeError, RecursionError):
             return failure(400, "BadRequestException", 'the body is JSON {"archive": "<file in the store>"} or empty')
         except RequestError as err:
-            return Response(json.dumps(err.to_dict()), status_code=err.status, media_type=JSON)
+            return answer_of(err.status, json.dumps(err.to_dict()).encode())
         return Response(json.dumps(done), media_type=JSON)
 
 
 def failure(status: int, kind: str, message: str):
+    return answer_of(status, error_body(status, kind, message))
+
+
+def answer_of(status: int, body: bytes):
+    """A JSON error answer: the contract's body with its status."""
     from starlette.responses import Response
 
-    return Response(error_body(status, kind, message), status_code=status, media_type=JSON)
+    return Response(body, status_code=status, media_type=JSON)
 
 
 async def chunks_of(streamed):

@@ -86,7 +86,7 @@ def engine_running(tmp_path_factory, models, key_file=None, max_request_size=655
     if key_file:
         shutil.copy(key_file, workdir / "key_file.json")
     engine = KServeEngine(store, str(workdir), *free_ports(2), max_request_size=max_request_size)
-    with FileLock(str(tmp_path_factory.getbasetemp().parent / "kserve-engine.lock")):
+    with FileLock(str(run_dir(tmp_path_factory) / "kserve-engine.lock")):
         engine.start(models)
         try:
             engine.wait_ready(models, timeout=180)
@@ -142,6 +142,14 @@ def run_dir(tmp_path_factory):
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
+def made_once(path, make):
+    """`path`, made by `make()` by whichever xdist worker gets there first (the others wait for it)."""
+    with FileLock(str(path) + ".lock"):
+        if not path.exists():
+            make()
+    return path
+
+
 @pytest.fixture(scope="module")
 def mobilenet_2_0(tmp_path_factory) -> str:
     """mobilenet_v2 2.0 as `make archive-version MOBILENET_VERSION=2.0` builds it (nothing written into the repo),
@@ -149,11 +157,8 @@ def mobilenet_2_0(tmp_path_factory) -> str:
     from own_server import build_version_archive
 
     base = run_dir(tmp_path_factory) / "mobilenet_v2_2.0"
-    with FileLock(str(base) + ".lock"):
-        archive = base / "store" / "mobilenet_v2_v2.0.mar"
-        if not archive.exists():
-            build_version_archive(str(base), str(base / "store"))
-    return str(archive)
+    archive = base / "store" / "mobilenet_v2_v2.0.mar"
+    return str(made_once(archive, lambda: build_version_archive(str(base), str(base / "store"))))
 
 
 @pytest.fixture(scope="module")
@@ -163,9 +168,7 @@ def generator_reference(tmp_path_factory):
     (the GGUF, dequantised as the build does) with the archive's tokenizer (the archive serves ONNX: its own
     folder holds no eager weights). Made once per run: both engines' generator modules read the same file."""
     path = run_dir(tmp_path_factory) / "generator_reference.json"
-    with FileLock(str(path) + ".lock"):
-        if not path.exists():
-            path.write_text(json.dumps(greedy_references(tmp_path_factory.mktemp("smollm2_archive"))))
+    made_once(path, lambda: path.write_text(json.dumps(greedy_references(tmp_path_factory.mktemp("smollm2_archive")))))
     return json.loads(path.read_text())
 
 
